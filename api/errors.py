@@ -1,0 +1,75 @@
+"""The error vocabulary of PROTOCOL §2, mapped to HTTP statuses in one place."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from django.http import HttpResponse
+
+STATUS_BY_CODE: dict[str, int] = {
+    "invalid_json": 400,
+    "invalid_request": 400,
+    "prompt_too_long": 400,
+    "unauthorized": 401,
+    "token_expired": 401,
+    "not_found": 404,
+    "method_not_allowed": 405,
+    "idempotency_conflict": 409,
+    "payload_too_large": 413,
+    "unsupported_media_type": 415,
+    "rate_limited": 429,
+    "quota_exceeded": 429,
+    "too_many_active": 429,
+    "internal_error": 500,
+    "unavailable": 503,
+}
+
+
+class ApiError(Exception):
+    """A failure the client is told about, with a code from the contract."""
+
+    def __init__(
+        self,
+        code: str,
+        message: str,
+        *,
+        details: dict[str, Any] | None = None,
+        retry_after_s: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        if code not in STATUS_BY_CODE:
+            raise ValueError(f"unknown error code {code!r}")
+        self.code = code
+        self.message = message
+        self.details = details or {}
+        self.retry_after_s = retry_after_s
+
+    @property
+    def status(self) -> int:
+        return STATUS_BY_CODE[self.code]
+
+    def body(self) -> dict[str, Any]:
+        return {
+            "error": {
+                "code": self.code,
+                "message": self.message,
+                "details": self.details,
+            }
+        }
+
+
+def error_response(error: ApiError) -> HttpResponse:
+    response = HttpResponse(
+        json.dumps(error.body()), status=error.status, content_type="application/json"
+    )
+    if error.status == 401:
+        response["WWW-Authenticate"] = 'Bearer realm="api"'
+    if error.status == 429:
+        # Every 429 carries Retry-After (PROTOCOL §2).
+        response["Retry-After"] = str(max(1, error.retry_after_s or 1))
+    return response
+
+
+def not_found(what: str = "generation") -> ApiError:
+    return ApiError("not_found", f"No such {what}.")

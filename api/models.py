@@ -1,0 +1,134 @@
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+from django.db import models
+
+from api.ids import MAX_LENGTH, new_generation_id
+
+
+class Status(models.TextChoices):
+    QUEUED = "queued"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+TERMINAL_STATUSES = frozenset({Status.COMPLETED, Status.FAILED, Status.CANCELLED})
+ACTIVE_STATUSES = frozenset({Status.QUEUED, Status.RUNNING})
+
+
+class FinishReason(models.TextChoices):
+    STOP = "stop"
+    LENGTH = "length"
+    CANCELLED = "cancelled"
+    ERROR = "error"
+
+
+class Generation(models.Model):
+    """One LLM generation: the request, and the store of record for its output.
+
+    The worker is the only writer while it runs; every write it makes is fenced by
+    ``attempt`` so that a worker presumed dead cannot overwrite a newer attempt.
+    """
+
+    id = models.CharField(primary_key=True, max_length=MAX_LENGTH, default=new_generation_id)
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="generations"
+    )
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
+    model = models.CharField(max_length=100)
+    prompt = models.TextField()
+    system = models.TextField(null=True, blank=True)
+    max_tokens = models.PositiveIntegerField()
+    temperature = models.FloatField(null=True, blank=True)
+
+    output = models.TextField(default="", blank=True)
+    # The last event seq that `output` includes; once terminal, the seq of `done`.
+    seq = models.PositiveIntegerField(default=0)
+    attempt = models.PositiveSmallIntegerField(default=1)
+    finish_reason = models.CharField(
+        max_length=16, choices=FinishReason.choices, null=True, blank=True
+    )
+    usage = models.JSONField(null=True, blank=True)
+    error = models.JSONField(null=True, blank=True)
+    completion_tokens = models.PositiveIntegerField(default=0)
+    cancel_requested = models.BooleanField(default=False)
+
+    idempotency_key = models.CharField(max_length=255, null=True, blank=True)
+    request_hash = models.CharField(max_length=64, blank=True, default="")
+
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        indexes = [
+            # The list endpoint and the admin: a user's generations, newest first.
+            models.Index(fields=["user", "-created_at", "-id"], name="gen_user_created"),
+            # The reaper: running generations by heartbeat age.
+            models.Index(fields=["status", "heartbeat_at"], name="gen_status_heartbeat"),
+            # Quotas: a user's usage since midnight and their active generations.
+            models.Index(fields=["user", "status"], name="gen_user_status"),
+            models.Index(fields=["-created_at"], name="gen_created"),
+        ]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["user", "idempotency_key"], name="gen_user_idempotency_key"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return self.id
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status in TERMINAL_STATUSES
+
+    def to_dict(self) -> dict[str, Any]:
+        """The generation object of PROTOCOL §2."""
+        return {
+            "id": self.id,
+            "status": self.status,
+            "model": self.model,
+            "prompt": self.prompt,
+            "system": self.system,
+            "max_tokens": self.max_tokens,
+            "temperature": self.temperature,
+            "output": self.output,
+            "seq": self.seq,
+            "attempt": self.attempt,
+            "finish_reason": self.finish_reason,
+            "usage": self.usage,
+            "error": self.error,
+            "created_at": _iso(self.created_at),
+            "started_at": _iso(self.started_at),
+            "finished_at": _iso(self.finished_at),
+        }
+
+
+class UserLimits(models.Model):
+    """Per-user overrides of the limits of PROTOCOL §6; a blank field uses the setting."""
+
+    user = models.OneToOneField(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="limits"
+    )
+    rate_limit_per_minute = models.PositiveIntegerField(null=True, blank=True)
+    tokens_per_day = models.PositiveIntegerField(null=True, blank=True)
+    max_active_generations = models.PositiveIntegerField(null=True, blank=True)
+    max_connections = models.PositiveIntegerField(null=True, blank=True)
+
+    class Meta:
+        verbose_name_plural = "user limits"
+
+    def __str__(self) -> str:
+        return f"limits for {self.user}"
+
+
+def _iso(value: Any) -> str | None:
+    if value is None:
+        return None
+    return str(value.strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z")

@@ -1,0 +1,69 @@
+"""Per-user rate limit on creating generations: a fixed one-minute window.
+
+Atomic in Redis (shared by every web process) in the distributed mode, in this process in the
+embedded default. A refused request does not count toward the limit (PROTOCOL §2).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from functools import cache
+
+from django.conf import settings
+
+from realtime.redis import sync_client
+
+WINDOW_S = 60
+
+# Count only when under the limit, so refusals never extend the wait.
+_TAKE_SCRIPT = """
+local used = tonumber(redis.call('GET', KEYS[1]) or '0')
+if used >= tonumber(ARGV[1]) then return -redis.call('PTTL', KEYS[1]) end
+used = redis.call('INCR', KEYS[1])
+if used == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return used
+"""
+
+
+class RateLimiter:
+    def take(self, key: str, limit: int) -> float | None:
+        """Count one request; None if allowed, else the seconds until the window ends."""
+        raise NotImplementedError
+
+
+class RedisRateLimiter(RateLimiter):
+    def __init__(self) -> None:
+        self._script = sync_client().register_script(_TAKE_SCRIPT)
+
+    def take(self, key: str, limit: int) -> float | None:
+        window = int(time.time() // WINDOW_S)
+        result = int(self._script(keys=[f"llm:rate:{key}:{window}"], args=[limit, WINDOW_S * 1000]))
+        if result > 0:
+            return None
+        return max(1.0, -result / 1000)
+
+
+class MemoryRateLimiter(RateLimiter):
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counts: dict[str, tuple[int, int]] = {}
+
+    def take(self, key: str, limit: int) -> float | None:
+        now = time.time()
+        window = int(now // WINDOW_S)
+        with self._lock:
+            count_window, count = self._counts.get(key, (window, 0))
+            if count_window != window:
+                count = 0
+            if count >= limit:
+                return max(1.0, (window + 1) * WINDOW_S - now)
+            self._counts[key] = (window, count + 1)
+            if len(self._counts) > 100_000:
+                self._counts = {k: v for k, v in self._counts.items() if v[0] == window}
+            return None
+
+
+@cache
+def rate_limiter() -> RateLimiter:
+    return RedisRateLimiter() if settings.DISTRIBUTED else MemoryRateLimiter()

@@ -1,0 +1,162 @@
+"""Reads of generations, for views, consumers and the realtime layer."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.contrib.auth.models import AbstractBaseUser
+from django.db import connection
+from django.db.models import Q, Sum
+
+from api.errors import ApiError, not_found
+from api.ids import looks_like_generation_id
+from api.models import ACTIVE_STATUSES, TERMINAL_STATUSES, Generation, UserLimits
+
+
+@dataclass(frozen=True)
+class RowState:
+    """What a subscriber needs of the row: the persisted fold and, once ended, `done`."""
+
+    id: str
+    user_id: int
+    status: str
+    seq: int
+    output: str
+    finish_reason: str | None
+    usage: dict[str, int] | None
+    error: dict[str, str] | None
+
+    @property
+    def terminal(self) -> bool:
+        return self.status in TERMINAL_STATUSES
+
+
+def generation_for_user(*, user: AbstractBaseUser, generation_id: str) -> Generation:
+    """The user's generation; another user's is 'not found', so ids cannot be probed."""
+    if not looks_like_generation_id(generation_id):
+        raise not_found()
+    try:
+        return Generation.objects.get(id=generation_id, user_id=user.pk)
+    except Generation.DoesNotExist:
+        raise not_found() from None
+
+
+def row_state(generation_id: str) -> RowState | None:
+    row = (
+        Generation.objects.filter(id=generation_id)
+        .values_list("user_id", "status", "seq", "output", "finish_reason", "usage", "error")
+        .first()
+    )
+    if row is None:
+        return None
+    user_id, status, seq, output, finish_reason, usage, error = row
+    return RowState(generation_id, user_id, status, seq, output, finish_reason, usage, error)
+
+
+def _row_state_closing(generation_id: str) -> RowState | None:
+    try:
+        return row_state(generation_id)
+    finally:
+        # A subscriber may wait for minutes after this read: hold no connection meanwhile.
+        connection.close()
+
+
+async def arow_state(generation_id: str) -> RowState | None:
+    return await sync_to_async(_row_state_closing, thread_sensitive=False)(generation_id)
+
+
+def _encode_cursor(generation: Generation) -> str:
+    raw = f"{generation.created_at.isoformat()}|{generation.id}"
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        created, generation_id = base64.urlsafe_b64decode(padded.encode()).decode().split("|")
+        created_at = datetime.fromisoformat(created)
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise ApiError(
+            "invalid_request",
+            "The cursor is not valid.",
+            details={"cursor": "Not valid."},
+        ) from None
+    if created_at.tzinfo is None or not looks_like_generation_id(generation_id):
+        raise ApiError(
+            "invalid_request",
+            "The cursor is not valid.",
+            details={"cursor": "Not valid."},
+        )
+    return created_at, generation_id
+
+
+def generation_list(
+    *, user: AbstractBaseUser, limit: int, cursor: str | None
+) -> tuple[list[Generation], str | None]:
+    """The user's generations, newest first, keyset-paginated on (created_at, id)."""
+    query = Generation.objects.filter(user_id=user.pk)
+    if cursor:
+        created_at, generation_id = _decode_cursor(cursor)
+        query = query.filter(
+            Q(created_at__lt=created_at) | Q(created_at=created_at, id__lt=generation_id)
+        )
+    rows = list(query.order_by("-created_at", "-id")[: limit + 1])
+    next_cursor = _encode_cursor(rows[limit - 1]) if len(rows) > limit else None
+    return rows[:limit], next_cursor
+
+
+@dataclass(frozen=True)
+class Limits:
+    rate_limit_per_minute: int
+    tokens_per_day: int
+    max_active_generations: int
+    max_connections: int
+
+
+def limits_for(user_id: int) -> Limits:
+    override = UserLimits.objects.filter(user_id=user_id).first() or UserLimits()
+
+    def pick(value: int | None, default: int) -> int:
+        return default if value is None else value
+
+    return Limits(
+        rate_limit_per_minute=pick(override.rate_limit_per_minute, settings.RATE_LIMIT_PER_MINUTE),
+        tokens_per_day=pick(override.tokens_per_day, settings.TOKENS_PER_DAY),
+        max_active_generations=pick(
+            override.max_active_generations, settings.MAX_ACTIVE_GENERATIONS
+        ),
+        max_connections=pick(override.max_connections, settings.MAX_CONNECTIONS_PER_USER),
+    )
+
+
+def start_of_day_utc() -> datetime:
+    now = datetime.now(UTC)
+    return now.replace(hour=0, minute=0, second=0, microsecond=0)
+
+
+def tokens_used_today(user_id: int) -> int:
+    """Completion tokens of the generations the user created since 00:00 UTC."""
+    total = Generation.objects.filter(
+        user_id=user_id, created_at__gte=start_of_day_utc()
+    ).aggregate(total=Sum("completion_tokens"))["total"]
+    return int(total or 0)
+
+
+def active_count(user_id: int) -> int:
+    return Generation.objects.filter(user_id=user_id, status__in=list(ACTIVE_STATUSES)).count()
+
+
+def usage_for(user: AbstractBaseUser) -> dict[str, Any]:
+    limits = limits_for(user.pk)
+    return {
+        "tokens_today": tokens_used_today(user.pk),
+        "tokens_per_day": limits.tokens_per_day,
+        "active": active_count(user.pk),
+        "max_active": limits.max_active_generations,
+    }

@@ -1,0 +1,386 @@
+"""Every write to a generation: what the API asks for and what the worker reports.
+
+The worker's writes are fenced: each is an UPDATE ... WHERE attempt = <its attempt> AND
+status = 'running', so a worker that was presumed dead and replaced changes nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import AbstractBaseUser
+from django.db import IntegrityError, transaction
+from django.db.models import F
+from django.utils import timezone
+
+from api.errors import ApiError
+from api.models import FinishReason, Generation, Status
+from api.ratelimit import rate_limiter
+from api.selectors import (
+    active_count,
+    generation_for_user,
+    limits_for,
+    start_of_day_utc,
+    tokens_used_today,
+)
+from api.validation import GenerationParams
+from realtime import events
+from realtime.eventlog import event_log
+from realtime.publish import publish_event
+
+logger = logging.getLogger(__name__)
+
+IDEMPOTENCY_WINDOW = timedelta(hours=24)
+# A client told "too many active" can retry when one of its generations ends; a few seconds
+# is the right order for a streaming answer.
+TOO_MANY_ACTIVE_RETRY_S = 5
+# How long a cancel request waits for the worker to stop, so the reply usually shows the
+# final state; the worker reads the flag between chunks, well within this.
+CANCEL_WAIT_S = 2.0
+
+
+def _enqueue(generation_id: str) -> None:
+    from jobs.tasks import run_generation
+
+    try:
+        run_generation(generation_id)
+    except Exception:
+        # The row is committed and queued; the reaper re-enqueues queued generations that
+        # no worker has claimed, so a broken queue delays the generation but loses nothing.
+        logger.exception("enqueue failed for %s; the reaper will retry", generation_id)
+
+
+def _idempotent_match(
+    user: AbstractBaseUser, key: str, params: GenerationParams
+) -> Generation | None:
+    existing = Generation.objects.filter(user_id=user.pk, idempotency_key=key).first()
+    if existing is None:
+        return None
+    if existing.created_at < timezone.now() - IDEMPOTENCY_WINDOW:
+        # Past the window the key is free again: release it from the old generation.
+        Generation.objects.filter(pk=existing.pk).update(idempotency_key=None)
+        return None
+    if existing.request_hash != params.fingerprint():
+        raise ApiError(
+            "idempotency_conflict",
+            "This Idempotency-Key was used with a different request body.",
+        )
+    return existing
+
+
+def generation_create(
+    *, user: AbstractBaseUser, params: GenerationParams, idempotency_key: str | None
+) -> tuple[Generation, bool]:
+    """Create and enqueue a generation; (generation, created). A repeat returns the first."""
+    if idempotency_key:
+        existing = _idempotent_match(user, idempotency_key, params)
+        if existing is not None:
+            return existing, False
+    try:
+        with transaction.atomic():
+            # Serialise this user's creates: the idempotency re-check, the rate limit and the
+            # quotas below must see each other's effects, or concurrent requests race past.
+            get_user_model().objects.select_for_update().filter(pk=user.pk).first()
+            if idempotency_key:
+                existing = _idempotent_match(user, idempotency_key, params)
+                if existing is not None:
+                    return existing, False
+            _check_limits(user)
+            generation = Generation.objects.create(
+                user_id=user.pk,
+                model=params.model,
+                prompt=params.prompt,
+                system=params.system,
+                max_tokens=params.max_tokens,
+                temperature=params.temperature,
+                idempotency_key=idempotency_key,
+                request_hash=params.fingerprint() if idempotency_key else "",
+            )
+            # Enqueue only once the row is visible to the worker.
+            transaction.on_commit(lambda: _enqueue(generation.id))
+    except IntegrityError:
+        # A concurrent repeat won the unique (user, key) race after our first check.
+        if not idempotency_key:
+            raise
+        existing = _idempotent_match(user, idempotency_key, params)
+        if existing is None:
+            raise
+        return existing, False
+    return generation, True
+
+
+def _check_limits(user: AbstractBaseUser) -> None:
+    limits = limits_for(user.pk)
+    if active_count(user.pk) >= limits.max_active_generations:
+        raise ApiError(
+            "too_many_active",
+            f"At most {limits.max_active_generations} generations may run at once.",
+            retry_after_s=TOO_MANY_ACTIVE_RETRY_S,
+        )
+    if tokens_used_today(user.pk) >= limits.tokens_per_day:
+        midnight = start_of_day_utc() + timedelta(days=1)
+        raise ApiError(
+            "quota_exceeded",
+            f"The daily quota of {limits.tokens_per_day} completion tokens is used up.",
+            retry_after_s=int((midnight - timezone.now()).total_seconds()) + 1,
+        )
+    wait_s = rate_limiter().take(f"create:{user.pk}", limits.rate_limit_per_minute)
+    if wait_s is not None:
+        raise ApiError(
+            "rate_limited",
+            f"At most {limits.rate_limit_per_minute} generations per minute.",
+            retry_after_s=int(wait_s + 0.999),
+        )
+
+
+def generation_cancel(*, user: AbstractBaseUser, generation_id: str) -> Generation:
+    """Stop a generation; idempotent. Returns it, usually already cancelled."""
+    generation = generation_for_user(user=user, generation_id=generation_id)
+    if generation.is_terminal:
+        return generation
+    if _cancel_queued(generation):
+        generation.refresh_from_db()
+        return generation
+    Generation.objects.filter(pk=generation.pk, status=Status.RUNNING).update(cancel_requested=True)
+    event_log().request_cancel(generation.pk)
+    deadline = time.monotonic() + CANCEL_WAIT_S
+    while time.monotonic() < deadline:
+        generation.refresh_from_db()
+        if generation.is_terminal:
+            break
+        if generation.status == Status.QUEUED and _cancel_queued(generation):
+            generation.refresh_from_db()
+            break
+        time.sleep(0.05)
+    return generation
+
+
+def _cancel_queued(generation: Generation) -> bool:
+    """Cancel a generation no worker holds; it then never starts. False if one does."""
+    return _terminate_without_worker(
+        Generation.objects.filter(
+            pk=generation.pk, status=Status.QUEUED, attempt=generation.attempt
+        ),
+        generation.pk,
+        generation.attempt,
+        row_output=generation.output,
+        row_seq=generation.seq,
+        status=Status.CANCELLED,
+        finish_reason=FinishReason.CANCELLED,
+        error=None,
+    )
+
+
+def _terminate_without_worker(
+    rows: Any,
+    generation_id: str,
+    attempt: int,
+    *,
+    row_output: str,
+    row_seq: int,
+    status: str,
+    finish_reason: str,
+    error: dict[str, str] | None,
+) -> bool:
+    """End a generation that no live worker holds, keeping the log and the row in agreement.
+
+    Subscribers may have seen events past the row's last checkpoint (a worker died between
+    two checkpoints): the final output is the row's text plus those events. If the buffer can
+    no longer supply them, a `reset` makes every subscriber's text empty, like the row's.
+    """
+    last_published = event_log().fence(generation_id, attempt)
+    after_row, _ = event_log().read_after_sync(generation_id, row_seq)
+    expected = list(range(row_seq + 1, max(row_seq, last_published) + 1))
+    preamble: list[dict[str, Any]] = []
+    if [event.seq for event in after_row] == expected:
+        output = events.fold((event.decoded() for event in after_row), row_output)
+        done_seq = max(row_seq, last_published) + 1
+    else:
+        output = ""
+        preamble.append(events.reset(generation_id, last_published + 1, attempt))
+        done_seq = last_published + 2
+    updated = rows.update(
+        status=status,
+        finish_reason=finish_reason,
+        error=error,
+        seq=done_seq,
+        output=output,
+        finished_at=timezone.now(),
+        cancel_requested=status == Status.CANCELLED,
+    )
+    if not updated:
+        return False
+    final = events.done(
+        generation_id,
+        done_seq,
+        status=status,
+        finish_reason=finish_reason,
+        usage=None,
+        error=error,
+    )
+    for event in [*preamble, final]:
+        publish_event(generation_id, attempt, event)
+    return True
+
+
+# --- The worker's side ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Claim:
+    generation_id: str
+    attempt: int
+    start_seq: int  # the last seq already in the log; this attempt continues after it
+    model: str
+    prompt: str
+    system: str | None
+    max_tokens: int
+    temperature: float | None
+
+
+def generation_claim(generation_id: str) -> Claim | None:
+    """Take a queued generation for this worker; None when cancelled or taken elsewhere."""
+    now = timezone.now()
+    updated = Generation.objects.filter(pk=generation_id, status=Status.QUEUED).update(
+        status=Status.RUNNING, heartbeat_at=now
+    )
+    if not updated:
+        return None
+    Generation.objects.filter(pk=generation_id, started_at__isnull=True).update(started_at=now)
+    generation = Generation.objects.get(pk=generation_id)
+    last_published = event_log().fence(generation_id, generation.attempt)
+    return Claim(
+        generation_id=generation_id,
+        attempt=generation.attempt,
+        start_seq=max(generation.seq, last_published),
+        model=generation.model,
+        prompt=generation.prompt,
+        system=generation.system,
+        max_tokens=generation.max_tokens,
+        temperature=generation.temperature,
+    )
+
+
+def _fenced(generation_id: str, attempt: int) -> Any:
+    return Generation.objects.filter(pk=generation_id, attempt=attempt, status=Status.RUNNING)
+
+
+def generation_checkpoint(
+    generation_id: str, attempt: int, *, output: str, seq: int, completion_tokens: int
+) -> tuple[bool, bool]:
+    """Persist the fold so far and the heartbeat: (still ours, cancel requested)."""
+    updated = _fenced(generation_id, attempt).update(
+        output=output,
+        seq=seq,
+        completion_tokens=completion_tokens,
+        heartbeat_at=timezone.now(),
+    )
+    if not updated:
+        return False, False
+    cancel = Generation.objects.filter(pk=generation_id).values_list("cancel_requested", flat=True)
+    return True, bool(cancel.first())
+
+
+def generation_finish(
+    generation_id: str,
+    attempt: int,
+    *,
+    status: str,
+    output: str,
+    seq: int,
+    finish_reason: str,
+    usage: dict[str, int] | None,
+    error: dict[str, str] | None,
+) -> bool:
+    """Write the final row; `seq` is that of the `done` event published after it."""
+    completion_tokens = usage["completion_tokens"] if usage else 0
+    updated = _fenced(generation_id, attempt).update(
+        status=status,
+        output=output,
+        seq=seq,
+        finish_reason=finish_reason,
+        usage=usage,
+        error=error,
+        completion_tokens=completion_tokens,
+        finished_at=timezone.now(),
+        heartbeat_at=timezone.now(),
+    )
+    return bool(updated)
+
+
+def generation_requeue(generation_id: str, attempt: int, *, output: str, seq: int) -> bool:
+    """Hand a running attempt back to the queue as the next attempt (which sends `reset`)."""
+    updated = _fenced(generation_id, attempt).update(
+        status=Status.QUEUED,
+        attempt=F("attempt") + 1,
+        output=output,
+        seq=seq,
+        heartbeat_at=None,
+    )
+    if updated:
+        transaction.on_commit(lambda: _enqueue(generation_id))
+    return bool(updated)
+
+
+def reap_stale(
+    *, heartbeat_timeout_s: float, max_attempts: int, now: datetime | None = None
+) -> int:
+    """Re-queue (or fail) running generations whose worker stopped beating; re-enqueue queued
+    generations that no worker has picked up. Returns how many were touched."""
+    now = now or timezone.now()
+    stale_before = now - timedelta(seconds=heartbeat_timeout_s)
+    touched = 0
+    stale = Generation.objects.filter(status=Status.RUNNING, heartbeat_at__lt=stale_before)
+    for generation_id, attempt, seq, output in stale.values_list("id", "attempt", "seq", "output")[
+        :500
+    ]:
+        if attempt < max_attempts:
+            if generation_requeue(generation_id, attempt, output=output, seq=seq):
+                logger.warning(
+                    "generation %s: worker lost, re-queued as attempt %d",
+                    generation_id,
+                    attempt + 1,
+                )
+                touched += 1
+        elif _fail_lost(generation_id, attempt, output=output, seq=seq):
+            touched += 1
+    # Queued rows whose task may have been lost (enqueue failed, or a queue restart):
+    # enqueueing again is harmless, because only one claim can win.
+    waiting = Generation.objects.filter(status=Status.QUEUED, created_at__lt=stale_before)
+    for generation_id in waiting.values_list("id", flat=True)[:500]:
+        _enqueue(generation_id)
+        touched += 1
+    return touched
+
+
+def _fail_lost(generation_id: str, attempt: int, *, output: str, seq: int) -> bool:
+    logger.error(
+        "generation %s: worker lost on the last attempt (%d); failed",
+        generation_id,
+        attempt,
+    )
+    return _terminate_without_worker(
+        _fenced(generation_id, attempt),
+        generation_id,
+        attempt,
+        row_output=output,
+        row_seq=seq,
+        status=Status.FAILED,
+        finish_reason=FinishReason.ERROR,
+        error={
+            "code": "worker_lost",
+            "message": "The worker running this generation stopped.",
+        },
+    )
+
+
+def generation_heartbeat(running: dict[str, int]) -> None:
+    """Mark the attempts this process is running as alive, even while the provider is silent."""
+    now = timezone.now()
+    for generation_id, attempt in running.items():
+        _fenced(generation_id, attempt).update(heartbeat_at=now)

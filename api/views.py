@@ -1,0 +1,118 @@
+"""REST endpoints of PROTOCOL §2: thin, each calls one service or selector."""
+
+from __future__ import annotations
+
+from django.contrib.auth import authenticate as password_authenticate
+from django.http import HttpRequest, HttpResponse
+
+from api import selectors, services
+from api.errors import ApiError
+from api.http import api_endpoint, json_body, json_response
+from api.validation import parse_generation_params, parse_idempotency_key
+from realtime.auth import issue_ticket, issue_token
+
+LIST_LIMIT_DEFAULT = 20
+LIST_LIMIT_MAX = 100
+
+
+@api_endpoint("POST", auth=False)
+def auth_token(request: HttpRequest) -> HttpResponse:
+    data = json_body(request)
+    if not isinstance(data, dict):
+        raise ApiError("invalid_request", "The body must be a JSON object.")
+    unknown = sorted(set(data) - {"username", "password"})
+    errors = {name: "Unknown field." for name in unknown}
+    for name in ("username", "password"):
+        if not isinstance(data.get(name), str) or not data[name]:
+            errors[name] = "A non-empty string is required."
+    if errors:
+        raise ApiError("invalid_request", "The request has invalid fields.", details=errors)
+    user = password_authenticate(request, username=data["username"], password=data["password"])
+    if user is None or not user.is_active:
+        # One message whether or not the user exists, so usernames cannot be probed.
+        raise ApiError("unauthorized", "Invalid username or password.")
+    token, ttl = issue_token(user.get_username())
+    return json_response({"access_token": token, "token_type": "Bearer", "expires_in": ttl})
+
+
+@api_endpoint("GET", "POST")
+def generations(request: HttpRequest) -> HttpResponse:
+    if request.method == "POST":
+        return _create(request)
+    return _list(request)
+
+
+def _create(request: HttpRequest) -> HttpResponse:
+    key = parse_idempotency_key(request.headers.get("Idempotency-Key"))
+    params = parse_generation_params(json_body(request))
+    generation, created = services.generation_create(
+        user=request.identity.user,  # type: ignore[attr-defined]
+        params=params,
+        idempotency_key=key,
+    )
+    return json_response(
+        generation.to_dict(),
+        status=202 if created else 200,
+        headers={"Location": f"/api/v1/generations/{generation.id}"},
+    )
+
+
+def _list(request: HttpRequest) -> HttpResponse:
+    unknown = sorted(set(request.GET) - {"limit", "cursor"})
+    if unknown:
+        raise ApiError(
+            "invalid_request",
+            "Unknown query parameters.",
+            details={name: "Unknown parameter." for name in unknown},
+        )
+    raw_limit = request.GET.get("limit", str(LIST_LIMIT_DEFAULT))
+    try:
+        limit = int(raw_limit)
+    except ValueError:
+        limit = 0
+    if not 1 <= limit <= LIST_LIMIT_MAX or not raw_limit.strip().isdigit():
+        raise ApiError(
+            "invalid_request",
+            "limit must be an integer from 1 to 100.",
+            details={"limit": "An integer from 1 to 100."},
+        )
+    rows, next_cursor = selectors.generation_list(
+        user=request.identity.user,  # type: ignore[attr-defined]
+        limit=limit,
+        cursor=request.GET.get("cursor") or None,
+    )
+    return json_response({"results": [row.to_dict() for row in rows], "next_cursor": next_cursor})
+
+
+@api_endpoint("GET")
+def generation_detail(request: HttpRequest, generation_id: str) -> HttpResponse:
+    generation = selectors.generation_for_user(
+        user=request.identity.user,  # type: ignore[attr-defined]
+        generation_id=generation_id,
+    )
+    return json_response(generation.to_dict())
+
+
+@api_endpoint("POST")
+def generation_cancel(request: HttpRequest, generation_id: str) -> HttpResponse:
+    generation = services.generation_cancel(
+        user=request.identity.user,  # type: ignore[attr-defined]
+        generation_id=generation_id,
+    )
+    return json_response(generation.to_dict())
+
+
+@api_endpoint("POST")
+def generation_ticket(request: HttpRequest, generation_id: str) -> HttpResponse:
+    user = request.identity.user  # type: ignore[attr-defined]
+    generation = selectors.generation_for_user(user=user, generation_id=generation_id)
+    ticket, ttl = issue_ticket(user_id=user.pk, generation_id=generation.id)
+    return json_response({"ticket": ticket, "expires_in": ttl})
+
+
+@api_endpoint("GET")
+def me(request: HttpRequest) -> HttpResponse:
+    identity = request.identity  # type: ignore[attr-defined]
+    return json_response(
+        {"username": identity.username, "usage": selectors.usage_for(identity.user)}
+    )

@@ -1,0 +1,289 @@
+"""A fake OpenAI-compatible chat completions server, for tests and benchmarks.
+
+Run it with ``python -m jobs.fake_openai --port 8901`` and point the service at it with
+``LLM_PROVIDER=openai OPENAI_BASE_URL=http://127.0.0.1:8901/v1 OPENAI_API_KEY=test``. It
+speaks enough HTTP/1.1 (keep-alive, chunked responses) for the official SDK, and streams
+``chat.completion.chunk`` events exactly as the real API does, usage included on request.
+
+Behaviour knobs, from the command line (the defaults), ``POST /_config`` (JSON, replaces the
+defaults at run time), or a directive anywhere in the prompt, which wins for that request:
+
+    [fake tokens=300 rate=50 ttft=200 fail=503x2 drop=120 hang=10]
+
+- ``tokens``: completion tokens to stream (cut at the request's max_tokens: finish "length");
+- ``rate``: tokens per second (0 = as fast as possible); ``ttft``: ms before the first token;
+- ``fail=STATUSxN``: the first N requests with this prompt get HTTP STATUS with an error body;
+- ``drop=K``: close the connection abruptly after K tokens (no end of stream);
+- ``hang=K``: stop sending, and keep the connection open, after K tokens.
+
+``GET /_requests`` returns every request body received (``DELETE`` clears the log), so a test
+can prove what did, and did not, reach the provider.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import re
+import time
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+# Words with multi-byte characters, so a lost or split byte shows in any comparison.
+_WORDS = [
+    "alpha", "beta", "γάμμα", "delta", "épsilon", "zeta", "eta", "θήτα", "iota", "kappa",
+    "λάμδα", "mu", "nü", "ξι", "omicron", "пи", "rho", "σίγμα", "tau", "🙂",
+]  # fmt: skip
+_DIRECTIVE = re.compile(r"\[fake ([^\]]*)\]")
+
+
+def token_text(index: int) -> str:
+    """The fake model's token number `index` (0-based): deterministic, so tests can predict."""
+    word = _WORDS[index % len(_WORDS)]
+    return (
+        (" " if index else "")
+        + (f"{word}{index}" if index % 7 == 3 else word)
+        + ("\n" if index % 25 == 24 else "")
+    )
+
+
+def expected_text(tokens: int) -> str:
+    return "".join(token_text(i) for i in range(tokens))
+
+
+@dataclass(frozen=True)
+class Behaviour:
+    tokens: int = 50
+    rate: float = 0.0
+    ttft: float = 0.0
+    fail_status: int = 0
+    fail_count: int = 0
+    drop: int = -1
+    hang: int = -1
+
+
+def parse_directive(text: str, base: Behaviour) -> Behaviour:
+    match = _DIRECTIVE.search(text)
+    if not match:
+        return base
+    values: dict[str, Any] = {}
+    for part in match.group(1).split():
+        key, _, value = part.partition("=")
+        if key == "tokens":
+            values["tokens"] = int(value)
+        elif key == "rate":
+            values["rate"] = float(value)
+        elif key == "ttft":
+            values["ttft"] = float(value)
+        elif key == "fail":
+            status, _, count = value.partition("x")
+            values["fail_status"] = int(status)
+            values["fail_count"] = int(count or "1")
+        elif key == "drop":
+            values["drop"] = int(value)
+        elif key == "hang":
+            values["hang"] = int(value)
+    return replace(base, **values)
+
+
+class FakeOpenAI:
+    def __init__(self, behaviour: Behaviour) -> None:
+        self.behaviour = behaviour
+        self.requests: list[dict[str, Any]] = []
+        self._failures: dict[str, int] = {}
+        self.server: asyncio.AbstractServer | None = None
+
+    async def start(self, host: str, port: int) -> int:
+        self.server = await asyncio.start_server(self._connection, host, port, backlog=1024)
+        sock = self.server.sockets[0]
+        return int(sock.getsockname()[1])
+
+    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                lines = head.decode("latin-1").split("\r\n")
+                method, target, _ = lines[0].split(" ", 2)
+                headers = {}
+                for line in lines[1:]:
+                    if ":" in line:
+                        name, _, value = line.partition(":")
+                        headers[name.strip().lower()] = value.strip()
+                length = int(headers.get("content-length", "0"))
+                body = await reader.readexactly(length) if length else b""
+                keep_open = await self._handle(method, target.split("?")[0], body, writer)
+                if not keep_open:
+                    break
+        except (asyncio.IncompleteReadError, ConnectionError, ValueError):
+            pass
+        finally:
+            writer.close()
+
+    async def _send_json(self, writer: asyncio.StreamWriter, status: int, payload: Any) -> None:
+        body = json.dumps(payload).encode()
+        writer.write(
+            f"HTTP/1.1 {status} X\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
+        await writer.drain()
+
+    async def _handle(
+        self, method: str, path: str, body: bytes, writer: asyncio.StreamWriter
+    ) -> bool:
+        if path == "/_requests":
+            if method == "DELETE":
+                self.requests.clear()
+                self._failures.clear()
+            await self._send_json(writer, 200, self.requests)
+            return True
+        if path == "/_config" and method == "POST":
+            self.behaviour = replace(Behaviour(), **json.loads(body or b"{}"))
+            self._failures.clear()
+            await self._send_json(writer, 200, asdict(self.behaviour))
+            return True
+        if not path.endswith("/chat/completions") or method != "POST":
+            await self._send_json(writer, 404, {"error": {"message": "not found"}})
+            return True
+        request = json.loads(body)
+        self.requests.append(request)
+        prompt = "\n".join(str(m.get("content", "")) for m in request.get("messages", []))
+        behaviour = parse_directive(prompt, self.behaviour)
+        if behaviour.fail_status:
+            seen = self._failures.get(prompt, 0)
+            if seen < behaviour.fail_count:
+                self._failures[prompt] = seen + 1
+                await self._send_json(
+                    writer,
+                    behaviour.fail_status,
+                    {
+                        "error": {
+                            "message": "injected failure",
+                            "type": "fake",
+                            "code": None,
+                        }
+                    },
+                )
+                return True
+        if not request.get("stream"):
+            text = expected_text(min(behaviour.tokens, int(request.get("max_tokens") or 10**9)))
+            await self._send_json(writer, 200, {"choices": [{"message": {"content": text}}]})
+            return True
+        return await self._stream(request, behaviour, writer)
+
+    async def _stream(
+        self,
+        request: dict[str, Any],
+        behaviour: Behaviour,
+        writer: asyncio.StreamWriter,
+    ) -> bool:
+        writer.write(
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+            b"Transfer-Encoding: chunked\r\nCache-Control: no-cache\r\n\r\n"
+        )
+
+        def send(payload: str) -> None:
+            data = f"data: {payload}\n\n".encode()
+            writer.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+
+        base = {
+            "id": "chatcmpl-fake",
+            "object": "chat.completion.chunk",
+            "created": int(time.time()),
+            "model": request.get("model", "fake"),
+        }
+        limit = int(request.get("max_tokens") or request.get("max_completion_tokens") or 10**9)
+        count = min(behaviour.tokens, limit)
+        finish = "length" if behaviour.tokens > limit else "stop"
+        send(
+            json.dumps(
+                {
+                    **base,
+                    "choices": [
+                        {
+                            "index": 0,
+                            "delta": {"role": "assistant", "content": ""},
+                            "finish_reason": None,
+                        }
+                    ],
+                }
+            )
+        )
+        await writer.drain()
+        if behaviour.ttft:
+            await asyncio.sleep(behaviour.ttft / 1000)
+        started = time.monotonic()
+        for index in range(count):
+            if index == behaviour.drop:
+                writer.transport.abort()
+                return False
+            if index == behaviour.hang:
+                await asyncio.sleep(3600)
+                return False
+            if behaviour.rate:
+                # Pace against the start, so timer error does not accumulate.
+                delay = started + index / behaviour.rate - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+            send(
+                json.dumps(
+                    {
+                        **base,
+                        "choices": [
+                            {
+                                "index": 0,
+                                "delta": {"content": token_text(index)},
+                                "finish_reason": None,
+                            }
+                        ],
+                    },
+                    ensure_ascii=False,
+                )
+            )
+            await writer.drain()
+        send(
+            json.dumps(
+                {
+                    **base,
+                    "choices": [{"index": 0, "delta": {}, "finish_reason": finish}],
+                }
+            )
+        )
+        if (request.get("stream_options") or {}).get("include_usage"):
+            prompt_tokens = sum(
+                len(str(m.get("content", "")).split()) for m in request.get("messages", [])
+            )
+            usage = {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": count,
+                "total_tokens": prompt_tokens + count,
+            }
+            send(json.dumps({**base, "choices": [], "usage": usage}))
+        send("[DONE]")
+        writer.write(b"0\r\n\r\n")
+        await writer.drain()
+        return True
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8901)
+    parser.add_argument("--tokens", type=int, default=50)
+    parser.add_argument("--rate", type=float, default=0.0, help="tokens per second")
+    parser.add_argument("--ttft", type=float, default=0.0, help="ms before the first token")
+    args = parser.parse_args()
+    fake = FakeOpenAI(Behaviour(tokens=args.tokens, rate=args.rate, ttft=args.ttft))
+
+    async def serve() -> None:
+        port = await fake.start(args.host, args.port)
+        print(f"fake OpenAI server on http://{args.host}:{port}/v1", flush=True)
+        assert fake.server is not None
+        await fake.server.serve_forever()
+
+    asyncio.run(serve())
+
+
+if __name__ == "__main__":
+    main()

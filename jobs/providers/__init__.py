@@ -1,0 +1,19 @@
+"""LLM providers: one small interface, a registry by name, one error type, one retry policy."""
+
+from jobs.providers.base import (
+    Chunk,
+    Provider,
+    ProviderError,
+    ProviderRequest,
+    get_provider,
+    stream_with_retry,
+)
+
+__all__ = [
+    "Chunk",
+    "Provider",
+    "ProviderError",
+    "ProviderRequest",
+    "get_provider",
+    "stream_with_retry",
+]

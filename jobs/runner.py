@@ -1,0 +1,317 @@
+"""Runs one attempt of one generation: provider stream -> coalesced deltas -> event log + row."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from django.conf import settings
+from django.db import DatabaseError, close_old_connections
+
+from api import services
+from api.models import FinishReason, Status
+from jobs.providers import (
+    ProviderError,
+    ProviderRequest,
+    get_provider,
+    stream_with_retry,
+)
+from jobs.providers.demo import tokenize
+from realtime import events
+from realtime.eventlog import event_log
+from realtime.publish import publish_event
+
+logger = logging.getLogger(__name__)
+
+# Coalescing: the first text goes out at once (time to first token); after that a delta at
+# most every COALESCE_INTERVAL_S, or sooner when COALESCE_MAX_BYTES are waiting. Tokens per
+# second stay the same; messages per second drop several-fold.
+COALESCE_INTERVAL_S = 0.04
+COALESCE_MAX_BYTES = 1024
+# The final row write is retried this long through a database outage before giving up;
+# nothing is published as done until the row holds the full output.
+FINAL_WRITE_RETRY_S = 60.0
+
+
+class LostOwnership(Exception):
+    """This attempt was superseded (re-queued by the reaper, or cancelled while queued)."""
+
+
+class Runner:
+    def __init__(
+        self, claim: services.Claim, *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.claim = claim
+        self.generation_id = claim.generation_id
+        self.attempt = claim.attempt
+        self.seq = claim.start_seq
+        self.text = ""
+        self.completion_tokens = 0
+        self.clock = clock
+        self._pending: list[str] = []
+        self._pending_bytes = 0
+        self._last_flush = float("-inf")
+        self._last_checkpoint = clock()
+        self._cancel = False
+
+    # -- publishing ------------------------------------------------------------------------
+
+    def _publish(self, event: dict[str, Any]) -> None:
+        if not publish_event(self.generation_id, self.attempt, event):
+            raise LostOwnership(self.generation_id)
+
+    def _flush(self) -> None:
+        if not self._pending:
+            return
+        text = "".join(self._pending)
+        self._pending.clear()
+        self._pending_bytes = 0
+        self.seq += 1
+        self.text += text
+        self._publish(events.delta(self.generation_id, self.seq, text))
+        self._last_flush = self.clock()
+
+    def _add_text(self, text: str) -> None:
+        self._pending.append(text)
+        self._pending_bytes += len(text)
+        now = self.clock()
+        if (
+            now - self._last_flush >= COALESCE_INTERVAL_S
+            or self._pending_bytes >= COALESCE_MAX_BYTES
+        ):
+            self._flush()
+
+    def _checkpoint(self, *, force: bool = False) -> None:
+        now = self.clock()
+        if not force and now - self._last_checkpoint < settings.CHECKPOINT_INTERVAL_S:
+            return
+        self._last_checkpoint = now
+        try:
+            ours, cancel = services.generation_checkpoint(
+                self.generation_id,
+                self.attempt,
+                output=self.text,
+                seq=self.seq,
+                completion_tokens=self.completion_tokens,
+            )
+        except DatabaseError:
+            # A missed checkpoint costs only replay distance; the final write is retried.
+            logger.warning("generation %s: checkpoint failed", self.generation_id, exc_info=True)
+            close_old_connections()
+            return
+        if not ours:
+            raise LostOwnership(self.generation_id)
+        self._cancel = self._cancel or cancel
+
+    def _cancel_requested(self) -> bool:
+        if not self._cancel and event_log().cancel_requested(self.generation_id):
+            self._cancel = True
+        return self._cancel
+
+    # -- the attempt -----------------------------------------------------------------------
+
+    def run(self) -> None:
+        try:
+            self._run()
+        except LostOwnership:
+            logger.warning(
+                "generation %s: attempt %d superseded; stopping",
+                self.generation_id,
+                self.attempt,
+            )
+
+    def _run(self) -> None:
+        if self.attempt > 1:
+            self.seq += 1
+            self._publish(events.reset(self.generation_id, self.seq, self.attempt))
+            self._checkpoint(force=True)
+        request = ProviderRequest(
+            model=self.claim.model,
+            prompt=self.claim.prompt,
+            system=self.claim.system,
+            max_tokens=self.claim.max_tokens,
+            temperature=self.claim.temperature,
+        )
+        finish_reason: str | None = None
+        usage: dict[str, int] | None = None
+        stream = stream_with_retry(get_provider(), request, stop_requested=self._cancel_requested)
+        try:
+            for chunk in stream:
+                if self._cancel_requested():
+                    break
+                if chunk.text:
+                    self.completion_tokens += 1
+                    self._add_text(chunk.text)
+                if chunk.finish_reason:
+                    finish_reason = chunk.finish_reason
+                if chunk.usage:
+                    usage = chunk.usage
+                self._checkpoint()
+        except ProviderError as error:
+            stream.close()
+            self._flush()
+            self._provider_failed(error)
+            return
+        finally:
+            # Closing the stream closes the provider's connection: no more tokens are paid for.
+            stream.close()
+        self._flush()
+        if self._cancel:
+            self._finish(
+                Status.CANCELLED,
+                FinishReason.CANCELLED,
+                self._counted_usage(None),
+                None,
+            )
+            return
+        reason = FinishReason.LENGTH if finish_reason == "length" else FinishReason.STOP
+        self._finish(Status.COMPLETED, reason, self._counted_usage(usage), None)
+
+    def _counted_usage(self, usage: dict[str, int] | None) -> dict[str, int]:
+        """The provider's figures when it reported them, else our own count."""
+        if usage is not None:
+            return usage
+        prompt_tokens = len(tokenize(self.claim.prompt)) + len(tokenize(self.claim.system or ""))
+        return {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": prompt_tokens + self.completion_tokens,
+        }
+
+    def _provider_failed(self, error: ProviderError) -> None:
+        logger.warning(
+            "generation %s: provider error (%s, permanent=%s) on attempt %d",
+            self.generation_id,
+            error.kind,
+            error.permanent,
+            self.attempt,
+        )
+        if not error.permanent and self.text and self.attempt < settings.MAX_ATTEMPTS:
+            # Text was streamed, so a silent retry would double it: start a new attempt,
+            # which tells subscribers to discard the text so far (`reset`).
+            if services.generation_requeue(
+                self.generation_id, self.attempt, output=self.text, seq=self.seq
+            ):
+                return
+            raise LostOwnership(self.generation_id)
+        self._finish(
+            Status.FAILED,
+            FinishReason.ERROR,
+            self._counted_usage(None),
+            {
+                "code": "provider_error",
+                "message": f"The model provider failed ({error.kind}).",
+            },
+        )
+
+    def _finish(
+        self,
+        status: str,
+        finish_reason: str,
+        usage: dict[str, int] | None,
+        error: dict[str, str] | None,
+    ) -> None:
+        done_seq = self.seq + 1
+        deadline = self.clock() + FINAL_WRITE_RETRY_S
+        delay_s = 0.1
+        while True:
+            try:
+                written = services.generation_finish(
+                    self.generation_id,
+                    self.attempt,
+                    status=status,
+                    output=self.text,
+                    seq=done_seq,
+                    finish_reason=finish_reason,
+                    usage=usage,
+                    error=error,
+                )
+                break
+            except DatabaseError:
+                if self.clock() > deadline:
+                    # The row still says running; the reaper will retry the generation.
+                    logger.error("generation %s: final write failed", self.generation_id)
+                    raise
+                logger.warning("generation %s: final write failed; retrying", self.generation_id)
+                close_old_connections()
+                time.sleep(delay_s)
+                delay_s = min(delay_s * 2, 2.0)
+        if not written:
+            raise LostOwnership(self.generation_id)
+        self.seq = done_seq
+        self._publish(
+            events.done(
+                self.generation_id,
+                done_seq,
+                status=status,
+                finish_reason=finish_reason,
+                usage=usage,
+                error=error,
+            )
+        )
+
+
+# -- per-process housekeeping ---------------------------------------------------------------
+
+
+class Housekeeping:
+    """One thread per worker process: heartbeats for the attempts running here, and the
+    reaper that re-queues generations whose worker stopped beating (Huey has no acks)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._running: dict[str, int] = {}
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._loop, name="housekeeping", daemon=True)
+                self._thread.start()
+
+    def track(self, generation_id: str, attempt: int) -> None:
+        with self._lock:
+            self._running[generation_id] = attempt
+
+    def untrack(self, generation_id: str) -> None:
+        with self._lock:
+            self._running.pop(generation_id, None)
+
+    def _loop(self) -> None:
+        interval_s = max(1.0, settings.HEARTBEAT_TIMEOUT_S / 4)
+        next_reap = time.monotonic() + interval_s
+        while True:
+            time.sleep(interval_s)
+            try:
+                with self._lock:
+                    running = dict(self._running)
+                services.generation_heartbeat(running)
+                if time.monotonic() >= next_reap:
+                    next_reap = time.monotonic() + interval_s
+                    services.reap_stale(
+                        heartbeat_timeout_s=settings.HEARTBEAT_TIMEOUT_S,
+                        max_attempts=settings.MAX_ATTEMPTS,
+                    )
+            except Exception:
+                logger.warning("housekeeping failed; will retry", exc_info=True)
+            finally:
+                close_old_connections()
+
+
+housekeeping = Housekeeping()
+
+
+def run_generation_job(generation_id: str) -> None:
+    housekeeping.start()
+    event_log().watch_cancels()
+    claim = services.generation_claim(generation_id)
+    if claim is None:
+        return
+    housekeeping.track(generation_id, claim.attempt)
+    try:
+        Runner(claim).run()
+    finally:
+        housekeeping.untrack(generation_id)

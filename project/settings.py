@@ -1,0 +1,311 @@
+"""Settings, read once from the environment (PROTOCOL.md section 7).
+
+Two modes share one code base:
+
+- the embedded default (no ``REDIS_URL``): SQLite unless ``DATABASE_URL`` says otherwise, an
+  in-memory channel layer and replay buffer, and a Huey consumer running inside the web
+  process, so ``daphne project.asgi:application`` alone is the whole service;
+- the distributed mode (``REDIS_URL`` set): Redis carries the Huey queue, the channel layer,
+  the replay buffers and the rate limits; ``manage.py run_huey`` processes run generations.
+"""
+
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+from typing import Any
+
+import dj_database_url
+
+from project.env import (
+    ConfigError,
+    envbool,
+    envchoice,
+    envfloat,
+    envint,
+    envlist,
+    envstr,
+)
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+VAR_DIR = Path(envstr("VAR_DIR", str(BASE_DIR / "var")))
+
+
+def _local_secret(name: str) -> str:
+    """A random secret kept in var/ so that the embedded default needs no setup.
+
+    A fixed development key would let anyone who read this repository forge tokens for a
+    service started with no configuration; a per-installation random key does not.
+    """
+    VAR_DIR.mkdir(parents=True, exist_ok=True)
+    path = VAR_DIR / name
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        value = secrets.token_urlsafe(48)
+        path.write_text(value)
+        path.chmod(0o600)
+        return value
+
+
+SECRET_KEY = envstr("SECRET_KEY") or _local_secret("secret_key")
+DEBUG = envbool("DEBUG", False)
+ALLOWED_HOSTS = envlist("ALLOWED_HOSTS", ["*"])
+# Browser origins allowed to open the WebSocket and call the API cross-origin. The service's
+# own origin (the sample page) is always allowed; clients that send no Origin are too.
+ALLOWED_ORIGINS = envlist("ALLOWED_ORIGINS", [])
+
+REDIS_URL = envstr("REDIS_URL")
+DISTRIBUTED = bool(REDIS_URL)
+
+INSTALLED_APPS = [
+    "daphne",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "channels",
+    "huey.contrib.djhuey",
+    "api",
+    "jobs",
+    "realtime",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "project.urls"
+ASGI_APPLICATION = "project.asgi.application"
+APPEND_SLASH = False
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# --- Database -------------------------------------------------------------------------------
+
+DATABASE_URL = envstr("DATABASE_URL") or f"sqlite:///{BASE_DIR / 'db.sqlite3'}"
+try:
+    _database: dict[str, Any] = dict(dj_database_url.parse(DATABASE_URL))
+except Exception as exc:  # dj_database_url raises several types for a bad URL
+    raise ConfigError(f"DATABASE_URL={DATABASE_URL!r} is not valid: {exc}") from None
+if _database["ENGINE"] == "django.db.backends.sqlite3":
+    _database["OPTIONS"] = {
+        # WAL lets the SSE view read while a worker thread checkpoints; IMMEDIATE takes the
+        # write lock at BEGIN, so two writers queue on `timeout` instead of deadlocking.
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+        "transaction_mode": "IMMEDIATE",
+        "timeout": 30,
+    }
+elif _database["ENGINE"] == "django.db.backends.mysql":
+    _database["OPTIONS"] = {
+        "charset": "utf8mb4",
+        # READ COMMITTED: after a duplicate-key error on an idempotency key, the next read
+        # must see the row the winning transaction committed, which REPEATABLE READ hides.
+        "isolation_level": "read committed",
+    }
+    _database.setdefault("TEST", {})["CHARSET"] = "utf8mb4"
+    _database["TEST"]["COLLATION"] = "utf8mb4_unicode_ci"
+else:
+    raise ConfigError(f"DATABASE_URL={DATABASE_URL!r}: only mysql:// and sqlite:// are supported")
+# Connections are opened per request or task and closed after it: the SSE view and the
+# WebSocket consumer hold none while they wait for events.
+_database["CONN_MAX_AGE"] = 0
+DATABASES = {"default": _database}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# --- Channels, Huey, replay buffer -----------------------------------------------------------
+
+# Redis connection pool size per process for the replay buffer, the cancel flags and the
+# rate limits. Set explicitly: an unbounded pool hides leaks, a tiny one raises
+# "Too many connections" under 100 concurrent subscribers.
+REDIS_MAX_CONNECTIONS = envint("REDIS_MAX_CONNECTIONS", 200, minimum=10)
+
+if DISTRIBUTED:
+    CHANNEL_LAYERS: dict[str, Any] = {
+        "default": {
+            # The pub/sub layer: one PUBLISH per group_send and no per-channel capacity to
+            # overflow; see docs/channel-layer.md for the measurement behind the choice.
+            "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
+            "CONFIG": {"hosts": [REDIS_URL]},
+        }
+    }
+else:
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels.layers.InMemoryChannelLayer",
+            # Large enough that a stalled subscriber is closed as a slow consumer before the
+            # layer starts dropping; anything dropped is repaired from the replay buffer.
+            "CONFIG": {"capacity": 10_000, "expiry": 60},
+        }
+    }
+
+HUEY_WORKERS = envint("HUEY_WORKERS", 64, minimum=1, maximum=1024)
+if DISTRIBUTED:
+    HUEY: dict[str, Any] = {
+        "huey_class": "huey.RedisHuey",
+        "name": "llm-generations",
+        "immediate": False,  # djhuey would run tasks inline when DEBUG is on
+        "connection": {"url": REDIS_URL},
+        "consumer": {
+            "workers": HUEY_WORKERS,
+            # Threads: a generation spends its life waiting on the provider's socket.
+            "worker_type": "thread",
+            "periodic": True,
+            "scheduler_interval": 1,
+            "check_worker_health": True,
+        },
+    }
+else:
+    VAR_DIR.mkdir(parents=True, exist_ok=True)
+    HUEY = {
+        "huey_class": "huey.SqliteHuey",
+        "name": "llm-generations",
+        "immediate": False,
+        # Queued generations survive a restart of the embedded process.
+        "filename": envstr("HUEY_SQLITE_PATH", str(VAR_DIR / "huey.sqlite3")),
+        "consumer": {
+            "workers": HUEY_WORKERS,
+            "worker_type": "thread",
+            "periodic": True,
+            "scheduler_interval": 1,
+        },
+    }
+
+# --- Identity --------------------------------------------------------------------------------
+
+JWT_SECRET = envstr("JWT_SECRET") or SECRET_KEY
+JWT_PUBLIC_KEY = envstr("JWT_PUBLIC_KEY").replace("\\n", "\n")
+# Signs tokens from /api/v1/auth/token and issue_token when asymmetric algorithms are used.
+JWT_PRIVATE_KEY = envstr("JWT_PRIVATE_KEY").replace("\\n", "\n")
+_JWT_ALLOWED_ALGORITHMS = (
+    "HS256",
+    "HS384",
+    "HS512",
+    "RS256",
+    "RS384",
+    "RS512",
+    "ES256",
+    "ES384",
+)
+
+
+def _default_jwt_algorithms() -> list[str]:
+    if not JWT_PUBLIC_KEY:
+        return ["HS256"]
+    return (
+        ["ES256"] if "EC PUBLIC KEY" in JWT_PUBLIC_KEY or _is_ec_key(JWT_PUBLIC_KEY) else ["RS256"]
+    )
+
+
+def _is_ec_key(pem: str) -> bool:
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+    try:
+        return isinstance(load_pem_public_key(pem.encode()), ec.EllipticCurvePublicKey)
+    except ValueError:
+        raise ConfigError("JWT_PUBLIC_KEY is not a PEM public key") from None
+
+
+JWT_ALGORITHMS = envlist("JWT_ALGORITHMS", _default_jwt_algorithms())
+for _alg in JWT_ALGORITHMS:
+    if _alg not in _JWT_ALLOWED_ALGORITHMS:
+        raise ConfigError(
+            f"JWT_ALGORITHMS contains {_alg!r}: allowed are {', '.join(_JWT_ALLOWED_ALGORITHMS)}"
+        )
+if JWT_PUBLIC_KEY and any(alg.startswith("HS") for alg in JWT_ALGORITHMS):
+    # Mixing them would let a token signed with the public key as an HMAC secret pass.
+    raise ConfigError("JWT_ALGORITHMS: HS* algorithms cannot be used with JWT_PUBLIC_KEY")
+if not JWT_PUBLIC_KEY and not all(alg.startswith("HS") for alg in JWT_ALGORITHMS):
+    raise ConfigError("JWT_ALGORITHMS: RS*/ES* algorithms need JWT_PUBLIC_KEY")
+JWT_AUDIENCE = envstr("JWT_AUDIENCE")
+JWT_ISSUER = envstr("JWT_ISSUER")
+JWT_AUTO_CREATE_USERS = envbool("JWT_AUTO_CREATE_USERS", True)
+JWT_LEEWAY_S = 30  # PROTOCOL §1: at most 30 s of clock skew is forgiven
+JWT_TTL_S = envint("JWT_TTL_S", 3600, minimum=30)
+
+# --- Provider --------------------------------------------------------------------------------
+
+OPENAI_API_KEY = envstr("OPENAI_API_KEY")
+OPENAI_BASE_URL = envstr("OPENAI_BASE_URL")
+LLM_PROVIDER = envchoice("LLM_PROVIDER", "openai" if OPENAI_API_KEY else "demo", ("openai", "demo"))
+if LLM_PROVIDER == "openai" and not OPENAI_API_KEY and not OPENAI_BASE_URL:
+    raise ConfigError("LLM_PROVIDER=openai needs OPENAI_API_KEY (or OPENAI_BASE_URL)")
+# Seconds to wait for the provider's connection, and between two chunks of its stream.
+PROVIDER_CONNECT_TIMEOUT_S = envfloat("PROVIDER_CONNECT_TIMEOUT_S", 10.0, minimum=0.1)
+PROVIDER_READ_TIMEOUT_S = envfloat("PROVIDER_READ_TIMEOUT_S", 60.0, minimum=0.1)
+ALLOWED_MODELS = envlist("ALLOWED_MODELS", ["gpt-4o-mini", "gpt-4o", "gpt-4.1-mini", "gpt-4.1"])
+DEFAULT_MODEL = envstr("DEFAULT_MODEL", ALLOWED_MODELS[0])
+if DEFAULT_MODEL not in ALLOWED_MODELS:
+    raise ConfigError(f"DEFAULT_MODEL={DEFAULT_MODEL!r} is not in ALLOWED_MODELS")
+
+# --- Limits (PROTOCOL §6) --------------------------------------------------------------------
+
+MAX_PROMPT_CHARS = envint("MAX_PROMPT_CHARS", 32_000, minimum=1)
+MAX_SYSTEM_CHARS = envint("MAX_SYSTEM_CHARS", 8_000, minimum=1)
+MAX_OUTPUT_TOKENS = envint("MAX_OUTPUT_TOKENS", 4_096, minimum=1)
+DEFAULT_MAX_TOKENS = min(1_024, MAX_OUTPUT_TOKENS)
+RATE_LIMIT_PER_MINUTE = envint("RATE_LIMIT_PER_MINUTE", 20, minimum=1)
+TOKENS_PER_DAY = envint("TOKENS_PER_DAY", 200_000, minimum=1)
+MAX_ACTIVE_GENERATIONS = envint("MAX_ACTIVE_GENERATIONS", 5, minimum=1)
+MAX_CONNECTIONS_PER_USER = envint("MAX_CONNECTIONS_PER_USER", 10, minimum=1)
+MAX_REQUEST_BYTES = 64 * 1024  # PROTOCOL §2: 413 above this
+
+# --- Realtime and worker timings -------------------------------------------------------------
+
+WS_AUTH_TIMEOUT = envfloat("WS_AUTH_TIMEOUT", 10.0, minimum=0.1)
+WS_MAX_BUFFER = envint("WS_MAX_BUFFER", 1024 * 1024, minimum=1024)
+CHECKPOINT_INTERVAL_S = envfloat("CHECKPOINT_INTERVAL_S", 1.0, minimum=0.05, maximum=60)
+HEARTBEAT_TIMEOUT_S = envfloat("HEARTBEAT_TIMEOUT_S", 30.0, minimum=1)
+MAX_ATTEMPTS = envint("MAX_ATTEMPTS", 3, minimum=1, maximum=20)
+TICKET_TTL_S = envint("TICKET_TTL_S", 300, minimum=1)
+if HEARTBEAT_TIMEOUT_S <= 2 * CHECKPOINT_INTERVAL_S:
+    raise ConfigError("HEARTBEAT_TIMEOUT_S must be more than twice CHECKPOINT_INTERVAL_S")
+
+# --- Django odds and ends --------------------------------------------------------------------
+
+AUTH_PASSWORD_VALIDATORS: list[dict[str, str]] = []
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = False
+USE_TZ = True
+STATIC_URL = "static/"
+STATIC_ROOT = VAR_DIR / "static"
+
+LOG_LEVEL = envchoice("LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR"))
+LOGGING: dict[str, Any] = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(process)d %(message)s"}
+    },
+    "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["stderr"], "level": LOG_LEVEL},
+    "loggers": {
+        "django.request": {"level": "ERROR"},
+        "daphne": {"level": "WARNING"},
+        "huey": {"level": "WARNING"},
+        "httpx": {"level": "WARNING"},
+    },
+}

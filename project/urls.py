@@ -1,0 +1,31 @@
+from __future__ import annotations
+
+from django.contrib import admin
+from django.http import HttpRequest, HttpResponse
+from django.urls import path
+
+from api import views
+from api.errors import ApiError, error_response
+from project import health
+from realtime.sse import generation_events
+
+urlpatterns = [
+    path("api/v1/auth/token", views.auth_token),
+    path("api/v1/generations", views.generations),
+    path("api/v1/generations/<str:generation_id>", views.generation_detail),
+    path("api/v1/generations/<str:generation_id>/cancel", views.generation_cancel),
+    path("api/v1/generations/<str:generation_id>/ticket", views.generation_ticket),
+    path("api/v1/generations/<str:generation_id>/events", generation_events),
+    path("api/v1/me", views.me),
+    path("healthz", health.healthz),
+    path("readyz", health.readyz),
+    path("admin/", admin.site.urls),
+]
+
+
+def handler404(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+    return error_response(ApiError("not_found", "No such resource."))
+
+
+def handler500(request: HttpRequest) -> HttpResponse:
+    return error_response(ApiError("internal_error", "Something went wrong."))

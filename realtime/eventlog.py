@@ -1,0 +1,302 @@
+"""The replay buffer of each generation's event log, and its cancel flag.
+
+In the distributed mode the buffer is a Redis stream per generation whose entry ids are
+``0-<seq>``, so "events after seq N" is one XRANGE, and Redis itself refuses an entry whose
+seq is not above the last one. Appends go through a Lua script that first checks the
+attempt fence: a worker whose attempt was superseded (presumed dead, then re-queued) cannot
+append to the log. In the embedded default the same structure lives in this process.
+
+The buffer is bounded (``REPLAY_MAX_EVENTS``) and expires ``REPLAY_TTL_AFTER_DONE_S`` after the
+generation ends; past that, subscribers get a snapshot from the database row instead.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from functools import cache
+from typing import Any
+
+import redis
+from django.conf import settings
+
+from realtime.redis import async_client, sync_client
+
+# At 25 deltas/s a 10-minute generation has 15,000 events; checkpoints every second keep the
+# row within a few dozen of the head, so trimming never removes an event the row lacks.
+REPLAY_MAX_EVENTS = 20_000
+# Long enough for a client that lost its connection in the last seconds to resume without a
+# database read; after that the finished row answers every subscriber.
+REPLAY_TTL_AFTER_DONE_S = 600
+# A generation whose worker vanished is re-queued by the reaper within HEARTBEAT_TIMEOUT_S;
+# a day bounds what a generation abandoned by every worker can leave in Redis.
+REPLAY_TTL_WHILE_RUNNING_S = 24 * 3600
+CANCEL_FLAG_TTL_S = 24 * 3600
+CANCEL_CHANNEL = "llm:cancels"
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class StoredEvent:
+    seq: int
+    kind: str  # delta | reset | done
+    data: str  # the event's JSON text, exactly as published
+
+    def decoded(self) -> dict[str, Any]:
+        result: dict[str, Any] = json.loads(self.data)
+        return result
+
+
+class EventLog(ABC):
+    @abstractmethod
+    def fence(self, generation_id: str, attempt: int) -> int:
+        """Make `attempt` the only one allowed to append; return the last seq in the buffer."""
+
+    @abstractmethod
+    def append(self, generation_id: str, attempt: int, seq: int, kind: str, data: str) -> bool:
+        """Append one event; False when the attempt is fenced off or the seq is not new."""
+
+    @abstractmethod
+    async def read_after(self, generation_id: str, after: int) -> tuple[list[StoredEvent], bool]:
+        """Events with seq > after, in order, and whether the buffer exists at all."""
+
+    @abstractmethod
+    def read_after_sync(self, generation_id: str, after: int) -> tuple[list[StoredEvent], bool]:
+        """The same, for worker threads and services."""
+
+    @abstractmethod
+    def request_cancel(self, generation_id: str) -> None:
+        """Ask the worker running the generation to stop."""
+
+    @abstractmethod
+    def cancel_requested(self, generation_id: str) -> bool:
+        """Whether a cancel was asked for: cheap enough to ask after every chunk."""
+
+    def watch_cancels(self) -> None:  # noqa: B027  (only the Redis log needs a watcher)
+        """Start receiving cancel requests in this process (a worker's, before it runs)."""
+
+
+_APPEND_SCRIPT = """
+if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
+redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[4], '0-' .. ARGV[2], 'k', ARGV[6], 'd', ARGV[3])
+redis.call('EXPIRE', KEYS[1], ARGV[5])
+redis.call('EXPIRE', KEYS[2], ARGV[5])
+return 1
+"""
+
+
+class RedisEventLog(EventLog):
+    def __init__(self) -> None:
+        self._watch_lock = threading.Lock()
+        self._watcher: threading.Thread | None = None
+        self._watcher_healthy = threading.Event()
+        self._cancelled_here: set[str] = set()
+        # Fence check and XADD in one script: nothing can re-fence between the two.
+        self._append = sync_client().register_script(_APPEND_SCRIPT)
+
+    @staticmethod
+    def _stream_key(generation_id: str) -> str:
+        return f"llm:log:{generation_id}"
+
+    @staticmethod
+    def _fence_key(generation_id: str) -> str:
+        return f"llm:fence:{generation_id}"
+
+    @staticmethod
+    def _cancel_key(generation_id: str) -> str:
+        return f"llm:cancel:{generation_id}"
+
+    def fence(self, generation_id: str, attempt: int) -> int:
+        client = sync_client()
+        pipe = client.pipeline(transaction=True)
+        pipe.set(self._fence_key(generation_id), str(attempt), ex=REPLAY_TTL_WHILE_RUNNING_S)
+        pipe.xrevrange(self._stream_key(generation_id), count=1)
+        _, last = pipe.execute()
+        return _seq_of(last[0][0]) if last else 0
+
+    def append(self, generation_id: str, attempt: int, seq: int, kind: str, data: str) -> bool:
+        ttl = REPLAY_TTL_AFTER_DONE_S if kind == "done" else REPLAY_TTL_WHILE_RUNNING_S
+        try:
+            return bool(
+                self._append(
+                    keys=[
+                        self._stream_key(generation_id),
+                        self._fence_key(generation_id),
+                    ],
+                    args=[str(attempt), str(seq), data, REPLAY_MAX_EVENTS, ttl, kind],
+                )
+            )
+        except redis.ResponseError as exc:
+            # "The ID specified in XADD is equal or smaller than the target stream top item":
+            # the seq was already written, by this attempt's earlier try whose reply was lost.
+            if "equal or smaller" in str(exc):
+                return False
+            raise
+
+    async def read_after(self, generation_id: str, after: int) -> tuple[list[StoredEvent], bool]:
+        client = async_client()
+        key = self._stream_key(generation_id)
+        pipe = client.pipeline(transaction=False)
+        pipe.xrange(key, min=f"(0-{after}", max="+")
+        pipe.exists(key)
+        entries, exists = await pipe.execute()
+        return _decode_entries(entries), bool(exists)
+
+    def read_after_sync(self, generation_id: str, after: int) -> tuple[list[StoredEvent], bool]:
+        key = self._stream_key(generation_id)
+        pipe = sync_client().pipeline(transaction=False)
+        pipe.xrange(key, min=f"(0-{after}", max="+")
+        pipe.exists(key)
+        entries, exists = pipe.execute()
+        return _decode_entries(entries), bool(exists)
+
+    def request_cancel(self, generation_id: str) -> None:
+        pipe = sync_client().pipeline(transaction=False)
+        pipe.set(self._cancel_key(generation_id), "1", ex=CANCEL_FLAG_TTL_S)
+        pipe.publish(CANCEL_CHANNEL, generation_id)
+        pipe.execute()
+
+    def cancel_requested(self, generation_id: str) -> bool:
+        # A Redis round trip per chunk would cost more CPU than the chunk itself: workers
+        # learn of cancels by pub/sub into a local set. The key is the durable record, read
+        # once at claim time and again when the pub/sub link has been down.
+        if generation_id in self._cancelled_here:
+            return True
+        if self._watcher_healthy.is_set():
+            return False
+        try:
+            return bool(sync_client().exists(self._cancel_key(generation_id)))
+        except redis.RedisError:
+            return False
+
+    def watch_cancels(self) -> None:
+        with self._watch_lock:
+            if self._watcher is None:
+                self._watcher = threading.Thread(
+                    target=self._watch, name="cancel-watcher", daemon=True
+                )
+                self._watcher.start()
+
+    def _watch(self) -> None:
+        backoff_s = 0.1
+        while True:
+            try:
+                pubsub = sync_client().pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+                pubsub.subscribe(CANCEL_CHANNEL)
+                self._watcher_healthy.set()
+                backoff_s = 0.1
+                while True:
+                    message = pubsub.get_message(timeout=1.0)
+                    if message and message["type"] == "message":
+                        with self._watch_lock:
+                            self._cancelled_here.add(message["data"].decode())
+                            if len(self._cancelled_here) > 100_000:
+                                self._cancelled_here.clear()
+            except Exception:
+                self._watcher_healthy.clear()
+                logger.warning("cancel watcher lost Redis; retrying", exc_info=True)
+                time.sleep(backoff_s)
+                backoff_s = min(backoff_s * 2, 5.0)
+
+
+def _decode_entries(
+    entries: list[tuple[bytes, dict[bytes, bytes]]],
+) -> list[StoredEvent]:
+    return [
+        StoredEvent(_seq_of(eid), fields[b"k"].decode(), fields[b"d"].decode())
+        for eid, fields in entries
+    ]
+
+
+def _seq_of(entry_id: bytes | str) -> int:
+    text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+    return int(text.split("-", 1)[1])
+
+
+@dataclass
+class _MemoryLog:
+    attempt: int = 0
+    events: list[StoredEvent] = field(default_factory=list)
+    expires_at: float = 0.0
+
+
+class MemoryEventLog(EventLog):
+    """The embedded default's buffer: the same contract, kept in this process."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._logs: dict[str, _MemoryLog] = {}
+        self._cancelled: dict[str, float] = {}
+        self._next_sweep = 0.0
+
+    def _sweep(self, now: float) -> None:
+        if now < self._next_sweep:
+            return
+        self._next_sweep = now + 30
+        for key in [k for k, log in self._logs.items() if log.expires_at < now]:
+            del self._logs[key]
+        for key in [k for k, t in self._cancelled.items() if t < now]:
+            del self._cancelled[key]
+
+    def fence(self, generation_id: str, attempt: int) -> int:
+        now = time.monotonic()
+        with self._lock:
+            self._sweep(now)
+            log = self._logs.setdefault(generation_id, _MemoryLog())
+            log.attempt = attempt
+            log.expires_at = now + REPLAY_TTL_WHILE_RUNNING_S
+            return log.events[-1].seq if log.events else 0
+
+    def append(self, generation_id: str, attempt: int, seq: int, kind: str, data: str) -> bool:
+        now = time.monotonic()
+        with self._lock:
+            log = self._logs.get(generation_id)
+            if log is None or log.attempt != attempt:
+                return False
+            if log.events and log.events[-1].seq >= seq:
+                return False
+            log.events.append(StoredEvent(seq, kind, data))
+            if len(log.events) > REPLAY_MAX_EVENTS:
+                del log.events[: len(log.events) - REPLAY_MAX_EVENTS]
+            final = kind == "done"
+            log.expires_at = now + (
+                REPLAY_TTL_AFTER_DONE_S if final else REPLAY_TTL_WHILE_RUNNING_S
+            )
+            return True
+
+    async def read_after(self, generation_id: str, after: int) -> tuple[list[StoredEvent], bool]:
+        return self.read_after_sync(generation_id, after)
+
+    def read_after_sync(self, generation_id: str, after: int) -> tuple[list[StoredEvent], bool]:
+        with self._lock:
+            log = self._logs.get(generation_id)
+            if log is None or log.expires_at < time.monotonic():
+                return [], False
+            events = log.events
+            # Seqs are strictly increasing: bisect for the first one above `after`.
+            lo, hi = 0, len(events)
+            while lo < hi:
+                mid = (lo + hi) // 2
+                if events[mid].seq <= after:
+                    lo = mid + 1
+                else:
+                    hi = mid
+            return events[lo:], True
+
+    def request_cancel(self, generation_id: str) -> None:
+        with self._lock:
+            self._cancelled[generation_id] = time.monotonic() + CANCEL_FLAG_TTL_S
+
+    def cancel_requested(self, generation_id: str) -> bool:
+        with self._lock:
+            return generation_id in self._cancelled
+
+
+@cache
+def event_log() -> EventLog:
+    return RedisEventLog() if settings.DISTRIBUTED else MemoryEventLog()

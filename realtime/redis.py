@@ -1,0 +1,57 @@
+"""Redis clients of this process: one sync pool for worker threads, one async client per loop."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import weakref
+
+import redis
+import redis.asyncio as aioredis
+from django.conf import settings
+
+_lock = threading.Lock()
+_sync_client: redis.Redis | None = None
+_async_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, aioredis.Redis] = (
+    weakref.WeakKeyDictionary()
+)
+
+# A blocking command never runs on these clients, so a read that takes this long means the
+# server or the network is gone; fail and let the caller's retry or repair path take over.
+SOCKET_TIMEOUT_S = 5.0
+CONNECT_TIMEOUT_S = 2.0
+
+
+def sync_client() -> redis.Redis:
+    global _sync_client
+    with _lock:
+        if _sync_client is None:
+            pool = redis.BlockingConnectionPool.from_url(
+                settings.REDIS_URL,
+                max_connections=settings.REDIS_MAX_CONNECTIONS,
+                # Wait for a free connection rather than fail with "Too many connections".
+                timeout=10,
+                socket_timeout=SOCKET_TIMEOUT_S,
+                socket_connect_timeout=CONNECT_TIMEOUT_S,
+                health_check_interval=30,
+            )
+            _sync_client = redis.Redis(connection_pool=pool)
+        return _sync_client
+
+
+def async_client() -> aioredis.Redis:
+    """The async client for the running loop: redis.asyncio connections belong to one loop."""
+    loop = asyncio.get_running_loop()
+    client = _async_clients.get(loop)
+    if client is None:
+        pool = aioredis.BlockingConnectionPool.from_url(
+            settings.REDIS_URL,
+            max_connections=settings.REDIS_MAX_CONNECTIONS,
+            timeout=10,
+            socket_timeout=SOCKET_TIMEOUT_S,
+            socket_connect_timeout=CONNECT_TIMEOUT_S,
+            health_check_interval=30,
+        )
+        client = aioredis.Redis(connection_pool=pool)
+        _async_clients[loop] = client
+    return client

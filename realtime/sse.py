@@ -1,0 +1,143 @@
+"""GET /api/v1/generations/{id}/events: the event log as Server-Sent Events (PROTOCOL §4)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+
+from asgiref.sync import sync_to_async
+from django.db import connection
+from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
+
+from api.errors import ApiError, error_response, not_found
+from api.ids import looks_like_generation_id
+from api.selectors import RowState, arow_state
+from realtime.auth import authenticate_token, bearer_token, verify_ticket
+from realtime.eventlog import StoredEvent
+from realtime.live import LiveInbox, stored_event
+from realtime.subscription import GenerationNotFound, Subscription
+
+logger = logging.getLogger(__name__)
+
+# PROTOCOL §4 asks for a comment at least every 15 s while idle; proxies commonly cut idle
+# responses at 30-60 s. 10 s leaves room for a slow write.
+PING_INTERVAL_S = 10.0
+RETRY_MS = 1000
+
+
+def _user_id_from_token(header: str | None) -> int:
+    try:
+        return int(authenticate_token(bearer_token(header)).user.pk)
+    finally:
+        connection.close()
+
+
+def parse_position(request: HttpRequest) -> int:
+    raw = request.headers.get("Last-Event-ID")
+    source = "Last-Event-ID"
+    if raw is None or raw.strip() == "":
+        raw = request.GET.get("after")
+        source = "after"
+    if raw is None or raw.strip() == "":
+        return 0
+    raw = raw.strip()
+    if not raw.isdigit() or len(raw) > 12:
+        raise ApiError(
+            "invalid_request",
+            f"{source} must be a non-negative integer.",
+            details={source: "A non-negative integer."},
+        )
+    return int(raw)
+
+
+def format_event(event: StoredEvent) -> str:
+    return f"id: {event.seq}\nevent: {event.kind}\ndata: {event.data}\n\n"
+
+
+async def generation_events(
+    request: HttpRequest, generation_id: str
+) -> HttpResponse | StreamingHttpResponse:
+    try:
+        if request.method != "GET":
+            refused = error_response(ApiError("method_not_allowed", "Use GET."))
+            refused["Allow"] = "GET"
+            return refused
+        ticket = request.GET.get("ticket")
+        header = request.headers.get("Authorization")
+        if header or not ticket:
+            user_id = await sync_to_async(_user_id_from_token, thread_sensitive=False)(header)
+        else:
+            if not looks_like_generation_id(generation_id):
+                raise not_found()
+            user_id = verify_ticket(ticket, generation_id=generation_id)
+        after = parse_position(request)
+        if not looks_like_generation_id(generation_id):
+            raise not_found()
+        row = await arow_state(generation_id)
+        if row is None or row.user_id != user_id:
+            raise not_found()
+    except ApiError as error:
+        return error_response(error)
+    if row.terminal and after >= row.seq:
+        # At or after `done`: tells EventSource to stop reconnecting.
+        return HttpResponse(status=204)
+    response = StreamingHttpResponse(
+        _stream(generation_id, after, row), content_type="text/event-stream"
+    )
+    response["Cache-Control"] = "no-cache"
+    response["X-Accel-Buffering"] = "no"
+    return response
+
+
+async def _stream(generation_id: str, after: int, row: RowState) -> AsyncIterator[str]:
+    out: list[str] = []
+
+    async def emit(event: StoredEvent) -> None:
+        out.append(format_event(event))
+
+    inbox = LiveInbox()
+    subscription = Subscription(generation_id, after, emit)
+    try:
+        await inbox.open()
+        # Join the live group first; everything published from here on waits in the inbox.
+        await inbox.join(generation_id)
+        yield f"retry: {RETRY_MS}\n\n"
+        await subscription.start(row)
+        last_write = time.monotonic()
+        last_check = last_write
+        while True:
+            if out:
+                chunk = "".join(out)
+                out.clear()
+                yield chunk
+                last_write = time.monotonic()
+            if subscription.finished:
+                return
+            now = time.monotonic()
+            wait_s = min(
+                subscription.next_check_in() - (now - last_check),
+                PING_INTERVAL_S - (now - last_write),
+            )
+            try:
+                message = await asyncio.wait_for(inbox.queue.get(), timeout=max(0.0, wait_s))
+            except TimeoutError:
+                message = None
+            if message is not None:
+                await subscription.on_live(stored_event(message))
+                while not inbox.queue.empty() and not subscription.finished:
+                    await subscription.on_live(stored_event(inbox.queue.get_nowait()))
+                last_check = time.monotonic()
+                continue
+            now = time.monotonic()
+            if now - last_check >= subscription.next_check_in():
+                last_check = now
+                await subscription.catch_up(repairing=True)
+            if not out and time.monotonic() - last_write >= PING_INTERVAL_S:
+                yield ": ping\n\n"
+                last_write = time.monotonic()
+    except GenerationNotFound:
+        return
+    finally:
+        await inbox.close([generation_id])

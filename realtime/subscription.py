@@ -1,0 +1,155 @@
+"""One subscriber's view of one generation: gap-free, duplicate-free, in seq order.
+
+Shared by the SSE view and the WebSocket consumer. The transport joins the generation's live
+group *first*, then calls ``start``; live events that arrive meanwhile wait in the channel and
+are handed to ``on_live`` afterwards. Three sources are merged by seq:
+
+- the database row: the persisted fold (``output`` through ``seq``), and ``done`` once ended;
+- the replay buffer: every event, in order, while it lasts;
+- the live group: fast, but lossy.
+
+Anything at or below the last seq sent is dropped; a live event beyond the next seq is held
+back and the gap is filled from the buffer, or, when the buffer cannot fill it (trimmed, or
+lost with a Redis restart), from a fresh snapshot of the row.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+
+from api.selectors import RowState, arow_state
+from realtime import events
+from realtime.eventlog import StoredEvent, event_log
+
+# With no live traffic, look at the buffer this often: a lost live message (even `done`)
+# is then at most this late.
+IDLE_CHECK_S = 2.0
+# With a gap waiting to be filled, retry this often (the row is checkpointed every second).
+REPAIR_RETRY_S = 0.25
+# When the buffer is missing, the row is the only source: read it at most this often.
+ROW_CHECK_S = 2.0
+
+Emit = Callable[[StoredEvent], Awaitable[None]]
+
+
+class GenerationNotFound(Exception):
+    pass
+
+
+class Subscription:
+    def __init__(self, generation_id: str, after: int, emit: Emit) -> None:
+        self.generation_id = generation_id
+        self.last_seq = max(0, after)
+        self._fresh = after <= 0
+        self._emit = emit
+        self._pending: dict[int, StoredEvent] = {}
+        self._last_row_check = 0.0
+        self.finished = False
+        self.repaired = 0  # events that came from the buffer after a live gap
+
+    def next_check_in(self) -> float:
+        return REPAIR_RETRY_S if self._pending else IDLE_CHECK_S
+
+    async def start(self, row: RowState | None = None) -> None:
+        """Catch up to the present; call after joining the live group.
+
+        `row` may have been read before the join: the buffer covers everything after it.
+        """
+        if self._fresh:
+            if row is None:
+                row = await self._read_row()
+            await self._from_row(row, force_snapshot=True)
+            if self.finished:
+                return
+        await self.catch_up()
+
+    async def on_live(self, event: StoredEvent) -> None:
+        if self.finished or event.seq <= self.last_seq:
+            return
+        if event.seq == self.last_seq + 1 and not self._pending:
+            await self._send(event)
+            return
+        self._pending[event.seq] = event
+        await self.catch_up(repairing=True)
+
+    async def catch_up(self, *, repairing: bool = False) -> None:
+        """Send whatever the buffer (or, failing that, the row) has beyond the last seq."""
+        if self.finished:
+            return
+        stored, exists = await event_log().read_after(self.generation_id, self.last_seq)
+        for event in stored:
+            if event.seq != self.last_seq + 1:
+                break
+            if repairing and event.seq not in self._pending:
+                self.repaired += 1
+            await self._send(event)
+            if self.finished:
+                return
+        await self._drain_pending()
+        if self.finished:
+            return
+        gap = bool(self._pending) or (bool(stored) and stored[0].seq > self.last_seq + 1)
+        now = time.monotonic()
+        if gap or (not exists and now - self._last_row_check >= ROW_CHECK_S):
+            self._last_row_check = now
+            await self._from_row(await self._read_row(), force_snapshot=False)
+            if not self.finished:
+                stored, _ = await event_log().read_after(self.generation_id, self.last_seq)
+                for event in stored:
+                    if event.seq != self.last_seq + 1:
+                        break
+                    await self._send(event)
+                    if self.finished:
+                        return
+                await self._drain_pending()
+
+    async def _read_row(self) -> RowState:
+        row = await arow_state(self.generation_id)
+        if row is None:
+            raise GenerationNotFound(self.generation_id)
+        return row
+
+    async def _from_row(self, row: RowState, *, force_snapshot: bool) -> None:
+        gid = self.generation_id
+        if row.terminal:
+            if self.last_seq >= row.seq:
+                self.finished = True
+                return
+            # A snapshot never covers `done`: it is the fold through the seq before it.
+            if force_snapshot or self.last_seq < row.seq - 1:
+                await self._send_snapshot(row.seq - 1, row.output, row.status)
+            final = events.done(
+                gid,
+                row.seq,
+                status=row.status,
+                finish_reason=row.finish_reason,
+                usage=row.usage,
+                error=row.error,
+            )
+            await self._send(StoredEvent(row.seq, "done", events.dumps(final)))
+            return
+        if force_snapshot or row.seq > self.last_seq:
+            await self._send_snapshot(row.seq, row.output, row.status)
+
+    async def _send_snapshot(self, seq: int, text: str, status: str) -> None:
+        snap = events.snapshot(self.generation_id, seq, text, status)
+        self.last_seq = seq
+        self._fresh = False
+        for stale in [s for s in self._pending if s <= seq]:
+            del self._pending[stale]
+        await self._emit(StoredEvent(seq, "snapshot", events.dumps(snap)))
+
+    async def _send(self, event: StoredEvent) -> None:
+        self.last_seq = event.seq
+        self._pending.pop(event.seq, None)
+        if event.kind == "done":
+            self.finished = True
+            self._pending.clear()
+        await self._emit(event)
+
+    async def _drain_pending(self) -> None:
+        for stale in [s for s in self._pending if s <= self.last_seq]:
+            del self._pending[stale]
+        while not self.finished and self.last_seq + 1 in self._pending:
+            await self._send(self._pending[self.last_seq + 1])
