@@ -1,0 +1,308 @@
+"""Real processes for black-box tests: the fake LLM server, Daphne, Huey workers.
+
+A ``Service`` is started the way PROTOCOL §7 says an operator starts it (``manage.py migrate``,
+``daphne -b HOST -p PORT project.asgi:application``, ``manage.py run_huey``), on the test run's
+tier, with its own database and Redis database.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import jwt
+
+from tests.tier_env import (
+    BASE_ENV,
+    JWT_SECRET,
+    MYSQL_SERVER_URL,
+    REDIS_SERVER_URL,
+    RUN_DIR,
+    TIER,
+    free_port,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+PYTHON = sys.executable
+DAPHNE = str(Path(PYTHON).with_name("daphne"))
+_instance_numbers = itertools.count(1)
+# Redis databases 0-13 are left to developers; 14 is the in-process tests', 15 down to 8
+# go to services, so that a flush at start never touches anything else.
+_REDIS_DBS = [15, 13, 12, 11, 10, 9, 8]
+
+
+def wait_until(predicate: Any, timeout_s: float = 10.0, interval_s: float = 0.05) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        result = predicate()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"condition not met within {timeout_s}s")
+        time.sleep(interval_s)
+
+
+def make_token(username: str, *, ttl_s: int = 3600, **claims: Any) -> str:
+    now = int(time.time())
+    payload = {"sub": username, "iat": now, "exp": now + ttl_s, **claims}
+    return jwt.encode(payload, JWT_SECRET, algorithm="HS256")
+
+
+class FakeLLM:
+    """The fake OpenAI-compatible server, in its own process."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._log = open(Path(RUN_DIR) / f"fake-llm-{self.port}.log", "ab")  # noqa: SIM115
+        self.process = subprocess.Popen(
+            [PYTHON, "-m", "jobs.fake_openai", "--port", str(self.port)],
+            cwd=ROOT,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+        wait_until(self._up, timeout_s=20)
+
+    def _up(self) -> bool:
+        try:
+            return httpx.get(self.url + "/_requests", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def requests(self) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = httpx.get(self.url + "/_requests").json()
+        return result
+
+    def clear(self) -> None:
+        httpx.delete(self.url + "/_requests")
+
+    def stop(self) -> None:
+        self.process.kill()
+        self.process.wait()
+        self._log.close()
+
+
+class Service:
+    def __init__(
+        self,
+        fake: FakeLLM,
+        *,
+        env: dict[str, str] | None = None,
+        webs: int = 1,
+        workers: int = 1,
+        tier: str = TIER,
+    ) -> None:
+        self.number = next(_instance_numbers)
+        self.tier = tier
+        self.dir = Path(RUN_DIR) / f"service-{self.number}"
+        self.dir.mkdir(parents=True)
+        self.env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
+        self.env.update(BASE_ENV)
+        self.env.update(
+            {
+                "OPENAI_BASE_URL": fake.url + "/v1",
+                "VAR_DIR": str(self.dir / "var"),
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
+        if tier == "embedded":
+            self.env["DATABASE_URL"] = f"sqlite:///{self.dir}/db.sqlite3"
+            self.db_name = ""
+        else:
+            self.db_name = f"llmtest_{os.getpid()}_{self.number}"
+            self.env["DATABASE_URL"] = f"{MYSQL_SERVER_URL}/{self.db_name}"
+            self.redis_db = _REDIS_DBS[(self.number - 1) % len(_REDIS_DBS)]
+            self.env["REDIS_URL"] = f"{REDIS_SERVER_URL}/{self.redis_db}"
+        self.env.update(env or {})
+        self.ports = [free_port() for _ in range(webs)]
+        self.webs: list[subprocess.Popen[bytes] | None] = [None] * webs
+        self.workers: list[subprocess.Popen[bytes] | None] = [None] * (
+            workers if tier == "distributed" else 0
+        )
+        self._logs: list[Any] = []
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def start(self) -> Service:
+        if self.tier == "distributed":
+            import MySQLdb
+            import redis
+
+            conn = MySQLdb.connect(host="127.0.0.1", user="root", passwd="", port=3306)
+            conn.cursor().execute(f"DROP DATABASE IF EXISTS {self.db_name}")
+            conn.cursor().execute(f"CREATE DATABASE {self.db_name} CHARACTER SET utf8mb4")
+            conn.close()
+            redis.Redis.from_url(self.env["REDIS_URL"]).flushdb()
+        self.manage("migrate", "-v0")
+        for index in range(len(self.webs)):
+            self.start_web(index)
+        for index in range(len(self.workers)):
+            self.start_worker(index)
+        return self
+
+    def _spawn(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
+        log = open(self.dir / f"{name}.log", "ab")  # noqa: SIM115 (closed in stop)
+        self._logs.append(log)
+        return subprocess.Popen(args, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+
+    def start_web(self, index: int = 0) -> None:
+        port = self.ports[index]
+        self.webs[index] = self._spawn(
+            f"web{index}", [DAPHNE, "-b", "127.0.0.1", "-p", str(port), "project.asgi:application"]
+        )
+        wait_until(lambda: self._healthy(port), timeout_s=30)
+
+    def start_worker(self, index: int = 0) -> None:
+        self.workers[index] = self._spawn(f"worker{index}", [PYTHON, "manage.py", "run_huey"])
+
+    def _healthy(self, port: int) -> bool:
+        try:
+            return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def stop_process(
+        self, process: subprocess.Popen[bytes] | None, sig: int = signal.SIGKILL
+    ) -> None:
+        if process is not None and process.poll() is None:
+            process.send_signal(sig)
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+    def stop(self) -> None:
+        for process in [*self.webs, *self.workers]:
+            self.stop_process(process, signal.SIGKILL)
+        for log in self._logs:
+            log.close()
+        if self.tier == "distributed":
+            import MySQLdb
+
+            conn = MySQLdb.connect(host="127.0.0.1", user="root", passwd="", port=3306)
+            conn.cursor().execute(f"DROP DATABASE IF EXISTS {self.db_name}")
+            conn.close()
+
+    def logs(self) -> str:
+        return "\n".join(
+            f"== {path.name}\n{path.read_text(errors='replace')[-5000:]}"
+            for path in sorted(self.dir.glob("*.log"))
+        )
+
+    # -- helpers -----------------------------------------------------------------------
+
+    def manage(self, *args: str, env: dict[str, str] | None = None) -> str:
+        result = subprocess.run(
+            [PYTHON, "manage.py", *args],
+            cwd=ROOT,
+            env={**self.env, **(env or {})},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        if result.returncode != 0:
+            raise RuntimeError(f"manage.py {' '.join(args)} failed:\n{result.stderr}")
+        return result.stdout
+
+    def django(self, code: str) -> str:
+        """Run Python in the service's Django environment (e.g. to set up users)."""
+        return self.manage("shell", "-c", code)
+
+    def url(self, path: str = "", web: int = 0) -> str:
+        return f"http://127.0.0.1:{self.ports[web]}{path}"
+
+    def client(self, username: str | None = "alice", web: int = 0, **kwargs: Any) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {make_token(username)}"} if username else {}
+        return httpx.Client(base_url=self.url(web=web), headers=headers, timeout=30, **kwargs)
+
+
+def parse_sse(lines: Iterator[str]) -> Iterator[dict[str, Any]]:
+    """SSE frames as dicts: {"id", "event", "data" (decoded JSON), "comment", "retry"}."""
+    frame: dict[str, Any] = {}
+    for line in lines:
+        if line == "":
+            if frame:
+                yield frame
+            frame = {}
+            continue
+        if line.startswith(":"):
+            yield {"comment": line[1:].strip()}
+            continue
+        field, _, value = line.partition(":")
+        value = value[1:] if value.startswith(" ") else value
+        if field == "data":
+            frame["data"] = json.loads(value)
+        elif field in ("id", "event", "retry"):
+            frame[field] = value
+
+
+def stream_events(
+    client: httpx.Client,
+    generation_id: str,
+    *,
+    after: int | None = None,
+    last_event_id: int | None = None,
+    stop_after: int | None = None,
+    timeout_s: float = 60,
+) -> tuple[int, list[dict[str, Any]], httpx.Headers]:
+    """Read the SSE endpoint; returns (status, frames with data, headers).
+
+    With `stop_after`, disconnects after that many data frames (a client that goes away).
+    """
+    params = {} if after is None else {"after": str(after)}
+    headers = {} if last_event_id is None else {"Last-Event-ID": str(last_event_id)}
+    frames: list[dict[str, Any]] = []
+    with client.stream(
+        "GET",
+        f"/api/v1/generations/{generation_id}/events",
+        params=params,
+        headers=headers,
+        timeout=timeout_s,
+    ) as response:
+        if response.status_code != 200:
+            response.read()
+            return response.status_code, frames, response.headers
+        for frame in parse_sse(response.iter_lines()):
+            if "data" in frame:
+                frames.append(frame)
+                if stop_after is not None and len(frames) >= stop_after:
+                    break
+        return response.status_code, frames, response.headers
+
+
+def messages(frames: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [frame["data"] for frame in frames]
+
+
+class Background(threading.Thread):
+    """Run a callable in a thread and keep its result or exception."""
+
+    def __init__(self, target: Any, *args: Any) -> None:
+        super().__init__(daemon=True)
+        self._target_fn = target
+        self._args = args
+        self.result: Any = None
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            self.result = self._target_fn(*self._args)
+        except BaseException as exc:
+            self.error = exc
+
+    def value(self, timeout_s: float = 60) -> Any:
+        self.join(timeout_s)
+        if self.error:
+            raise self.error
+        return self.result
