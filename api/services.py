@@ -138,8 +138,14 @@ def _check_limits(user: AbstractBaseUser) -> None:
         )
 
 
-def generation_cancel(*, user: AbstractBaseUser, generation_id: str) -> Generation:
-    """Stop a generation; idempotent. Returns it, usually already cancelled."""
+def generation_cancel(
+    *, user: AbstractBaseUser, generation_id: str, wait_s: float = CANCEL_WAIT_S
+) -> Generation:
+    """Stop a generation; idempotent. Returns it, usually already cancelled.
+
+    Waits up to `wait_s` for the worker to stop, so that a REST reply shows the final state;
+    the WebSocket passes 0 and its client learns the end from the `done` event.
+    """
     generation = generation_for_user(user=user, generation_id=generation_id)
     if generation.is_terminal:
         return generation
@@ -148,7 +154,7 @@ def generation_cancel(*, user: AbstractBaseUser, generation_id: str) -> Generati
         return generation
     Generation.objects.filter(pk=generation.pk, status=Status.RUNNING).update(cancel_requested=True)
     event_log().request_cancel(generation.pk)
-    deadline = time.monotonic() + CANCEL_WAIT_S
+    deadline = time.monotonic() + wait_s
     while time.monotonic() < deadline:
         generation.refresh_from_db()
         if generation.is_terminal:

@@ -15,6 +15,7 @@ lost with a Redis restart), from a fresh snapshot of the row.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable
 
@@ -47,6 +48,9 @@ class Subscription:
         self._last_row_check = 0.0
         self.finished = False
         self.repaired = 0  # events that came from the buffer after a live gap
+        # The WebSocket consumer calls in from its message loop and from its idle timer;
+        # one subscriber's sends must not interleave.
+        self._lock = asyncio.Lock()
 
     def next_check_in(self) -> float:
         return REPAIR_RETRY_S if self._pending else IDLE_CHECK_S
@@ -56,25 +60,34 @@ class Subscription:
 
         `row` may have been read before the join: the buffer covers everything after it.
         """
+        async with self._lock:
+            await self._start(row)
+
+    async def _start(self, row: RowState | None) -> None:
         if self._fresh:
             if row is None:
                 row = await self._read_row()
             await self._from_row(row, force_snapshot=True)
             if self.finished:
                 return
-        await self.catch_up()
+        await self._catch_up()
 
     async def on_live(self, event: StoredEvent) -> None:
-        if self.finished or event.seq <= self.last_seq:
-            return
-        if event.seq == self.last_seq + 1 and not self._pending:
-            await self._send(event)
-            return
-        self._pending[event.seq] = event
-        await self.catch_up(repairing=True)
+        async with self._lock:
+            if self.finished or event.seq <= self.last_seq:
+                return
+            if event.seq == self.last_seq + 1 and not self._pending:
+                await self._send(event)
+                return
+            self._pending[event.seq] = event
+            await self._catch_up(repairing=True)
 
     async def catch_up(self, *, repairing: bool = False) -> None:
         """Send whatever the buffer (or, failing that, the row) has beyond the last seq."""
+        async with self._lock:
+            await self._catch_up(repairing=repairing)
+
+    async def _catch_up(self, *, repairing: bool = False) -> None:
         if self.finished:
             return
         stored, exists = await event_log().read_after(self.generation_id, self.last_seq)
@@ -91,7 +104,10 @@ class Subscription:
             return
         gap = bool(self._pending) or (bool(stored) and stored[0].seq > self.last_seq + 1)
         now = time.monotonic()
-        if gap or (not exists and now - self._last_row_check >= ROW_CHECK_S):
+        since_row_check = now - self._last_row_check
+        if (gap and since_row_check >= REPAIR_RETRY_S) or (
+            not exists and since_row_check >= ROW_CHECK_S
+        ):
             self._last_row_check = now
             await self._from_row(await self._read_row(), force_snapshot=False)
             if not self.finished:

@@ -1,0 +1,91 @@
+"""Open WebSocket connections per user, for MAX_CONNECTIONS_PER_USER (close code 4429).
+
+Distributed: a Redis sorted set per user, scored by when each entry expires, so that the
+connections of a Daphne process that crashed (and never ran its disconnect handlers) stop
+counting after CONNECTION_TTL_S. Each live connection refreshes its entry well before that.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from functools import cache
+
+from django.conf import settings
+
+from realtime.redis import async_client
+
+CONNECTION_TTL_S = 90
+REFRESH_INTERVAL_S = 30
+
+_ADD_SCRIPT = """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[3]) then return 0 end
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[4])
+redis.call('EXPIRE', KEYS[1], ARGV[5])
+return 1
+"""
+
+
+class ConnectionRegistry:
+    async def add(self, user_id: int, connection_id: str, limit: int) -> bool:
+        raise NotImplementedError
+
+    async def refresh(self, user_id: int, connection_id: str) -> None:
+        raise NotImplementedError
+
+    async def remove(self, user_id: int, connection_id: str) -> None:
+        raise NotImplementedError
+
+
+class RedisConnectionRegistry(ConnectionRegistry):
+    @staticmethod
+    def _key(user_id: int) -> str:
+        return f"llm:conns:{user_id}"
+
+    async def add(self, user_id: int, connection_id: str, limit: int) -> bool:
+        now = time.time()
+        script = async_client().register_script(_ADD_SCRIPT)
+        added = await script(
+            keys=[self._key(user_id)],
+            args=[now, now + CONNECTION_TTL_S, limit, connection_id, CONNECTION_TTL_S],
+        )
+        return bool(added)
+
+    async def refresh(self, user_id: int, connection_id: str) -> None:
+        await async_client().zadd(
+            self._key(user_id), {connection_id: time.time() + CONNECTION_TTL_S}, xx=True
+        )
+
+    async def remove(self, user_id: int, connection_id: str) -> None:
+        await async_client().zrem(self._key(user_id), connection_id)
+
+
+class MemoryConnectionRegistry(ConnectionRegistry):
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._by_user: dict[int, set[str]] = {}
+
+    async def add(self, user_id: int, connection_id: str, limit: int) -> bool:
+        with self._lock:
+            current = self._by_user.setdefault(user_id, set())
+            if len(current) >= limit:
+                return False
+            current.add(connection_id)
+            return True
+
+    async def refresh(self, user_id: int, connection_id: str) -> None:
+        return None
+
+    async def remove(self, user_id: int, connection_id: str) -> None:
+        with self._lock:
+            current = self._by_user.get(user_id)
+            if current is not None:
+                current.discard(connection_id)
+                if not current:
+                    del self._by_user[user_id]
+
+
+@cache
+def connection_registry() -> ConnectionRegistry:
+    return RedisConnectionRegistry() if settings.DISTRIBUTED else MemoryConnectionRegistry()

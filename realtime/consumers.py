@@ -1,0 +1,377 @@
+"""The WebSocket endpoint /ws/v1 (PROTOCOL §5): one connection, any number of generations.
+
+Every subscription is a ``realtime.subscription.Subscription``, the same code the SSE view
+uses; this consumer only adds the frame protocol, authentication and multiplexing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+import uuid
+from typing import Any
+from urllib.parse import urlsplit
+
+from asgiref.sync import sync_to_async
+from channels.consumer import AsyncConsumer
+from channels.exceptions import StopConsumer
+from django.conf import settings
+from django.db import connection
+
+from api import services
+from api.errors import ApiError
+from api.ids import looks_like_generation_id
+from api.selectors import RowState, arow_state, limits_for
+from api.validation import parse_generation_params, parse_idempotency_key
+from realtime.auth import Identity, authenticate_token
+from realtime.connections import REFRESH_INTERVAL_S, connection_registry
+from realtime.eventlog import StoredEvent
+from realtime.events import dumps
+from realtime.live import stored_event
+from realtime.publish import group_name
+from realtime.subscription import GenerationNotFound, Subscription
+
+logger = logging.getLogger(__name__)
+
+MAX_FRAME_BYTES = 64 * 1024  # PROTOCOL §5: larger frames close the connection with 1009
+# How often the idle timer looks for subscriptions due a buffer check (their own interval
+# is 2 s idle, 0.25 s while a gap waits to be filled).
+TICK_S = 0.25
+
+CLOSE_UNSUPPORTED_DATA = 1003
+CLOSE_TOO_BIG = 1009
+CLOSE_SLOW_CONSUMER = 4008
+CLOSE_UNAUTHORIZED = 4401
+CLOSE_AUTH_TIMEOUT = 4408
+CLOSE_TOO_MANY_CONNECTIONS = 4429
+
+_GENERATE_FIELDS = frozenset({"type", "ref", "idempotency_key"})
+
+
+def _closing(fn: Any) -> Any:
+    """Run a sync ORM call off the event loop and give its connection back at once."""
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            connection.close()
+
+    return sync_to_async(call, thread_sensitive=False)
+
+
+class FrameError(Exception):
+    def __init__(self, error: ApiError, generation_id: str | None = None) -> None:
+        super().__init__(error.message)
+        self.error = error
+        self.generation_id = generation_id
+
+
+def origin_allowed(scope: dict[str, Any]) -> bool:
+    """A browser's Origin must be ours or listed; clients that send none are allowed."""
+    headers = dict(scope.get("headers") or [])
+    origin = headers.get(b"origin")
+    if origin is None:
+        return True
+    origin_text = origin.decode("latin-1").rstrip("/")
+    if origin_text in settings.ALLOWED_ORIGINS or "*" in settings.ALLOWED_ORIGINS:
+        return True
+    host = headers.get(b"host", b"").decode("latin-1")
+    return bool(host) and urlsplit(origin_text).netloc == host
+
+
+class StreamConsumer(AsyncConsumer):  # type: ignore[misc]
+    """Handles one WebSocket connection."""
+
+    async def websocket_connect(self, message: dict[str, Any]) -> None:
+        self.identity: Identity | None = None
+        self.connection_id = uuid.uuid4().hex
+        self.registered = False
+        self.subscriptions: dict[str, Subscription] = {}
+        self.next_check: dict[str, float] = {}
+        self.closed = False
+        self.tasks: list[asyncio.Task[None]] = []
+        if not origin_allowed(self.scope):
+            await self.send({"type": "websocket.close"})  # before accept: HTTP 403
+            return
+        await self.send({"type": "websocket.accept"})
+        self.expiry_task: asyncio.Task[None] | None = None
+        self.tasks.append(asyncio.create_task(self._auth_deadline()))
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def _auth_deadline(self) -> None:
+        await asyncio.sleep(settings.WS_AUTH_TIMEOUT)
+        if self.identity is None:
+            await self._close(CLOSE_AUTH_TIMEOUT)
+
+    async def _expire_at(self, expires_at: int) -> None:
+        await asyncio.sleep(max(0.0, expires_at - time.time()))
+        if self.identity is not None and self.identity.expires_at <= time.time():
+            await self._send_json(
+                {"type": "error", "code": "token_expired", "message": "The token has expired."}
+            )
+            await self._close(CLOSE_UNAUTHORIZED)
+
+    async def _ticker(self) -> None:
+        """Check subscriptions that had no live traffic for a while against the buffer."""
+        last_refresh = time.monotonic()
+        while not self.closed:
+            await asyncio.sleep(TICK_S)
+            now = time.monotonic()
+            for generation_id, subscription in list(self.subscriptions.items()):
+                if self.next_check.get(generation_id, 0) > now:
+                    continue
+                self.next_check[generation_id] = now + subscription.next_check_in()
+                try:
+                    await subscription.catch_up(repairing=True)
+                except GenerationNotFound:
+                    await self._drop_subscription(generation_id)
+                except Exception:
+                    logger.warning("catch-up failed for %s", generation_id, exc_info=True)
+                if subscription.finished:
+                    await self._drop_subscription(generation_id)
+            if self.registered and now - last_refresh > REFRESH_INTERVAL_S:
+                last_refresh = now
+                with contextlib.suppress(Exception):
+                    assert self.identity is not None
+                    await connection_registry().refresh(self.identity.user.pk, self.connection_id)
+
+    async def _close(self, code: int) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        await self.send({"type": "websocket.close", "code": code})
+
+    async def websocket_disconnect(self, message: dict[str, Any]) -> None:
+        self.closed = True
+        for task in getattr(self, "tasks", []):
+            task.cancel()
+        if getattr(self, "expiry_task", None) is not None:
+            self.expiry_task.cancel()  # type: ignore[union-attr]
+        for generation_id in list(getattr(self, "subscriptions", {})):
+            with contextlib.suppress(Exception):
+                await self.channel_layer.group_discard(group_name(generation_id), self.channel_name)
+        if getattr(self, "registered", False) and self.identity is not None:
+            with contextlib.suppress(Exception):
+                await connection_registry().remove(self.identity.user.pk, self.connection_id)
+        raise StopConsumer()
+
+    # -- frames in -------------------------------------------------------------------------
+
+    async def websocket_receive(self, message: dict[str, Any]) -> None:
+        if self.closed:
+            return
+        text = message.get("text")
+        if text is None:
+            await self._close(CLOSE_UNSUPPORTED_DATA)
+            return
+        if len(text) > MAX_FRAME_BYTES // 4 and len(text.encode("utf-8")) > MAX_FRAME_BYTES:
+            await self._close(CLOSE_TOO_BIG)
+            return
+        ref: Any = None
+        try:
+            try:
+                frame = json.loads(text)
+            except ValueError:
+                raise FrameError(ApiError("invalid_json", "The frame is not valid JSON.")) from None
+            if not isinstance(frame, dict):
+                raise FrameError(ApiError("invalid_request", "A frame must be a JSON object."))
+            ref = frame.get("ref")
+            kind = frame.get("type")
+            if self.identity is None:
+                if kind != "auth":
+                    await self._close(CLOSE_UNAUTHORIZED)
+                    return
+                await self._auth(frame, ref)
+                return
+            handler = {
+                "auth": self._auth,
+                "generate": self._generate,
+                "subscribe": self._subscribe,
+                "unsubscribe": self._unsubscribe,
+                "cancel": self._cancel,
+                "ping": self._ping,
+            }.get(kind if isinstance(kind, str) else "")
+            if handler is None:
+                raise FrameError(
+                    ApiError(
+                        "invalid_request",
+                        "Unknown frame type.",
+                        details={
+                            "type": "One of auth, generate, subscribe, unsubscribe, cancel, ping."
+                        },
+                    )
+                )
+            await handler(frame, ref)
+        except FrameError as failure:
+            await self._send_error(failure.error, ref, failure.generation_id)
+        except ApiError as error:
+            await self._send_error(error, ref, None)
+
+    async def _send_error(self, error: ApiError, ref: Any, generation_id: str | None) -> None:
+        reply: dict[str, Any] = {"type": "error", "ref": ref}
+        if generation_id is not None:
+            reply["id"] = generation_id
+        reply.update({"code": error.code, "message": error.message, "details": error.details})
+        if error.retry_after_s is not None:
+            reply["retry_after"] = error.retry_after_s
+        await self._send_json(reply)
+
+    async def _auth(self, frame: dict[str, Any], ref: Any) -> None:
+        token = frame.get("token")
+        try:
+            if not isinstance(token, str) or not token:
+                raise ApiError("unauthorized", "A token is required.")
+            identity: Identity = await _closing(authenticate_token)(token)
+            if self.identity is not None and identity.user.pk != self.identity.user.pk:
+                raise ApiError("unauthorized", "The token is for another user.")
+        except ApiError as error:
+            await self._send_error(ApiError("unauthorized", error.message), ref, None)
+            await self._close(CLOSE_UNAUTHORIZED)
+            return
+        first = self.identity is None
+        self.identity = identity
+        if first:
+            limits = await _closing(limits_for)(identity.user.pk)
+            if not await connection_registry().add(
+                identity.user.pk, self.connection_id, limits.max_connections
+            ):
+                await self._send_json(
+                    {
+                        "type": "error",
+                        "ref": ref,
+                        "code": "rate_limited",
+                        "message": f"At most {limits.max_connections} connections per user.",
+                    }
+                )
+                await self._close(CLOSE_TOO_MANY_CONNECTIONS)
+                return
+            self.registered = True
+            self.tasks.append(asyncio.create_task(self._ticker()))
+        if self.expiry_task is not None:
+            self.expiry_task.cancel()
+        self.expiry_task = asyncio.create_task(self._expire_at(identity.expires_at))
+        await self._send_json(
+            {
+                "type": "auth.ok",
+                "ref": ref,
+                "user": identity.username,
+                "expires_at": identity.expires_at,
+            }
+        )
+
+    async def _generate(self, frame: dict[str, Any], ref: Any) -> None:
+        assert self.identity is not None
+        params = parse_generation_params(frame, extra_fields=_GENERATE_FIELDS)
+        key = parse_idempotency_key(frame.get("idempotency_key"))
+        generation, _ = await _closing(services.generation_create)(
+            user=self.identity.user, params=params, idempotency_key=key
+        )
+        await self._send_json({"type": "created", "ref": ref, "generation": generation.to_dict()})
+        await self._start_subscription(generation.id, 0)
+
+    def _generation_id(self, frame: dict[str, Any]) -> str:
+        generation_id = frame.get("id")
+        if not isinstance(generation_id, str) or not generation_id:
+            raise FrameError(
+                ApiError("invalid_request", "id is required.", details={"id": "A generation id."})
+            )
+        return generation_id
+
+    async def _subscribe(self, frame: dict[str, Any], ref: Any) -> None:
+        generation_id = self._generation_id(frame)
+        after = frame.get("after", 0)
+        if after is None:
+            after = 0
+        if isinstance(after, bool) or not isinstance(after, int) or after < 0:
+            raise FrameError(
+                ApiError(
+                    "invalid_request",
+                    "after must be a non-negative integer.",
+                    details={"after": "A non-negative integer."},
+                ),
+                generation_id,
+            )
+        row = await self._check_owner(generation_id)
+        await self._send_json({"type": "subscribed", "ref": ref, "id": generation_id})
+        if row.terminal and after >= row.seq:
+            await self._drop_subscription(generation_id)
+            return  # already has everything, `done` included
+        await self._start_subscription(generation_id, after)
+
+    async def _check_owner(self, generation_id: str) -> RowState:
+        assert self.identity is not None
+        not_found = FrameError(ApiError("not_found", "No such generation."), generation_id)
+        if not looks_like_generation_id(generation_id):
+            raise not_found
+        row = await arow_state(generation_id)
+        if row is None or row.user_id != self.identity.user.pk:
+            raise not_found
+        return row
+
+    async def _start_subscription(self, generation_id: str, after: int) -> None:
+        await self._drop_subscription(generation_id)
+
+        async def emit(event: StoredEvent) -> None:
+            await self.send({"type": "websocket.send", "text": event.data})
+
+        subscription = Subscription(generation_id, after, emit)
+        self.subscriptions[generation_id] = subscription
+        self.next_check[generation_id] = time.monotonic() + subscription.next_check_in()
+        # Join the live group first; what is published meanwhile waits in our channel.
+        await self.channel_layer.group_add(group_name(generation_id), self.channel_name)
+        try:
+            await subscription.start()
+        except GenerationNotFound:
+            await self._drop_subscription(generation_id)
+            return
+        if subscription.finished:
+            await self._drop_subscription(generation_id)
+
+    async def _drop_subscription(self, generation_id: str) -> None:
+        if self.subscriptions.pop(generation_id, None) is not None:
+            self.next_check.pop(generation_id, None)
+            await self.channel_layer.group_discard(group_name(generation_id), self.channel_name)
+
+    async def _unsubscribe(self, frame: dict[str, Any], ref: Any) -> None:
+        generation_id = self._generation_id(frame)
+        await self._drop_subscription(generation_id)
+        await self._send_json({"type": "unsubscribed", "ref": ref, "id": generation_id})
+
+    async def _cancel(self, frame: dict[str, Any], ref: Any) -> None:
+        assert self.identity is not None
+        generation_id = self._generation_id(frame)
+        try:
+            await _closing(services.generation_cancel)(
+                user=self.identity.user, generation_id=generation_id, wait_s=0
+            )
+        except ApiError as error:
+            raise FrameError(error, generation_id) from None
+        await self._send_json({"type": "ack", "ref": ref, "id": generation_id})
+
+    async def _ping(self, frame: dict[str, Any], ref: Any) -> None:
+        await self._send_json({"type": "pong", "ref": ref})
+
+    # -- events in from the channel layer ----------------------------------------------------
+
+    async def gen_event(self, message: dict[str, Any]) -> None:
+        generation_id = message["id"]
+        subscription = self.subscriptions.get(generation_id)
+        if subscription is None or self.closed:
+            return
+        try:
+            await subscription.on_live(stored_event(message))
+        except GenerationNotFound:
+            await self._drop_subscription(generation_id)
+            return
+        self.next_check[generation_id] = time.monotonic() + subscription.next_check_in()
+        if subscription.finished:
+            await self._drop_subscription(generation_id)
+
+    async def _send_json(self, payload: dict[str, Any]) -> None:
+        if not self.closed:
+            await self.send({"type": "websocket.send", "text": dumps(payload)})
