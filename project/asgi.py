@@ -14,7 +14,10 @@ django_asgi_app = get_asgi_application()
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from django.conf import settings  # noqa: E402
 
+from realtime import daphne_ext  # noqa: E402
 from realtime.routing import websocket_urlpatterns  # noqa: E402
+
+daphne_ext.install()
 
 
 class Service:

@@ -1,0 +1,92 @@
+"""Two WebSocket behaviours that ASGI cannot express, added to Daphne's protocol class.
+
+- Slow consumers (PROTOCOL §5, close 4008): ASGI's ``send`` has no backpressure, and Daphne
+  queues every frame in the socket's user-space buffer, so a client that stops reading makes
+  the server's memory grow without bound. Before each frame we look at that buffer; past
+  ``WS_MAX_BUFFER`` bytes the connection gets close 4008 and no further data. The client
+  reconnects and resumes from its last seq, losing nothing.
+- Shutdown (close 1001): on SIGTERM/SIGINT Daphne stops the reactor and the sockets simply
+  drop (clients see 1006). A shutdown trigger sends 1001 "going away" to every open
+  WebSocket first and waits briefly for the close handshakes.
+
+Installed from ``project.asgi`` only when the process is Daphne (its reactor is installed).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import weakref
+from typing import Any
+
+from django.conf import settings
+
+logger = logging.getLogger(__name__)
+
+CLOSE_SLOW_CONSUMER = 4008
+CLOSE_GOING_AWAY = 1001
+# A client that is slow, not gone, still reads the data ahead of the close frame: give it
+# time to, rather than autobahn's 1 s default, so it sees 4008 and not a dropped socket.
+SLOW_CLOSE_HANDSHAKE_S = 30.0
+SHUTDOWN_GRACE_S = 2.0
+
+_open: weakref.WeakSet[Any] = weakref.WeakSet()
+_installed = False
+
+
+def pending_bytes(transport: Any) -> int:
+    """Bytes written to a Twisted TCP transport that the kernel has not taken yet."""
+    buffered = len(getattr(transport, "dataBuffer", b"")) - int(getattr(transport, "offset", 0))
+    return max(0, buffered) + int(getattr(transport, "_tempDataLen", 0))
+
+
+def install() -> None:
+    global _installed
+    if _installed or "daphne.server" not in sys.modules:
+        return
+    _installed = True
+    from daphne.ws_protocol import WebSocketProtocol
+    from twisted.internet import defer, reactor
+
+    original_open = WebSocketProtocol.onOpen
+    original_send = WebSocketProtocol.serverSend
+
+    def on_open(self: Any) -> None:
+        _open.add(self)
+        original_open(self)
+
+    def server_send(self: Any, content: Any, binary: bool = False) -> None:
+        if getattr(self, "_slow_closed", False):
+            return
+        if pending_bytes(self.transport) > settings.WS_MAX_BUFFER:
+            self._slow_closed = True
+            logger.warning("closing slow WebSocket consumer %s", self.client_addr)
+            self.closeHandshakeTimeout = SLOW_CLOSE_HANDSHAKE_S
+            self.sendClose(code=CLOSE_SLOW_CONSUMER, reason="slow consumer")
+            return
+        original_send(self, content, binary)
+
+    WebSocketProtocol.onOpen = on_open
+    WebSocketProtocol.serverSend = server_send
+
+    def close_all() -> Any:
+        sockets = [p for p in list(_open) if p.state == p.STATE_OPEN]
+        if not sockets:
+            return None
+        for protocol in sockets:
+            try:
+                protocol.sendClose(code=CLOSE_GOING_AWAY, reason="server shutting down")
+            except Exception:
+                logger.debug("close on shutdown failed", exc_info=True)
+        done: defer.Deferred[None] = defer.Deferred()
+
+        def check(remaining_s: float) -> None:
+            if remaining_s <= 0 or all(p.state == p.STATE_CLOSED for p in sockets):
+                done.callback(None)
+            else:
+                reactor.callLater(0.05, check, remaining_s - 0.05)  # type: ignore[attr-defined,arg-type]
+
+        check(SHUTDOWN_GRACE_S)
+        return done
+
+    reactor.addSystemEventTrigger("before", "shutdown", close_all)  # type: ignore[attr-defined,arg-type]
