@@ -3,10 +3,11 @@ from __future__ import annotations
 from django.contrib import admin
 from django.http import HttpRequest, HttpResponse
 from django.urls import path
+from django.views.decorators.csrf import csrf_exempt
 
 from api import views
 from api.errors import ApiError, error_response
-from project import health
+from project import health, sample
 from realtime.sse import generation_events
 
 urlpatterns = [
@@ -15,11 +16,15 @@ urlpatterns = [
     path("api/v1/generations/<str:generation_id>", views.generation_detail),
     path("api/v1/generations/<str:generation_id>/cancel", views.generation_cancel),
     path("api/v1/generations/<str:generation_id>/ticket", views.generation_ticket),
-    path("api/v1/generations/<str:generation_id>/events", generation_events),
+    # Token-authenticated like the rest of the API, so CSRF does not apply; without the
+    # exemption a POST here got Django's HTML 403 page instead of the JSON 405.
+    path("api/v1/generations/<str:generation_id>/events", csrf_exempt(generation_events)),
     path("api/v1/me", views.me),
     path("healthz", health.healthz),
     path("readyz", health.readyz),
     path("admin/", admin.site.urls),
+    path("", sample.sample_file),
+    path("sample/<str:name>", sample.sample_file),
 ]
 
 
