@@ -153,7 +153,17 @@ class Runner:
         except ProviderError as error:
             stream.close()
             self._flush()
-            self._provider_failed(error)
+            if self._cancel_requested():
+                # The retry loop gives up on a cancel; the user asked for a stop, and a
+                # failure of a stream they no longer wanted is not the provider's error.
+                self._finish(
+                    Status.CANCELLED,
+                    FinishReason.CANCELLED,
+                    self._counted_usage(None),
+                    None,
+                )
+            else:
+                self._provider_failed(error)
             return
         finally:
             # Closing the stream closes the provider's connection: no more tokens are paid for.
@@ -309,7 +319,9 @@ def run_generation_job(generation_id: str) -> None:
     event_log().watch_cancels()
     claim = services.generation_claim(generation_id)
     if claim is None:
+        logger.info("generation %s: not claimed (cancelled, or taken by another worker)", generation_id)
         return
+    logger.info("generation %s: attempt %d started", generation_id, claim.attempt)
     housekeeping.track(generation_id, claim.attempt)
     try:
         Runner(claim).run()

@@ -7,11 +7,11 @@ import httpx
 import pytest
 
 from tests.harness import FakeLLM, Service, wait_until
-from tests.tier_env import TIER
+from tests.tier_env import RUN_DIR, TIER
 
 
 def pytest_report_header() -> str:
-    return f"tier: {TIER}"
+    return f"tier: {TIER}, process logs in {RUN_DIR}"
 
 
 @pytest.fixture(scope="session")

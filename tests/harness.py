@@ -36,9 +36,27 @@ ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
 DAPHNE = str(Path(PYTHON).with_name("daphne"))
 _instance_numbers = itertools.count(1)
-# Redis databases 0-13 are left to developers; 14 is the in-process tests', 15 down to 8
-# go to services, so that a flush at start never touches anything else.
-_REDIS_DBS = [15, 13, 12, 11, 10, 9, 8]
+# Redis database 0 is left to developers and 14 is the in-process tests'; each service takes
+# one of the others for its life, under a file lock, so that two test runs on one machine
+# never share a Huey queue (a worker would take the other run's tasks) or flush each other.
+_REDIS_DBS = [15, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1]
+
+
+def _reserve_redis_db() -> tuple[int, Any]:
+    import fcntl
+
+    deadline = time.monotonic() + 300
+    while True:
+        for db in _REDIS_DBS:
+            handle = open(f"/tmp/llm-tests-redis-db-{db}.lock", "w")  # noqa: SIM115
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return db, handle
+            except BlockingIOError:
+                handle.close()
+        if time.monotonic() > deadline:
+            raise TimeoutError("no free Redis database for a test service")
+        time.sleep(0.5)
 
 
 def wait_until(predicate: Any, timeout_s: float = 10.0, interval_s: float = 0.05) -> Any:
@@ -121,7 +139,7 @@ class Service:
         else:
             self.db_name = f"llmtest_{os.getpid()}_{self.number}"
             self.env["DATABASE_URL"] = f"{MYSQL_SERVER_URL}/{self.db_name}"
-            self.redis_db = _REDIS_DBS[(self.number - 1) % len(_REDIS_DBS)]
+            self.redis_db, self._redis_lock = _reserve_redis_db()
             self.env["REDIS_URL"] = f"{REDIS_SERVER_URL}/{self.redis_db}"
         self.env.update(env or {})
         self.ports = [free_port() for _ in range(webs)]
@@ -193,6 +211,7 @@ class Service:
             conn = MySQLdb.connect(host="127.0.0.1", user="root", passwd="", port=3306)
             conn.cursor().execute(f"DROP DATABASE IF EXISTS {self.db_name}")
             conn.close()
+            self._redis_lock.close()
 
     def logs(self) -> str:
         return "\n".join(
