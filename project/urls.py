@@ -5,7 +5,7 @@ from django.http import HttpRequest, HttpResponse
 from django.urls import path
 from django.views.decorators.csrf import csrf_exempt
 
-from api import views
+from api import openapi, views
 from api.errors import ApiError, error_response
 from project import health, sample
 from realtime.sse import generation_events
@@ -20,6 +20,7 @@ urlpatterns = [
     # exemption a POST here got Django's HTML 403 page instead of the JSON 405.
     path("api/v1/generations/<str:generation_id>/events", csrf_exempt(generation_events)),
     path("api/v1/me", views.me),
+    path("api/v1/schema", openapi.schema_view),
     path("healthz", health.healthz),
     path("readyz", health.readyz),
     path("admin/", admin.site.urls),
