@@ -81,7 +81,10 @@ def _decode_cursor(cursor: str) -> tuple[datetime, str]:
         padded = cursor + "=" * (-len(cursor) % 4)
         created, generation_id = base64.urlsafe_b64decode(padded.encode()).decode().split("|")
         created_at = datetime.fromisoformat(created)
-    except (ValueError, binascii.Error, UnicodeDecodeError):
+        # In UTC, as the database compares it: a time near year 1 or 9999 with an offset
+        # overflows here rather than in the query (which was a 500).
+        created_at = created_at.astimezone(UTC) if created_at.tzinfo else created_at
+    except (ValueError, binascii.Error, UnicodeDecodeError, OverflowError):
         raise ApiError(
             "invalid_request",
             "The cursor is not valid.",

@@ -70,7 +70,7 @@ def _list(request: HttpRequest) -> HttpResponse:
         limit = int(raw_limit)
     except ValueError:
         limit = 0
-    if not 1 <= limit <= LIST_LIMIT_MAX or not raw_limit.strip().isdigit():
+    if not (raw_limit.isascii() and raw_limit.isdigit()) or not 1 <= limit <= LIST_LIMIT_MAX:
         raise ApiError(
             "invalid_request",
             "limit must be an integer from 1 to 100.",
