@@ -19,7 +19,7 @@ from django.db.models import F
 from django.utils import timezone
 
 from api.errors import ApiError
-from api.models import FinishReason, Generation, Status
+from api.models import TERMINAL_STATUSES, FinishReason, Generation, Status
 from api.ratelimit import rate_limiter
 from api.selectors import (
     active_count,
@@ -174,6 +174,8 @@ def _cancel_queued(generation: Generation) -> bool:
         ),
         generation.pk,
         generation.attempt,
+        # No worker has claimed this attempt; fencing the log to it shuts out earlier ones.
+        log_owner=generation.attempt,
         row_output=generation.output,
         row_seq=generation.seq,
         status=Status.CANCELLED,
@@ -187,6 +189,7 @@ def _terminate_without_worker(
     generation_id: str,
     attempt: int,
     *,
+    log_owner: int,
     row_output: str,
     row_seq: int,
     status: str,
@@ -198,8 +201,12 @@ def _terminate_without_worker(
     Subscribers may have seen events past the row's last checkpoint (a worker died between
     two checkpoints): the final output is the row's text plus those events. If the buffer can
     no longer supply them, a `reset` makes every subscriber's text empty, like the row's.
+
+    The log is first fenced to `log_owner`, and read only then, so that nothing is appended
+    between the read and `done`, nor after it. Where a worker may still hold `attempt` (the
+    reaper only presumes it dead), `log_owner` is a number no worker holds.
     """
-    last_published = event_log().fence(generation_id, attempt)
+    last_published = event_log().fence(generation_id, log_owner)
     after_row, _ = event_log().read_after_sync(generation_id, row_seq)
     expected = list(range(row_seq + 1, max(row_seq, last_published) + 1))
     preamble: list[dict[str, Any]] = []
@@ -220,6 +227,8 @@ def _terminate_without_worker(
         cancel_requested=status == Status.CANCELLED,
     )
     if not updated:
+        if log_owner != attempt:
+            _publish_done_of_finished_row(generation_id, log_owner)
         return False
     final = events.done(
         generation_id,
@@ -230,8 +239,25 @@ def _terminate_without_worker(
         error=error,
     )
     for event in [*preamble, final]:
-        publish_event(generation_id, attempt, event)
+        publish_event(generation_id, log_owner, event)
     return True
+
+
+def _publish_done_of_finished_row(generation_id: str, log_owner: int) -> None:
+    """The worker presumed dead wrote its final row first after all, but the fence may have
+    refused its `done`: publish it for it (refused in turn if the worker's got in first)."""
+    row = (
+        Generation.objects.filter(pk=generation_id)
+        .values_list("status", "seq", "finish_reason", "usage", "error")
+        .first()
+    )
+    if row is None or row[0] not in TERMINAL_STATUSES:
+        return
+    status, seq, finish_reason, usage, error = row
+    done = events.done(
+        generation_id, seq, status=status, finish_reason=finish_reason, usage=usage, error=error
+    )
+    publish_event(generation_id, log_owner, done)
 
 
 # --- The worker's side ----------------------------------------------------------------------
@@ -374,6 +400,9 @@ def _fail_lost(generation_id: str, attempt: int, *, output: str, seq: int) -> bo
         _fenced(generation_id, attempt),
         generation_id,
         attempt,
+        # The worker may be alive but cut off from the database, still appending to the log:
+        # fence it out. No worker gets attempt + 1, since only a running row is re-queued.
+        log_owner=attempt + 1,
         row_output=output,
         row_seq=seq,
         status=Status.FAILED,

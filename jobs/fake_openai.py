@@ -13,8 +13,11 @@ defaults at run time), or a directive anywhere in the prompt, which wins for tha
 - ``tokens``: completion tokens to stream (cut at the request's max_tokens: finish "length");
 - ``rate``: tokens per second (0 = as fast as possible); ``ttft``: ms before the first token;
 - ``fail=STATUSxN``: the first N requests with this prompt get HTTP STATUS with an error body;
-- ``drop=K``: close the connection abruptly after K tokens (no end of stream);
-- ``hang=K``: stop sending, and keep the connection open, after K tokens.
+- ``drop=K``: close the connection abruptly after K tokens (no end of stream), on every
+  request; ``drop=KxN``: only on the first N requests with this prompt, so that a retry of
+  the same prompt (the worker's next attempt) streams to the end;
+- ``hang=K``: stop sending after K tokens, and keep the connection open until the client
+  closes it.
 
 ``GET /_requests`` returns every request body received (``DELETE`` clears the log), so a test
 can prove what did, and did not, reach the provider.
@@ -60,6 +63,7 @@ class Behaviour:
     fail_status: int = 0
     fail_count: int = 0
     drop: int = -1
+    drop_count: int = 0  # 0: every request drops
     hang: int = -1
 
 
@@ -81,7 +85,9 @@ def parse_directive(text: str, base: Behaviour) -> Behaviour:
             values["fail_status"] = int(status)
             values["fail_count"] = int(count or "1")
         elif key == "drop":
-            values["drop"] = int(value)
+            after, _, count = value.partition("x")
+            values["drop"] = int(after)
+            values["drop_count"] = int(count or "0")
         elif key == "hang":
             values["hang"] = int(value)
     return replace(base, **values)
@@ -92,6 +98,9 @@ class FakeOpenAI:
         self.behaviour = behaviour
         self.requests: list[dict[str, Any]] = []
         self._failures: dict[str, int] = {}
+        self._drops: dict[str, int] = {}
+        # Open connections and their handlers, so that `stop` can end them.
+        self._connections: dict[asyncio.StreamWriter, asyncio.Task[None]] = {}
         self.server: asyncio.AbstractServer | None = None
 
     async def start(self, host: str, port: int) -> int:
@@ -99,7 +108,23 @@ class FakeOpenAI:
         sock = self.server.sockets[0]
         return int(sock.getsockname()[1])
 
+    async def stop(self) -> None:
+        """Stop listening and end every connection, kept-alive ones included, so that an
+        embedding loop can close with no handler pending."""
+        if self.server is None:
+            return
+        self.server.close()
+        handlers = list(self._connections.values())
+        for writer in list(self._connections):
+            # The handler then sees the end of its stream (or a failed write) and returns.
+            writer.transport.abort()
+        await asyncio.gather(*handlers, return_exceptions=True)
+        await self.server.wait_closed()
+
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._connections[writer] = task
         try:
             while True:
                 head = await reader.readuntil(b"\r\n\r\n")
@@ -112,12 +137,13 @@ class FakeOpenAI:
                         headers[name.strip().lower()] = value.strip()
                 length = int(headers.get("content-length", "0"))
                 body = await reader.readexactly(length) if length else b""
-                keep_open = await self._handle(method, target.split("?")[0], body, writer)
+                keep_open = await self._handle(method, target.split("?")[0], body, reader, writer)
                 if not keep_open:
                     break
         except (asyncio.IncompleteReadError, ConnectionError, ValueError):
             pass
         finally:
+            self._connections.pop(writer, None)
             writer.close()
 
     async def _send_json(self, writer: asyncio.StreamWriter, status: int, payload: Any) -> None:
@@ -130,17 +156,24 @@ class FakeOpenAI:
         await writer.drain()
 
     async def _handle(
-        self, method: str, path: str, body: bytes, writer: asyncio.StreamWriter
+        self,
+        method: str,
+        path: str,
+        body: bytes,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
     ) -> bool:
         if path == "/_requests":
             if method == "DELETE":
                 self.requests.clear()
                 self._failures.clear()
+                self._drops.clear()
             await self._send_json(writer, 200, self.requests)
             return True
         if path == "/_config" and method == "POST":
             self.behaviour = replace(Behaviour(), **json.loads(body or b"{}"))
             self._failures.clear()
+            self._drops.clear()
             await self._send_json(writer, 200, asdict(self.behaviour))
             return True
         if not path.endswith("/chat/completions") or method != "POST":
@@ -166,16 +199,23 @@ class FakeOpenAI:
                     },
                 )
                 return True
+        if behaviour.drop >= 0 and behaviour.drop_count:
+            dropped = self._drops.get(prompt, 0)
+            if dropped < behaviour.drop_count:
+                self._drops[prompt] = dropped + 1
+            else:
+                behaviour = replace(behaviour, drop=-1)
         if not request.get("stream"):
             text = expected_text(min(behaviour.tokens, int(request.get("max_tokens") or 10**9)))
             await self._send_json(writer, 200, {"choices": [{"message": {"content": text}}]})
             return True
-        return await self._stream(request, behaviour, writer)
+        return await self._stream(request, behaviour, reader, writer)
 
     async def _stream(
         self,
         request: dict[str, Any],
         behaviour: Behaviour,
+        reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
     ) -> bool:
         writer.write(
@@ -219,7 +259,8 @@ class FakeOpenAI:
                 writer.transport.abort()
                 return False
             if index == behaviour.hang:
-                await asyncio.sleep(3600)
+                # Silent until the client gives up and closes the connection.
+                await reader.read()
                 return False
             if behaviour.rate:
                 # Pace against the start, so timer error does not accumulate.

@@ -319,7 +319,9 @@ def run_generation_job(generation_id: str) -> None:
     event_log().watch_cancels()
     claim = services.generation_claim(generation_id)
     if claim is None:
-        logger.info("generation %s: not claimed (cancelled, or taken by another worker)", generation_id)
+        logger.info(
+            "generation %s: not claimed (cancelled, or taken by another worker)", generation_id
+        )
         return
     logger.info("generation %s: attempt %d started", generation_id, claim.attempt)
     housekeeping.track(generation_id, claim.attempt)

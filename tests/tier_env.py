@@ -62,5 +62,6 @@ os.environ["DJANGO_SETTINGS_MODULE"] = "project.settings"
 if TIER == "embedded":
     os.environ["DATABASE_URL"] = f"sqlite:///{RUN_DIR}/inproc.sqlite3"
 else:
-    os.environ["DATABASE_URL"] = f"{MYSQL_SERVER_URL}/llm_inproc"
+    # Per process: pytest-django drops and recreates test_<name>, so two runs must not share it.
+    os.environ["DATABASE_URL"] = f"{MYSQL_SERVER_URL}/llm_inproc_{os.getpid()}"
     os.environ["REDIS_URL"] = f"{REDIS_SERVER_URL}/14"

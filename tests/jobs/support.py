@@ -1,0 +1,67 @@
+"""Small helpers shared by the worker's tests."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable
+from typing import Any
+
+from django.contrib.auth import get_user_model
+
+from api.models import Generation
+from realtime.eventlog import event_log
+from tests.harness import Background, Service, messages, stream_events
+
+
+def unique(prompt: str) -> str:
+    """The prompt made unique: the fake server counts failures per prompt, and tests share it."""
+    return f"{prompt} #{uuid.uuid4().hex[:12]}"
+
+
+def requests_with(requests: Iterable[dict[str, Any]], prompt: str) -> list[dict[str, Any]]:
+    """The provider requests whose user message is `prompt`."""
+    return [
+        request
+        for request in requests
+        if any(
+            message.get("role") == "user" and message.get("content") == prompt
+            for message in request.get("messages", [])
+        )
+    ]
+
+
+def watch(service: Service, generation_id: str, *, username: str = "alice") -> Background:
+    """An SSE subscriber from the start, in a thread with its own connection; `.value()` is
+    the list of messages it received, through `done`."""
+
+    def run() -> list[dict[str, Any]]:
+        with service.client(username) as client:
+            status, frames, _ = stream_events(client, generation_id)
+        assert status == 200, status
+        return messages(frames)
+
+    subscriber = Background(run)
+    subscriber.start()
+    return subscriber
+
+
+def assert_gap_free(received: list[dict[str, Any]]) -> None:
+    """PROTOCOL §3: after the snapshot (if any), seqs go up by one, and `done` is last."""
+    seqs = [message["seq"] for message in received]
+    assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), seqs
+    assert received[-1]["type"] == "done"
+    assert all(message["type"] != "done" for message in received[:-1])
+
+
+def new_generation(prompt: str, **fields: Any) -> Generation:
+    """A queued row, as the API would create it (in-process tests)."""
+    user, _ = get_user_model().objects.get_or_create(username="alice")
+    return Generation.objects.create(
+        user=user, model="gpt-4o-mini", prompt=prompt, max_tokens=1024, **fields
+    )
+
+
+def logged_events(generation_id: str) -> list[dict[str, Any]]:
+    """The generation's replay buffer, decoded (in-process tests)."""
+    stored, _ = event_log().read_after_sync(generation_id, 0)
+    return [event.decoded() for event in stored]
