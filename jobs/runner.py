@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from django.conf import settings
@@ -14,6 +15,7 @@ from django.db import DatabaseError, close_old_connections
 from api import services
 from api.models import FinishReason, Status
 from jobs.providers import (
+    Chunk,
     ProviderError,
     ProviderRequest,
     get_provider,
@@ -34,6 +36,53 @@ COALESCE_MAX_BYTES = 1024
 # The final row write is retried this long through a database outage before giving up;
 # nothing is published as done until the row holds the full output.
 FINAL_WRITE_RETRY_S = 60.0
+
+
+# With nothing waiting to be sent, the runner still wakes this often while the provider is
+# silent (a long time to first token, a stall): to see a cancel and to checkpoint.
+IDLE_TICK_S = 0.25
+
+_TICK = object()  # the provider said nothing within the wait
+_END = object()  # the provider's stream ended
+
+
+class ChunkPump:
+    """Reads the provider's stream in a thread of its own, so that the runner can act on
+    time (flush coalesced text, see a cancel, beat) while the provider is silent.
+
+    Only this thread touches the stream; `close` asks it to stop, and it closes the stream
+    (and the provider's connection) as soon as its current read returns.
+    """
+
+    def __init__(self, stream: Iterator[Chunk]) -> None:
+        self._stream = stream
+        self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="provider-stream", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            for chunk in self._stream:
+                if self._stop.is_set():
+                    break
+                self._queue.put(chunk)
+            self._queue.put(_END)
+        except BaseException as exc:
+            self._queue.put(exc)
+        finally:
+            close = getattr(self._stream, "close", None)
+            if close is not None:
+                close()
+
+    def get(self, timeout_s: float) -> object:
+        try:
+            return self._queue.get(timeout=timeout_s)
+        except queue.Empty:
+            return _TICK
+
+    def close(self) -> None:
+        self._stop.set()
 
 
 class LostOwnership(Exception):
@@ -106,6 +155,12 @@ class Runner:
             raise LostOwnership(self.generation_id)
         self._cancel = self._cancel or cancel
 
+    def _wait_s(self) -> float:
+        """How long to wait for the provider before acting on our own."""
+        if self._pending:
+            return max(0.0, COALESCE_INTERVAL_S - (self.clock() - self._last_flush))
+        return IDLE_TICK_S
+
     def _cancel_requested(self) -> bool:
         if not self._cancel and event_log().cancel_requested(self.generation_id):
             self._cancel = True
@@ -137,21 +192,37 @@ class Runner:
         )
         finish_reason: str | None = None
         usage: dict[str, int] | None = None
-        stream = stream_with_retry(get_provider(), request, stop_requested=self._cancel_requested)
+        pump = ChunkPump(
+            stream_with_retry(get_provider(), request, stop_requested=self._cancel_requested)
+        )
         try:
-            for chunk in stream:
+            while True:
+                item = pump.get(self._wait_s())
+                if item is _TICK:
+                    # Nothing from the provider for a while: send what waits, notice a
+                    # cancel, and keep the row (and the heartbeat) fresh.
+                    if self._pending and self.clock() - self._last_flush >= COALESCE_INTERVAL_S:
+                        self._flush()
+                    if self._cancel_requested():
+                        break
+                    self._checkpoint()
+                    continue
+                if item is _END:
+                    break
+                if isinstance(item, BaseException):
+                    raise item
+                assert isinstance(item, Chunk)
                 if self._cancel_requested():
                     break
-                if chunk.text:
+                if item.text:
                     self.completion_tokens += 1
-                    self._add_text(chunk.text)
-                if chunk.finish_reason:
-                    finish_reason = chunk.finish_reason
-                if chunk.usage:
-                    usage = chunk.usage
+                    self._add_text(item.text)
+                if item.finish_reason:
+                    finish_reason = item.finish_reason
+                if item.usage:
+                    usage = item.usage
                 self._checkpoint()
         except ProviderError as error:
-            stream.close()
             self._flush()
             if self._cancel_requested():
                 # The retry loop gives up on a cancel; the user asked for a stop, and a
@@ -166,8 +237,9 @@ class Runner:
                 self._provider_failed(error)
             return
         finally:
-            # Closing the stream closes the provider's connection: no more tokens are paid for.
-            stream.close()
+            # The pump closes the provider's stream (and so its connection: no more tokens
+            # are paid for) as soon as its current read returns.
+            pump.close()
         self._flush()
         if self._cancel:
             self._finish(
