@@ -15,7 +15,7 @@ from typing import Any
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import IntegrityError, transaction
-from django.db.models import F
+from django.db.models import F, Q
 from django.utils import timezone
 
 from api.errors import ApiError
@@ -352,7 +352,8 @@ def generation_requeue(generation_id: str, attempt: int, *, output: str, seq: in
         attempt=F("attempt") + 1,
         output=output,
         seq=seq,
-        heartbeat_at=None,
+        # For a queued row, heartbeat_at is when it was last enqueued (see reap_stale).
+        heartbeat_at=timezone.now(),
     )
     if updated:
         transaction.on_commit(lambda: _enqueue(generation_id))
@@ -383,10 +384,17 @@ def reap_stale(
             touched += 1
     # Queued rows whose task may have been lost (enqueue failed, or a queue restart):
     # enqueueing again is harmless, because only one claim can win.
-    waiting = Generation.objects.filter(status=Status.QUEUED, created_at__lt=stale_before)
+    # A queued row's heartbeat_at is when it was last (re-)enqueued: each is re-enqueued at
+    # most once per timeout, so a backlog that keeps every worker busy is not multiplied.
+    waiting = Generation.objects.filter(status=Status.QUEUED).filter(
+        Q(heartbeat_at__isnull=True, created_at__lt=stale_before) | Q(heartbeat_at__lt=stale_before)
+    )
     for generation_id in waiting.values_list("id", flat=True)[:500]:
-        _enqueue(generation_id)
-        touched += 1
+        if Generation.objects.filter(pk=generation_id, status=Status.QUEUED).update(
+            heartbeat_at=now
+        ):
+            _enqueue(generation_id)
+            touched += 1
     return touched
 
 
