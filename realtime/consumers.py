@@ -207,10 +207,15 @@ class StreamConsumer(AsyncConsumer):  # type: ignore[misc]
                     )
                 )
             await handler(frame, ref)
-        except FrameError as failure:
-            await self._send_error(failure.error, ref, failure.generation_id)
-        except ApiError as error:
-            await self._send_error(error, ref, None)
+        except (FrameError, ApiError) as failure:
+            if self.identity is None:
+                # Before auth, a frame that is not an auth object (not JSON, not an object)
+                # is "any other frame": close 4401 rather than wait out WS_AUTH_TIMEOUT.
+                await self._close(CLOSE_UNAUTHORIZED)
+            elif isinstance(failure, FrameError):
+                await self._send_error(failure.error, ref, failure.generation_id)
+            else:
+                await self._send_error(failure, ref, None)
 
     async def _send_error(self, error: ApiError, ref: Any, generation_id: str | None) -> None:
         reply: dict[str, Any] = {"type": "error", "ref": ref}
@@ -317,7 +322,10 @@ class StreamConsumer(AsyncConsumer):  # type: ignore[misc]
         await self._drop_subscription(generation_id)
 
         async def emit(event: StoredEvent) -> None:
-            await self.send({"type": "websocket.send", "text": event.data})
+            # The idle timer may be inside this subscription's catch-up while `unsubscribe` (or
+            # a new `subscribe` to the same id) replaces it: nothing of it may follow the reply.
+            if self.subscriptions.get(generation_id) is subscription and not self.closed:
+                await self.send({"type": "websocket.send", "text": event.data})
 
         subscription = Subscription(generation_id, after, emit)
         self.subscriptions[generation_id] = subscription

@@ -8,6 +8,11 @@
 - Shutdown (close 1001): on SIGTERM/SIGINT Daphne stops the reactor and the sockets simply
   drop (clients see 1006). A shutdown trigger sends 1001 "going away" to every open
   WebSocket first and waits briefly for the close handshakes.
+- Close codes 1001, 1003 and 1009: autobahn's ``sendClose`` accepts only 1000 and
+  3000-4999 and raises on the codes RFC 6455 reserves for the endpoint itself, so Daphne
+  turned the consumer's 1003 (binary frame) and 1009 (frame too large) into 1011, and the
+  shutdown hook's 1001 into a dropped socket. Those codes go out through ``sendCloseFrame``,
+  which builds the same frame without that check.
 
 Installed from ``project.asgi`` only when the process is Daphne (its reactor is installed).
 """
@@ -29,6 +34,8 @@ CLOSE_GOING_AWAY = 1001
 # time to, rather than autobahn's 1 s default, so it sees 4008 and not a dropped socket.
 SLOW_CLOSE_HANDSHAKE_S = 30.0
 SHUTDOWN_GRACE_S = 2.0
+# Codes a server may send (RFC 6455 §7.4.1) that autobahn's sendClose refuses.
+ENDPOINT_CLOSE_CODES = frozenset({1001, 1003, 1009})
 
 _open: weakref.WeakSet[Any] = weakref.WeakSet()
 _installed = False
@@ -38,6 +45,15 @@ def pending_bytes(transport: Any) -> int:
     """Bytes written to a Twisted TCP transport that the kernel has not taken yet."""
     buffered = len(getattr(transport, "dataBuffer", b"")) - int(getattr(transport, "offset", 0))
     return max(0, buffered) + int(getattr(transport, "_tempDataLen", 0))
+
+
+def send_close(protocol: Any, code: int, reason: str | None = None) -> None:
+    """Start the close handshake with `code`, including the codes sendClose refuses."""
+    if code in ENDPOINT_CLOSE_CODES:
+        reason_utf8 = None if reason is None else reason.encode("utf-8")[:123]
+        protocol.sendCloseFrame(code=code, reasonUtf8=reason_utf8, isReply=False)
+    else:
+        protocol.sendClose(code=code, reason=reason)
 
 
 def install() -> None:
@@ -50,6 +66,7 @@ def install() -> None:
 
     original_open = WebSocketProtocol.onOpen
     original_send = WebSocketProtocol.serverSend
+    original_close = WebSocketProtocol.serverClose
 
     def on_open(self: Any) -> None:
         _open.add(self)
@@ -66,8 +83,15 @@ def install() -> None:
             return
         original_send(self, content, binary)
 
+    def server_close(self: Any, code: int | None = None) -> None:
+        if code in ENDPOINT_CLOSE_CODES:
+            send_close(self, code)
+        else:
+            original_close(self, code)
+
     WebSocketProtocol.onOpen = on_open
     WebSocketProtocol.serverSend = server_send
+    WebSocketProtocol.serverClose = server_close
 
     def close_all() -> Any:
         sockets = [p for p in list(_open) if p.state == p.STATE_OPEN]
@@ -75,7 +99,7 @@ def install() -> None:
             return None
         for protocol in sockets:
             try:
-                protocol.sendClose(code=CLOSE_GOING_AWAY, reason="server shutting down")
+                send_close(protocol, CLOSE_GOING_AWAY, "server shutting down")
             except Exception:
                 logger.debug("close on shutdown failed", exc_info=True)
         done: defer.Deferred[None] = defer.Deferred()
