@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -128,7 +129,8 @@ def issue_ticket(*, user_id: int, generation_id: str) -> tuple[str, int]:
 
     Always HMAC with the service's own secret: tickets are minted and checked here only.
     """
-    now = int(time.time())
+    # Rounded up: `exp` has whole seconds, and a ticket must live at least TICKET_TTL_S.
+    now = math.ceil(time.time())
     ttl = settings.TICKET_TTL_S
     claims = {
         "aud": _TICKET_AUDIENCE,
