@@ -30,6 +30,12 @@ IDLE_CHECK_S = 2.0
 REPAIR_RETRY_S = 0.25
 # When the buffer is missing, the row is the only source: read it at most this often.
 ROW_CHECK_S = 2.0
+# The worker writes the final row and then publishes `done`; if it dies (or loses Redis) in
+# between, the buffer, which still exists, never gets `done`, and a subscriber that only
+# watched the buffer would wait for it until the buffer expires (a day). The row is the
+# authority: while the buffer has nothing new, look at it this often. Only idle subscribers
+# get here (live traffic means no idle checks), so this is one read per 10 s per quiet one.
+QUIET_ROW_CHECK_S = 10.0
 
 Emit = Callable[[StoredEvent], Awaitable[None]]
 
@@ -105,8 +111,10 @@ class Subscription:
         gap = bool(self._pending) or (bool(stored) and stored[0].seq > self.last_seq + 1)
         now = time.monotonic()
         since_row_check = now - self._last_row_check
-        if (gap and since_row_check >= REPAIR_RETRY_S) or (
-            not exists and since_row_check >= ROW_CHECK_S
+        if (
+            (gap and since_row_check >= REPAIR_RETRY_S)
+            or (not exists and since_row_check >= ROW_CHECK_S)
+            or (repairing and not stored and since_row_check >= QUIET_ROW_CHECK_S)
         ):
             self._last_row_check = now
             await self._from_row(await self._read_row(), force_snapshot=False)
