@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import weakref
+from typing import Any
 
 import redis
 import redis.asyncio as aioredis
@@ -22,19 +23,22 @@ SOCKET_TIMEOUT_S = 5.0
 CONNECT_TIMEOUT_S = 2.0
 
 
+def _pool_options() -> dict[str, Any]:
+    return {
+        "max_connections": settings.REDIS_MAX_CONNECTIONS,
+        # Wait for a free connection rather than fail with "Too many connections".
+        "timeout": 10,
+        "socket_timeout": SOCKET_TIMEOUT_S,
+        "socket_connect_timeout": CONNECT_TIMEOUT_S,
+        "health_check_interval": 30,
+    }
+
+
 def sync_client() -> redis.Redis:
     global _sync_client
     with _lock:
         if _sync_client is None:
-            pool = redis.BlockingConnectionPool.from_url(
-                settings.REDIS_URL,
-                max_connections=settings.REDIS_MAX_CONNECTIONS,
-                # Wait for a free connection rather than fail with "Too many connections".
-                timeout=10,
-                socket_timeout=SOCKET_TIMEOUT_S,
-                socket_connect_timeout=CONNECT_TIMEOUT_S,
-                health_check_interval=30,
-            )
+            pool = redis.BlockingConnectionPool.from_url(settings.REDIS_URL, **_pool_options())
             _sync_client = redis.Redis(connection_pool=pool)
         return _sync_client
 
@@ -44,14 +48,7 @@ def async_client() -> aioredis.Redis:
     loop = asyncio.get_running_loop()
     client = _async_clients.get(loop)
     if client is None:
-        pool = aioredis.BlockingConnectionPool.from_url(
-            settings.REDIS_URL,
-            max_connections=settings.REDIS_MAX_CONNECTIONS,
-            timeout=10,
-            socket_timeout=SOCKET_TIMEOUT_S,
-            socket_connect_timeout=CONNECT_TIMEOUT_S,
-            health_check_interval=30,
-        )
+        pool = aioredis.BlockingConnectionPool.from_url(settings.REDIS_URL, **_pool_options())
         client = aioredis.Redis(connection_pool=pool)
         _async_clients[loop] = client
     return client
