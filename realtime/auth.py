@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -129,8 +128,7 @@ def issue_ticket(*, user_id: int, generation_id: str) -> tuple[str, int]:
 
     Always HMAC with the service's own secret: tickets are minted and checked here only.
     """
-    # Rounded up: `exp` has whole seconds, and a ticket must live at least TICKET_TTL_S.
-    now = math.ceil(time.time())
+    now = int(time.time())
     ttl = settings.TICKET_TTL_S
     claims = {
         "aud": _TICKET_AUDIENCE,
@@ -138,7 +136,9 @@ def issue_ticket(*, user_id: int, generation_id: str) -> tuple[str, int]:
         "uid": user_id,
         "gen": generation_id,
         "iat": now,
-        "exp": now + ttl,
+        # +1: `exp` has whole seconds and `now` was rounded down; a ticket lives at least
+        # TICKET_TTL_S (its `iat` must not be in the future either, or it is refused).
+        "exp": now + ttl + 1,
     }
     return jwt.encode(claims, settings.SECRET_KEY, algorithm="HS256"), ttl
 
