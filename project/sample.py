@@ -1,4 +1,4 @@
-"""Serves frontend-sample/ (the sample chat page and its client) from the service itself."""
+"""Serves frontend-sample/ (the sample chat page, its client and vendored libraries)."""
 
 from __future__ import annotations
 
@@ -7,14 +7,36 @@ from pathlib import Path
 from django.conf import settings
 from django.http import FileResponse, Http404, HttpRequest
 
-SAMPLE_DIR = Path(settings.BASE_DIR) / "frontend-sample"
-_TYPES = {".html": "text/html", ".js": "text/javascript", ".css": "text/css", ".ts": "text/plain"}
+SAMPLE_DIR = (Path(settings.BASE_DIR) / "frontend-sample").resolve()
+# The only folders served: the page's own files and the vendored libraries (never
+# node_modules/ or anything a path with ".." resolves to).
+_SERVED_DIRS = frozenset({SAMPLE_DIR, SAMPLE_DIR / "vendor"})
+_TYPES = {
+    ".html": "text/html",
+    ".js": "text/javascript",
+    ".mjs": "text/javascript",
+    ".css": "text/css",
+    ".ts": "text/plain",  # client.d.ts, for readers
+    ".svg": "image/svg+xml",
+}
+# The page renders model output, which is untrusted. DOMPurify removes scripts, handlers and
+# javascript: links; this policy is the second wall should it ever miss one: no inline script
+# or handler runs, nothing loads from elsewhere, no plugin, no <base> hijack, no framing.
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self' ws: wss:; object-src 'none'; base-uri 'none'; form-action 'none'; "
+    "frame-ancestors 'none'"
+)
 
 
 def sample_file(request: HttpRequest, name: str = "index.html") -> FileResponse:
     path = (SAMPLE_DIR / name).resolve()
-    if path.parent != SAMPLE_DIR.resolve() or path.suffix not in _TYPES or not path.is_file():
+    if path.parent not in _SERVED_DIRS or path.suffix not in _TYPES or not path.is_file():
         raise Http404(name)
     response = FileResponse(path.open("rb"), content_type=_TYPES[path.suffix] + "; charset=utf-8")
     response["Cache-Control"] = "no-cache"
+    response["X-Content-Type-Options"] = "nosniff"
+    if path.suffix == ".html":
+        response["Content-Security-Policy"] = CONTENT_SECURITY_POLICY
+        response["Referrer-Policy"] = "no-referrer"
     return response

@@ -25,7 +25,8 @@ urlpatterns = [
     path("readyz", health.readyz),
     path("admin/", admin.site.urls),
     path("", sample.sample_file),
-    path("sample/<str:name>", sample.sample_file),
+    # <path:...>: the vendored libraries sit in frontend-sample/vendor/ (sample.py checks it).
+    path("sample/<path:name>", sample.sample_file),
 ]
 
 

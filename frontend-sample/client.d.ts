@@ -1,0 +1,209 @@
+// Types for client.js, the browser client of the LLM stream service (docs/browser-client.md).
+// The wire objects follow docs/protocol.md.
+
+/** What the client is using to receive streams right now. */
+export type ConnectionState =
+  | "idle" // not connected yet, or closed
+  | "connecting" // first WebSocket attempt
+  | "websocket" // the WebSocket is up and authenticated
+  | "sse" // the WebSocket cannot connect; Server-Sent Events carry the streams
+  | "reconnecting" // a connection dropped; retrying with backoff
+  | "offline"; // the browser reports no network; resumes when it is back
+
+export type GenerationStatus = "queued" | "running" | "completed" | "failed" | "cancelled";
+
+export interface Usage {
+  prompt_tokens: number;
+  completion_tokens: number;
+  total_tokens: number;
+}
+
+/** The generation object of the REST API (docs/protocol.md §2). */
+export interface Generation {
+  id: string;
+  status: GenerationStatus;
+  model: string;
+  prompt: string;
+  system: string | null;
+  max_tokens: number;
+  temperature: number | null;
+  output: string;
+  seq: number;
+  attempt: number;
+  finish_reason: "stop" | "length" | "cancelled" | "error" | null;
+  usage: Usage | null;
+  error: { code: string; message: string } | null;
+  created_at: string;
+  started_at: string | null;
+  finished_at: string | null;
+}
+
+export interface GenerateParams {
+  prompt: string;
+  model?: string;
+  system?: string;
+  max_tokens?: number;
+  temperature?: number;
+}
+
+export interface SnapshotEvent {
+  type: "snapshot";
+  id: string;
+  seq: number;
+  text: string;
+  status: GenerationStatus;
+}
+export interface DeltaEvent {
+  type: "delta";
+  id: string;
+  seq: number;
+  text: string;
+}
+export interface ResetEvent {
+  type: "reset";
+  id: string;
+  seq: number;
+  attempt: number;
+}
+export interface DoneEvent {
+  type: "done";
+  id: string;
+  seq: number;
+  status: "completed" | "failed" | "cancelled";
+  finish_reason: Generation["finish_reason"];
+  usage: Usage | null;
+  error: { code: string; message: string } | null;
+}
+export type StreamEvent = SnapshotEvent | DeltaEvent | ResetEvent | DoneEvent;
+
+/** One step of a stream, to callbacks and to `for await`. */
+export interface StreamUpdate {
+  /** The whole text so far. Render this: it is right even after a reset or a snapshot. */
+  text: string;
+  /** What was appended by this step ("" when the text was replaced or nothing was added). */
+  delta: string;
+  /** True when `text` was replaced rather than appended to (snapshot, reset, restore). */
+  replaced: boolean;
+  /** The event applied; null for the text restored from sessionStorage after a reload. */
+  event: StreamEvent | null;
+}
+
+/**
+ * Returns a JWT. Called when the client has none, shortly before the cached one expires
+ * (a quarter of its lifetime, 2-60 s before `exp`), and with `force: true` after the
+ * service refused one.
+ */
+export type TokenProvider = (request: { force: boolean }) => string | Promise<string>;
+
+export interface StreamClientOptions {
+  token: TokenProvider;
+  /** The service's origin, e.g. "https://llm.example.com". Default: the page's origin. */
+  baseUrl?: string;
+  /** Default: baseUrl (or the page's origin) with ws(s):// and /ws/v1. */
+  wsUrl?: string;
+  /** In order of preference. Default ["websocket", "sse"]. */
+  transports?: Array<"websocket" | "sse">;
+  /**
+   * How SSE is read: "fetch" (default; streaming fetch with the Authorization header) or
+   * "eventsource" (the browser's EventSource with a one-generation ticket in the URL).
+   */
+  sse?: "fetch" | "eventsource";
+  /** Where the last seq and text of each stream are kept. Default sessionStorage; null: none. */
+  storage?: Storage | null;
+  /** Time for the WebSocket to open and answer `auth.ok` (ms). Default 8000. */
+  connectTimeoutMs?: number;
+  /** Ping the WebSocket after this long without a frame (ms); give up one half later. Default 25000. */
+  heartbeatMs?: number;
+  /** Backoff between reconnects: exponential from initialDelayMs to maxDelayMs, with jitter. */
+  reconnect?: { initialDelayMs?: number; maxDelayMs?: number };
+  onStateChange?: (state: ConnectionState) => void;
+  onError?: (error: ApiError) => void;
+  /** A fetch implementation (default globalThis.fetch). */
+  fetch?: typeof fetch;
+}
+
+export interface SubscribeOptions {
+  /** Continue after this seq (you have the text through it). Omit to resume what this tab saved. */
+  after?: number;
+  /** The text you have through `after`, so that `stream.text` is whole. */
+  text?: string;
+  onUpdate?: (update: StreamUpdate) => void;
+  onDone?: (done: DoneEvent) => void;
+  onError?: (error: ApiError) => void;
+}
+
+export class ApiError extends Error {
+  constructor(
+    code: string,
+    message: string,
+    extra?: { status?: number; details?: object; retryAfter?: number | null },
+  );
+  /** A REST error code (docs/protocol.md §2), "network_error", or "closed" for `stream.close()`. */
+  code: string;
+  /** The HTTP status, 0 when there was no response. */
+  status: number;
+  details: object;
+  /** Seconds, for 429 answers. */
+  retryAfter: number | null;
+}
+
+export class GenerationStream implements AsyncIterable<StreamUpdate> {
+  readonly id: string;
+  /** The text so far. */
+  readonly text: string;
+  /** The last seq applied. */
+  readonly seq: number;
+  readonly status: GenerationStatus | null;
+  /** The `done` event, once it arrived. */
+  readonly result: DoneEvent | null;
+  readonly finished: boolean;
+  readonly transport: "websocket" | "sse" | null;
+  /** Resolves with `done`; rejects with an ApiError (`not_found`, `unauthorized`, `closed`). */
+  readonly done: Promise<DoneEvent>;
+  /** Stop watching; the generation goes on (use `client.cancel(id)` to stop it). */
+  close(): void;
+  [Symbol.asyncIterator](): AsyncIterator<StreamUpdate>;
+}
+
+export class StreamClient {
+  constructor(options: StreamClientOptions);
+  readonly state: ConnectionState;
+  readonly baseUrl: string;
+  readonly wsUrl: string;
+  on(event: "state", listener: (state: ConnectionState) => void): () => void;
+  on(event: "error", listener: (error: ApiError) => void): () => void;
+  /** A token from the provider, cached until shortly before it expires. */
+  getToken(force?: boolean): Promise<string>;
+  /** A JSON request with the bearer token; retries what is safe to repeat. */
+  request<T = unknown>(
+    method: string,
+    path: string,
+    options?: { body?: unknown; headers?: Record<string, string>; retries?: number },
+  ): Promise<T>;
+  /** POST /api/v1/generations with an Idempotency-Key (a random one by default). */
+  generate(params: GenerateParams, options?: { idempotencyKey?: string }): Promise<Generation>;
+  /** generate() then subscribe(). */
+  stream(
+    params: GenerateParams,
+    options?: SubscribeOptions & { idempotencyKey?: string },
+  ): Promise<GenerationStream>;
+  /** Watch a generation; resumes what this tab saved unless `after` is given. */
+  subscribe(id: string, options?: SubscribeOptions): GenerationStream;
+  /** Stop a generation (idempotent). */
+  cancel(id: string): Promise<Generation>;
+  get(id: string): Promise<Generation>;
+  list(page?: {
+    limit?: number;
+    cursor?: string | null;
+  }): Promise<{ results: Generation[]; next_cursor: string | null }>;
+  me(): Promise<{ username: string; usage: Record<string, number> }>;
+  /** Ids of the streams this tab watched before a reload and that had not ended. */
+  savedStreams(): string[];
+  /** Connect now rather than with the first stream. */
+  connect(): void;
+  /** Close every connection and stream. */
+  close(): void;
+}
+
+/** The delay before retry number `attempt`: exponential with jitter (ms). */
+export function backoffDelay(attempt: number, initialMs?: number, maxMs?: number): number;

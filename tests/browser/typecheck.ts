@@ -1,0 +1,47 @@
+// An app's use of the client, compiled with `tsc --strict` against frontend-sample/client.d.ts
+// (test_sample_files.py): the types a bundler user gets are complete and say what they mean.
+import {
+  ApiError,
+  StreamClient,
+  backoffDelay,
+  type ConnectionState,
+  type DoneEvent,
+  type Generation,
+  type GenerationStream,
+  type StreamUpdate,
+} from "../../frontend-sample/client.js";
+
+declare function render(text: string): void;
+
+export async function example(): Promise<void> {
+  const client = new StreamClient({
+    token: async ({ force }) => (force ? "fresh" : "cached"),
+    sse: "eventsource",
+    reconnect: { initialDelayMs: 250 },
+    onStateChange: (state: ConnectionState) => console.log(state),
+  });
+  const off: () => void = client.on("error", (error: ApiError) => console.log(error.code, error.retryAfter));
+  off();
+
+  const generation: Generation = await client.generate({ prompt: "Hello", max_tokens: 64 });
+  const stream: GenerationStream = client.subscribe(generation.id, {
+    onUpdate: ({ text, replaced }: StreamUpdate) => (replaced ? render(text) : render(text)),
+    onDone: (done: DoneEvent) => console.log(done.status, done.usage?.completion_tokens),
+  });
+  for await (const update of stream) render(update.text);
+  const done: DoneEvent = await stream.done;
+  const status: "completed" | "failed" | "cancelled" = done.status;
+  console.log(status, stream.seq, stream.transport);
+
+  const second = await client.stream({ prompt: "Again" }, { idempotencyKey: "k-1" });
+  second.close();
+  await client.cancel(second.id);
+  const page = await client.list({ limit: 10 });
+  console.log(page.results.map((g) => g.output), page.next_cursor, client.savedStreams(), backoffDelay(3));
+  try {
+    await client.get("gen_missing");
+  } catch (error) {
+    if (error instanceof ApiError && error.code === "not_found") console.log(error.status);
+  }
+  client.close();
+}
