@@ -68,6 +68,8 @@ def error_response(error: ApiError) -> HttpResponse:
     if error.status == 429:
         # Every 429 carries Retry-After (PROTOCOL §2).
         response["Retry-After"] = str(max(1, error.retry_after_s or 1))
+    elif error.status == 503 and error.retry_after_s is not None:
+        response["Retry-After"] = str(max(1, error.retry_after_s))
     return response
 
 

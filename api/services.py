@@ -30,7 +30,7 @@ from api.selectors import (
 )
 from api.validation import GenerationParams
 from realtime import events
-from realtime.eventlog import event_log
+from realtime.eventlog import SEQ_GAP_AFTER_LOST_LOG, event_log
 from realtime.publish import publish_event
 
 logger = logging.getLogger(__name__)
@@ -200,23 +200,33 @@ def _terminate_without_worker(
 
     Subscribers may have seen events past the row's last checkpoint (a worker died between
     two checkpoints): the final output is the row's text plus those events. If the buffer can
-    no longer supply them, a `reset` makes every subscriber's text empty, like the row's.
+    no longer supply them, the output is the row's, and a gap before `done` makes every
+    subscriber replace its text with the row's snapshot.
 
     The log is first fenced to `log_owner`, and read only then, so that nothing is appended
     between the read and `done`, nor after it. Where a worker may still hold `attempt` (the
     reaper only presumes it dead), `log_owner` is a number no worker holds.
     """
-    last_published = event_log().fence(generation_id, log_owner)
+    last_published = event_log().take_fence(generation_id, log_owner)
+    if last_published is None and (attempt > 1 or row_seq > 0):
+        # The log was lost (Redis restarted) after events may have been published past the
+        # row's checkpoint; subscribers may hold seqs up to that. `done` goes above any of
+        # them: they find the gap unfillable, read the (then final) row, and end with its
+        # snapshot and `done`, whatever they had seen.
+        last_published = row_seq + SEQ_GAP_AFTER_LOST_LOG
+    last_published = last_published or 0
     after_row, _ = event_log().read_after_sync(generation_id, row_seq)
-    expected = list(range(row_seq + 1, max(row_seq, last_published) + 1))
-    preamble: list[dict[str, Any]] = []
-    if [event.seq for event in after_row] == expected:
+    head = max(row_seq, last_published)
+    if [event.seq for event in after_row] == list(range(row_seq + 1, head + 1)):
         output = events.fold((event.decoded() for event in after_row), row_output)
-        done_seq = max(row_seq, last_published) + 1
+        done_seq = head + 1
     else:
-        output = ""
-        preamble.append(events.reset(generation_id, last_published + 1, attempt))
-        done_seq = last_published + 2
+        # The buffer can no longer name everything subscribers saw after the checkpoint (it
+        # was trimmed, or lost): the final output is the row's, and `done` skips a seq, so
+        # that every subscriber finds a gap it cannot fill, reads the final row and takes
+        # its snapshot before `done` (realtime.subscription), whatever it had seen.
+        output = row_output
+        done_seq = head + 2
     updated = rows.update(
         status=status,
         finish_reason=finish_reason,
@@ -238,8 +248,7 @@ def _terminate_without_worker(
         usage=None,
         error=error,
     )
-    for event in [*preamble, final]:
-        publish_event(generation_id, log_owner, event)
+    publish_event(generation_id, log_owner, final)
     return True
 
 
@@ -285,11 +294,24 @@ def generation_claim(generation_id: str) -> Claim | None:
         return None
     Generation.objects.filter(pk=generation_id, started_at__isnull=True).update(started_at=now)
     generation = Generation.objects.get(pk=generation_id)
-    last_published = event_log().fence(generation_id, generation.attempt)
+    try:
+        last_published = event_log().take_fence(generation_id, generation.attempt)
+    except Exception:
+        # Redis is unreachable: give the claim back rather than leave the row running with
+        # no worker (the reaper would take HEARTBEAT_TIMEOUT_S and an attempt to notice).
+        # The reaper re-enqueues it once the queue is back.
+        _fenced(generation_id, generation.attempt).update(status=Status.QUEUED, heartbeat_at=now)
+        raise
+    if last_published is None and (generation.attempt > 1 or generation.seq > 0):
+        # The log was lost (Redis restarted) after an earlier attempt published: subscribers
+        # may hold seqs above the row's checkpoint. Continue above all of them, so that they
+        # see a gap, read the row (checkpointed right after this attempt's `reset`) and take
+        # its snapshot, instead of dropping this attempt's first events as duplicates.
+        last_published = generation.seq + SEQ_GAP_AFTER_LOST_LOG
     return Claim(
         generation_id=generation_id,
         attempt=generation.attempt,
-        start_seq=max(generation.seq, last_published),
+        start_seq=max(generation.seq, last_published or 0),
         model=generation.model,
         prompt=generation.prompt,
         system=generation.system,
@@ -316,6 +338,16 @@ def generation_checkpoint(
         return False, False
     cancel = Generation.objects.filter(pk=generation_id).values_list("cancel_requested", flat=True)
     return True, bool(cancel.first())
+
+
+def generation_final_seq(generation_id: str, attempt: int) -> int | None:
+    """The seq of `done` in the final row that `attempt` wrote; None if it wrote none."""
+    final: int | None = (
+        Generation.objects.filter(pk=generation_id, attempt=attempt, status__in=TERMINAL_STATUSES)
+        .values_list("seq", flat=True)
+        .first()
+    )
+    return final
 
 
 def generation_finish(
@@ -345,14 +377,37 @@ def generation_finish(
     return bool(updated)
 
 
-def generation_requeue(generation_id: str, attempt: int, *, output: str, seq: int) -> bool:
-    """Hand a running attempt back to the queue as the next attempt (which sends `reset`)."""
+def generation_requeue(
+    generation_id: str, attempt: int, *, output: str | None = None, seq: int | None = None
+) -> bool:
+    """Hand a running attempt back to the queue as the next attempt (which sends `reset`).
+
+    Without `output` and `seq` the row keeps its last checkpoint (a hand-back on shutdown
+    for a runner that did not answer in time)."""
+    fold: dict[str, Any] = {} if output is None or seq is None else {"output": output, "seq": seq}
     updated = _fenced(generation_id, attempt).update(
         status=Status.QUEUED,
         attempt=F("attempt") + 1,
+        # For a queued row, heartbeat_at is when it was last enqueued (see reap_stale).
+        heartbeat_at=timezone.now(),
+        **fold,
+    )
+    if updated:
+        transaction.on_commit(lambda: _enqueue(generation_id))
+    return bool(updated)
+
+
+def generation_hand_back(generation_id: str, attempt: int, *, output: str, seq: int) -> bool:
+    """Give a running generation back to the queue unfinished (its worker is stopping), as the
+    same attempt: a stop is not a failure, and does not use up MAX_ATTEMPTS.
+
+    Only for the runner itself, after its last write: it stops at once, so no write of the
+    attempt can follow, and the next claim of the same attempt number is alone. The next
+    run starts with `reset`, since subscribers have seen this one's text."""
+    updated = _fenced(generation_id, attempt).update(
+        status=Status.QUEUED,
         output=output,
         seq=seq,
-        # For a queued row, heartbeat_at is when it was last enqueued (see reap_stale).
         heartbeat_at=timezone.now(),
     )
     if updated:

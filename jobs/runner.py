@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import redis
 from django.conf import settings
 from django.db import DatabaseError, close_old_connections
 
@@ -36,6 +37,14 @@ COALESCE_MAX_BYTES = 1024
 # The final row write is retried this long through a database outage before giving up;
 # nothing is published as done until the row holds the full output.
 FINAL_WRITE_RETRY_S = 60.0
+# An event that cannot reach Redis is retried this long (the provider's text waits in the
+# pump's queue meanwhile), so that a Redis restart or a dropped connection costs a pause,
+# not an attempt. Past it, the runner hands the generation back to the queue.
+REDIS_RETRY_S = 30.0
+# On shutdown, how long the housekeeping thread waits for runners to hand their generations
+# back themselves (each sees the request within IDLE_TICK_S) before it re-queues the rest
+# from their last checkpoint.
+HAND_BACK_WAIT_S = 3.0
 
 
 # With nothing waiting to be sent, the runner still wakes this often while the provider is
@@ -91,7 +100,11 @@ class LostOwnership(Exception):
 
 class Runner:
     def __init__(
-        self, claim: services.Claim, *, clock: Callable[[], float] = time.monotonic
+        self,
+        claim: services.Claim,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        stopping: threading.Event | None = None,
     ) -> None:
         self.claim = claim
         self.generation_id = claim.generation_id
@@ -105,12 +118,65 @@ class Runner:
         self._last_flush = float("-inf")
         self._last_checkpoint = clock()
         self._cancel = False
+        self._stopping = stopping or threading.Event()
 
     # -- publishing ------------------------------------------------------------------------
 
     def _publish(self, event: dict[str, Any]) -> None:
-        if not publish_event(self.generation_id, self.attempt, event):
-            raise LostOwnership(self.generation_id)
+        give_up_at: float | None = None
+        delay_s = 0.05
+        while True:
+            try:
+                if publish_event(self.generation_id, self.attempt, event):
+                    return
+                if event_log().fence_holder(self.generation_id) is not None:
+                    raise LostOwnership(self.generation_id)
+                # No fence at all: Redis lost its data (a restart) under us. The database
+                # says whether this attempt still owns the generation; if it does, put the
+                # fence back and go on: subscribers that saw events the restart erased see a
+                # gap and take the row's snapshot, which this has just checkpointed.
+                if not self._still_ours(final=event["type"] == "done"):
+                    raise LostOwnership(self.generation_id)
+                event_log().restore_fence(self.generation_id, self.attempt)
+                logger.warning(
+                    "generation %s: the event log's fence was lost; restored for attempt %d",
+                    self.generation_id,
+                    self.attempt,
+                )
+                continue
+            except (redis.RedisError, DatabaseError) as error:
+                now = self.clock()
+                give_up_at = give_up_at or now + REDIS_RETRY_S
+                if now > give_up_at:
+                    raise
+                logger.warning(
+                    "generation %s: publishing seq %s failed (%s); retrying",
+                    self.generation_id,
+                    event["seq"],
+                    type(error).__name__,
+                )
+                if isinstance(error, DatabaseError):
+                    close_old_connections()
+                time.sleep(delay_s)
+                delay_s = min(delay_s * 2, 1.0)
+
+    def _still_ours(self, *, final: bool) -> bool:
+        """Whether the row still belongs to this attempt, checkpointing the fold so far."""
+        if final:
+            # The final row is written before `done` is published; once terminal, no
+            # other attempt can start.
+            written = services.generation_final_seq(self.generation_id, self.attempt)
+            return written is not None and written >= self.seq
+        ours, cancel = services.generation_checkpoint(
+            self.generation_id,
+            self.attempt,
+            output=self.text,
+            seq=self.seq,
+            completion_tokens=self.completion_tokens,
+        )
+        self._cancel = self._cancel or cancel
+        self._last_checkpoint = self.clock()
+        return ours
 
     def _flush(self) -> None:
         if not self._pending:
@@ -177,9 +243,38 @@ class Runner:
                 self.generation_id,
                 self.attempt,
             )
+        except Exception:
+            # Redis or the database stayed away past every retry. Hand the generation back
+            # at once if the database lets us; if not, this process stops beating for it
+            # and the reaper re-queues it (or fails it, on the last attempt).
+            logger.exception(
+                "generation %s: attempt %d could not go on", self.generation_id, self.attempt
+            )
+            if self.attempt < settings.MAX_ATTEMPTS:
+                try:
+                    if services.generation_requeue(
+                        self.generation_id, self.attempt, output=self.text, seq=self.seq
+                    ):
+                        logger.warning("generation %s: re-queued", self.generation_id)
+                except Exception:
+                    logger.warning("generation %s: re-queue failed", self.generation_id)
+
+    def _hand_back(self) -> None:
+        """The process is stopping: give the generation back to the queue, to be run again
+        from the start (a provider stream cannot be resumed) by another worker, with
+        `reset` first. A stop is not a failure: the attempt number stays."""
+        if not services.generation_hand_back(
+            self.generation_id, self.attempt, output=self.text, seq=self.seq
+        ):
+            raise LostOwnership(self.generation_id)
+        logger.warning(
+            "generation %s: attempt %d handed back to the queue", self.generation_id, self.attempt
+        )
 
     def _run(self) -> None:
-        if self.attempt > 1:
+        if self.attempt > 1 or self.claim.start_seq > 0:
+            # Subscribers may have text of an earlier run (a failed attempt, or one handed
+            # back on shutdown): they discard it.
             self.seq += 1
             self._publish(events.reset(self.generation_id, self.seq, self.attempt))
             self._checkpoint(force=True)
@@ -203,7 +298,7 @@ class Runner:
                     # cancel, and keep the row (and the heartbeat) fresh.
                     if self._pending and self.clock() - self._last_flush >= COALESCE_INTERVAL_S:
                         self._flush()
-                    if self._cancel_requested():
+                    if self._cancel_requested() or self._stopping.is_set():
                         break
                     self._checkpoint()
                     continue
@@ -212,7 +307,7 @@ class Runner:
                 if isinstance(item, BaseException):
                     raise item
                 assert isinstance(item, Chunk)
-                if self._cancel_requested():
+                if self._cancel_requested() or self._stopping.is_set():
                     break
                 if item.text:
                     self.completion_tokens += 1
@@ -248,6 +343,9 @@ class Runner:
                 self._counted_usage(None),
                 None,
             )
+            return
+        if self._stopping.is_set() and finish_reason is None:
+            self._hand_back()
             return
         reason = FinishReason.LENGTH if finish_reason == "length" else FinishReason.STOP
         self._finish(Status.COMPLETED, reason, self._counted_usage(usage), None)
@@ -341,12 +439,23 @@ class Runner:
 
 class Housekeeping:
     """One thread per worker process: heartbeats for the attempts running here, and the
-    reaper that re-queues generations whose worker stopped beating (Huey has no acks)."""
+    reaper that re-queues generations whose worker stopped beating (Huey has no acks).
+
+    It also hands this process's generations back to the queue when the process stops
+    (``hand_back_all``), so that another worker continues them within seconds instead of
+    after HEARTBEAT_TIMEOUT_S."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._running: dict[str, int] = {}
         self._thread: threading.Thread | None = None
+        self.stopping = threading.Event()
+        # When the database last became reachable to this process after an outage. During
+        # an outage no worker can beat, so every heartbeat goes stale: reaping the moment
+        # the database is back would re-queue generations whose workers are alive and
+        # well. Reaping waits until heartbeats have had a full timeout to be written again.
+        self._database_back_at = float("-inf")
+        self._database_down = False
 
     def start(self) -> None:
         with self._lock:
@@ -362,21 +471,52 @@ class Housekeeping:
         with self._lock:
             self._running.pop(generation_id, None)
 
+    def running(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._running)
+
+    def hand_back_all(self, wait_s: float = HAND_BACK_WAIT_S) -> None:
+        """On shutdown: every runner here stops and hands its generation back to the queue
+        (as the same attempt); those that have not within `wait_s` are re-queued from their
+        last checkpoint as the next attempt, which fences off any late write of theirs."""
+        self.stopping.set()
+        deadline = time.monotonic() + wait_s
+        while self.running() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        for generation_id, attempt in self.running().items():
+            try:
+                if services.generation_requeue(generation_id, attempt):
+                    logger.warning(
+                        "generation %s: attempt %d re-queued on shutdown", generation_id, attempt
+                    )
+            except Exception:
+                # The reaper of another worker re-queues it once its heartbeat is stale.
+                logger.warning("generation %s: hand-back failed", generation_id, exc_info=True)
+        close_old_connections()
+
     def _loop(self) -> None:
         interval_s = max(1.0, settings.HEARTBEAT_TIMEOUT_S / 4)
         next_reap = time.monotonic() + interval_s
         while True:
             time.sleep(interval_s)
             try:
-                with self._lock:
-                    running = dict(self._running)
-                services.generation_heartbeat(running)
-                if time.monotonic() >= next_reap:
-                    next_reap = time.monotonic() + interval_s
+                services.generation_heartbeat(self.running())
+                now = time.monotonic()
+                if self._database_down:
+                    self._database_down = False
+                    self._database_back_at = now
+                if (
+                    now >= next_reap
+                    and now - self._database_back_at >= settings.HEARTBEAT_TIMEOUT_S
+                ):
+                    next_reap = now + interval_s
                     services.reap_stale(
                         heartbeat_timeout_s=settings.HEARTBEAT_TIMEOUT_S,
                         max_attempts=settings.MAX_ATTEMPTS,
                     )
+            except DatabaseError:
+                self._database_down = True
+                logger.warning("housekeeping: database unreachable; will retry", exc_info=True)
             except Exception:
                 logger.warning("housekeeping failed; will retry", exc_info=True)
             finally:
@@ -386,7 +526,19 @@ class Housekeeping:
 housekeeping = Housekeeping()
 
 
+# A task that reaches a worker thread of a process that is stopping (its idle threads are
+# still waiting on the queue for a moment) goes to the queue's schedule instead, so that
+# another worker's scheduler enqueues it this much later: claiming it here would only hand it
+# back at once (and a hand-back re-reads the provider from the start).
+STOPPING_RESCHEDULE_S = 1.0
+
+
 def run_generation_job(generation_id: str) -> None:
+    if housekeeping.stopping.is_set():
+        from jobs.tasks import run_generation
+
+        run_generation.schedule((generation_id,), delay=STOPPING_RESCHEDULE_S)
+        return
     housekeeping.start()
     event_log().watch_cancels()
     claim = services.generation_claim(generation_id)
@@ -398,6 +550,6 @@ def run_generation_job(generation_id: str) -> None:
     logger.info("generation %s: attempt %d started", generation_id, claim.attempt)
     housekeeping.track(generation_id, claim.attempt)
     try:
-        Runner(claim).run()
+        Runner(claim, stopping=housekeeping.stopping).run()
     finally:
         housekeeping.untrack(generation_id)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from huey.contrib.djhuey import db_task, on_startup
+from typing import Any
+
+from huey.contrib.djhuey import db_task, on_startup, signal
+from huey.signals import SIGNAL_INTERRUPTED
 
 from jobs.runner import housekeeping, run_generation_job
 from realtime.eventlog import event_log
@@ -19,3 +22,13 @@ def start_housekeeping() -> None:
     # before its first task, so a restarted fleet recovers generations left running.
     housekeeping.start()
     event_log().watch_cancels()
+
+
+@signal(SIGNAL_INTERRUPTED)  # type: ignore[untyped-decorator]
+def hand_back_interrupted(signal_name: str, task: Any, *args: Any, **kwargs: Any) -> None:
+    # Huey has no acknowledgement: a task the consumer stops (SIGTERM at once, SIGINT after
+    # the grace period) is simply gone. Called in the consumer's main thread just before the
+    # process exits, while the worker threads still run: they hand their generations back to
+    # the queue, so another worker continues within seconds, not after the reaper's
+    # HEARTBEAT_TIMEOUT_S. Once per interrupted task; all but the first find nothing left.
+    housekeeping.hand_back_all()

@@ -26,6 +26,7 @@ from project.env import (
     envlist,
     envstr,
 )
+from realtime.redis import async_retry_options  # no models: safe to import from settings
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(envstr("VAR_DIR", str(BASE_DIR / "var")))
@@ -123,6 +124,9 @@ elif _database["ENGINE"] == "django.db.backends.mysql":
         # READ COMMITTED: after a duplicate-key error on an idempotency key, the next read
         # must see the row the winning transaction committed, which REPEATABLE READ hides.
         "isolation_level": "read committed",
+        # A database that drops packets (rather than refusing connections) would hold every
+        # new connection, /readyz's included, until the OS gave up minutes later.
+        "connect_timeout": 5,
     }
     _database.setdefault("TEST", {})["CHARSET"] = "utf8mb4"
     _database["TEST"]["COLLATION"] = "utf8mb4_unicode_ci"
@@ -147,7 +151,18 @@ if DISTRIBUTED:
             # The pub/sub layer: one PUBLISH per group_send and no per-channel capacity to
             # overflow; see docs/channel-layer.md for the measurement behind the choice.
             "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
-            "CONFIG": {"hosts": [REDIS_URL]},
+            "CONFIG": {
+                "hosts": [
+                    {
+                        "address": REDIS_URL,
+                        # A subscribe or publish on a connection that Redis dropped (a
+                        # restart, CLIENT KILL) would fail although Redis is back, and the
+                        # WebSocket's subscribe with it: reconnect (re-subscribing the
+                        # layer's channels) and send it again instead.
+                        **async_retry_options(),
+                    }
+                ]
+            },
         }
     }
 else:
@@ -161,6 +176,10 @@ else:
     }
 
 HUEY_WORKERS = envint("HUEY_WORKERS", 64, minimum=1, maximum=1024)
+# On SIGINT (graceful) a worker finishes its generations for this long, then hands the rest
+# back to the queue (jobs.tasks.hand_back_interrupted); on SIGTERM it hands back at once.
+# Huey's default is to wait forever; docker-compose's stop_grace_period must exceed this.
+WORKER_SHUTDOWN_GRACE_S = envfloat("WORKER_SHUTDOWN_GRACE_S", 60.0, minimum=0)
 if DISTRIBUTED:
     HUEY: dict[str, Any] = {
         "huey_class": "huey.RedisHuey",
@@ -174,6 +193,7 @@ if DISTRIBUTED:
             "periodic": True,
             "scheduler_interval": 1,
             "check_worker_health": True,
+            "shutdown_timeout": WORKER_SHUTDOWN_GRACE_S,
         },
     }
 else:

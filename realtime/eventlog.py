@@ -37,6 +37,13 @@ REPLAY_TTL_AFTER_DONE_S = 600
 REPLAY_TTL_WHILE_RUNNING_S = 24 * 3600
 CANCEL_FLAG_TTL_S = 24 * 3600
 CANCEL_CHANNEL = "llm:cancels"
+# When a generation's log was lost (Redis restarted without persistence) after events were
+# published, subscribers may have seen seqs above the row's last checkpoint that nobody can
+# now name. The next writer continues this far above the row's seq: more than the deltas
+# that can be published between two checkpoints (at most a few hundred per second for
+# CHECKPOINT_INTERVAL_S <= 60 s), so every seq it uses is new to every subscriber. They see a
+# gap the buffer cannot fill, read the row, and continue from its snapshot.
+SEQ_GAP_AFTER_LOST_LOG = 100_000
 
 logger = logging.getLogger(__name__)
 
@@ -54,12 +61,31 @@ class StoredEvent:
 
 class EventLog(ABC):
     @abstractmethod
+    def take_fence(self, generation_id: str, attempt: int) -> int | None:
+        """Make `attempt` the only one allowed to append; return the last seq in the buffer,
+        or None when there is no buffer at all (never written, expired, or lost with Redis):
+        then only the row says what subscribers may have seen, and not all of it."""
+
     def fence(self, generation_id: str, attempt: int) -> int:
-        """Make `attempt` the only one allowed to append; return the last seq in the buffer."""
+        """`take_fence`, for callers to whom a missing buffer and an empty one are alike."""
+        return self.take_fence(generation_id, attempt) or 0
+
+    @abstractmethod
+    def fence_holder(self, generation_id: str) -> int | None:
+        """The attempt the log is fenced to; None when the fence is gone (Redis lost it)."""
+
+    @abstractmethod
+    def restore_fence(self, generation_id: str, attempt: int) -> bool:
+        """Put back a lost fence for `attempt`, unless another attempt has fenced since.
+
+        Only for a caller that has just proved, in the database, that it still owns
+        `attempt`: a later claim always overwrites the fence, so the later attempt wins
+        whichever of the two comes first."""
 
     @abstractmethod
     def append(self, generation_id: str, attempt: int, seq: int, kind: str, data: str) -> bool:
-        """Append one event; False when the attempt is fenced off or the seq is not new."""
+        """Append one event; False when the attempt is fenced off (or the fence is gone), or
+        the seq is not new."""
 
     @abstractmethod
     async def read_after(self, generation_id: str, after: int) -> tuple[list[StoredEvent], bool]:
@@ -111,13 +137,36 @@ class RedisEventLog(EventLog):
     def _cancel_key(generation_id: str) -> str:
         return f"llm:cancel:{generation_id}"
 
-    def fence(self, generation_id: str, attempt: int) -> int:
+    def take_fence(self, generation_id: str, attempt: int) -> int | None:
         client = sync_client()
         pipe = client.pipeline(transaction=True)
-        pipe.set(self._fence_key(generation_id), str(attempt), ex=REPLAY_TTL_WHILE_RUNNING_S)
+        pipe.set(
+            self._fence_key(generation_id), str(attempt), ex=REPLAY_TTL_WHILE_RUNNING_S, get=True
+        )
         pipe.xrevrange(self._stream_key(generation_id), count=1)
-        _, last = pipe.execute()
-        return _seq_of(last[0][0]) if last else 0
+        previous_holder, last = pipe.execute()
+        if last:
+            return _seq_of(last[0][0])
+        # A fence with no stream: an earlier attempt was fenced in and published nothing.
+        # Neither: never fenced before, or Redis lost both (they are written, and expire,
+        # together). A fence of this very attempt proves nothing: it may be this call's own,
+        # sent again after its reply was lost; "lost" is then the safe answer (the caller
+        # leaves a gap in the seqs, which costs subscribers a snapshot, never an event).
+        if previous_holder is not None and previous_holder != str(attempt).encode():
+            return 0
+        return None
+
+    def fence_holder(self, generation_id: str) -> int | None:
+        holder: bytes | None = sync_client().get(self._fence_key(generation_id))  # type: ignore[assignment]
+        return None if holder is None else int(holder)
+
+    def restore_fence(self, generation_id: str, attempt: int) -> bool:
+        # NX: a claim by a later attempt (SET without NX) may already have fenced again.
+        return bool(
+            sync_client().set(
+                self._fence_key(generation_id), str(attempt), nx=True, ex=REPLAY_TTL_WHILE_RUNNING_S
+            )
+        )
 
     def append(self, generation_id: str, attempt: int, seq: int, kind: str, data: str) -> bool:
         ttl = REPLAY_TTL_AFTER_DONE_S if kind == "done" else REPLAY_TTL_WHILE_RUNNING_S
@@ -133,9 +182,15 @@ class RedisEventLog(EventLog):
             )
         except redis.ResponseError as exc:
             # "The ID specified in XADD is equal or smaller than the target stream top item":
-            # the seq was already written, by this attempt's earlier try whose reply was lost.
+            # the seq is taken (the fence was checked first, so by this attempt). If by this
+            # very event, an earlier try of this append went through and only its reply was
+            # lost (a dropped connection): that is a success, not a lost ownership.
             if "equal or smaller" in str(exc):
-                return False
+                entry_id = f"0-{seq}"
+                stored: list[Any] = sync_client().xrange(  # type: ignore[assignment]
+                    self._stream_key(generation_id), min=entry_id, max=entry_id
+                )
+                return bool(stored) and stored[0][1].get(b"d") == data.encode()
             raise
 
     async def read_after(self, generation_id: str, after: int) -> tuple[list[StoredEvent], bool]:
@@ -243,14 +298,30 @@ class MemoryEventLog(EventLog):
         for key in [k for k, t in self._cancelled.items() if t < now]:
             del self._cancelled[key]
 
-    def fence(self, generation_id: str, attempt: int) -> int:
+    def take_fence(self, generation_id: str, attempt: int) -> int | None:
         now = time.monotonic()
         with self._lock:
             self._sweep(now)
-            log = self._logs.setdefault(generation_id, _MemoryLog())
+            log = self._logs.get(generation_id)
+            if log is None or log.expires_at < now:
+                log = self._logs[generation_id] = _MemoryLog()
+                existed = False
+            else:
+                existed = True
             log.attempt = attempt
             log.expires_at = now + REPLAY_TTL_WHILE_RUNNING_S
+            if not existed:
+                return None
             return log.events[-1].seq if log.events else 0
+
+    def fence_holder(self, generation_id: str) -> int | None:
+        with self._lock:
+            log = self._logs.get(generation_id)
+            return None if log is None else log.attempt
+
+    def restore_fence(self, generation_id: str, attempt: int) -> bool:
+        # The embedded log is lost only with the process, and its workers with it.
+        return False
 
     def append(self, generation_id: str, attempt: int, seq: int, kind: str, data: str) -> bool:
         now = time.monotonic()

@@ -10,6 +10,9 @@ from typing import Any
 import redis
 import redis.asyncio as aioredis
 from django.conf import settings
+from redis.asyncio.retry import Retry as AsyncRetry
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 
 _lock = threading.Lock()
 _sync_client: redis.Redis | None = None
@@ -21,6 +24,17 @@ _async_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, aioredis.Re
 # server or the network is gone; fail and let the caller's retry or repair path take over.
 SOCKET_TIMEOUT_S = 5.0
 CONNECT_TIMEOUT_S = 2.0
+# A pooled connection that Redis dropped (a restart, CLIENT KILL, an idle timeout) is found
+# out only by the next command sent on it, which would fail although Redis is back: such a
+# command is sent again on a new connection, twice at most, 50 then 100 ms later (the new
+# connection can be dropped too while a fault repeats). Appends to the event log are
+# idempotent (realtime.eventlog.RedisEventLog.append), so a retried one is harmless.
+RETRY_ON_ERROR: list[type[Exception]] = [redis.ConnectionError]
+RETRIES = 2
+
+
+def _backoff() -> ExponentialBackoff:
+    return ExponentialBackoff(cap=0.5, base=0.05)
 
 
 def _pool_options() -> dict[str, Any]:
@@ -31,14 +45,22 @@ def _pool_options() -> dict[str, Any]:
         "socket_timeout": SOCKET_TIMEOUT_S,
         "socket_connect_timeout": CONNECT_TIMEOUT_S,
         "health_check_interval": 30,
+        "retry_on_error": RETRY_ON_ERROR,
     }
+
+
+def async_retry_options() -> dict[str, Any]:
+    """Connection options for redis.asyncio pools, the channel layer's included."""
+    return {"retry_on_error": RETRY_ON_ERROR, "retry": AsyncRetry(_backoff(), RETRIES)}
 
 
 def sync_client() -> redis.Redis:
     global _sync_client
     with _lock:
         if _sync_client is None:
-            pool = redis.BlockingConnectionPool.from_url(settings.REDIS_URL, **_pool_options())
+            pool = redis.BlockingConnectionPool.from_url(
+                settings.REDIS_URL, **_pool_options(), retry=Retry(_backoff(), RETRIES)
+            )
             _sync_client = redis.Redis(connection_pool=pool)
         return _sync_client
 
@@ -48,7 +70,9 @@ def async_client() -> aioredis.Redis:
     loop = asyncio.get_running_loop()
     client = _async_clients.get(loop)
     if client is None:
-        pool = aioredis.BlockingConnectionPool.from_url(settings.REDIS_URL, **_pool_options())
+        pool = aioredis.BlockingConnectionPool.from_url(
+            settings.REDIS_URL, **{**_pool_options(), **async_retry_options()}
+        )
         client = aioredis.Redis(connection_pool=pool)
         _async_clients[loop] = client
     return client

@@ -119,7 +119,12 @@ class Service:
         webs: int = 1,
         workers: int = 1,
         tier: str = TIER,
+        redis_url: str | None = None,
+        database_address: str | None = None,
     ) -> None:
+        """`redis_url`: a Redis of the test's own (that it may restart) instead of a database
+        of the shared server. `database_address`: "host:port" the service reaches MySQL at
+        (a proxy the test can cut); the database itself is created on the shared server."""
         self.number = next(_instance_numbers)
         self.tier = tier
         self.dir = Path(RUN_DIR) / f"service-{self.number}"
@@ -138,9 +143,19 @@ class Service:
             self.db_name = ""
         else:
             self.db_name = f"llmtest_{os.getpid()}_{self.number}"
-            self.env["DATABASE_URL"] = f"{MYSQL_SERVER_URL}/{self.db_name}"
-            self.redis_db, self._redis_lock = _reserve_redis_db()
-            self.env["REDIS_URL"] = f"{REDIS_SERVER_URL}/{self.redis_db}"
+            server = MYSQL_SERVER_URL
+            if database_address is not None:
+                # The same credentials, another address.
+                credentials = server.split("://", 1)[1].rpartition("@")[0]
+                server = f"mysql://{credentials}@{database_address}"
+            self.env["DATABASE_URL"] = f"{server}/{self.db_name}"
+            self._redis_lock: Any = None
+            if redis_url is None:
+                self.redis_db, self._redis_lock = _reserve_redis_db()
+                self.env["REDIS_URL"] = f"{REDIS_SERVER_URL}/{self.redis_db}"
+            else:
+                self.redis_db = int(redis_url.rsplit("/", 1)[1]) if redis_url.count("/") > 2 else 0
+                self.env["REDIS_URL"] = redis_url
         self.env.update(env or {})
         self.ports = [free_port() for _ in range(webs)]
         self.webs: list[subprocess.Popen[bytes] | None] = [None] * webs
@@ -148,6 +163,8 @@ class Service:
             workers if tier == "distributed" else 0
         )
         self._logs: list[Any] = []
+        # How many times each worker was started (a log of its own holds every start).
+        self.worker_starts = [0] * len(self.workers)
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -173,15 +190,17 @@ class Service:
         self._logs.append(log)
         return subprocess.Popen(args, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT)
 
-    def start_web(self, index: int = 0) -> None:
+    def start_web(self, index: int = 0, *, wait: bool = True) -> None:
         port = self.ports[index]
         self.webs[index] = self._spawn(
             f"web{index}", [DAPHNE, "-b", "127.0.0.1", "-p", str(port), "project.asgi:application"]
         )
-        wait_until(lambda: self._healthy(port), timeout_s=30)
+        if wait:
+            wait_until(lambda: self._healthy(port), timeout_s=30)
 
     def start_worker(self, index: int = 0) -> None:
         self.workers[index] = self._spawn(f"worker{index}", [PYTHON, "manage.py", "run_huey"])
+        self.worker_starts[index] += 1
 
     def _healthy(self, port: int) -> bool:
         try:
@@ -211,7 +230,8 @@ class Service:
             conn = MySQLdb.connect(host="127.0.0.1", user="root", passwd="", port=3306)
             conn.cursor().execute(f"DROP DATABASE IF EXISTS {self.db_name}")
             conn.close()
-            self._redis_lock.close()
+            if self._redis_lock is not None:
+                self._redis_lock.close()
 
     def logs(self) -> str:
         return "\n".join(
