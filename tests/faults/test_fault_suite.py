@@ -23,7 +23,13 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.faults.conftest import FAULT_CLIENTS, FAULT_SECONDS, FULL, distributed_only
+from tests.faults.conftest import (
+    FAULT_CLIENTS,
+    FAULT_SECONDS,
+    FULL,
+    distributed_only,
+    storm_only,
+)
 from tests.faults.infra import (
     DatabaseProxy,
     RedisServer,
@@ -35,7 +41,7 @@ from tests.faults.storm import FaultRow, Storm
 from tests.harness import FakeLLM, Service, wait_until
 from tests.tier_env import RUN_DIR
 
-pytestmark = [distributed_only, pytest.mark.timeout(600 + 10 * FAULT_SECONDS)]
+pytestmark = [distributed_only, storm_only, pytest.mark.timeout(600 + 10 * FAULT_SECONDS)]
 
 # How long, after the fault phase, every generation has to end: a worker killed at the
 # last moment costs HEARTBEAT_TIMEOUT_S (4) + a reaper round, then the generation reruns.
