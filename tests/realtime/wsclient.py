@@ -17,6 +17,8 @@ import httpx
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
+from tests.api.support import GENERATION_FIELDS as GENERATION_FIELDS
+from tests.api.support import UNKNOWN_GENERATION_ID as UNKNOWN_GENERATION_ID
 from tests.harness import Service, make_token
 
 Message = dict[str, Any]
@@ -26,28 +28,6 @@ Message = dict[str, Any]
 RECV_TIMEOUT_S = 20.0
 EVENT_TYPES = frozenset({"snapshot", "delta", "reset", "done"})
 TERMINAL_STATUSES = frozenset({"completed", "failed", "cancelled"})
-GENERATION_FIELDS = frozenset(
-    {
-        "id",
-        "status",
-        "model",
-        "prompt",
-        "system",
-        "max_tokens",
-        "temperature",
-        "output",
-        "seq",
-        "attempt",
-        "finish_reason",
-        "usage",
-        "error",
-        "created_at",
-        "started_at",
-        "finished_at",
-    }
-)
-# Well-formed, but never issued: 22 base-62 characters after the prefix.
-UNKNOWN_GENERATION_ID = "gen_" + "A" * 22
 
 
 def ws_url(service: Service, web: int = 0) -> str:
