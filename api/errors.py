@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import redis
+from django.db import InterfaceError, OperationalError
 from django.http import HttpResponse
 
 STATUS_BY_CODE: dict[str, int] = {
@@ -24,6 +26,13 @@ STATUS_BY_CODE: dict[str, int] = {
     "internal_error": 500,
     "unavailable": 503,
 }
+
+
+# Failures to reach the database or Redis, as opposed to bugs: `unavailable` (503 on REST, an
+# error frame on the WebSocket), not `internal_error`.
+UNAVAILABLE_ERRORS = (OperationalError, InterfaceError, redis.ConnectionError, redis.TimeoutError)
+# A database or Redis restart takes seconds; a client retrying sooner only adds load.
+UNAVAILABLE_RETRY_AFTER_S = 1
 
 
 class ApiError(Exception):
@@ -71,6 +80,14 @@ def error_response(error: ApiError) -> HttpResponse:
     elif error.status == 503 and error.retry_after_s is not None:
         response["Retry-After"] = str(max(1, error.retry_after_s))
     return response
+
+
+def unavailable() -> ApiError:
+    return ApiError(
+        "unavailable",
+        "The service cannot reach its storage; try again shortly.",
+        retry_after_s=UNAVAILABLE_RETRY_AFTER_S,
+    )
 
 
 def not_found(what: str = "generation") -> ApiError:

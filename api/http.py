@@ -8,24 +8,17 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-import redis
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
-from django.db import InterfaceError, OperationalError
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
-from api.errors import ApiError, error_response
+from api.errors import UNAVAILABLE_ERRORS, ApiError, error_response, unavailable
 from realtime.auth import Identity, authenticate_token, bearer_token
 
 logger = logging.getLogger(__name__)
 
 View = Callable[..., HttpResponse]
-
-# Failures to reach the database or Redis, as opposed to bugs: 503 `unavailable`, not 500.
-UNAVAILABLE_ERRORS = (OperationalError, InterfaceError, redis.ConnectionError, redis.TimeoutError)
-# A database or Redis restart takes seconds; a client retrying sooner only adds load.
-UNAVAILABLE_RETRY_AFTER_S = 1
 
 
 def _reject_constant(value: str) -> Any:
@@ -78,13 +71,7 @@ def api_endpoint(*methods: str, auth: bool = True) -> Callable[[View], View]:
                 # The database or Redis cannot be reached (a restart, a network cut): the
                 # client may retry shortly, and /readyz says which one is down.
                 logger.warning("a dependency is unreachable in %s", request.path, exc_info=True)
-                return error_response(
-                    ApiError(
-                        "unavailable",
-                        "The service cannot reach its storage; try again shortly.",
-                        retry_after_s=UNAVAILABLE_RETRY_AFTER_S,
-                    )
-                )
+                return error_response(unavailable())
             except Exception:
                 logger.exception("unhandled error in %s", request.path)
                 return error_response(ApiError("internal_error", "Something went wrong."))

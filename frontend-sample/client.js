@@ -904,7 +904,14 @@ export class StreamClient {
         details: frame.details ?? {}, retryAfter: frame.retry_after ?? null,
       });
       if (stream && frame.code === "not_found") this.#finish(stream, error);
-      else if (frame.code !== "token_expired") this.#emit("error", error);
+      else if (stream && frame.code === "unavailable" && !stream.finished) {
+        // The service could not reach its storage to check the subscription: ask again
+        // after the delay it gave, from what this stream already holds.
+        clearTimeout(stream.retryTimer);
+        stream.retryTimer = setTimeout(() => {
+          if (this.#wsOpen && !stream.finished) this.#subscribeOverSocket(stream);
+        }, backoffDelay(0, 2000 * (frame.retry_after ?? 1))); // between 1x and 2x the delay
+      } else if (frame.code !== "token_expired") this.#emit("error", error);
     }
   }
 

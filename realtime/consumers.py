@@ -22,7 +22,7 @@ from django.conf import settings
 from django.db import connection
 
 from api import services
-from api.errors import ApiError
+from api.errors import UNAVAILABLE_ERRORS, ApiError, unavailable
 from api.ids import looks_like_generation_id
 from api.selectors import RowState, arow_state, limits_for
 from api.validation import parse_generation_params, parse_idempotency_key
@@ -43,6 +43,9 @@ TICK_S = 0.25
 
 CLOSE_UNSUPPORTED_DATA = 1003
 CLOSE_TOO_BIG = 1009
+# RFC 6455 "Try Again Later": the database or Redis was unreachable while authenticating, so
+# the connection cannot be set up; the client reconnects with its backoff.
+CLOSE_TRY_AGAIN_LATER = 1013
 CLOSE_SLOW_CONSUMER = 4008
 CLOSE_UNAUTHORIZED = 4401
 CLOSE_AUTH_TIMEOUT = 4408
@@ -91,6 +94,9 @@ class StreamConsumer(AsyncConsumer):  # type: ignore[misc]
         self.connection_id = uuid.uuid4().hex
         self.registered = False
         self.subscriptions: dict[str, Subscription] = {}
+        # Subscriptions whose live group this channel has joined (a join can fail while Redis
+        # is down; the idle timer retries it).
+        self.joined: set[str] = set()
         self.next_check: dict[str, float] = {}
         self.closed = False
         self.tasks: list[asyncio.Task[None]] = []
@@ -127,9 +133,12 @@ class StreamConsumer(AsyncConsumer):  # type: ignore[misc]
                     continue
                 self.next_check[generation_id] = now + subscription.next_check_in()
                 try:
-                    await subscription.catch_up(repairing=True)
+                    await self._advance(generation_id, subscription)
                 except GenerationNotFound:
                     await self._drop_subscription(generation_id)
+                except UNAVAILABLE_ERRORS as failure:
+                    # Storage is down: the subscription stays, and the next tick tries again.
+                    logger.warning("catch-up for %s deferred: %r", generation_id, failure)
                 except Exception:
                     logger.warning("catch-up failed for %s", generation_id, exc_info=True)
                 if subscription.finished:
@@ -139,6 +148,17 @@ class StreamConsumer(AsyncConsumer):  # type: ignore[misc]
                 with contextlib.suppress(Exception):
                     assert self.identity is not None
                     await connection_registry().refresh(self.identity.user.pk, self.connection_id)
+
+    async def _advance(self, generation_id: str, subscription: Subscription) -> None:
+        """Move one subscription forward: finish setting it up if storage was down when it
+        was asked for, else look at the buffer for anything live delivery missed."""
+        if generation_id not in self.joined:
+            await self.channel_layer.group_add(group_name(generation_id), self.channel_name)
+            self.joined.add(generation_id)
+        if not subscription.started:
+            await subscription.start()
+        else:
+            await subscription.catch_up(repairing=True)
 
     async def _close(self, code: int) -> None:
         if self.closed:
@@ -153,8 +173,11 @@ class StreamConsumer(AsyncConsumer):  # type: ignore[misc]
         if getattr(self, "expiry_task", None) is not None:
             self.expiry_task.cancel()  # type: ignore[union-attr]
         for generation_id in list(getattr(self, "subscriptions", {})):
-            with contextlib.suppress(Exception):
-                await self.channel_layer.group_discard(group_name(generation_id), self.channel_name)
+            if generation_id in getattr(self, "joined", ()):
+                with contextlib.suppress(Exception):
+                    await self.channel_layer.group_discard(
+                        group_name(generation_id), self.channel_name
+                    )
         if getattr(self, "registered", False) and self.identity is not None:
             with contextlib.suppress(Exception):
                 await connection_registry().remove(self.identity.user.pk, self.connection_id)
@@ -173,6 +196,7 @@ class StreamConsumer(AsyncConsumer):  # type: ignore[misc]
             await self._close(CLOSE_TOO_BIG)
             return
         ref: Any = None
+        frame: Any = None
         try:
             try:
                 frame = json.loads(text)
@@ -207,6 +231,15 @@ class StreamConsumer(AsyncConsumer):  # type: ignore[misc]
                     )
                 )
             await handler(frame, ref)
+        except UNAVAILABLE_ERRORS as failure:
+            # The database or Redis is unreachable: not the client's fault and not a bug.
+            logger.warning("a dependency is unreachable on the WebSocket: %r", failure)
+            frame_id = frame.get("id") if isinstance(frame, dict) else None
+            await self._send_error(
+                unavailable(), ref, frame_id if isinstance(frame_id, str) else None
+            )
+            if not self.registered:
+                await self._close(CLOSE_TRY_AGAIN_LATER)
         except (FrameError, ApiError) as failure:
             if self.identity is None:
                 # Before auth, a frame that is not an auth object (not JSON, not an object)
@@ -239,7 +272,6 @@ class StreamConsumer(AsyncConsumer):  # type: ignore[misc]
             await self._close(CLOSE_UNAUTHORIZED)
             return
         first = self.identity is None
-        self.identity = identity
         if first:
             limits = await _closing(limits_for)(identity.user.pk)
             if not await connection_registry().add(
@@ -257,6 +289,7 @@ class StreamConsumer(AsyncConsumer):  # type: ignore[misc]
                 return
             self.registered = True
             self.tasks.append(asyncio.create_task(self._ticker()))
+        self.identity = identity
         if self.expiry_task is not None:
             self.expiry_task.cancel()
         self.expiry_task = asyncio.create_task(self._expire_at(identity.expires_at))
@@ -330,12 +363,19 @@ class StreamConsumer(AsyncConsumer):  # type: ignore[misc]
         subscription = Subscription(generation_id, after, emit)
         self.subscriptions[generation_id] = subscription
         self.next_check[generation_id] = time.monotonic() + subscription.next_check_in()
-        # Join the live group first; what is published meanwhile waits in our channel.
-        await self.channel_layer.group_add(group_name(generation_id), self.channel_name)
         try:
+            # Join the live group first; what is published meanwhile waits in our channel.
+            await self.channel_layer.group_add(group_name(generation_id), self.channel_name)
+            self.joined.add(generation_id)
             await subscription.start()
         except GenerationNotFound:
             await self._drop_subscription(generation_id)
+            return
+        except UNAVAILABLE_ERRORS as failure:
+            # The client was told `subscribed` (or `created`): it gets its events once storage
+            # is back, from the idle timer, without having to ask again.
+            logger.warning("subscription to %s deferred: %r", generation_id, failure)
+            self.next_check[generation_id] = time.monotonic() + subscription.next_check_in()
             return
         if subscription.finished:
             await self._drop_subscription(generation_id)
@@ -343,7 +383,16 @@ class StreamConsumer(AsyncConsumer):  # type: ignore[misc]
     async def _drop_subscription(self, generation_id: str) -> None:
         if self.subscriptions.pop(generation_id, None) is not None:
             self.next_check.pop(generation_id, None)
-            await self.channel_layer.group_discard(group_name(generation_id), self.channel_name)
+            if generation_id in self.joined:
+                self.joined.discard(generation_id)
+                try:
+                    await self.channel_layer.group_discard(
+                        group_name(generation_id), self.channel_name
+                    )
+                except UNAVAILABLE_ERRORS as failure:
+                    # Nothing of it reaches the client any more (`emit` checks); the pub/sub
+                    # layer drops the stale membership when it reconnects.
+                    logger.warning("leaving %s failed: %r", generation_id, failure)
 
     async def _unsubscribe(self, frame: dict[str, Any], ref: Any) -> None:
         generation_id = self._generation_id(frame)
@@ -375,6 +424,12 @@ class StreamConsumer(AsyncConsumer):  # type: ignore[misc]
             await subscription.on_live(stored_event(message))
         except GenerationNotFound:
             await self._drop_subscription(generation_id)
+            return
+        except UNAVAILABLE_ERRORS as failure:
+            # A gap could not be filled now; the event waits in the subscription and the idle
+            # timer fills the gap once storage is back.
+            logger.warning("live event for %s deferred: %r", generation_id, failure)
+            self.next_check[generation_id] = time.monotonic() + subscription.next_check_in()
             return
         self.next_check[generation_id] = time.monotonic() + subscription.next_check_in()
         if subscription.finished:

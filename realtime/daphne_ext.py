@@ -1,4 +1,4 @@
-"""Two WebSocket behaviours that ASGI cannot express, added to Daphne's protocol class.
+"""WebSocket behaviours that ASGI cannot express, added to Daphne's protocol class.
 
 - Slow consumers (PROTOCOL §5, close 4008): ASGI's ``send`` has no backpressure, and Daphne
   queues every frame in the socket's user-space buffer, so a client that stops reading makes
@@ -8,9 +8,12 @@
 - Shutdown (close 1001): on SIGTERM/SIGINT Daphne stops the reactor and the sockets simply
   drop (clients see 1006). A shutdown trigger sends 1001 "going away" to every open
   WebSocket first and waits briefly for the close handshakes.
-- Close codes 1001, 1003 and 1009: autobahn's ``sendClose`` accepts only 1000 and
+- Frames sent after the client went away are dropped quietly: the consumer learns of the
+  disconnect a moment later, and a send in between is not an error.
+- Close codes 1001, 1003, 1009 and 1013: autobahn's ``sendClose`` accepts only 1000 and
   3000-4999 and raises on the codes RFC 6455 reserves for the endpoint itself, so Daphne
-  turned the consumer's 1003 (binary frame) and 1009 (frame too large) into 1011, and the
+  turned the consumer's 1003 (binary frame), 1009 (frame too large) and 1013 (storage
+  unreachable while authenticating, try again later) into 1011, and the
   shutdown hook's 1001 into a dropped socket. Those codes go out through ``sendCloseFrame``,
   which builds the same frame without that check.
 
@@ -35,7 +38,7 @@ CLOSE_GOING_AWAY = 1001
 SLOW_CLOSE_HANDSHAKE_S = 30.0
 SHUTDOWN_GRACE_S = 2.0
 # Codes a server may send (RFC 6455 §7.4.1) that autobahn's sendClose refuses.
-ENDPOINT_CLOSE_CODES = frozenset({1001, 1003, 1009})
+ENDPOINT_CLOSE_CODES = frozenset({1001, 1003, 1009, 1013})
 
 _open: weakref.WeakSet[Any] = weakref.WeakSet()
 _installed = False
@@ -74,6 +77,11 @@ def install() -> None:
 
     def server_send(self: Any, content: Any, binary: bool = False) -> None:
         if getattr(self, "_slow_closed", False):
+            return
+        if self.state in (self.STATE_CLOSING, self.STATE_CLOSED):
+            # The client has gone (or the close handshake started) while this frame was on
+            # its way from the consumer: there is no one to send it to. Autobahn would raise
+            # "Attempt to send on a closed protocol" and Daphne log it as an error.
             return
         if pending_bytes(self.transport) > settings.WS_MAX_BUFFER:
             self._slow_closed = True

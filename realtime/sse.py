@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 
 from asgiref.sync import sync_to_async
 from django.db import connection
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 
-from api.errors import ApiError, error_response, not_found
+from api.errors import UNAVAILABLE_ERRORS, ApiError, error_response, not_found, unavailable
 from api.ids import looks_like_generation_id
 from api.selectors import RowState, arow_state
 from realtime.auth import authenticate_token, bearer_token, verify_ticket
@@ -80,6 +80,9 @@ async def generation_events(
             raise not_found()
     except ApiError as error:
         return error_response(error)
+    except UNAVAILABLE_ERRORS as failure:
+        logger.warning("a dependency is unreachable in %s: %r", request.path, failure)
+        return error_response(unavailable())
     if row.terminal and after >= row.seq:
         # At or after `done`: tells EventSource to stop reconnecting.
         return HttpResponse(status=204)
@@ -89,6 +92,16 @@ async def generation_events(
     response["Cache-Control"] = "no-cache"
     response["X-Accel-Buffering"] = "no"
     return response
+
+
+async def _tolerating_outage(step: Awaitable[None], generation_id: str) -> None:
+    """Run one step of a subscription; while the database or Redis is unreachable, the step
+    is left for the next check (a live event waits in the subscription, a start is retried)
+    and the response stays open rather than ending with a traceback."""
+    try:
+        await step
+    except UNAVAILABLE_ERRORS as failure:
+        logger.warning("events of %s deferred: %r", generation_id, failure)
 
 
 async def _stream(generation_id: str, after: int, row: RowState) -> AsyncIterator[str]:
@@ -104,7 +117,7 @@ async def _stream(generation_id: str, after: int, row: RowState) -> AsyncIterato
         # Join the live group first; everything published from here on waits in the inbox.
         await inbox.join(generation_id)
         yield f"retry: {RETRY_MS}\n\n"
-        await subscription.start(row)
+        await _tolerating_outage(subscription.start(row), generation_id)
         last_write = time.monotonic()
         last_check = last_write
         while True:
@@ -125,19 +138,27 @@ async def _stream(generation_id: str, after: int, row: RowState) -> AsyncIterato
             except TimeoutError:
                 message = None
             if message is not None:
-                await subscription.on_live(stored_event(message))
+                await _tolerating_outage(subscription.on_live(stored_event(message)), generation_id)
                 while not inbox.queue.empty() and not subscription.finished:
-                    await subscription.on_live(stored_event(inbox.queue.get_nowait()))
+                    live = stored_event(inbox.queue.get_nowait())
+                    await _tolerating_outage(subscription.on_live(live), generation_id)
                 last_check = time.monotonic()
                 continue
             now = time.monotonic()
             if now - last_check >= subscription.next_check_in():
                 last_check = now
-                await subscription.catch_up(repairing=True)
+                if subscription.started:
+                    await _tolerating_outage(subscription.catch_up(repairing=True), generation_id)
+                else:
+                    await _tolerating_outage(subscription.start(row), generation_id)
             if not out and time.monotonic() - last_write >= PING_INTERVAL_S:
                 yield ": ping\n\n"
                 last_write = time.monotonic()
     except GenerationNotFound:
         return
+    except UNAVAILABLE_ERRORS as failure:
+        # The live group could not be joined (Redis is down): end the response; the client
+        # reconnects after `retry` with Last-Event-ID and loses nothing.
+        logger.warning("event stream of %s ended: %r", generation_id, failure)
     finally:
         await inbox.close([generation_id])

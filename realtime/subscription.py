@@ -53,6 +53,10 @@ class Subscription:
         self._pending: dict[int, StoredEvent] = {}
         self._last_row_check = 0.0
         self.finished = False
+        # False until `start` has run to the end; the transport calls `start` again when it
+        # failed (storage unreachable). A partial start is safe to repeat: what it sent moved
+        # `last_seq` on, and the rest continues from there.
+        self.started = False
         self.repaired = 0  # events that came from the buffer after a live gap
         # The WebSocket consumer calls in from its message loop and from its idle timer;
         # one subscriber's sends must not interleave.
@@ -75,8 +79,10 @@ class Subscription:
                 row = await self._read_row()
             await self._from_row(row, force_snapshot=True)
             if self.finished:
+                self.started = True
                 return
         await self._catch_up()
+        self.started = True
 
     async def on_live(self, event: StoredEvent) -> None:
         async with self._lock:

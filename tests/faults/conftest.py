@@ -29,13 +29,6 @@ distributed_only = pytest.mark.skipif(
     TIER != "distributed",
     reason="faults need real processes on MySQL + Redis (the distributed tier)",
 )
-# The storm loops (test_fault_suite.py) run only when asked for: their last bounded run here
-# failed on "MySQL unreachable" (WebSocket closes with 1011 while the database is cut), an
-# open bug, so they are not yet part of .ci/run. See docs/faults.md.
-STORM = FULL or os.environ.get("FAULTS_STORM", "") == "1"
-storm_only = pytest.mark.skipif(
-    not STORM, reason="the fault storm runs with FAULTS_STORM=1 or FAULTS_FULL=1"
-)
 
 
 @pytest.fixture(scope="module")

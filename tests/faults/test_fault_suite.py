@@ -28,7 +28,6 @@ from tests.faults.conftest import (
     FAULT_SECONDS,
     FULL,
     distributed_only,
-    storm_only,
 )
 from tests.faults.infra import (
     DatabaseProxy,
@@ -41,7 +40,7 @@ from tests.faults.storm import FaultRow, Storm
 from tests.harness import FakeLLM, Service, wait_until
 from tests.tier_env import RUN_DIR
 
-pytestmark = [distributed_only, storm_only, pytest.mark.timeout(600 + 10 * FAULT_SECONDS)]
+pytestmark = [distributed_only, pytest.mark.timeout(600 + 10 * FAULT_SECONDS)]
 
 # How long, after the fault phase, every generation has to end: a worker killed at the
 # last moment costs HEARTBEAT_TIMEOUT_S (4) + a reaper round, then the generation reruns.
@@ -138,8 +137,9 @@ def run_fault(
     redis_faulty: bool = False,
 ) -> FaultRow:
     """`redis_faulty`: Redis is unreachable for a while, or drops the connections that the
-    channel layer reconnects, so a web process may fail to open a WebSocket's channel: it
-    closes it 1011 today, and the client resumes (see docs/faults.md)."""
+    channel layer reconnects, so a web process may fail to open a new WebSocket's channel
+    (channels does that before the consumer runs, and closes it 1011); the client resumes
+    (see docs/faults.md)."""
     import asyncio
 
     note(f"-- {name}")

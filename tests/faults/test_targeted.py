@@ -539,3 +539,126 @@ def test_rest_answers_503_unavailable_while_a_dependency_is_down(
             assert response.headers["Retry-After"] == "1"
         wait_until(lambda: readyz(cluster)[0] == 200, timeout_s=20, interval_s=0.3)
         assert wait_terminal(client, generation["id"])["status"] == "completed"
+
+
+# -- the WebSocket while storage is down ----------------------------------------------------
+
+
+async def _frame(ws: Any, timeout_s: float = 15) -> dict[str, Any]:
+    frame: dict[str, Any] = json.loads(await asyncio.wait_for(ws.recv(), timeout_s))
+    return frame
+
+
+async def _until_done(ws: Any, generation_id: str, out: list[dict[str, Any]]) -> None:
+    while True:
+        frame = await _frame(ws, 30)
+        if frame.get("id") == generation_id and frame["type"] in ("snapshot", "delta", "reset"):
+            out.append(frame)
+        if frame.get("id") == generation_id and frame["type"] == "done":
+            out.append(frame)
+            return
+
+
+def test_websocket_answers_unavailable_while_mysql_is_cut_and_streams_go_on(
+    cluster: Service, database_proxy: DatabaseProxy
+) -> None:
+    """While the database is unreachable, frames that need it get an `unavailable` error and
+    the connection stays open (never 1011); a new connection cannot authenticate and is
+    closed 1013 (try again later); the stream already subscribed goes on to `done`."""
+    username = "ws-db-outage"
+    url = cluster.url("/ws/v1").replace("http://", "ws://")
+    with cluster.client(username) as client:
+        # Long enough to outlast the cut; the worker retries its checkpoints meanwhile.
+        streaming = client.post(
+            "/api/v1/generations", json={"prompt": unique("outage [fake tokens=90 rate=20]")}
+        ).json()
+        other = client.post(
+            "/api/v1/generations", json={"prompt": unique("other [fake tokens=3]")}
+        ).json()
+        wait_terminal(client, other["id"])
+
+    async def scenario() -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]], int]:
+        received: list[dict[str, Any]] = []
+        replies: dict[str, dict[str, Any]] = {}
+        async with connect(url, open_timeout=5) as ws:
+            await ws.send(json.dumps({"type": "auth", "token": make_token(username)}))
+            assert (await _frame(ws))["type"] == "auth.ok"
+            await ws.send(json.dumps({"type": "subscribe", "id": streaming["id"], "ref": "s"}))
+            assert (await _frame(ws))["type"] == "subscribed"
+            database_proxy.cut()
+            try:
+                for ref, frame in {
+                    "sub": {"type": "subscribe", "id": other["id"]},
+                    "gen": {"type": "generate", "prompt": "during the outage"},
+                    "cancel": {"type": "cancel", "id": other["id"]},
+                    "ping": {"type": "ping"},
+                }.items():
+                    await ws.send(json.dumps({**frame, "ref": ref}))
+                while len(replies) < 4:
+                    frame = await _frame(ws)
+                    if frame.get("ref") in ("sub", "gen", "cancel", "ping"):
+                        replies[frame["ref"]] = frame
+                    elif frame.get("id") == streaming["id"]:
+                        received.append(frame)
+                async with connect(url, open_timeout=5) as fresh:
+                    await fresh.send(json.dumps({"type": "auth", "token": make_token(username)}))
+                    replies["auth"] = await _frame(fresh)
+                    with pytest.raises(ConnectionClosed) as closed:
+                        await _frame(fresh)
+                    assert closed.value.rcvd is not None
+                    fresh_close = closed.value.rcvd.code
+            finally:
+                database_proxy.restore()
+            await _until_done(ws, streaming["id"], received)
+        return received, replies, fresh_close
+
+    received, replies, fresh_close = asyncio.run(scenario())
+    for ref in ("sub", "gen", "cancel", "auth"):
+        assert replies[ref]["type"] == "error", replies
+        assert replies[ref]["code"] == "unavailable", replies
+        assert replies[ref]["retry_after"] == 1
+    assert replies["sub"]["id"] == other["id"]
+    assert replies["ping"]["type"] == "pong"
+    assert fresh_close == 1013
+    with cluster.client(username) as client:
+        final = wait_terminal(client, streaming["id"])
+        # The refused `generate` created nothing.
+        listed = client.get("/api/v1/generations").json()["results"]
+    assert {g["id"] for g in listed} == {streaming["id"], other["id"]}
+    assert final["status"] == "completed"
+    assert check_segment(received, 0) == []
+    assert fold(received) == final["output"]
+
+
+def test_websocket_subscription_made_while_redis_is_down_delivers_once_it_is_back(
+    cluster: Service, redis_server: RedisServer
+) -> None:
+    """`subscribed` is the promise: a subscription whose live group or buffer cannot be
+    reached yet is set up by the server once Redis is back, with no new request."""
+    username = "ws-redis-outage"
+    url = cluster.url("/ws/v1").replace("http://", "ws://")
+    with cluster.client(username) as client:
+        generation = client.post(
+            "/api/v1/generations", json={"prompt": unique("ended [fake tokens=5]")}
+        ).json()
+        final = wait_terminal(client, generation["id"])
+
+    async def scenario() -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        received: list[dict[str, Any]] = []
+        async with connect(url, open_timeout=5) as ws:
+            await ws.send(json.dumps({"type": "auth", "token": make_token(username)}))
+            assert (await _frame(ws))["type"] == "auth.ok"
+            redis_server.stop()
+            try:
+                await ws.send(json.dumps({"type": "subscribe", "id": generation["id"], "ref": 1}))
+                reply = await _frame(ws)
+            finally:
+                redis_server.start()
+            await _until_done(ws, generation["id"], received)
+        return received, reply
+
+    received, reply = asyncio.run(scenario())
+    assert reply == {"type": "subscribed", "ref": 1, "id": generation["id"]}
+    assert [frame["type"] for frame in received] == ["snapshot", "done"]
+    assert fold(received) == final["output"]
+    assert received[-1]["seq"] == final["seq"]
