@@ -89,6 +89,20 @@ def origin_allowed(scope: dict[str, Any]) -> bool:
 class StreamConsumer(AsyncConsumer):  # type: ignore[misc]
     """Handles one WebSocket connection."""
 
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        except UNAVAILABLE_ERRORS as failure:
+            if hasattr(self, "channel_name"):
+                raise
+            # channels subscribes the connection's own channel on the layer before any
+            # handler runs; with Redis unreachable that fails, and Daphne would answer 1011.
+            # Say "try again later" instead: the client reconnects with backoff.
+            logger.warning("no channel for a new WebSocket: %r", failure)
+            if (await receive())["type"] == "websocket.connect":
+                await send({"type": "websocket.accept"})
+                await send({"type": "websocket.close", "code": CLOSE_TRY_AGAIN_LATER})
+
     async def websocket_connect(self, message: dict[str, Any]) -> None:
         self.identity: Identity | None = None
         self.connection_id = uuid.uuid4().hex

@@ -634,7 +634,8 @@ def test_websocket_subscription_made_while_redis_is_down_delivers_once_it_is_bac
     cluster: Service, redis_server: RedisServer
 ) -> None:
     """`subscribed` is the promise: a subscription whose live group or buffer cannot be
-    reached yet is set up by the server once Redis is back, with no new request."""
+    reached yet is set up by the server once Redis is back, with no new request. A new
+    connection meanwhile is closed 1013 (try again later)."""
     username = "ws-redis-outage"
     url = cluster.url("/ws/v1").replace("http://", "ws://")
     with cluster.client(username) as client:
@@ -643,7 +644,7 @@ def test_websocket_subscription_made_while_redis_is_down_delivers_once_it_is_bac
         ).json()
         final = wait_terminal(client, generation["id"])
 
-    async def scenario() -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    async def scenario() -> tuple[list[dict[str, Any]], dict[str, Any], int]:
         received: list[dict[str, Any]] = []
         async with connect(url, open_timeout=5) as ws:
             await ws.send(json.dumps({"type": "auth", "token": make_token(username)}))
@@ -652,12 +653,19 @@ def test_websocket_subscription_made_while_redis_is_down_delivers_once_it_is_bac
             try:
                 await ws.send(json.dumps({"type": "subscribe", "id": generation["id"], "ref": 1}))
                 reply = await _frame(ws)
+                # A new connection gets no channel on the layer: try again later, not 1011.
+                async with connect(url, open_timeout=5) as fresh:
+                    with pytest.raises(ConnectionClosed) as closed:
+                        await _frame(fresh)
+                    assert closed.value.rcvd is not None
+                    fresh_close = closed.value.rcvd.code
             finally:
                 redis_server.start()
             await _until_done(ws, generation["id"], received)
-        return received, reply
+        return received, reply, fresh_close
 
-    received, reply = asyncio.run(scenario())
+    received, reply, fresh_close = asyncio.run(scenario())
+    assert fresh_close == 1013
     assert reply == {"type": "subscribed", "ref": 1, "id": generation["id"]}
     assert [frame["type"] for frame in received] == ["snapshot", "done"]
     assert fold(received) == final["output"]
