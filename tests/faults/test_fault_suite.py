@@ -134,12 +134,7 @@ def run_fault(
     prompt: Callable[[random.Random, int], str] = plain_prompt,
     injected: Callable[[int], int] = lambda n: n,
     seed: int,
-    redis_faulty: bool = False,
 ) -> FaultRow:
-    """`redis_faulty`: Redis is unreachable for a while, or drops the connections that the
-    channel layer reconnects, so a web process may fail to open a new WebSocket's channel
-    (channels does that before the consumer runs, and closes it 1011); the client resumes
-    (see docs/faults.md)."""
     import asyncio
 
     note(f"-- {name}")
@@ -162,9 +157,8 @@ def run_fault(
     assert (row.chars_lost, row.chars_doubled) == (0, 0), row
     assert row.seq_violations == 0, row
     assert not [note for note in row.notes if "`done` seq" in note], row
-    if not redis_faulty:
-        # A WebSocket is not closed as an internal error because a dependency hiccuped.
-        assert row.ws_closes[1011] == 0, row
+    # A WebSocket is not closed as an internal error because a dependency hiccuped.
+    assert row.ws_closes[1011] == 0, row
     return row
 
 
@@ -254,7 +248,7 @@ def test_redis_client_kill_loop(
             count += 1
         return count
 
-    row = run_fault(cluster, fault_report, "Redis CLIENT KILL", inject, seed=14, redis_faulty=True)
+    row = run_fault(cluster, fault_report, "Redis CLIENT KILL", inject, seed=14)
     assert not row.failed, row
 
 
@@ -273,7 +267,7 @@ def test_redis_restart_loop(
             count += 1
         return count
 
-    run_fault(cluster, fault_report, "Redis restart", inject, seed=15, redis_faulty=True)
+    run_fault(cluster, fault_report, "Redis restart", inject, seed=15)
 
 
 def test_mysql_outage_loop(

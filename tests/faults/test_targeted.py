@@ -329,6 +329,8 @@ def test_mysql_cut_while_a_generation_ends_nothing_is_done_before_the_row_holds_
         gid = generation["id"]
         subscriber = follow(cluster, "mysql-cut", gid)
         wait_until(lambda: get(client, gid)["output"], timeout_s=20)
+        # Subscribed (and authenticated, which needs the database) before the cut.
+        wait_until(lambda: subscriber.received, timeout_s=20)
         log = redis_server.client()
 
         database_proxy.cut()
