@@ -488,7 +488,9 @@ def test_live_delivery_resumes_after_redis_comes_back(
     wait_until(lambda: readyz(cluster)[0] == 200, timeout_s=20, interval_s=0.3)
     with cluster.client("live-again") as client:
         generation = client.post(
-            "/api/v1/generations", json={"prompt": unique("live [fake tokens=120 rate=40]")}
+            "/api/v1/generations",
+            # 2 s before the first token: both subscribers are in place before text flows.
+            json={"prompt": unique("live [fake tokens=120 rate=40 ttft=2000]")},
         ).json()
 
         closes: list[int] = []
@@ -508,10 +510,11 @@ def test_live_delivery_resumes_after_redis_comes_back(
         # replaced, not reported to the WebSocket as an internal error (1011).
         assert closes == []
         for times in results:
-            # Live: deltas arrive spread over the 3 s the provider takes, a few every 100 ms;
-            # polled from the buffer they would come in one or two bursts.
+            # Live: deltas arrive spread over the 3 s the provider takes, a few every 100 ms
+            # (about 30 distinct 100 ms slots); polled from the buffer every 2 s they would
+            # come in at most 3 bursts. 6 leaves room for a loaded machine.
             spread = {int((t - times[0]) * 10) for t in times}
-            assert len(spread) >= 15, sorted(spread)
+            assert len(spread) >= 6, sorted(spread)
 
 
 def test_rest_answers_503_unavailable_while_a_dependency_is_down(
