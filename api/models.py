@@ -55,7 +55,15 @@ class Generation(models.Model):
     usage = models.JSONField(null=True, blank=True)
     error = models.JSONField(null=True, blank=True)
     completion_tokens = models.PositiveIntegerField(default=0)
+    # The completion tokens the running attempt may use: min(max_tokens, the user's daily
+    # quota left when it started, less what other running generations reserved). While the
+    # generation runs, it counts toward the day's quota at this figure (api.selectors).
+    token_cap = models.PositiveIntegerField(null=True, blank=True)
     cancel_requested = models.BooleanField(default=False)
+    # An operator's retry of a failed generation is a new generation (api.services).
+    retry_of = models.ForeignKey(
+        "self", on_delete=models.SET_NULL, null=True, blank=True, related_name="retries"
+    )
 
     idempotency_key = models.CharField(max_length=255, null=True, blank=True)
     request_hash = models.CharField(max_length=64, blank=True, default="")
@@ -73,7 +81,13 @@ class Generation(models.Model):
             models.Index(fields=["status", "heartbeat_at"], name="gen_status_heartbeat"),
             # Quotas: a user's usage since midnight and their active generations.
             models.Index(fields=["user", "status"], name="gen_user_status"),
-            models.Index(fields=["-created_at"], name="gen_created"),
+            # The admin's list, newest first, and each of its filters with that ordering, so
+            # that a page reads only the rows it shows. The id is explicit: the admin orders
+            # by (created_at, id), and an index's implicit id is ascending, which a descending
+            # created_at cannot use (a filesort of the whole table, bench/admin_scale.py).
+            models.Index(fields=["-created_at", "-id"], name="gen_created"),
+            models.Index(fields=["status", "-created_at", "-id"], name="gen_status_created"),
+            models.Index(fields=["model", "-created_at", "-id"], name="gen_model_created"),
         ]
         constraints = [
             models.UniqueConstraint(

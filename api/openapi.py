@@ -37,6 +37,16 @@ _COMMON = {
     "405": _error("method not allowed"),
     "500": _error("internal error (never a stack trace)"),
 }
+# One Server-Sent Event (PROTOCOL §4): `id` is its seq, `data` the event object as JSON text.
+_SSE_EVENT = {
+    "type": "object",
+    "required": ["id", "event", "data"],
+    "properties": {
+        "id": {"type": "string", "pattern": "^[0-9]+$"},
+        "event": {"type": "string", "enum": ["snapshot", "delta", "reset", "done"]},
+        "data": {"type": "string", "contentMediaType": "application/json"},
+    },
+}
 _ID_PARAM = {
     "name": "generation_id",
     "in": "path",
@@ -319,7 +329,9 @@ def schema() -> dict[str, Any]:
                     "responses": {
                         "200": {
                             "description": "the event stream",
-                            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                            # Before OpenAPI 3.2 (no itemSchema), `schema` describes each
+                            # event of the stream, not the stream as one string.
+                            "content": {"text/event-stream": {"schema": _SSE_EVENT}},
                         },
                         "204": {"description": "the position is at or after `done`"},
                         "400": _error("bad position"),

@@ -12,11 +12,12 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import connection
-from django.db.models import Q, Sum
+from django.db.models import Case, F, Q, Sum, When
+from django.db.models.functions import Greatest
 
 from api.errors import ApiError, not_found
 from api.ids import looks_like_generation_id
-from api.models import ACTIVE_STATUSES, TERMINAL_STATUSES, Generation, UserLimits
+from api.models import ACTIVE_STATUSES, TERMINAL_STATUSES, Generation, Status, UserLimits
 
 
 @dataclass(frozen=True)
@@ -148,6 +149,29 @@ def tokens_used_today(user_id: int) -> int:
     total = Generation.objects.filter(
         user_id=user_id, created_at__gte=start_of_day_utc()
     ).aggregate(total=Sum("completion_tokens"))["total"]
+    return int(total or 0)
+
+
+def tokens_committed_today(user_id: int, *, excluding: str | None = None) -> int:
+    """What today's quota has no room for: the completion tokens of today's generations,
+    each running one counted at its cap (what it may still use) rather than at its tokens so
+    far. A generation that starts gets at most the quota less this (services.generation_claim),
+    so concurrent generations together never pass the quota."""
+    query = Generation.objects.filter(user_id=user_id, created_at__gte=start_of_day_utc())
+    if excluding is not None:
+        query = query.exclude(pk=excluding)
+    total = query.aggregate(
+        total=Sum(
+            Case(
+                When(
+                    status=Status.RUNNING,
+                    token_cap__isnull=False,
+                    then=Greatest(F("token_cap"), F("completion_tokens")),
+                ),
+                default=F("completion_tokens"),
+            )
+        )
+    )["total"]
     return int(total or 0)
 
 

@@ -15,7 +15,8 @@ from typing import Any
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import IntegrityError, transaction
-from django.db.models import F, Q
+from django.db.models import F, Q, Value
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from api.errors import ApiError
@@ -26,9 +27,11 @@ from api.selectors import (
     generation_for_user,
     limits_for,
     start_of_day_utc,
+    tokens_committed_today,
     tokens_used_today,
 )
 from api.validation import GenerationParams
+from project import metrics
 from realtime import events
 from realtime.eventlog import SEQ_GAP_AFTER_LOST_LOG, event_log
 from realtime.publish import publish_event
@@ -114,9 +117,10 @@ def generation_create(
     return generation, True
 
 
-def _check_limits(user: AbstractBaseUser) -> None:
+def _check_limits(user: AbstractBaseUser, *, rate_limit: bool = True) -> None:
     limits = limits_for(user.pk)
     if active_count(user.pk) >= limits.max_active_generations:
+        metrics.REJECTIONS.inc(code="too_many_active")
         raise ApiError(
             "too_many_active",
             f"At most {limits.max_active_generations} generations may run at once.",
@@ -124,13 +128,17 @@ def _check_limits(user: AbstractBaseUser) -> None:
         )
     if tokens_used_today(user.pk) >= limits.tokens_per_day:
         midnight = start_of_day_utc() + timedelta(days=1)
+        metrics.REJECTIONS.inc(code="quota_exceeded")
         raise ApiError(
             "quota_exceeded",
             f"The daily quota of {limits.tokens_per_day} completion tokens is used up.",
             retry_after_s=int((midnight - timezone.now()).total_seconds()) + 1,
         )
+    if not rate_limit:
+        return
     wait_s = rate_limiter().take(f"create:{user.pk}", limits.rate_limit_per_minute)
     if wait_s is not None:
+        metrics.REJECTIONS.inc(code="rate_limited")
         raise ApiError(
             "rate_limited",
             f"At most {limits.rate_limit_per_minute} generations per minute.",
@@ -240,6 +248,7 @@ def _terminate_without_worker(
         if log_owner != attempt:
             _publish_done_of_finished_row(generation_id, log_owner)
         return False
+    metrics.GENERATIONS_FINISHED.inc(status=status, finish_reason=finish_reason)
     final = events.done(
         generation_id,
         done_seq,
@@ -269,6 +278,45 @@ def _publish_done_of_finished_row(generation_id: str, log_owner: int) -> None:
     publish_event(generation_id, log_owner, done)
 
 
+def generation_retry(*, generation_id: str) -> tuple[Generation, bool]:
+    """An operator's retry of a failed generation: (the retry, created).
+
+    The retry is a NEW generation, for the same user with the same request, linked to the
+    original by `retry_of`; the original stays failed. Re-opening the failed one instead would
+    send events after a `done` that its clients have already seen (PROTOCOL §3: nothing
+    follows `done`). A generation is retried once: asking again returns the first retry.
+
+    The retry counts toward the user's active and daily limits like any create, and is refused
+    as one would be (too_many_active, quota_exceeded); the per-minute rate limit is the
+    user's own allowance and an operator's action does not spend it."""
+    with transaction.atomic():
+        original = Generation.objects.select_related("user").get(pk=generation_id)
+        # The user's row serialises this with the user's own creates (the limits below).
+        get_user_model().objects.select_for_update().filter(pk=original.user_id).first()
+        existing = Generation.objects.filter(retry_of_id=original.pk).order_by("created_at")
+        first_retry = existing.first()
+        if first_retry is not None:
+            return first_retry, False
+        if original.status != Status.FAILED:
+            raise ApiError(
+                "invalid_request",
+                f"Only a failed generation can be retried; this one is {original.status}.",
+            )
+        _check_limits(original.user, rate_limit=False)
+        retry = Generation.objects.create(
+            user_id=original.user_id,
+            model=original.model,
+            prompt=original.prompt,
+            system=original.system,
+            max_tokens=original.max_tokens,
+            temperature=original.temperature,
+            retry_of=original,
+        )
+        transaction.on_commit(lambda: _enqueue(retry.id))
+    logger.info("generation %s: retried as %s", original.pk, retry.pk)
+    return retry, True
+
+
 # --- The worker's side ----------------------------------------------------------------------
 
 
@@ -280,19 +328,24 @@ class Claim:
     model: str
     prompt: str
     system: str | None
-    max_tokens: int
+    max_tokens: int  # the cap for this attempt: the request's, or less if the quota is short
     temperature: float | None
+    created_at: datetime | None = None  # for the time to first token (project.metrics)
 
 
 def generation_claim(generation_id: str) -> Claim | None:
     """Take a queued generation for this worker; None when cancelled or taken elsewhere."""
     now = timezone.now()
-    updated = Generation.objects.filter(pk=generation_id, status=Status.QUEUED).update(
-        status=Status.RUNNING, heartbeat_at=now
-    )
-    if not updated:
-        return None
-    Generation.objects.filter(pk=generation_id, started_at__isnull=True).update(started_at=now)
+    with transaction.atomic():
+        updated = Generation.objects.filter(pk=generation_id, status=Status.QUEUED).update(
+            status=Status.RUNNING, heartbeat_at=now
+        )
+        if not updated:
+            return None
+        Generation.objects.filter(pk=generation_id).update(
+            started_at=Coalesce(F("started_at"), Value(now)),
+            token_cap=_token_cap(generation_id),
+        )
     generation = Generation.objects.get(pk=generation_id)
     try:
         last_published = event_log().take_fence(generation_id, generation.attempt)
@@ -315,9 +368,32 @@ def generation_claim(generation_id: str) -> Claim | None:
         model=generation.model,
         prompt=generation.prompt,
         system=generation.system,
-        max_tokens=generation.max_tokens,
+        # The cap, not the request's figure: the daily quota may leave less room.
+        max_tokens=generation.token_cap if generation.token_cap is not None else 0,
         temperature=generation.temperature,
+        created_at=generation.created_at,
     )
+
+
+def _token_cap(generation_id: str) -> int:
+    """The completion tokens the attempt being claimed may use, reserved against the user's
+    daily quota by writing it to the row in the claim's transaction.
+
+    The cap is min(max_tokens, quota - committed), where committed counts each other running
+    generation at its own cap (selectors.tokens_committed_today): first come, first served,
+    and concurrent generations never pass the quota together. Once a generation ends, only
+    the tokens it used count, and the rest of its reservation is free again.
+
+    Serialised per user: on MySQL by the user's row (as creates are); on SQLite by the
+    database's write lock, which the claim's UPDATE took before this reads anything."""
+    user_id, max_tokens = Generation.objects.values_list("user_id", "max_tokens").get(
+        pk=generation_id
+    )
+    get_user_model().objects.select_for_update().filter(pk=user_id).first()
+    left = limits_for(user_id).tokens_per_day - tokens_committed_today(
+        user_id, excluding=generation_id
+    )
+    return max(0, min(max_tokens, left))
 
 
 def _fenced(generation_id: str, attempt: int) -> Any:

@@ -1,45 +1,77 @@
 """Time to first token: through the service (POST, then the first delta over SSE) against
 the provider alone (the fake OpenAI-compatible server, called with the official SDK).
 
-    TEST_TIER=distributed .venv/bin/python -m bench.ttft_overhead [--runs 20]
+    .venv/bin/python -m bench.ttft_overhead [--runs 20] [--tier embedded|distributed|both]
 
-Starts the fake provider and the service's processes as the tests do (tests.harness), on the
-tier named by TEST_TIER (embedded: one Daphne with its in-process worker and SQLite;
-distributed: Daphne + run_huey, MySQL + Redis). Each run is cancelled once its first token has
-arrived, so runs do not overlap; one warm-up run of each kind is not counted.
+Starts the fake provider and the service's processes as the tests do (tests.harness), on
+each tier asked for (default: the one TEST_TIER names; embedded: one Daphne with its
+in-process worker and SQLite; distributed: Daphne + run_huey, MySQL + Redis). Each run is
+cancelled once its first token has arrived, so runs do not overlap; one warm-up run of each
+kind is not counted.
+
+The fake stamps every token with the wall-clock time it sent it (``stamp=1``), so the
+service's time splits into: POST -> 202; POST -> the provider sends the first token (the
+queue hop, the worker's claim and the provider request); and that send -> the SSE client
+receives it (the worker's read, coalescing, publish and the live delivery).
 """
 
 from __future__ import annotations
 
 import argparse
-import math
+import pathlib
 import time
+from typing import Any
 
 import httpx
 import openai
 
+from bench.latency_report import (
+    command,
+    load_line,
+    machine,
+    percentile,
+    summary_ms,
+    table,
+    write_result,
+)
+from jobs.fake_openai import STAMP
 from tests.harness import FakeLLM, Service, parse_sse
 from tests.tier_env import TIER
 
+NAME = "ttft_overhead"
 # 500 tokens at 200 tokens/s: a 2.5 s answer, the pace of a fast hosted model; no extra wait
 # before the first token, so that what is measured is the service's own overhead.
-DIRECTIVE = "[fake tokens=500 rate=200 ttft=0]"
+DIRECTIVE = "[fake tokens=500 rate=200 ttft=0 stamp=1]"
+TARGET_P50_MS = 20.0
+QUICK_RUNS = 3
+NOTE = (
+    "What the spans hold. POST -> 202: the Django request (JWT, the user's row), the create "
+    "transaction (the user's row lock, the limits, the insert) and the enqueue. 202 -> the "
+    "provider's first token: the queue hop, the worker's claim (its own database connection, "
+    "the row updates, the quota reservation under the user's row lock, the log fence in "
+    "Redis) and the provider request. Provider send -> SSE receipt: the worker's read, the "
+    "log append and the live delivery. Removed in this round: the embedded queue's polling "
+    "(Huey's consumer slept up to 10 s between looks at a SQLite queue; an enqueue now wakes "
+    "a waiting worker) and its fsync per enqueue and dequeue; the channel layer receiver's "
+    "100 ms naps in a Daphne process with no subscriber left (the first live delta of the "
+    "next stream waited for one). What would close the rest: fewer database round trips in "
+    "the create and the claim, database connections kept per thread (CONN_MAX_AGE) instead "
+    "of a connect per request and per task, and a machine not shared with test suites (see "
+    "the load below): every span here is CPU-bound on 2 cores."
+)
 
 
-def percentile(values: list[float], q: float) -> float:
-    """Nearest-rank percentile: a value that was measured, never an interpolation."""
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(q / 100 * len(ordered)) - 1)]
-
-
-def through_service(client: httpx.Client, run: int) -> tuple[float, float]:
-    """Seconds from sending the POST to its reply, and to receiving the first text over SSE."""
+def through_service(client: httpx.Client, run: int) -> dict[str, float]:
+    """Seconds from sending the POST to its reply, to the provider sending the first token,
+    and to receiving the first text over SSE."""
+    started_wall = time.time()
     started = time.perf_counter()
     response = client.post("/api/v1/generations", json={"prompt": f"bench {run} {DIRECTIVE}"})
     response.raise_for_status()
     created = time.perf_counter() - started
     generation_id = response.json()["id"]
     first: float | None = None
+    sent_wall: float | None = None
     with client.stream("GET", f"/api/v1/generations/{generation_id}/events") as events:
         for frame in parse_sse(events.iter_lines()):
             data = frame.get("data")
@@ -48,13 +80,21 @@ def through_service(client: httpx.Client, run: int) -> tuple[float, float]:
             # A subscriber that arrives after the first delta gets it in the snapshot.
             if data["type"] == "delta" or (data["type"] == "snapshot" and data["text"]):
                 first = time.perf_counter() - started
+                stamp = STAMP.search(data["text"])
+                sent_wall = float(stamp.group(1)) if stamp else None
                 break
             if data["type"] == "done":
                 break
     client.post(f"/api/v1/generations/{generation_id}/cancel").raise_for_status()
-    if first is None:
-        raise RuntimeError(f"generation {generation_id} ended with no text")
-    return created, first
+    if first is None or sent_wall is None:
+        raise RuntimeError(f"generation {generation_id} ended with no stamped text")
+    provider_sent = sent_wall - started_wall
+    return {
+        "post": created,
+        "first": first,
+        "provider_sent": provider_sent,
+        "delivery": first - provider_sent,
+    }
 
 
 def direct(provider: openai.OpenAI, run: int) -> float:
@@ -75,45 +115,153 @@ def direct(provider: openai.OpenAI, run: int) -> float:
     raise RuntimeError("the provider sent no text")
 
 
-def report(name: str, values: list[float]) -> tuple[float, float]:
-    p50, p95 = percentile(values, 50), percentile(values, 95)
-    print(f"{name:<32} p50 {p50 * 1000:7.1f} ms   p95 {p95 * 1000:7.1f} ms")
-    return p50, p95
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--runs", type=int, default=20)
-    args = parser.parse_args()
+def measure(tier: str, runs: int) -> dict[str, Any]:
     fake = FakeLLM()
-    service = Service(fake)
+    service = Service(fake, tier=tier)
     try:
         service.start()
         provider = openai.OpenAI(base_url=fake.url + "/v1", api_key="bench", max_retries=0)
-        post_s: list[float] = []
-        service_s: list[float] = []
-        direct_s: list[float] = []
+        series: dict[str, list[float]] = {
+            "post": [],
+            "first": [],
+            "provider_sent": [],
+            "delivery": [],
+            "direct": [],
+        }
         with service.client("bench") as client:
             through_service(client, -1)
             direct(provider, -1)
             # Interleaved, so that a slow moment of the machine weighs on both alike.
-            for run in range(args.runs):
-                created, first = through_service(client, run)
-                post_s.append(created)
-                service_s.append(first)
-                direct_s.append(direct(provider, run))
+            for run in range(runs):
+                for key, value in through_service(client, run).items():
+                    series[key].append(value)
+                series["direct"].append(direct(provider, run))
         provider.close()
-        print(f"tier {TIER}, {args.runs} runs, {DIRECTIVE}")
-        service_p50, service_p95 = report("(a) POST -> first delta (SSE)", service_s)
-        report("    of which POST -> 202", post_s)
-        direct_p50, direct_p95 = report("(b) provider alone (SDK)", direct_s)
-        print(
-            f"{'overhead (a) - (b)':<32} p50 {(service_p50 - direct_p50) * 1000:7.1f} ms"
-            f"   p95 {(service_p95 - direct_p95) * 1000:7.1f} ms"
-        )
     finally:
         service.stop()
         fake.stop()
+    result: dict[str, Any] = {key: summary_ms(values) for key, values in series.items()}
+    overhead_p50 = percentile(series["first"], 50) - percentile(series["direct"], 50)
+    overhead_p95 = percentile(series["first"], 95) - percentile(series["direct"], 95)
+    result["overhead"] = {
+        "p50_ms": round(overhead_p50 * 1000, 2),
+        "p95_ms": round(overhead_p95 * 1000, 2),
+    }
+    result["tier"] = tier
+    result["runs"] = runs
+    return result
+
+
+ROWS = [
+    ("first", "(a) POST -> first text over SSE"),
+    ("post", "    of which POST -> 202"),
+    ("provider_sent", "    POST -> provider sends token 1"),
+    ("delivery", "    provider send -> SSE receipt"),
+    ("direct", "(b) provider alone (SDK)"),
+]
+
+
+def print_result(result: dict[str, Any]) -> None:
+    print(f"tier {result['tier']}, {result['runs']} runs, {DIRECTIVE}")
+    for key, label in ROWS:
+        row = result[key]
+        print(f"{label:<36} p50 {row['p50_ms']:7.1f} ms   p95 {row['p95_ms']:7.1f} ms")
+    overhead = result["overhead"]
+    print(
+        f"{'overhead (a) - (b)':<36} p50 {overhead['p50_ms']:7.1f} ms"
+        f"   p95 {overhead['p95_ms']:7.1f} ms"
+    )
+
+
+def markdown(results: list[dict[str, Any]], info: dict[str, Any], cmd: str) -> str:
+    rows: list[list[Any]] = []
+    for result in results:
+        overhead = result["overhead"]
+        met = "met" if overhead["p50_ms"] < TARGET_P50_MS else "NOT met"
+        rows.append(
+            [
+                result["tier"],
+                result["runs"],
+                result["first"]["p50_ms"],
+                result["direct"]["p50_ms"],
+                f"**{overhead['p50_ms']}**",
+                overhead["p95_ms"],
+                f"< {TARGET_P50_MS:g} ({met})",
+            ]
+        )
+    breakdown: list[list[Any]] = []
+    for result in results:
+        for key, label in ROWS:
+            breakdown.append(
+                [result["tier"], label.strip(), result[key]["p50_ms"], result[key]["p95_ms"]]
+            )
+    return "\n\n".join(
+        [
+            "## Time to first token overhead",
+            f"`{cmd}`",
+            f"Prompt directive `{DIRECTIVE}`: the fake streams at once; each run is one "
+            "generation created by `POST /api/v1/generations` and read over SSE, against "
+            "the same request sent to the fake with the OpenAI SDK, interleaved.",
+            table(
+                [
+                    "tier",
+                    "runs",
+                    "service p50 (ms)",
+                    "provider alone p50 (ms)",
+                    "overhead p50 (ms)",
+                    "overhead p95 (ms)",
+                    "target p50 (ms)",
+                ],
+                rows,
+            ),
+            "Where the time goes (the fake stamps each token with its send time):",
+            table(["tier", "span", "p50 (ms)", "p95 (ms)"], breakdown),
+            NOTE,
+            load_line(info),
+        ]
+    )
+
+
+def tiers_for(choice: str) -> list[str]:
+    return ["embedded", "distributed"] if choice == "both" else [choice]
+
+
+def run(results_dir: pathlib.Path, quick: bool) -> None:
+    """Both tiers; `quick`: a few runs on the TEST_TIER one only, to see that it works."""
+    runs = QUICK_RUNS if quick else 20
+    tier = TIER if quick else "both"
+    results = [measure(name, runs) for name in tiers_for(tier)]
+    info = machine()
+    cmd = command(f"bench.{NAME}", ["--tier", tier, "--runs", str(runs)])
+    write_result(
+        results_dir,
+        NAME,
+        markdown(results, info, cmd),
+        {"target_p50_ms": TARGET_P50_MS, "machine": info, "tiers": results},
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--tier", choices=["embedded", "distributed", "both"], default=TIER)
+    parser.add_argument(
+        "--results", type=pathlib.Path, help="also write ttft_overhead.md/.json here"
+    )
+    args = parser.parse_args()
+    results = []
+    for tier in tiers_for(args.tier):
+        result = measure(tier, args.runs)
+        print_result(result)
+        results.append(result)
+    if args.results is not None:
+        info = machine()
+        write_result(
+            args.results,
+            NAME,
+            markdown(results, info, command(f"bench.{NAME}")),
+            {"target_p50_ms": TARGET_P50_MS, "machine": info, "tiers": results},
+        )
 
 
 if __name__ == "__main__":

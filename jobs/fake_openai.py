@@ -17,7 +17,12 @@ defaults at run time), or a directive anywhere in the prompt, which wins for tha
   request; ``drop=KxN``: only on the first N requests with this prompt, so that a retry of
   the same prompt (the worker's next attempt) streams to the end;
 - ``hang=K``: stop sending after K tokens, and keep the connection open until the client
-  closes it.
+  closes it;
+- ``stamp=1``: each token carries the wall-clock time it was sent, ``@<unix seconds>`` after
+  its word (``STAMP`` finds them), so that a benchmark client measures send-to-receipt latency
+  from the text alone, with no change to the service's wire format;
+- ``ignore_max=1``: stream all ``tokens`` whatever the request's max_tokens (a provider that
+  does not honour it), so that a test shows the service stops reading at its own cap.
 
 ``GET /_requests`` returns every request body received (``DELETE`` clears the log), so a test
 can prove what did, and did not, reach the provider.
@@ -39,6 +44,14 @@ _WORDS = [
     "λάμδα", "mu", "nü", "ξι", "omicron", "пи", "rho", "σίγμα", "tau", "🙂",
 ]  # fmt: skip
 _DIRECTIVE = re.compile(r"\[fake ([^\]]*)\]")
+# A stamped token's send time: `@` is in no word, so nothing else matches.
+STAMP = re.compile(r"@(\d+\.\d{6})")
+
+
+def stamped(text: str, sent_at: float) -> str:
+    """`text` with its send time after the word (before a trailing newline)."""
+    body = text.rstrip("\n")
+    return f"{body}@{sent_at:.6f}" + text[len(body) :]
 
 
 def token_text(index: int) -> str:
@@ -65,6 +78,8 @@ class Behaviour:
     drop: int = -1
     drop_count: int = 0  # 0: every request drops
     hang: int = -1
+    stamp: bool = False
+    ignore_max: bool = False
 
 
 def parse_directive(text: str, base: Behaviour) -> Behaviour:
@@ -90,6 +105,10 @@ def parse_directive(text: str, base: Behaviour) -> Behaviour:
             values["drop_count"] = int(count or "0")
         elif key == "hang":
             values["hang"] = int(value)
+        elif key == "stamp":
+            values["stamp"] = value not in ("", "0")
+        elif key == "ignore_max":
+            values["ignore_max"] = value not in ("", "0")
     return replace(base, **values)
 
 
@@ -234,6 +253,8 @@ class FakeOpenAI:
             "model": request.get("model", "fake"),
         }
         limit = int(request.get("max_tokens") or request.get("max_completion_tokens") or 10**9)
+        if behaviour.ignore_max:
+            limit = 10**9
         count = min(behaviour.tokens, limit)
         finish = "length" if behaviour.tokens > limit else "stop"
         send(
@@ -267,6 +288,9 @@ class FakeOpenAI:
                 delay = started + index / behaviour.rate - time.monotonic()
                 if delay > 0:
                     await asyncio.sleep(delay)
+            text = token_text(index)
+            if behaviour.stamp:
+                text = stamped(text, time.time())
             send(
                 json.dumps(
                     {
@@ -274,7 +298,7 @@ class FakeOpenAI:
                         "choices": [
                             {
                                 "index": 0,
-                                "delta": {"content": token_text(index)},
+                                "delta": {"content": text},
                                 "finish_reason": None,
                             }
                         ],

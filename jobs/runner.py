@@ -23,6 +23,7 @@ from jobs.providers import (
     stream_with_retry,
 )
 from jobs.providers.demo import tokenize
+from project import metrics
 from realtime import events
 from realtime.eventlog import event_log
 from realtime.publish import publish_event
@@ -119,6 +120,12 @@ class Runner:
         self._last_checkpoint = clock()
         self._cancel = False
         self._stopping = stopping or threading.Event()
+        self.timer = metrics.AttemptTimer(
+            model=claim.model,
+            created_at=claim.created_at,
+            first_text_of_generation=claim.start_seq == 0,
+            clock=clock,
+        )
 
     # -- publishing ------------------------------------------------------------------------
 
@@ -187,6 +194,7 @@ class Runner:
         self.seq += 1
         self.text += text
         self._publish(events.delta(self.generation_id, self.seq, text))
+        self.timer.delta_published()
         self._last_flush = self.clock()
 
     def _add_text(self, text: str) -> None:
@@ -278,6 +286,11 @@ class Runner:
             self.seq += 1
             self._publish(events.reset(self.generation_id, self.seq, self.attempt))
             self._checkpoint(force=True)
+        if self.claim.max_tokens <= 0:
+            # The daily quota has no room left for it: it ends as one that reached its cap
+            # does, and nothing reaches the provider.
+            self._finish(Status.COMPLETED, FinishReason.LENGTH, self._counted_usage(None), None)
+            return
         request = ProviderRequest(
             model=self.claim.model,
             prompt=self.claim.prompt,
@@ -287,6 +300,7 @@ class Runner:
         )
         finish_reason: str | None = None
         usage: dict[str, int] | None = None
+        self.timer.provider_started()
         pump = ChunkPump(
             stream_with_retry(get_provider(), request, stop_requested=self._cancel_requested)
         )
@@ -310,7 +324,13 @@ class Runner:
                 if self._cancel_requested() or self._stopping.is_set():
                     break
                 if item.text:
+                    if self.completion_tokens >= self.claim.max_tokens:
+                        # Past the cap (max_tokens, or the daily quota's room): a provider
+                        # that does not honour max_tokens is cut here, its extra text unused.
+                        finish_reason = "length"
+                        break
                     self.completion_tokens += 1
+                    self.timer.text()
                     self._add_text(item.text)
                 if item.finish_reason:
                     finish_reason = item.finish_reason
@@ -421,6 +441,7 @@ class Runner:
                 delay_s = min(delay_s * 2, 2.0)
         if not written:
             raise LostOwnership(self.generation_id)
+        self.timer.finished(status=status, finish_reason=finish_reason)
         self.seq = done_seq
         self._publish(
             events.done(

@@ -35,6 +35,10 @@ class Service:
 
     async def _boot(self) -> None:
         self._booted = True
+        if settings.DISTRIBUTED:
+            from realtime.live import keep_live_receivers_listening
+
+            keep_live_receivers_listening()
         if not settings.DISTRIBUTED:
             from jobs.embedded import start_embedded_consumer
             from realtime.publish import live_sender

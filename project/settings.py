@@ -127,6 +127,12 @@ elif _database["ENGINE"] == "django.db.backends.mysql":
         # A database that drops packets (rather than refusing connections) would hold every
         # new connection, /readyz's included, until the OS gave up minutes later.
         "connect_timeout": 5,
+        # The same for a connection that goes silent mid-query (a network partition that
+        # drops packets): without these, a checkpoint or a request waits for TCP to give up,
+        # about 15 minutes. No statement of this service runs near 30 s; lock waits give up
+        # sooner (innodb_lock_wait_timeout applies first only if set below 30).
+        "read_timeout": 30,
+        "write_timeout": 30,
     }
     _database.setdefault("TEST", {})["CHARSET"] = "utf8mb4"
     _database["TEST"]["COLLATION"] = "utf8mb4_unicode_ci"
@@ -149,7 +155,7 @@ if DISTRIBUTED:
     CHANNEL_LAYERS: dict[str, Any] = {
         "default": {
             # The pub/sub layer: one PUBLISH per group_send and no per-channel capacity to
-            # overflow; see docs/channel-layer.md for the measurement behind the choice.
+            # overflow; "The channel layer" in docs/design.md has the measurement behind it.
             "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
             "CONFIG": {
                 "hosts": [
@@ -199,7 +205,8 @@ if DISTRIBUTED:
 else:
     VAR_DIR.mkdir(parents=True, exist_ok=True)
     HUEY = {
-        "huey_class": "huey.SqliteHuey",
+        # SQLite storage whose idle workers are woken by an enqueue instead of polling.
+        "huey_class": "jobs.embedded.WakingSqliteHuey",
         "name": "llm-generations",
         "immediate": False,
         # Queued generations survive a restart of the embedded process.
@@ -302,6 +309,12 @@ MAX_ATTEMPTS = envint("MAX_ATTEMPTS", 3, minimum=1, maximum=20)
 TICKET_TTL_S = envint("TICKET_TTL_S", 300, minimum=1)
 if HEARTBEAT_TIMEOUT_S <= 2 * CHECKPOINT_INTERVAL_S:
     raise ConfigError("HEARTBEAT_TIMEOUT_S must be more than twice CHECKPOINT_INTERVAL_S")
+
+# --- Operations ----------------------------------------------------------------------------
+
+# Set: GET /metrics requires "Authorization: Bearer <METRICS_TOKEN>". Unset: open, like
+# /healthz, for a scraper on a private network (the numbers name no user and no prompt).
+METRICS_TOKEN = envstr("METRICS_TOKEN")
 
 # --- Django odds and ends --------------------------------------------------------------------
 

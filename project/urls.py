@@ -7,7 +7,7 @@ from django.views.decorators.csrf import csrf_exempt
 
 from api import openapi, views
 from api.errors import ApiError, error_response
-from project import health, sample
+from project import health, metrics, sample
 from realtime.sse import generation_events
 
 urlpatterns = [
@@ -23,6 +23,7 @@ urlpatterns = [
     path("api/v1/schema", openapi.schema_view),
     path("healthz", health.healthz),
     path("readyz", health.readyz),
+    path("metrics", metrics.metrics_view),
     path("admin/", admin.site.urls),
     path("", sample.sample_file),
     # <path:...>: the vendored libraries sit in frontend-sample/vendor/ (sample.py checks it).

@@ -26,6 +26,7 @@ from api.errors import UNAVAILABLE_ERRORS, ApiError, unavailable
 from api.ids import looks_like_generation_id
 from api.selectors import RowState, arow_state, limits_for
 from api.validation import parse_generation_params, parse_idempotency_key
+from project import metrics
 from realtime.auth import Identity, authenticate_token
 from realtime.connections import REFRESH_INTERVAL_S, connection_registry
 from realtime.eventlog import StoredEvent
@@ -112,12 +113,16 @@ class StreamConsumer(AsyncConsumer):  # type: ignore[misc]
         # is down; the idle timer retries it).
         self.joined: set[str] = set()
         self.next_check: dict[str, float] = {}
+        # Set while there are subscriptions: the idle timer sleeps on it otherwise.
+        self.has_subscriptions = asyncio.Event()
         self.closed = False
         self.tasks: list[asyncio.Task[None]] = []
         if not origin_allowed(self.scope):
             await self.send({"type": "websocket.close"})  # before accept: HTTP 403
             return
         await self.send({"type": "websocket.accept"})
+        metrics.WEBSOCKETS_OPEN.inc()
+        self.counted_open = True  # decremented once, on disconnect
         self.expiry_task: asyncio.Task[None] | None = None
         self.tasks.append(asyncio.create_task(self._auth_deadline()))
 
@@ -140,7 +145,18 @@ class StreamConsumer(AsyncConsumer):  # type: ignore[misc]
         """Check subscriptions that had no live traffic for a while against the buffer."""
         last_refresh = time.monotonic()
         while not self.closed:
-            await asyncio.sleep(TICK_S)
+            if self.subscriptions:
+                await asyncio.sleep(TICK_S)
+            else:
+                # Nothing to check: an idle connection (a process holds thousands) sleeps
+                # until a subscription starts or its registry entry is due a refresh, instead
+                # of waking every tick.
+                self.has_subscriptions.clear()
+                due_in_s = REFRESH_INTERVAL_S - (time.monotonic() - last_refresh)
+                try:
+                    await asyncio.wait_for(self.has_subscriptions.wait(), max(TICK_S, due_in_s))
+                except TimeoutError:
+                    pass
             now = time.monotonic()
             for generation_id, subscription in list(self.subscriptions.items()):
                 if self.next_check.get(generation_id, 0) > now:
@@ -182,6 +198,9 @@ class StreamConsumer(AsyncConsumer):  # type: ignore[misc]
 
     async def websocket_disconnect(self, message: dict[str, Any]) -> None:
         self.closed = True
+        if getattr(self, "counted_open", False):
+            self.counted_open = False
+            metrics.WEBSOCKETS_OPEN.dec()
         for task in getattr(self, "tasks", []):
             task.cancel()
         if getattr(self, "expiry_task", None) is not None:
@@ -299,6 +318,7 @@ class StreamConsumer(AsyncConsumer):  # type: ignore[misc]
                         "message": f"At most {limits.max_connections} connections per user.",
                     }
                 )
+                metrics.REJECTIONS.inc(code="too_many_connections")
                 await self._close(CLOSE_TOO_MANY_CONNECTIONS)
                 return
             self.registered = True
@@ -353,7 +373,8 @@ class StreamConsumer(AsyncConsumer):  # type: ignore[misc]
         if row.terminal and after >= row.seq:
             await self._drop_subscription(generation_id)
             return  # already has everything, `done` included
-        await self._start_subscription(generation_id, after)
+        # The owner check's row serves as the snapshot's: no second database read.
+        await self._start_subscription(generation_id, after, row)
 
     async def _check_owner(self, generation_id: str) -> RowState:
         assert self.identity is not None
@@ -365,7 +386,10 @@ class StreamConsumer(AsyncConsumer):  # type: ignore[misc]
             raise not_found
         return row
 
-    async def _start_subscription(self, generation_id: str, after: int) -> None:
+    async def _start_subscription(
+        self, generation_id: str, after: int, row: RowState | None = None
+    ) -> None:
+        """`row` may have been read before the join: the buffer covers everything after it."""
         await self._drop_subscription(generation_id)
 
         async def emit(event: StoredEvent) -> None:
@@ -376,12 +400,13 @@ class StreamConsumer(AsyncConsumer):  # type: ignore[misc]
 
         subscription = Subscription(generation_id, after, emit)
         self.subscriptions[generation_id] = subscription
+        self.has_subscriptions.set()
         self.next_check[generation_id] = time.monotonic() + subscription.next_check_in()
         try:
             # Join the live group first; what is published meanwhile waits in our channel.
             await self.channel_layer.group_add(group_name(generation_id), self.channel_name)
             self.joined.add(generation_id)
-            await subscription.start()
+            await subscription.start(row)
         except GenerationNotFound:
             await self._drop_subscription(generation_id)
             return

@@ -18,6 +18,7 @@ from typing import Any
 
 from channels.layers import get_channel_layer
 
+from project import metrics
 from realtime.eventlog import event_log
 from realtime.events import dumps
 
@@ -121,6 +122,7 @@ def publish_event(generation_id: str, attempt: int, event: dict[str, Any]) -> bo
     kind, seq = event["type"], event["seq"]
     if not event_log().append(generation_id, attempt, seq, kind, data):
         return False
+    metrics.EVENTS_PUBLISHED.inc(type=kind)
     live_sender().send(
         group_name(generation_id),
         {

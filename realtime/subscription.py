@@ -20,6 +20,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 from api.selectors import RowState, arow_state
+from project import metrics
 from realtime import events
 from realtime.eventlog import StoredEvent, event_log
 
@@ -108,6 +109,7 @@ class Subscription:
                 break
             if repairing and event.seq not in self._pending:
                 self.repaired += 1
+                metrics.EVENTS_REPAIRED.inc()
             await self._send(event)
             if self.finished:
                 return

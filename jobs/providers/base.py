@@ -1,12 +1,15 @@
 from __future__ import annotations
 
 import random
+import threading
 import time
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
 from django.conf import settings
+
+from project import metrics
 
 
 @dataclass(frozen=True)
@@ -75,6 +78,7 @@ def stream_with_retry(
                     break
         except ProviderError as error:
             stream.close()
+            metrics.PROVIDER_ERRORS.inc(kind=error.kind)
             if error.permanent or retry >= PROVIDER_RETRIES or stop_requested():
                 raise
             sleep(backoff_s(retry))
@@ -83,6 +87,10 @@ def stream_with_retry(
         try:
             yield from held
             yield from stream
+        except ProviderError as error:
+            # Mid-stream, after text: no retry here (the runner starts a new attempt).
+            metrics.PROVIDER_ERRORS.inc(kind=error.kind)
+            raise
         finally:
             stream.close()
         return
@@ -96,13 +104,20 @@ def _registry() -> dict[str, Callable[[], Provider]]:
 
 
 _instances: dict[str, Provider] = {}
+# A worker's threads all ask for the provider when a burst of generations starts: unlocked,
+# each made a client of its own (an SSL context, ~25 ms of CPU, and a connection pool each).
+_instances_lock = threading.Lock()
 
 
 def get_provider(name: str | None = None) -> Provider:
     name = name or settings.LLM_PROVIDER
-    if name not in _instances:
-        _instances[name] = _registry()[name]()
-    return _instances[name]
+    provider = _instances.get(name)
+    if provider is None:
+        with _instances_lock:
+            provider = _instances.get(name)
+            if provider is None:
+                provider = _instances[name] = _registry()[name]()
+    return provider
 
 
 def chunks_to_text(chunks: Iterator[Chunk]) -> str:

@@ -1,0 +1,165 @@
+"""Runs every benchmark and assembles bench/results/REPORT.md.
+
+    .venv/bin/python -m bench [--quick] [--only capacity,ttft_overhead] [--results DIR]
+
+Each benchmark is a module of this package that writes ``<results>/<name>.md`` (and its own
+.json and plots). A module is run through ``run(results_dir, quick)`` when it defines it;
+otherwise through ``main()``/``main(argv)``, with its standard output kept as ``<name>.md``
+(those run only in the full run: they have no quick mode). A module that is not there yet is
+listed as missing. Starts processes as tests/harness.py does, on MySQL + Redis.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import importlib
+import inspect
+import io
+import os
+import signal
+import sys
+import time
+import traceback
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+os.environ.setdefault("TEST_TIER", "distributed")
+
+from bench import procstat
+
+ROOT = Path(__file__).resolve().parent.parent
+# In this order: the capacity run first, while the machine is freshest.
+MODULES = ["capacity", "profile_worker", "ttft_overhead", "resume", "idle_connections"]
+
+
+def run_module(name: str, results_dir: Path, quick: bool) -> str:
+    """Runs one benchmark; returns how it went, for the report."""
+    try:
+        module: Any = importlib.import_module(f"bench.{name}")
+    except ModuleNotFoundError as error:
+        if error.name == f"bench.{name}":
+            return "missing (no such module yet)"
+        raise
+    started = time.monotonic()
+    if hasattr(module, "run"):
+        module.run(results_dir, quick)
+    elif hasattr(module, "main"):
+        if quick:
+            return "skipped in --quick (it has no quick mode)"
+        output = io.StringIO()
+        takes_argv = bool(inspect.signature(module.main).parameters)
+        saved = sys.argv
+        sys.argv = [f"bench.{name}"]
+        try:
+            with contextlib.redirect_stdout(output):
+                module.main([]) if takes_argv else module.main()
+        finally:
+            sys.argv = saved
+        target = results_dir / f"{name}.md"
+        if not target.exists() or target.stat().st_mtime < time.time() - (
+            time.monotonic() - started
+        ):
+            target.write_text(f"# {name}\n\n```\n{output.getvalue().strip()}\n```\n")
+    else:
+        return "not runnable (no run() or main())"
+    return f"ran in {time.monotonic() - started:.0f} s"
+
+
+def assemble(
+    results_dir: Path,
+    outcomes: dict[str, str],
+    command: str,
+    started: datetime.datetime,
+    load_before: str,
+    uptime_before: str,
+) -> None:
+    lines = [
+        "# Benchmark report",
+        "",
+        f"Command: `{command}` (from the repository root). Started "
+        f"{started:%Y-%m-%d %H:%M} UTC, finished "
+        f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC.",
+        "",
+        "## Machine",
+        "",
+    ]
+    for key, value in procstat.machine().items():
+        lines.append(f"- {key}: {value}")
+    lines += ["", "## Versions", ""]
+    for key, value in procstat.versions().items():
+        lines.append(f"- {key}: {value}")
+    lines += [
+        "",
+        "## Machine load",
+        "",
+        "The machine is shared: other test runs used it during this run. Load average "
+        f"(1, 5, 15 min) before: {load_before}; after: {procstat.loadavg()}.",
+        f"`uptime` before: `{uptime_before}`; after: `{procstat.uptime()}`.",
+        "",
+        "## Benchmarks",
+        "",
+    ]
+    for name, outcome in outcomes.items():
+        lines.append(f"- `{name}`: {outcome}")
+    for name in outcomes:
+        path = results_dir / f"{name}.md"
+        if path.exists():
+            body = path.read_text().strip()
+            # Each module's headings move one level down under the report's.
+            body = "\n".join(
+                "#" + line if line.startswith("#") else line for line in body.splitlines()
+            )
+            lines += ["", body]
+    (results_dir / "REPORT.md").write_text("\n".join(lines) + "\n")
+
+
+def _exit_on_signal(number: int, _frame: FrameType | None) -> None:
+    raise SystemExit(128 + number)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    # A stop by SIGTERM (or SIGINT, which a background job ignores) unwinds through every
+    # `finally`: the processes a benchmark started are stopped and MariaDB's settings restored.
+    signal.signal(signal.SIGTERM, _exit_on_signal)
+    signal.signal(signal.SIGINT, _exit_on_signal)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="seconds long: the smoke run")
+    parser.add_argument("--only", help="comma-separated module names")
+    parser.add_argument("--results", type=Path, default=ROOT / "bench" / "results")
+    args = parser.parse_args(argv)
+    names = args.only.split(",") if args.only else MODULES
+    args.results.mkdir(parents=True, exist_ok=True)
+    started = datetime.datetime.now(datetime.UTC)
+    load_before, uptime_before = procstat.loadavg(), procstat.uptime()
+    outcomes: dict[str, str] = {}
+    failed = False
+    for name in names:
+        print(f"== bench.{name}", flush=True)
+        module_started = time.monotonic()
+        try:
+            outcomes[name] = run_module(name, args.results, args.quick)
+        except SystemExit as stop:
+            # Stopped from outside: what ran so far still makes a report.
+            failed = True
+            outcomes[name] = (
+                f"stopped by signal {stop.code} after {time.monotonic() - module_started:.0f} s"
+                " (its section below, if any, is from an earlier run)"
+            )
+            break
+        except Exception:
+            failed = True
+            traceback.print_exc()
+            outcomes[name] = "FAILED: " + traceback.format_exc().strip().splitlines()[-1]
+        print(f"== bench.{name}: {outcomes[name]}", flush=True)
+    command = " ".join([".venv/bin/python -m bench", *argv])
+    assemble(args.results, outcomes, command, started, load_before, uptime_before)
+    print(f"report: {args.results / 'REPORT.md'}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Minimal servers the service is measured against (bench/capacity.py starts them)."""

@@ -1,0 +1,144 @@
+"""CPU seconds of processes from /proc, and the machine and versions a report names."""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+_TICKS_PER_S = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds of `pid` (all its threads) so far; 0 if it has gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0.0
+    # The command name (field 2) may hold spaces: split after its closing parenthesis.
+    fields = stat.rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / _TICKS_PER_S
+
+
+def pids_named(*names: str) -> list[int]:
+    """Pids whose command name (/proc/PID/comm) is one of `names`."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if (entry / "comm").read_text().strip() in names:
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return sorted(found)
+
+
+def redis_pids(url: str = "redis://127.0.0.1:6379/0") -> list[int]:
+    """The Redis server at `url` (other redis-server processes on the machine, such as a
+    test's private one, are not it)."""
+    import redis
+
+    info: dict[str, Any] = redis.Redis.from_url(url).info("server")  # type: ignore[assignment]
+    return [int(info["process_id"])]
+
+
+def mysql_pids() -> list[int]:
+    """The MariaDB server at 127.0.0.1:3306, from its pid file."""
+    import MySQLdb
+
+    conn = MySQLdb.connect(host="127.0.0.1", user="root", passwd="", port=3306)
+    try:
+        cursor = conn.cursor()
+        cursor.execute("SELECT @@GLOBAL.pid_file")
+        row = cursor.fetchone()
+    finally:
+        conn.close()
+    try:
+        return [int(Path(str(row[0])).read_text().strip())] if row else []
+    except (OSError, ValueError):
+        return pids_named("mariadbd", "mysqld")
+
+
+class CpuMeter:
+    """CPU seconds used by named groups of processes between `start` and `stop`."""
+
+    def __init__(self, groups: dict[str, list[int]]) -> None:
+        self.groups = groups
+        self._start: dict[int, float] = {}
+        self.used_s: dict[str, float] = {}
+
+    def _read(self) -> dict[int, float]:
+        return {pid: cpu_s(pid) for pids in self.groups.values() for pid in pids}
+
+    def start(self) -> None:
+        self._start = self._read()
+
+    def stop(self) -> dict[str, float]:
+        end = self._read()
+        # A process that ended meanwhile reads 0: it counts for nothing, not for minus.
+        self.used_s = {
+            name: sum(max(0.0, end[pid] - self._start[pid]) for pid in pids)
+            for name, pids in self.groups.items()
+        }
+        return self.used_s
+
+
+def loadavg() -> str:
+    """The 1, 5 and 15 minute load averages."""
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+def uptime() -> str:
+    return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+
+
+def machine() -> dict[str, Any]:
+    cpuinfo = Path("/proc/cpuinfo").read_text()
+    model = next(
+        (line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if "model name" in line),
+        platform.processor() or "unknown",
+    )
+    meminfo = Path("/proc/meminfo").read_text().splitlines()
+    total_kb = int(next(line for line in meminfo if line.startswith("MemTotal")).split()[1])
+    return {
+        "nproc": os.cpu_count(),
+        "cpu_model": model,
+        "ram_gib": round(total_kb / 1024 / 1024, 1),
+        "kernel": platform.release(),
+    }
+
+
+def _version(module: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(module)
+    except PackageNotFoundError:
+        return "not installed"
+
+
+def versions(redis_url: str = "redis://127.0.0.1:6379/0") -> dict[str, str]:
+    import MySQLdb
+    import redis
+
+    found = {"python": sys.version.split()[0]}
+    for package in ("django", "channels", "channels-redis", "redis", "daphne", "huey", "twisted"):
+        found[package] = _version(package)
+    try:
+        info: dict[str, Any] = redis.Redis.from_url(redis_url).info("server")  # type: ignore[assignment]
+        found["redis-server"] = str(info["redis_version"])
+    except redis.RedisError as error:
+        found["redis-server"] = f"unreachable ({error})"
+    try:
+        conn = MySQLdb.connect(host="127.0.0.1", user="root", passwd="", port=3306)
+        cursor = conn.cursor()
+        cursor.execute("SELECT VERSION()")
+        row = cursor.fetchone()
+        found["mariadb"] = str(row[0]) if row else "unknown"
+        conn.close()
+    except MySQLdb.Error as error:
+        found["mariadb"] = f"unreachable ({error})"
+    return found

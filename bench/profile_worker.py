@@ -1,0 +1,141 @@
+"""Where a worker process's CPU goes while it streams: a per-thread CPU profile under load.
+
+    .venv/bin/python -m bench.profile_worker [--streams 100] [--tokens 300] [--quick]
+
+The service as in bench/capacity.py (2 Daphne, MySQL + Redis), with one ordinary
+``run_huey`` worker and one under bench/threadprof.py; the load generator runs a step of
+concurrent streams, then the profiled worker writes its stats. Writes
+``profile_worker.md`` (the functions with the most own CPU, and the cumulative CPU of the
+stages a token passes through).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import pstats
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("TEST_TIER", "distributed")
+
+from bench import capacity, loadgen
+from tests.harness import PYTHON, ROOT, FakeLLM, Service, wait_until
+from tests.tier_env import JWT_SECRET
+
+NAME = "profile_worker"
+# The stages a token passes through in a worker, by the function that enters each.
+STAGES = [
+    ("openai SDK: read and parse the provider's stream", "_streaming.py", "__stream__"),
+    ("provider adapter (jobs/providers)", "openai_compatible.py", "stream"),
+    ("runner: cancel check per chunk", "runner.py", "_cancel_requested"),
+    ("pump thread hand-off (queue get)", "runner.py", "get"),
+    ("runner: the attempt (all of it)", "runner.py", "_run"),
+    ("runner: publish (log append + live send)", "runner.py", "_publish"),
+    ("event log append (Redis)", "eventlog.py", "append"),
+    ("runner: checkpoint (MySQL)", "runner.py", "_checkpoint"),
+    ("live sender: channel layer group_send", "pubsub.py", "group_send"),
+]
+
+
+def run(results_dir: Path, quick: bool = False, argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--streams", type=int, default=100)
+    parser.add_argument("--tokens", type=int, default=300)
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args(argv or [])
+    quick = quick or args.quick
+    streams, tokens = (5, 100) if quick else (args.streams, args.tokens)
+    results_dir.mkdir(parents=True, exist_ok=True)
+    fake = FakeLLM()
+    service = Service(
+        fake,
+        webs=2,
+        workers=1,
+        tier="distributed",
+        env={"HUEY_WORKERS": str(capacity.HUEY_WORKERS), "REDIS_MAX_CONNECTIONS": "1000"},
+    )
+    out = service.dir / "worker-profile.pstats"
+    profiled: subprocess.Popen[bytes] | None = None
+    try:
+        service.start()
+        log = open(service.dir / "profiled-worker.log", "ab")  # noqa: SIM115
+        profiled = subprocess.Popen(
+            [PYTHON, "-m", "bench.threadprof", str(out), "manage.py", "run_huey"],
+            cwd=ROOT,
+            env=service.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        time.sleep(3)
+        plan = loadgen.Plan(
+            system="ours",
+            host="127.0.0.1",
+            ports=service.ports,
+            indices=list(range(streams)),
+            streams=streams,
+            tokens=tokens,
+            rate=capacity.RATE_TOK_S,
+            ttft_ms=capacity.TTFT_MS,
+            ramp_s=2.0,
+            start_at=time.time() + 3,
+            sse_share=capacity.SSE_SHARE,
+            jwt_secret=JWT_SECRET,
+            seed=5,
+        )
+        outcomes = loadgen.run(plan, 1 if quick else 2)
+        profiled.send_signal(signal.SIGUSR1)
+        profiled.wait(60)
+        wait_until(out.exists, timeout_s=10)
+        text = markdown(out, streams, tokens, outcomes)
+    finally:
+        if profiled is not None and profiled.poll() is None:
+            profiled.kill()
+            profiled.wait()
+        service.stop()
+        fake.stop()
+    (results_dir / f"{NAME}.md").write_text(text)
+
+
+def markdown(path: Path, streams: int, tokens: int, outcomes: list[dict[str, Any]]) -> str:
+    stats = pstats.Stats(str(path))
+    raw: dict[Any, Any] = stats.stats  # type: ignore[attr-defined]
+    total = sum(entry[2] for entry in raw.values())
+    lines = [
+        "# Worker CPU profile",
+        "",
+        f"One of two `run_huey` processes under bench/threadprof.py (cProfile in every "
+        f"thread, timed by `time.thread_time`), while {streams} streams of {tokens} tokens at "
+        f"50 tokens/s ran through the service ({sum(o['tokens'] for o in outcomes)} tokens "
+        f"delivered in all). Profiled CPU in this process: {total:.1f} s (profiling itself "
+        "inflates every call; read the shares).",
+        "",
+        "| stage | cumulative CPU-s | share |",
+        "|---|---|---|",
+    ]
+    for title, filename, function in STAGES:
+        cumulative = sum(
+            entry[3]
+            for (file, _line, name), entry in raw.items()
+            if file.endswith(filename) and name == function
+        )
+        lines.append(f"| {title} | {cumulative:.1f} | {cumulative / max(total, 1e-9):.0%} |")
+    buffer = io.StringIO()
+    stats.stream = buffer  # type: ignore[attr-defined]
+    stats.sort_stats("tottime").print_stats(25)
+    lines += ["", "Top functions by own CPU:", "", "```", buffer.getvalue().strip(), "```", ""]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    import sys
+
+    run(Path(ROOT) / "bench" / "results", argv=sys.argv[1:])
+
+
+if __name__ == "__main__":
+    main()

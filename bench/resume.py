@@ -1,0 +1,617 @@
+"""Resume: from a reconnect request to the first byte of the snapshot, for a 4,000-token
+generation that is still running and for one that has completed (its snapshot comes from the
+database row), over SSE and over WebSocket.
+
+    .venv/bin/python -m bench.resume [--runs 30] [--tier embedded|distributed|both]
+
+- SSE: a new connection sends ``GET .../events`` (Authorization header, no position: a
+  snapshot first); the clock runs from the connect to the first byte of the snapshot frame
+  (and, separately, to the whole frame). Also a resume with ``Last-Event-ID`` half-way,
+  which the replay buffer answers with events instead of a snapshot.
+- WebSocket: on one already-authenticated connection, from sending ``subscribe`` to
+  receiving the snapshot frame (a WebSocket message arrives whole, so first byte and whole
+  frame are one time); and on a fresh connection, from the connect through ``auth`` to the
+  snapshot.
+- The baseline: the minimal Redis-streams SSE server (bench.baselines.streams_sse), which
+  has no snapshot: a reconnect replays its stream, one entry per token, from the position.
+
+The running generation is held at 4,000 tokens by the fake provider (``hang=4000``: it sends
+4,000 tokens and then nothing), so every run sees the same text. Every snapshot's text is
+checked against the fake's known output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import websockets
+
+from bench.latency_report import (
+    command,
+    load_line,
+    machine,
+    summary_ms,
+    table,
+    write_result,
+)
+from jobs.fake_openai import expected_text
+from tests.harness import PYTHON, ROOT, FakeLLM, Service, make_token, wait_until
+from tests.tier_env import REDIS_SERVER_URL, TIER, free_port
+
+NAME = "resume"
+TOKENS = 4000
+# MAX_OUTPUT_TOKENS's default: the running one asks for more than the fake will send.
+MAX_TOKENS = 4096
+TARGET_P50_MS = 10.0
+QUICK_RUNS = 3
+USER = "bench-resume"
+# Generous: a run on a loaded machine must not fail for slowness, only for wrong text.
+READ_TIMEOUT_S = 30.0
+
+
+@dataclass
+class SseTiming:
+    first_byte_s: float  # connect -> the first byte of the first event frame
+    frame_s: float  # connect -> that whole frame
+    kind: str  # snapshot | delta | done
+    text: str  # the snapshot's text, or the replayed deltas' text
+    seq: int
+
+
+class SseReader:
+    """A raw HTTP/1.1 SSE client: an HTTP library's own overhead would be most of what is
+    measured. Handles chunked and plain bodies."""
+
+    def __init__(self, reader: asyncio.StreamReader) -> None:
+        self.reader = reader
+        self.raw = b""
+        self.body = b""
+        self.chunked = False
+        self.status = 0
+
+    async def headers(self) -> None:
+        while b"\r\n\r\n" not in self.raw:
+            await self._read()
+        head, _, rest = self.raw.partition(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        self.status = int(lines[0].split(" ", 2)[1])
+        self.chunked = any(
+            line.lower().startswith("transfer-encoding:") and "chunked" in line.lower()
+            for line in lines[1:]
+        )
+        self.raw = rest
+        self._decode()
+
+    async def _read(self) -> None:
+        data = await asyncio.wait_for(self.reader.read(262_144), READ_TIMEOUT_S)
+        if not data:
+            raise ConnectionError("the server closed the connection")
+        self.raw += data
+
+    def _decode(self) -> None:
+        if not self.chunked:
+            self.body += self.raw
+            self.raw = b""
+            return
+        while True:
+            size_end = self.raw.find(b"\r\n")
+            if size_end < 0:
+                return
+            size = int(self.raw[:size_end].split(b";")[0], 16)
+            if len(self.raw) < size_end + 2 + size + 2:
+                return
+            self.body += self.raw[size_end + 2 : size_end + 2 + size]
+            self.raw = self.raw[size_end + 4 + size :]
+
+    async def more(self) -> None:
+        await self._read()
+        self._decode()
+
+
+def _frames(body: bytes) -> list[dict[str, str]]:
+    """Complete SSE frames (blank-line terminated) with data, in order."""
+    frames = []
+    # Only up to the last frame's end: a read may stop inside a multi-byte character.
+    end = body.rfind(b"\n\n")
+    if end < 0:
+        return []
+    complete = body[: end + 2]
+    for block in complete.decode("utf-8").split("\n\n")[:-1]:
+        frame: dict[str, str] = {}
+        for line in block.split("\n"):
+            field, _, value = line.partition(": ")
+            if field in ("id", "event", "data"):
+                frame[field] = value
+        if "data" in frame:
+            frames.append(frame)
+    return frames
+
+
+async def sse_resume(
+    port: int, path: str, headers: dict[str, str], *, until: Callable[[list[Any]], bool]
+) -> SseTiming:
+    """Connect, request `path`, and time the first event frame; read on until `until` says
+    the events so far are all that was wanted (e.g. the snapshot, or the replay's last)."""
+    started = time.perf_counter()
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        extra = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
+        writer.write(
+            f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAccept: text/event-stream\r\n"
+            f"{extra}Connection: close\r\n\r\n".encode()
+        )
+        sse = SseReader(reader)
+        await sse.headers()
+        if sse.status != 200:
+            raise RuntimeError(f"{path}: HTTP {sse.status}")
+        first_byte: float | None = None
+        while True:
+            if first_byte is None and b"\nevent: " in b"\n" + sse.body:
+                first_byte = time.perf_counter() - started
+            frames = _frames(sse.body)
+            events = [json.loads(frame["data"]) for frame in frames]
+            if events and until(events):
+                assert first_byte is not None
+                first = events[0]
+                if first["type"] == "snapshot":
+                    text = first["text"]
+                else:
+                    text = "".join(e.get("text", "") for e in events if e["type"] == "delta")
+                return SseTiming(
+                    first_byte, time.perf_counter() - started, first["type"], text, first["seq"]
+                )
+            await sse.more()
+    finally:
+        writer.close()
+
+
+def _starts_with_snapshot(events: list[Any]) -> bool:
+    return bool(events[0]["type"] == "snapshot")
+
+
+def _reaches(seq: int) -> Callable[[list[Any]], bool]:
+    """Until the replay has reached `seq`."""
+
+    def reached(events: list[Any]) -> bool:
+        return bool(events[-1]["seq"] >= seq)
+
+    return reached
+
+
+class Resumer:
+    """The measurements against one running service."""
+
+    def __init__(self, service: Service) -> None:
+        self.service = service
+        self.port = service.ports[0]
+        self.token = make_token(USER, ttl_s=6 * 3600)
+        self.expected = expected_text(TOKENS)
+
+    def prepare(self) -> tuple[str, str, int]:
+        """(the running generation's id, the completed one's, the running one's seq)."""
+        with self.service.client(USER) as client:
+            running = self._create(
+                client, f"resume running [fake tokens={MAX_TOKENS} rate=0 hang={TOKENS}]"
+            )
+            completed = self._create(client, f"resume completed [fake tokens={TOKENS} rate=0]")
+
+            def row(generation_id: str) -> dict[str, Any]:
+                response = client.get(f"/api/v1/generations/{generation_id}")
+                response.raise_for_status()
+                body: dict[str, Any] = response.json()
+                return body
+
+            # The running one is checkpointed within CHECKPOINT_INTERVAL_S of going quiet.
+            wait_until(lambda: row(running)["output"] == self.expected, timeout_s=120)
+            wait_until(lambda: row(completed)["status"] == "completed", timeout_s=120)
+            if row(completed)["output"] != self.expected:
+                raise RuntimeError("the completed generation's output is not the fake's text")
+            return running, completed, int(row(running)["seq"])
+
+    @staticmethod
+    def _create(client: httpx.Client, prompt: str) -> str:
+        response = client.post(
+            "/api/v1/generations", json={"prompt": prompt, "max_tokens": MAX_TOKENS}
+        )
+        response.raise_for_status()
+        generation_id: str = response.json()["id"]
+        return generation_id
+
+    def _check_text(self, text: str, what: str) -> None:
+        if text != self.expected:
+            raise RuntimeError(f"{what}: the snapshot's text is not the 4,000-token text")
+
+    async def sse(self, generation_id: str, runs: int, after: int | None = None) -> dict[str, Any]:
+        headers = {"Authorization": f"Bearer {self.token}"}
+        path = f"/api/v1/generations/{generation_id}/events"
+        if after is not None:
+            headers["Last-Event-ID"] = str(after)
+        first: list[float] = []
+        whole: list[float] = []
+        for index in range(runs + 1):
+            if after is None:
+                timing = await sse_resume(self.port, path, headers, until=_starts_with_snapshot)
+                if timing.kind != "snapshot":
+                    raise RuntimeError(f"SSE resume from 0 began with {timing.kind}")
+                self._check_text(timing.text, "SSE")
+            else:
+                head = self._head_seq
+                timing = await sse_resume(
+                    self.port,
+                    path,
+                    headers,
+                    until=_reaches(head),
+                )
+                if timing.kind != "delta" or timing.seq != after + 1:
+                    raise RuntimeError("SSE resume from Last-Event-ID did not replay from it")
+                if not self.expected.endswith(timing.text):
+                    raise RuntimeError("SSE replay: the text is not the end of the fake's")
+            if index:  # the first is a warm-up
+                first.append(timing.first_byte_s)
+                whole.append(timing.frame_s)
+        return {"first_byte": summary_ms(first), "whole": summary_ms(whole)}
+
+    async def ws_subscribe(self, generation_id: str, runs: int) -> dict[str, Any]:
+        """On one authenticated connection: subscribe -> snapshot frame, then unsubscribe."""
+        url = f"ws://127.0.0.1:{self.port}/ws/v1"
+        times: list[float] = []
+        async with websockets.connect(url, max_size=None) as ws:
+            await ws.send(json.dumps({"type": "auth", "token": self.token}))
+            reply = json.loads(await ws.recv())
+            if reply["type"] != "auth.ok":
+                raise RuntimeError(f"WebSocket auth failed: {reply}")
+            for index in range(runs + 1):
+                started = time.perf_counter()
+                await ws.send(
+                    json.dumps({"type": "subscribe", "id": generation_id, "after": 0, "ref": index})
+                )
+                snapshot = await self._ws_until_snapshot(ws, generation_id)
+                elapsed = time.perf_counter() - started
+                self._check_text(snapshot["text"], "WebSocket")
+                await ws.send(json.dumps({"type": "unsubscribe", "id": generation_id, "ref": "u"}))
+                while True:
+                    message = json.loads(await asyncio.wait_for(ws.recv(), READ_TIMEOUT_S))
+                    if message["type"] == "unsubscribed":
+                        break
+                if index:
+                    times.append(elapsed)
+        return {"snapshot": summary_ms(times)}
+
+    async def ws_fresh(self, generation_id: str, runs: int) -> dict[str, Any]:
+        """A new connection each time: connect, auth, subscribe -> snapshot frame."""
+        url = f"ws://127.0.0.1:{self.port}/ws/v1"
+        times: list[float] = []
+        for index in range(runs + 1):
+            started = time.perf_counter()
+            async with websockets.connect(url, max_size=None) as ws:
+                await ws.send(json.dumps({"type": "auth", "token": self.token}))
+                await ws.send(json.dumps({"type": "subscribe", "id": generation_id, "ref": 1}))
+                snapshot = await self._ws_until_snapshot(ws, generation_id)
+                elapsed = time.perf_counter() - started
+            self._check_text(snapshot["text"], "WebSocket (fresh)")
+            if index:
+                times.append(elapsed)
+        return {"snapshot": summary_ms(times)}
+
+    @staticmethod
+    async def _ws_until_snapshot(ws: Any, generation_id: str) -> dict[str, Any]:
+        while True:
+            message: dict[str, Any] = json.loads(await asyncio.wait_for(ws.recv(), READ_TIMEOUT_S))
+            if message["type"] == "error":
+                raise RuntimeError(f"WebSocket error: {message}")
+            if message["type"] == "snapshot" and message["id"] == generation_id:
+                return message
+
+    _head_seq = 0
+
+    async def http_floor(self, runs: int) -> dict[str, Any]:
+        """A new connection and `GET /healthz` (no database, no Redis): what any request to
+        this Daphne + Django process costs, for scale."""
+        times: list[float] = []
+        for index in range(runs + 1):
+            started = time.perf_counter()
+            reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
+            try:
+                writer.write(
+                    f"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1:{self.port}\r\n"
+                    "Connection: close\r\n\r\n".encode()
+                )
+                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), READ_TIMEOUT_S)
+                if b" 200 " not in head.split(b"\r\n", 1)[0]:
+                    raise RuntimeError("/healthz did not answer 200")
+                elapsed = time.perf_counter() - started
+            finally:
+                writer.close()
+            if index:
+                times.append(elapsed)
+        return {"first_byte": summary_ms(times)}
+
+    async def measure(self, runs: int) -> dict[str, Any]:
+        running, completed, head = await asyncio.to_thread(self.prepare)
+        self._head_seq = head
+        return {
+            "http_floor": await self.http_floor(runs),
+            "running": {
+                "sse": await self.sse(running, runs),
+                "sse_last_event_id_half": await self.sse(running, runs, after=head // 2),
+                "ws_subscribe": await self.ws_subscribe(running, runs),
+                "ws_fresh_connection": await self.ws_fresh(running, runs),
+                "seq": head,
+            },
+            "completed": {
+                "sse": await self.sse(completed, runs),
+                "ws_subscribe": await self.ws_subscribe(completed, runs),
+                "ws_fresh_connection": await self.ws_fresh(completed, runs),
+            },
+        }
+
+
+def measure_service(tier: str, runs: int) -> dict[str, Any]:
+    fake = FakeLLM()
+    # The running generation's provider goes silent after 4,000 tokens: it must not time
+    # out (and be retried, with new text) during the measurement.
+    service = Service(fake, tier=tier, env={"PROVIDER_READ_TIMEOUT_S": "3600"})
+    try:
+        service.start()
+        result = asyncio.run(Resumer(service).measure(runs))
+    finally:
+        service.stop()
+        fake.stop()
+    result["tier"] = tier
+    result["runs"] = runs
+    return result
+
+
+def measure_baseline(runs: int) -> dict[str, Any]:
+    """The minimal Redis-streams SSE server: reconnect from 0 replays every token's entry."""
+    from tests.harness import _reserve_redis_db
+
+    db, lock = _reserve_redis_db()
+    redis_url = f"{REDIS_SERVER_URL}/{db}"
+    port = free_port()
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    module = "bench.baselines.streams_sse"
+    processes = [
+        subprocess.Popen(
+            [PYTHON, "-m", module, role, "--port", str(port), "--redis", redis_url],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for role in ("server", "producer")
+    ]
+    try:
+        import redis
+
+        redis.Redis.from_url(redis_url).flushdb()
+
+        def up() -> bool:
+            try:
+                httpx.get(f"http://127.0.0.1:{port}/api/v1/generations/x", timeout=1)
+                return True
+            except httpx.HTTPError:
+                return False
+
+        wait_until(up, timeout_s=30)
+        created = httpx.post(
+            f"http://127.0.0.1:{port}/api/v1/generations",
+            # As fast as the producer goes (it has no "no pacing" setting); the first
+            # replay below, not counted, waits for its `done`.
+            json={"prompt": f"[fake tokens={TOKENS} rate=1000000]"},
+        ).json()
+        generation_id = created["id"]
+
+        async def go() -> dict[str, Any]:
+            first: list[float] = []
+            whole: list[float] = []
+            path = f"/api/v1/generations/{generation_id}/events"
+            for index in range(runs + 1):
+                timing = await sse_resume(
+                    port,
+                    path,
+                    {"Last-Event-ID": "0"},
+                    until=lambda events: events[-1]["type"] == "done",
+                )
+                if index:
+                    first.append(timing.first_byte_s)
+                    whole.append(timing.frame_s)
+            return {"first_byte": summary_ms(first), "whole_replay": summary_ms(whole)}
+
+        return asyncio.run(go())
+    finally:
+        for process in processes:
+            process.send_signal(signal.SIGKILL)
+            process.wait()
+        import redis
+
+        redis.Redis.from_url(redis_url).flushdb()
+        lock.close()
+
+
+def print_result(result: dict[str, Any]) -> None:
+    tier = result["tier"]
+    floor = result["http_floor"]["first_byte"]
+    print(f"{tier:<12} GET /healthz on a new connection: p50 {floor['p50_ms']:7.2f} ms")
+    for state in ("running", "completed"):
+        for kind, row in result[state].items():
+            if not isinstance(row, dict):
+                continue
+            for span, stats in row.items():
+                print(
+                    f"{tier:<12} {state:<10} {kind:<24} {span:<11} "
+                    f"p50 {stats['p50_ms']:7.2f} ms  p95 {stats['p95_ms']:7.2f} ms"
+                )
+
+
+def markdown(
+    results: list[dict[str, Any]], baseline: dict[str, Any] | None, info: dict[str, Any], cmd: str
+) -> str:
+    labels = {
+        "sse": "SSE reconnect (new connection, no position) -> first byte of the snapshot",
+        "sse_last_event_id_half": "SSE reconnect with Last-Event-ID half-way -> first replayed "
+        "event (no snapshot: the buffer replays)",
+        "ws_subscribe": "WebSocket `subscribe` on an authenticated connection -> snapshot frame",
+        "ws_fresh_connection": "WebSocket fresh connection: connect + auth + subscribe -> "
+        "snapshot frame",
+    }
+    rows: list[list[Any]] = []
+    for result in results:
+        for state in ("running", "completed"):
+            for kind, label in labels.items():
+                row = result[state].get(kind)
+                if row is None:
+                    continue
+                stats = row.get("first_byte") or row.get("snapshot")
+                whole = row.get("whole")
+                target = ""
+                if state == "running" and kind in ("sse", "ws_subscribe"):
+                    met = "met" if stats["p50_ms"] < TARGET_P50_MS else "NOT met"
+                    target = f"< {TARGET_P50_MS:g} ({met})"
+                rows.append(
+                    [
+                        result["tier"],
+                        "running, 4,000 tokens" if state == "running" else "completed (row)",
+                        label,
+                        f"**{stats['p50_ms']}**",
+                        stats["p95_ms"],
+                        "" if whole is None else whole["p50_ms"],
+                        target,
+                    ]
+                )
+        floor = result["http_floor"]["first_byte"]
+        rows.append(
+            [
+                result["tier"],
+                "(none)",
+                "for scale: a new connection and `GET /healthz` (no database, no Redis)",
+                floor["p50_ms"],
+                floor["p95_ms"],
+                "",
+                "",
+            ]
+        )
+    if baseline is not None:
+        rows.append(
+            [
+                "baseline",
+                "completed, 4,000 entries",
+                "minimal Redis-streams SSE server, reconnect with Last-Event-ID 0 -> first "
+                "replayed event",
+                f"**{baseline['first_byte']['p50_ms']}**",
+                baseline["first_byte"]["p95_ms"],
+                f"{baseline['whole_replay']['p50_ms']} (all 4,000)",
+                "",
+            ]
+        )
+    return "\n\n".join(
+        [
+            "## Resume",
+            f"`{cmd}`",
+            "A 4,000-token generation held running by the fake provider (`hang=4000`), and a "
+            "completed 4,000-token one whose snapshot is read from the database row. Each "
+            "row is the p50 over the runs (one warm-up run not counted); every snapshot's text "
+            "was checked against the fake's output.",
+            table(
+                [
+                    "tier",
+                    "generation",
+                    "measured",
+                    "p50 (ms)",
+                    "p95 (ms)",
+                    "whole frame / replay p50 (ms)",
+                    "target p50 (ms)",
+                ],
+                rows,
+            ),
+            NOTE,
+            load_line(info),
+        ]
+    )
+
+
+NOTE = (
+    "What a reconnect does before the snapshot's first byte. SSE: the token's user and the "
+    "row in one thread hop (one database session), a channel of its own and the join of "
+    "the generation's live group (on the distributed tier, Redis SUBSCRIBE round trips), "
+    "the snapshot, and a read of the buffer's tail before the first flush. WebSocket "
+    "`subscribe`: the owner check's row read (reused for the snapshot), the join and the "
+    "buffer read, on a connection already authenticated. The `/healthz` row is what any new "
+    "request costs this Daphne process at this load. What would close the distributed SSE "
+    "gap: flushing the snapshot before the buffer read, joining the live group while the "
+    "row is read, and a database connection kept across requests (CONN_MAX_AGE)."
+)
+
+
+def tiers_for(choice: str) -> list[str]:
+    return ["embedded", "distributed"] if choice == "both" else [choice]
+
+
+def write(
+    results_dir: pathlib.Path,
+    results: list[dict[str, Any]],
+    baseline: dict[str, Any] | None,
+    cmd: str,
+) -> None:
+    info = machine()
+    write_result(
+        results_dir,
+        NAME,
+        markdown(results, baseline, info, cmd),
+        {
+            "target_p50_ms": TARGET_P50_MS,
+            "tokens": TOKENS,
+            "machine": info,
+            "tiers": results,
+            "baseline_streams_sse": baseline,
+        },
+    )
+
+
+def run(results_dir: pathlib.Path, quick: bool) -> None:
+    """Both tiers and the baseline; `quick`: a few runs on the TEST_TIER one and the
+    baseline, to see that it works."""
+    runs = QUICK_RUNS if quick else 30
+    tier = TIER if quick else "both"
+    results = [measure_service(name, runs) for name in tiers_for(tier)]
+    baseline = measure_baseline(runs)
+    write(
+        results_dir,
+        results,
+        baseline,
+        command(f"bench.{NAME}", ["--tier", tier, "--runs", str(runs)]),
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=30)
+    parser.add_argument("--tier", choices=["embedded", "distributed", "both"], default=TIER)
+    parser.add_argument("--no-baseline", action="store_true")
+    parser.add_argument("--results", type=pathlib.Path, help="also write resume.md/.json here")
+    args = parser.parse_args()
+    results = []
+    for tier in tiers_for(args.tier):
+        result = measure_service(tier, args.runs)
+        print_result(result)
+        results.append(result)
+    baseline = None if args.no_baseline else measure_baseline(args.runs)
+    if baseline is not None:
+        print(f"baseline streams_sse: first byte p50 {baseline['first_byte']['p50_ms']} ms")
+    if args.results is not None:
+        write(args.results, results, baseline, command(f"bench.{NAME}"))
+
+
+if __name__ == "__main__":
+    main()
