@@ -38,6 +38,7 @@ from typing import Any
 
 os.environ.setdefault("TEST_TIER", "distributed")
 
+import httpx
 import MySQLdb
 import redis
 
@@ -519,6 +520,8 @@ def run(results_dir: Path, quick: bool = False, argv: list[str] | None = None) -
                         json.dumps({k: v for k, v in row.items() if k != "db"}),
                         flush=True,
                     )
+                if system.service is not None:
+                    save_metrics(system.service, results_dir / METRICS_SAMPLE)
             finally:
                 system.stop()
         # The design the row count is compared with: one UPDATE per token.
@@ -555,6 +558,17 @@ def run(results_dir: Path, quick: bool = False, argv: list[str] | None = None) -
     (results_dir / f"{NAME}.md").write_text(report.capacity_markdown(result))
     report.capacity_plots(result, results_dir)
     return result
+
+
+# The service's own view of the run: GET /metrics of its first web process once the steps
+# and the reconnect step of "ours" are over (the llm_* series only).
+METRICS_SAMPLE = "metrics_after_capacity.txt"
+
+
+def save_metrics(service: Service, path: Path) -> None:
+    text = httpx.get(service.url("/metrics"), timeout=30).text
+    lines = [line for line in text.splitlines() if "llm_" in line]
+    path.write_text("\n".join(lines) + "\n")
 
 
 def start_system(name: str, fake: FakeLLM) -> System:
