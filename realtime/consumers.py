@@ -180,15 +180,13 @@ class StreamConsumer(AsyncConsumer):  # type: ignore[misc]
                     await connection_registry().refresh(self.identity.user.pk, self.connection_id)
 
     async def _advance(self, generation_id: str, subscription: Subscription) -> None:
-        """Move one subscription forward: finish setting it up if storage was down when it
-        was asked for, else look at the buffer for anything live delivery missed."""
+        """Move one subscription forward: join its live group if Redis was down when it was
+        asked for, then look at the buffer for anything live delivery missed (which also
+        finishes a start that storage interrupted)."""
         if generation_id not in self.joined:
             await self.channel_layer.group_add(group_name(generation_id), self.channel_name)
             self.joined.add(generation_id)
-        if not subscription.started:
-            await subscription.start()
-        else:
-            await subscription.catch_up(repairing=True)
+        await subscription.catch_up(repairing=True)
 
     async def _close(self, code: int) -> None:
         if self.closed:
@@ -468,8 +466,6 @@ class StreamConsumer(AsyncConsumer):  # type: ignore[misc]
             # A gap could not be filled now; the event waits in the subscription and the idle
             # timer fills the gap once storage is back.
             logger.warning("live event for %s deferred: %r", generation_id, failure)
-            self.next_check[generation_id] = time.monotonic() + subscription.next_check_in()
-            return
         self.next_check[generation_id] = time.monotonic() + subscription.next_check_in()
         if subscription.finished:
             await self._drop_subscription(generation_id)

@@ -156,10 +156,7 @@ async def _stream(generation_id: str, after: int, row: RowState) -> AsyncIterato
             now = time.monotonic()
             if now - last_check >= subscription.next_check_in():
                 last_check = now
-                if subscription.started:
-                    await _tolerating_outage(subscription.catch_up(repairing=True), generation_id)
-                else:
-                    await _tolerating_outage(subscription.start(row), generation_id)
+                await _tolerating_outage(subscription.catch_up(repairing=True), generation_id)
             if not out and time.monotonic() - last_write >= PING_INTERVAL_S:
                 yield ": ping\n\n"
                 last_write = time.monotonic()

@@ -54,8 +54,9 @@ class Subscription:
         self._pending: dict[int, StoredEvent] = {}
         self._last_row_check = 0.0
         self.finished = False
-        # False until `start` has run to the end; the transport calls `start` again when it
-        # failed (storage unreachable). A partial start is safe to repeat: what it sent moved
+        # False until `start` has run to the end. When storage interrupted it, the next
+        # `on_live` or `catch_up` finishes it first (a fresh subscriber's snapshot must come
+        # before any event). A partial start is safe to repeat: what it sent moved
         # `last_seq` on, and the rest continues from there.
         self.started = False
         self.repaired = 0  # events that came from the buffer after a live gap
@@ -89,16 +90,23 @@ class Subscription:
         async with self._lock:
             if self.finished or event.seq <= self.last_seq:
                 return
-            if event.seq == self.last_seq + 1 and not self._pending:
+            if self.started and event.seq == self.last_seq + 1 and not self._pending:
                 await self._send(event)
                 return
             self._pending[event.seq] = event
-            await self._catch_up(repairing=True)
+            await self._advance(repairing=True)
 
     async def catch_up(self, *, repairing: bool = False) -> None:
         """Send whatever the buffer (or, failing that, the row) has beyond the last seq."""
         async with self._lock:
+            await self._advance(repairing=repairing)
+
+    async def _advance(self, *, repairing: bool) -> None:
+        if self.started:
             await self._catch_up(repairing=repairing)
+        else:
+            # A start that storage interrupted: finish it (from a fresh row) first.
+            await self._start(None)
 
     async def _catch_up(self, *, repairing: bool = False) -> None:
         if self.finished:

@@ -19,9 +19,11 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from django.db import OperationalError
 from django.utils import timezone
 
 from api import services
+from api.selectors import arow_state
 from realtime import events
 from realtime import subscription as subscription_module
 from realtime.eventlog import event_log
@@ -514,3 +516,36 @@ async def test_after_the_log_is_lost_seqs_a_client_has_seen_are_never_reused(
         await sub.run_until_finished()
 
     assert events.fold(sub.messages(), seen_text) == row.output
+
+
+async def test_a_start_that_storage_interrupted_is_finished_before_any_live_event(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fresh subscriber whose start failed (the database could not be read) and that then
+    gets live events: the start is finished first, so the snapshot still comes first, and
+    no event is sent twice or out of order."""
+    worker = await harness.worker()
+    worker.deltas(3)
+    await worker.checkpoint()
+    await harness.settle(worker)
+    sub = harness.subscriber(worker.generation_id, 0)
+    await sub.join()
+    outage = [OperationalError(2013, "Lost connection to server during query")]
+
+    async def unreachable_once(generation_id: str) -> Any:
+        if outage:
+            raise outage.pop()
+        return await arow_state(generation_id)
+
+    monkeypatch.setattr(subscription_module, "arow_state", unreachable_once)
+    with pytest.raises(OperationalError):
+        await sub.start()
+    assert sub.messages() == []
+
+    worker.deltas(2)
+    await harness.settle(worker)
+    await sub.deliver_live()
+    assert sub.messages()[0]["type"] == "snapshot"
+    await worker.finish()
+    await sub.run_until_finished()
+    await assert_folds_to_final_output(sub, worker)
