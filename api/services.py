@@ -215,14 +215,11 @@ def _terminate_without_worker(
     between the read and `done`, nor after it. Where a worker may still hold `attempt` (the
     reaper only presumes it dead), `log_owner` is a number no worker holds.
     """
-    last_published = event_log().take_fence(generation_id, log_owner)
-    if last_published is None and (attempt > 1 or row_seq > 0):
-        # The log was lost (Redis restarted) after events may have been published past the
-        # row's checkpoint; subscribers may hold seqs up to that. `done` goes above any of
-        # them: they find the gap unfillable, read the (then final) row, and end with its
-        # snapshot and `done`, whatever they had seen.
-        last_published = row_seq + SEQ_GAP_AFTER_LOST_LOG
-    last_published = last_published or 0
+    # `done` goes above any seq a subscriber may hold: they find the gap unfillable, read
+    # the (then final) row, and end with its snapshot and `done`, whatever they had seen.
+    last_published = _last_published_seq(
+        event_log().take_fence(generation_id, log_owner), attempt=attempt, row_seq=row_seq
+    )
     after_row, _ = event_log().read_after_sync(generation_id, row_seq)
     head = max(row_seq, last_published)
     if [event.seq for event in after_row] == list(range(row_seq + 1, head + 1)):
@@ -355,16 +352,16 @@ def generation_claim(generation_id: str) -> Claim | None:
         # The reaper re-enqueues it once the queue is back.
         _fenced(generation_id, generation.attempt).update(status=Status.QUEUED, heartbeat_at=now)
         raise
-    if last_published is None and (generation.attempt > 1 or generation.seq > 0):
-        # The log was lost (Redis restarted) after an earlier attempt published: subscribers
-        # may hold seqs above the row's checkpoint. Continue above all of them, so that they
-        # see a gap, read the row (checkpointed right after this attempt's `reset`) and take
-        # its snapshot, instead of dropping this attempt's first events as duplicates.
-        last_published = generation.seq + SEQ_GAP_AFTER_LOST_LOG
+    # This attempt continues above any seq a subscriber may hold, so that after a lost log
+    # they see a gap, read the row (checkpointed right after this attempt's `reset`) and take
+    # its snapshot, instead of dropping this attempt's first events as duplicates.
+    last_published = _last_published_seq(
+        last_published, attempt=generation.attempt, row_seq=generation.seq
+    )
     return Claim(
         generation_id=generation_id,
         attempt=generation.attempt,
-        start_seq=max(generation.seq, last_published or 0),
+        start_seq=max(generation.seq, last_published),
         model=generation.model,
         prompt=generation.prompt,
         system=generation.system,
@@ -373,6 +370,17 @@ def generation_claim(generation_id: str) -> Claim | None:
         temperature=generation.temperature,
         created_at=generation.created_at,
     )
+
+
+def _last_published_seq(fenced: int | None, *, attempt: int, row_seq: int) -> int:
+    """The last seq published to the log, from what `take_fence` found (None: nothing).
+
+    Nothing found although an earlier attempt ran or the row was checkpointed means the log
+    was lost (Redis restarted) after events may have been published past the row's
+    checkpoint: subscribers may hold seqs up to there, so the answer is far above the row."""
+    if fenced is None and (attempt > 1 or row_seq > 0):
+        return row_seq + SEQ_GAP_AFTER_LOST_LOG
+    return fenced or 0
 
 
 def _token_cap(generation_id: str) -> int:
