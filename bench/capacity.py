@@ -49,6 +49,7 @@ from tests.harness import (
     FakeLLM,
     Service,
     _reserve_redis_db,
+    spawn,
     wait_until,
 )
 from tests.tier_env import JWT_SECRET, REDIS_SERVER_URL, RUN_DIR, free_port
@@ -174,8 +175,8 @@ def start_ours(fake: FakeLLM) -> System:
 
 def _spawn(name: str, args: list[str]) -> subprocess.Popen[bytes]:
     log = open(Path(RUN_DIR) / f"{name}.log", "ab")  # noqa: SIM115 (the child keeps it)
-    return subprocess.Popen(
-        [PYTHON, "-m", *args], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=os.environ
+    return spawn(
+        [PYTHON, "-m", *args], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ)
     )
 
 

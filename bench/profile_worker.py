@@ -24,7 +24,7 @@ from typing import Any
 os.environ.setdefault("TEST_TIER", "distributed")
 
 from bench import capacity, loadgen
-from tests.harness import PYTHON, ROOT, FakeLLM, Service, wait_until
+from tests.harness import PYTHON, ROOT, FakeLLM, Service, spawn, wait_until
 from tests.tier_env import JWT_SECRET
 
 NAME = "profile_worker"
@@ -64,7 +64,7 @@ def run(results_dir: Path, quick: bool = False, argv: list[str] | None = None) -
     try:
         service.start()
         log = open(service.dir / "profiled-worker.log", "ab")  # noqa: SIM115
-        profiled = subprocess.Popen(
+        profiled = spawn(
             [PYTHON, "-m", "bench.threadprof", str(out), "manage.py", "run_huey"],
             cwd=ROOT,
             env=service.env,

@@ -46,7 +46,7 @@ from bench.latency_report import (
     write_result,
 )
 from jobs.fake_openai import expected_text
-from tests.harness import PYTHON, ROOT, FakeLLM, Service, make_token, wait_until
+from tests.harness import PYTHON, ROOT, FakeLLM, Service, make_token, spawn, wait_until
 from tests.tier_env import REDIS_SERVER_URL, TIER, free_port
 
 NAME = "resume"
@@ -383,7 +383,7 @@ def measure_baseline(runs: int) -> dict[str, Any]:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     module = "bench.baselines.streams_sse"
     processes = [
-        subprocess.Popen(
+        spawn(
             [PYTHON, "-m", module, role, "--port", str(port), "--redis", redis_url],
             cwd=ROOT,
             env=env,

@@ -40,11 +40,60 @@ _instance_numbers = itertools.count(1)
 # one of the others for its life, under a file lock, so that two test runs on one machine
 # never share a Huey queue (a worker would take the other run's tasks) or flush each other.
 _REDIS_DBS = [15, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1]
+# Every process a test or benchmark starts carries the pid of the run that started it, so that
+# a later run can find the children of a run that was killed (pytest's own SIGKILL, a timeout,
+# a closed terminal) and end them: a leftover worker would take tasks from the Redis database
+# that the next run reserves once the dead run's lock is gone.
+OWNER_ENV = "LLM_TEST_OWNER_PID"
+
+
+def spawn(
+    args: list[str], *, env: dict[str, str] | None = None, **kwargs: Any
+) -> subprocess.Popen[bytes]:
+    """`subprocess.Popen`, marked as this run's child (see OWNER_ENV)."""
+    child_env = dict(os.environ if env is None else env)
+    child_env[OWNER_ENV] = str(os.getpid())
+    return subprocess.Popen(args, env=child_env, **kwargs)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def reap_orphans() -> list[int]:
+    """Kill the processes left running by test or benchmark runs that have died."""
+    marker = f"{OWNER_ENV}=".encode()
+    killed: list[int] = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes()
+        except OSError:
+            continue  # gone meanwhile, or not ours to read
+        for variable in environ.split(b"\0"):
+            if variable.startswith(marker):
+                owner = int(variable[len(marker) :] or 0)
+                if owner and not _alive(owner):
+                    try:
+                        os.kill(int(entry.name), signal.SIGKILL)
+                        killed.append(int(entry.name))
+                    except ProcessLookupError:
+                        pass
+                break
+    return killed
 
 
 def _reserve_redis_db() -> tuple[int, Any]:
     import fcntl
 
+    reap_orphans()
     deadline = time.monotonic() + 300
     while True:
         for db in _REDIS_DBS:
@@ -83,7 +132,8 @@ class FakeLLM:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self._log = open(Path(RUN_DIR) / f"fake-llm-{self.port}.log", "ab")  # noqa: SIM115
-        self.process = subprocess.Popen(
+        reap_orphans()
+        self.process = spawn(
             [PYTHON, "-m", "jobs.fake_openai", "--port", str(self.port)],
             cwd=ROOT,
             stdout=self._log,
@@ -188,7 +238,7 @@ class Service:
     def _spawn(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
         log = open(self.dir / f"{name}.log", "ab")  # noqa: SIM115 (closed in stop)
         self._logs.append(log)
-        return subprocess.Popen(args, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+        return spawn(args, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT)
 
     def start_web(self, index: int = 0, *, wait: bool = True) -> None:
         port = self.ports[index]

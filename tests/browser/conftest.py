@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import PYTHON, ROOT, FakeLLM, Service, wait_until
+from tests.harness import PYTHON, ROOT, FakeLLM, Service, spawn, wait_until
 from tests.tier_env import RUN_DIR, free_port
 
 HERE = Path(__file__).resolve().parent
@@ -44,7 +44,7 @@ class BrowserFakeLLM(FakeLLM):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self._log = open(Path(RUN_DIR) / f"browser-fake-llm-{self.port}.log", "ab")  # noqa: SIM115
-        self.process = subprocess.Popen(
+        self.process = spawn(
             [PYTHON, "-m", "tests.browser.fake_llm", "--port", str(self.port)],
             cwd=ROOT,
             stdout=self._log,

@@ -18,7 +18,7 @@ from typing import Any
 import redis
 
 from tests.faults.tcp_proxy import ProxyControl
-from tests.harness import ROOT, FakeLLM, Service, wait_until
+from tests.harness import ROOT, FakeLLM, Service, spawn, wait_until
 from tests.tier_env import MYSQL_SERVER_URL, RUN_DIR, free_port
 
 # Timings that make recovery happen within a test: a worker killed mid-generation is
@@ -46,7 +46,7 @@ class RedisServer:
         self.restarts = 0
 
     def start(self) -> RedisServer:
-        self.process = subprocess.Popen(
+        self.process = spawn(
             [
                 "redis-server",
                 "--port",
@@ -116,7 +116,7 @@ class DatabaseProxy:
         self.address = f"127.0.0.1:{self.port}"
         control_port = free_port()
         self._log = open(Path(RUN_DIR) / f"db-proxy-{self.port}.log", "ab")  # noqa: SIM115
-        self.process = subprocess.Popen(
+        self.process = spawn(
             [
                 sys.executable,
                 "-m",
