@@ -11,6 +11,7 @@ Two modes share one code base:
 
 from __future__ import annotations
 
+import os
 import secrets
 from pathlib import Path
 from typing import Any
@@ -43,10 +44,17 @@ def _local_secret(name: str) -> str:
     try:
         return path.read_text().strip()
     except FileNotFoundError:
-        value = secrets.token_urlsafe(48)
-        path.write_text(value)
-        path.chmod(0o600)
-        return value
+        pass
+    value = secrets.token_urlsafe(48)
+    try:
+        # Created with mode 0600 (not written, then restricted): no moment in which another
+        # local user could read it; O_EXCL: of two processes starting at once, one writes.
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return path.read_text().strip()
+    with os.fdopen(descriptor, "w") as handle:
+        handle.write(value)
+    return value
 
 
 SECRET_KEY = envstr("SECRET_KEY") or _local_secret("secret_key")
@@ -324,7 +332,7 @@ TIME_ZONE = "UTC"
 USE_I18N = False
 USE_TZ = True
 STATIC_URL = "static/"
-STATIC_ROOT = VAR_DIR / "static"
+STATIC_ROOT = Path(envstr("STATIC_ROOT", str(VAR_DIR / "static")))
 
 LOG_LEVEL = envchoice("LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR"))
 # json (default): one JSON object per line with the generation id; plain: for a terminal.

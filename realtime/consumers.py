@@ -83,7 +83,16 @@ def _echoable(ref: Any) -> bool:
         return not isinstance(ref, int) or abs(ref) <= 2**53
     if isinstance(ref, float):
         return ref == ref and abs(ref) != float("inf")
-    return isinstance(ref, str) and len(ref) <= MAX_REF_CHARS
+    return isinstance(ref, str) and len(ref) <= MAX_REF_CHARS and _encodable(ref)
+
+
+def _encodable(text: str) -> bool:
+    """Whether `text` can be sent in a frame (a lone surrogate cannot be encoded as UTF-8)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _closing(fn: Any) -> Any:
@@ -334,8 +343,8 @@ class StreamConsumer(AsyncConsumer):  # type: ignore[misc]
                 )
 
     async def _send_error(self, error: ApiError, ref: Any, generation_id: str | None) -> None:
-        reply: dict[str, Any] = {"type": "error", "ref": ref}
-        if generation_id is not None:
+        reply: dict[str, Any] = {"type": "error", "ref": ref if _echoable(ref) else None}
+        if generation_id is not None and _encodable(generation_id):
             reply["id"] = generation_id
         reply.update({"code": error.code, "message": error.message, "details": error.details})
         if error.retry_after_s is not None:

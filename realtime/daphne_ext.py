@@ -181,6 +181,9 @@ def install_body_limit() -> None:
 
     def got_length(self: Any, length: int | None) -> None:
         self._body_bytes = 0
+        # Daphne passes the raw body on and never reads Twisted's parsed form arguments
+        # (set per request: Request.__init__ sets it on the instance).
+        self._parsePOSTFormSubmission = False
         if length is not None and length > settings.MAX_REQUEST_BYTES:
             _refuse_body(self)
             return
@@ -203,8 +206,6 @@ def install_body_limit() -> None:
     WebRequest.gotLength = got_length
     WebRequest.handleContentChunk = handle_content_chunk
     WebRequest.requestReceived = request_received
-    # Daphne passes the raw body on and never reads Twisted's parsed form arguments.
-    WebRequest._parsePOSTFormSubmission = False
 
 
 # --- The access log: through the service's logging, secrets in query strings redacted -------
