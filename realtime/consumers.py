@@ -56,7 +56,6 @@ _GENERATE_FIELDS = frozenset({"type", "ref", "idempotency_key"})
 # The largest `after` accepted: seqs never come near it, and Redis (ZRANGEBYSCORE, INCR)
 # handles integers up to 2**63 - 1 only; 2**64 used to drop the connection in distributed mode.
 MAX_SEQ = 2**53
-MAX_REF_CHARS = 200
 
 
 def frame_burst() -> int:
@@ -78,12 +77,13 @@ def parse_frame(text: str) -> Any:
 
 
 def _echoable(ref: Any) -> bool:
-    """Whether `ref` can be echoed as it came: a short string, a finite number, or null."""
-    if ref is None or isinstance(ref, bool | int):
-        return not isinstance(ref, int) or abs(ref) <= 2**53
-    if isinstance(ref, float):
-        return ref == ref and abs(ref) != float("inf")
-    return isinstance(ref, str) and len(ref) <= MAX_REF_CHARS and _encodable(ref)
+    """Whether `ref` can be echoed as it came: any JSON value whose text encodes as UTF-8 (a
+    string with a lone surrogate cannot; NaN and Infinity were refused by the parser)."""
+    try:
+        dumps({"ref": ref}).encode("utf-8")
+    except (UnicodeEncodeError, ValueError, RecursionError):
+        return False
+    return True
 
 
 def _encodable(text: str) -> bool:
@@ -282,8 +282,8 @@ class StreamConsumer(AsyncConsumer):  # type: ignore[misc]
                 raise FrameError(
                     ApiError(
                         "invalid_request",
-                        "ref must be a string, a number or null.",
-                        details={"ref": "A string (at most 200 characters), a number or null."},
+                        "ref cannot be echoed.",
+                        details={"ref": "JSON text that is valid Unicode (no lone surrogates)."},
                     )
                 )
             kind = frame.get("type")
