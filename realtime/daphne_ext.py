@@ -165,6 +165,9 @@ def _refuse_body(request: Any) -> None:
         return
     request._body_refused = True
     request.content = io.BytesIO()
+    # Twisted answers "Expect: 100-continue" right after gotLength: that would follow the 413
+    # on the wire and invite the client to send the body after all.
+    request.requestHeaders.removeHeader(b"Expect")
     logger.warning("refused a request body over %d bytes", settings.MAX_REQUEST_BYTES)
     channel = request.channel
     if channel is not None and channel.transport is not None:
