@@ -238,5 +238,8 @@ async def _stream(
         logger.warning("event stream of %s ended: %r", generation_id, failure)
     finally:
         metrics.SSE_STREAMS_OPEN.dec()
-        await sync_to_async(slot.release, thread_sensitive=False)()
-        await inbox.close([generation_id])
+        try:
+            await inbox.close([generation_id])
+        finally:
+            # Also released by the response's close(), should this be cancelled.
+            await sync_to_async(slot.release, thread_sensitive=False)()
