@@ -409,7 +409,8 @@ class StreamConsumer(AsyncConsumer):  # type: ignore[misc]
 
     def _generation_id(self, frame: dict[str, Any]) -> str:
         generation_id = frame.get("id")
-        if not isinstance(generation_id, str) or not generation_id:
+        # Encodable: the id is echoed in replies, and a lone surrogate cannot be sent.
+        if not isinstance(generation_id, str) or not generation_id or not _encodable(generation_id):
             raise FrameError(
                 ApiError("invalid_request", "id is required.", details={"id": "A generation id."})
             )
