@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from typing import Any
+from urllib.parse import urlencode
 
 from django.conf import settings
 from django.contrib import admin, messages
@@ -102,14 +103,17 @@ class UserFilter(admin.SimpleListFilter):
         value = self.value()
         if value is None:
             return queryset
-        user_ids = get_user_model().objects.filter(username=value).values_list("pk", flat=True)
-        # Resolved first (one indexed lookup), so the list query needs no join.
-        return queryset.filter(user_id__in=list(user_ids))
+        candidates = get_user_model().objects.filter(username=value).values_list("pk", "username")
+        # Resolved first (one indexed lookup), so the list query needs no join; compared
+        # exactly here because MySQL's collation also matches ALICE and alíce.
+        user_ids = [pk for pk, username in candidates if username == value]
+        return queryset.filter(user_id__in=user_ids)
 
 
 def _changelist_url(**params: str) -> str:
     base = reverse("admin:api_generation_changelist")
-    query = "&".join(f"{key}={value}" for key, value in params.items())
+    # Encoded: a username may hold &, #, + or spaces, which would cut or change the filter.
+    query = urlencode(params)
     return f"{base}?{query}" if query else base
 
 

@@ -23,6 +23,7 @@ STATUS_BY_CODE: dict[str, int] = {
     "rate_limited": 429,
     "quota_exceeded": 429,
     "too_many_active": 429,
+    "too_many_streams": 429,
     "internal_error": 500,
     "unavailable": 503,
 }

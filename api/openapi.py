@@ -213,6 +213,10 @@ def schema() -> dict[str, Any]:
                     "responses": {
                         "200": _json("Token", "a token"),
                         "400": _error("invalid body"),
+                        "429": {
+                            **_error("rate_limited: too many failed sign-ins"),
+                            "headers": _RETRY_AFTER,
+                        },
                         **_COMMON,
                         "413": _error("body over 64 KiB"),
                         "415": _error("not application/json"),
@@ -336,6 +340,10 @@ def schema() -> dict[str, Any]:
                         "204": {"description": "the position is at or after `done`"},
                         "400": _error("bad position"),
                         "404": _error("not found"),
+                        "429": {
+                            **_error("too_many_streams: MAX_SSE_STREAMS_PER_USER are open"),
+                            "headers": _RETRY_AFTER,
+                        },
                         **_COMMON,
                     },
                 }

@@ -67,3 +67,36 @@ class MemoryRateLimiter(RateLimiter):
 @cache
 def rate_limiter() -> RateLimiter:
     return RedisRateLimiter() if settings.DISTRIBUTED else MemoryRateLimiter()
+
+
+# --- Failure counting (login throttling) -----------------------------------------------------
+#
+# `take` counts before the work is done, which suits creating generations. Password sign-in
+# counts failures only, and must refuse before it checks the password: otherwise, once over
+# the limit, a right guess (200) would still be told apart from the wrong ones (429).
+
+
+def retry_after_if_blocked(key: str, limit: int) -> float | None:
+    """Seconds until `key`'s window ends when it already counted `limit`, else None."""
+    now = time.time()
+    window = int(now // WINDOW_S)
+    limiter = rate_limiter()
+    if isinstance(limiter, RedisRateLimiter):
+        client = sync_client()
+        redis_key = f"llm:rate:{key}:{window}"
+        used = int(client.get(redis_key) or 0)  # type: ignore[arg-type]
+        if used < limit:
+            return None
+        return max(1.0, int(client.pttl(redis_key)) / 1000)  # type: ignore[arg-type]
+    assert isinstance(limiter, MemoryRateLimiter)
+    with limiter._lock:
+        count_window, count = limiter._counts.get(key, (window, 0))
+    if count_window != window or count < limit:
+        return None
+    return max(1.0, (window + 1) * WINDOW_S - now)
+
+
+def count_failure(key: str) -> None:
+    """Count one failure toward `key` (the limit is enforced by retry_after_if_blocked)."""
+    # A limit no count reaches: take() then always counts and never refuses.
+    rate_limiter().take(key, 2**31)

@@ -8,6 +8,7 @@ from django.http import HttpRequest, HttpResponse
 from api import selectors, services
 from api.errors import ApiError
 from api.http import api_endpoint, json_body, json_response
+from api.login_throttle import check_login_allowed, client_address, record_login_failure
 from api.validation import parse_generation_params, parse_idempotency_key
 from realtime.auth import issue_ticket, issue_token
 
@@ -27,12 +28,30 @@ def auth_token(request: HttpRequest) -> HttpResponse:
             errors[name] = "A non-empty string is required."
     if errors:
         raise ApiError("invalid_request", "The request has invalid fields.", details=errors)
+    for name in ("username", "password"):
+        if not _encodable(data[name]):
+            raise ApiError(
+                "invalid_request",
+                "The request has invalid fields.",
+                details={name: "Text that is valid Unicode (no lone surrogates)."},
+            )
+    address = client_address(request)
+    check_login_allowed(data["username"], address)
     user = password_authenticate(request, username=data["username"], password=data["password"])
     if user is None or not user.is_active:
+        record_login_failure(data["username"], address)
         # One message whether or not the user exists, so usernames cannot be probed.
         raise ApiError("unauthorized", "Invalid username or password.")
     token, ttl = issue_token(user.get_username())
     return json_response({"access_token": token, "token_type": "Bearer", "expires_in": ttl})
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 @api_endpoint("GET", "POST")

@@ -20,6 +20,18 @@ from realtime.routing import websocket_urlpatterns  # noqa: E402
 daphne_ext.install()
 
 
+def with_static_files(app: Any) -> Any:
+    """`app`, with STATIC_URL (the admin's CSS and JS) answered from the apps' static folders.
+
+    In every mode, DEBUG or not: without it the admin was unstyled (/static/admin/... 404).
+    Unknown files get the JSON 404 of every other URL. `collectstatic` (the Dockerfile runs
+    it) copies the same files to STATIC_ROOT for a proxy that prefers to serve them itself.
+    """
+    from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler
+
+    return ASGIStaticFilesHandler(app)
+
+
 class Service:
     """Routes by protocol; in the embedded default, starts the in-process worker on first use.
 
@@ -29,7 +41,10 @@ class Service:
 
     def __init__(self) -> None:
         self._router = ProtocolTypeRouter(
-            {"http": django_asgi_app, "websocket": URLRouter(websocket_urlpatterns)}
+            {
+                "http": with_static_files(django_asgi_app),
+                "websocket": URLRouter(websocket_urlpatterns),
+            }
         )
         self._booted = False
 

@@ -22,11 +22,18 @@ _TYPES = {
 # The page renders model output, which is untrusted. DOMPurify removes scripts, handlers and
 # javascript: links; this policy is the second wall should it ever miss one: no inline script
 # or handler runs, nothing loads from elsewhere, no plugin, no <base> hijack, no framing.
+# connect-src: this origin only ('self', and its WebSocket URLs spelled out for browsers whose
+# 'self' does not cover ws:/wss:); "ws: wss:" let injected script reach any host.
 CONTENT_SECURITY_POLICY = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-    "connect-src 'self' ws: wss:; object-src 'none'; base-uri 'none'; form-action 'none'; "
-    "frame-ancestors 'none'"
+    "connect-src 'self' {websocket_origins}; object-src 'none'; base-uri 'none'; "
+    "form-action 'none'; frame-ancestors 'none'"
 )
+
+
+def content_security_policy(request: HttpRequest) -> str:
+    host = request.get_host()
+    return CONTENT_SECURITY_POLICY.format(websocket_origins=f"ws://{host} wss://{host}")
 
 
 def sample_file(request: HttpRequest, name: str = "index.html") -> FileResponse:
@@ -37,6 +44,6 @@ def sample_file(request: HttpRequest, name: str = "index.html") -> FileResponse:
     response["Cache-Control"] = "no-cache"
     response["X-Content-Type-Options"] = "nosniff"
     if path.suffix == ".html":
-        response["Content-Security-Policy"] = CONTENT_SECURITY_POLICY
+        response["Content-Security-Policy"] = content_security_policy(request)
         response["Referrer-Policy"] = "no-referrer"
     return response

@@ -11,6 +11,7 @@ Two modes share one code base:
 
 from __future__ import annotations
 
+import os
 import secrets
 from pathlib import Path
 from typing import Any
@@ -43,10 +44,17 @@ def _local_secret(name: str) -> str:
     try:
         return path.read_text().strip()
     except FileNotFoundError:
-        value = secrets.token_urlsafe(48)
-        path.write_text(value)
-        path.chmod(0o600)
-        return value
+        pass
+    value = secrets.token_urlsafe(48)
+    try:
+        # Created with mode 0600 (not written, then restricted): no moment in which another
+        # local user could read it; O_EXCL: of two processes starting at once, one writes.
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return path.read_text().strip()
+    with os.fdopen(descriptor, "w") as handle:
+        handle.write(value)
+    return value
 
 
 SECRET_KEY = envstr("SECRET_KEY") or _local_secret("secret_key")
@@ -324,7 +332,7 @@ TIME_ZONE = "UTC"
 USE_I18N = False
 USE_TZ = True
 STATIC_URL = "static/"
-STATIC_ROOT = VAR_DIR / "static"
+STATIC_ROOT = Path(envstr("STATIC_ROOT", str(VAR_DIR / "static")))
 
 LOG_LEVEL = envchoice("LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR"))
 # json (default): one JSON object per line with the generation id; plain: for a terminal.
@@ -345,3 +353,77 @@ LOGGING: dict[str, Any] = {
         "httpx": {"level": "WARNING"},
     },
 }
+
+# --- Public deployment (security) ------------------------------------------------------------
+
+# A guessable HMAC secret lets anyone mint tokens for any user: refuse short ones ("changeme")
+# at start. 32 bytes is the key size of HS256; `openssl rand -base64 48` makes a good one.
+JWT_SECRET_MIN_CHARS = 32
+if not JWT_PUBLIC_KEY and len(JWT_SECRET) < JWT_SECRET_MIN_CHARS:
+    raise ConfigError(
+        f"JWT_SECRET is {len(JWT_SECRET)} characters: at least {JWT_SECRET_MIN_CHARS} are needed "
+        "(or unset it to use SECRET_KEY, which must then be as long)"
+    )
+# An identity provider signs tokens for all of its applications with one key: without an
+# audience, a token it issued to another application would be accepted here (and create an
+# account). A public-key configuration needs JWT_AUDIENCE, or this explicit opt-out, which the
+# start-up log states (api.apps.ApiConfig.ready).
+JWT_ALLOW_ANY_AUDIENCE = envbool("JWT_ALLOW_ANY_AUDIENCE", False)
+if JWT_PUBLIC_KEY and not JWT_AUDIENCE and not JWT_ALLOW_ANY_AUDIENCE:
+    raise ConfigError(
+        "JWT_AUDIENCE is required with JWT_PUBLIC_KEY (tokens the identity provider issued to "
+        "other applications would be accepted); set JWT_ALLOW_ANY_AUDIENCE=true to opt out"
+    )
+# The longest lifetime a token may have (exp minus now, and issue_token's --ttl): a leaked
+# token with a ten-year exp would be a password that cannot be changed.
+JWT_MAX_TTL_S = envint("JWT_MAX_TTL_S", 24 * 3600, minimum=60)
+if JWT_TTL_S > JWT_MAX_TTL_S:
+    raise ConfigError(f"JWT_TTL_S={JWT_TTL_S} is more than JWT_MAX_TTL_S={JWT_MAX_TTL_S}")
+
+# Password sign-in (POST /api/v1/auth/token and /admin/login/): failed attempts per minute per
+# account and per client address, then 429 rate_limited until the minute ends (PROTOCOL §8).
+LOGIN_FAILURES_PER_ACCOUNT = envint("LOGIN_FAILURES_PER_ACCOUNT", 5, minimum=1)
+LOGIN_FAILURES_PER_ADDRESS = envint("LOGIN_FAILURES_PER_ADDRESS", 20, minimum=1)
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+# Event streams (PROTOCOL §8): SSE responses a user holds open at once, counted apart from
+# WebSocket connections (MAX_CONNECTIONS_PER_USER).
+MAX_SSE_STREAMS_PER_USER = envint("MAX_SSE_STREAMS_PER_USER", 20, minimum=1)
+# Generations one WebSocket follows at once: each costs a live group and buffer checks.
+MAX_SUBSCRIPTIONS_PER_CONNECTION = envint("MAX_SUBSCRIPTIONS_PER_CONNECTION", 100, minimum=1)
+# Frames one WebSocket may send per second (a burst of this many is allowed, refilled at this
+# rate); over it a frame gets error rate_limited and is not run. 2,000 subscribe frames in 6 s
+# were 2,000 database reads.
+WS_FRAMES_PER_SECOND = envint("WS_FRAMES_PER_SECOND", 20, minimum=1)
+# A deactivated user's open WebSocket is closed (4401) within this many seconds.
+ACCOUNT_RECHECK_INTERVAL_S = envfloat("ACCOUNT_RECHECK_INTERVAL_S", 5.0, minimum=0.5)
+
+# Behind an HTTPS proxy: the proxy's header that says the request was HTTPS (e.g.
+# "X-Forwarded-Proto: https"), the origins the admin's forms are posted from (the CSRF origin
+# check compares them with what the browser sends), secure cookies and HSTS.
+SECURE_PROXY_SSL_HEADER_NAME = envstr("SECURE_PROXY_SSL_HEADER")
+if SECURE_PROXY_SSL_HEADER_NAME:
+    _ssl_header, _, _ssl_value = SECURE_PROXY_SSL_HEADER_NAME.partition(":")
+    if not _ssl_header.strip() or not _ssl_value.strip():
+        raise ConfigError("SECURE_PROXY_SSL_HEADER must look like 'X-Forwarded-Proto: https'")
+    SECURE_PROXY_SSL_HEADER = (
+        "HTTP_" + _ssl_header.strip().upper().replace("-", "_"),
+        _ssl_value.strip(),
+    )
+CSRF_TRUSTED_ORIGINS = envlist("CSRF_TRUSTED_ORIGINS", [])
+for _origin in CSRF_TRUSTED_ORIGINS:
+    if not _origin.startswith(("http://", "https://")):
+        raise ConfigError(f"CSRF_TRUSTED_ORIGINS: {_origin!r} must start with https:// or http://")
+SECURE_COOKIES = envbool("SECURE_COOKIES", False)
+SESSION_COOKIE_SECURE = SECURE_COOKIES
+CSRF_COOKIE_SECURE = SECURE_COOKIES
+SECURE_HSTS_SECONDS = envint("SECURE_HSTS_SECONDS", 0, minimum=0)
+
+# Static files (the admin's CSS and JS) are served by Daphne in every mode, by project.asgi
+# (before the middleware: a sync-only static middleware such as WhiteNoise's would put every
+# async view, the SSE stream's included, behind a thread hop).

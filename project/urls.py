@@ -7,6 +7,7 @@ from django.views.decorators.csrf import csrf_exempt
 
 from api import openapi, views
 from api.errors import ApiError, error_response
+from api.login_throttle import throttled_admin_login
 from project import health, metrics, sample
 from realtime.sse import generation_events
 
@@ -24,6 +25,8 @@ urlpatterns = [
     path("healthz", health.healthz),
     path("readyz", health.readyz),
     path("metrics", metrics.metrics_view),
+    # Before admin.site.urls, which has its own login/: failed sign-ins are throttled.
+    path("admin/login/", throttled_admin_login(admin.site.login)),
     path("admin/", admin.site.urls),
     path("", sample.sample_file),
     # <path:...>: the vendored libraries sit in frontend-sample/vendor/ (sample.py checks it).

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import unicodedata
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,25 +60,78 @@ def decode_token(token: str) -> dict[str, Any]:
         raise _unauthorized("The token is not valid yet.") from None
     except jwt.InvalidTokenError:
         raise _unauthorized() from None
+    except (jwt.PyJWTError, ValueError, TypeError):
+        # A header naming an allowed algorithm of another key family (ES256 with an RSA key
+        # when both are allowed): the key cannot verify it, so the token is simply invalid.
+        raise _unauthorized() from None
     if claims.get("aud") == _TICKET_AUDIENCE or claims.get("typ") == "ticket":
         raise _unauthorized()
     if not isinstance(claims.get("sub"), str) or not claims["sub"]:
         raise _unauthorized()
     if not isinstance(claims.get("exp"), int | float):
         raise _unauthorized()
+    if claims["exp"] - time.time() > settings.JWT_MAX_TTL_S + settings.JWT_LEEWAY_S:
+        raise _unauthorized(
+            f"The token lives longer than the {settings.JWT_MAX_TTL_S} s this service allows."
+        )
     return claims
 
 
+# Unicode categories a username may not contain: controls, format characters (zero-width
+# spaces and joiners, the bidirectional overrides that make a name display as another),
+# line and paragraph separators, surrogates, private-use and unassigned code points.
+_REFUSED_USERNAME_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs", "Co", "Cn"})
+
+
+def username_problem(username: str) -> str | None:
+    """Why `username` cannot name an account, or None when it can.
+
+    A name must survive storage byte for byte: a lone surrogate cannot be encoded at all, and
+    Django's create_user applies NFKC, so a full-width or otherwise compatibility-mapped name
+    would be stored as another (existing) name. Invisible and bidirectional-control characters
+    are refused so that two accounts can never look the same in the admin or a log.
+    """
+    try:
+        username.encode("utf-8")
+    except UnicodeEncodeError:
+        return "The username is not valid Unicode text."
+    if any(unicodedata.category(char) in _REFUSED_USERNAME_CATEGORIES for char in username):
+        return "The username contains invisible or control characters."
+    if unicodedata.normalize("NFKC", username) != username:
+        return "The username is not in normalised (NFKC) form."
+    return None
+
+
+def exact_user(username: str) -> AbstractBaseUser | None:
+    """The account whose username is exactly `username`, byte for byte, on every database.
+
+    MySQL's collations (utf8mb4_unicode_ci here) compare case- and accent-insensitively and
+    ignore trailing spaces, so `ALICE`, `alíce` and `alice ` all match alice's row there: the
+    database narrows the candidates and Python makes the exact comparison.
+    """
+    candidates = get_user_model().objects.filter(username=username)
+    for user in candidates:
+        if user.get_username() == username:
+            return user
+    return None
+
+
 def user_for_username(username: str) -> AbstractBaseUser:
+    if username_problem(username) is not None:
+        raise _unauthorized()
     model = get_user_model()
-    user = model.objects.filter(username=username).first()
+    user = exact_user(username)
     if user is None:
         if not settings.JWT_AUTO_CREATE_USERS or len(username) > 150:
             raise _unauthorized()
         try:
             user = model.objects.create_user(username=username)
-        except IntegrityError:  # created by a concurrent first request
-            user = model.objects.get(username=username)
+        except IntegrityError:
+            # Created by a concurrent first request, or another name that the database's
+            # collation treats as equal exists (then this subject names no account).
+            user = exact_user(username)
+            if user is None:
+                raise _unauthorized() from None
     if not user.is_active:
         raise _unauthorized()
     return user
@@ -114,6 +168,10 @@ def issue_token(username: str, *, ttl_s: int | None = None) -> tuple[str, int]:
     """A signed access token for `username` and its lifetime in seconds."""
     key, algorithm = _signing_key_and_algorithm()
     ttl = ttl_s if ttl_s is not None else settings.JWT_TTL_S
+    if not 1 <= ttl <= settings.JWT_MAX_TTL_S:
+        raise ApiError(
+            "invalid_request", f"A token lives 1 to {settings.JWT_MAX_TTL_S} s (JWT_MAX_TTL_S)."
+        )
     now = int(time.time())
     claims: dict[str, Any] = {"sub": username, "iat": now, "exp": now + ttl}
     if settings.JWT_AUDIENCE:
@@ -141,6 +199,13 @@ def issue_ticket(*, user_id: int, generation_id: str) -> tuple[str, int]:
         "exp": now + ttl + 1,
     }
     return jwt.encode(claims, settings.SECRET_KEY, algorithm="HS256"), ttl
+
+
+def user_is_active(user_id: int) -> bool:
+    """Whether the account still exists and is active: a ticket (and an open WebSocket) stops
+    working as soon as its user is deactivated, not when it expires."""
+    model = get_user_model()
+    return bool(model.objects.filter(pk=user_id, is_active=True).exists())
 
 
 def verify_ticket(ticket: str, *, generation_id: str) -> int:

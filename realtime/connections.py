@@ -89,3 +89,36 @@ class MemoryConnectionRegistry(ConnectionRegistry):
 @cache
 def connection_registry() -> ConnectionRegistry:
     return RedisConnectionRegistry() if settings.DISTRIBUTED else MemoryConnectionRegistry()
+
+
+# --- Event streams (SSE) per user: MAX_SSE_STREAMS_PER_USER (PROTOCOL §8) --------------------
+#
+# Counted apart from the WebSocket connections, in the same way (a crashed process's entries
+# expire after CONNECTION_TTL_S; an open stream refreshes its own). `remove_now` is synchronous
+# because a stream that never started is released from Django's response.close(), in a thread.
+
+
+class RedisStreamRegistry(RedisConnectionRegistry):
+    @staticmethod
+    def _key(user_id: int) -> str:
+        return f"llm:sse-streams:{user_id}"
+
+    def remove_now(self, user_id: int, stream_id: str) -> None:
+        from realtime.redis import sync_client
+
+        sync_client().zrem(self._key(user_id), stream_id)
+
+
+class MemoryStreamRegistry(MemoryConnectionRegistry):
+    def remove_now(self, user_id: int, stream_id: str) -> None:
+        with self._lock:
+            current = self._by_user.get(user_id)
+            if current is not None:
+                current.discard(stream_id)
+                if not current:
+                    del self._by_user[user_id]
+
+
+@cache
+def stream_registry() -> RedisStreamRegistry | MemoryStreamRegistry:
+    return RedisStreamRegistry() if settings.DISTRIBUTED else MemoryStreamRegistry()

@@ -27,7 +27,7 @@ from api.ids import looks_like_generation_id
 from api.selectors import RowState, arow_state, limits_for
 from api.validation import parse_generation_params, parse_idempotency_key
 from project import metrics
-from realtime.auth import Identity, authenticate_token
+from realtime.auth import Identity, authenticate_token, user_is_active
 from realtime.connections import REFRESH_INTERVAL_S, connection_registry
 from realtime.eventlog import StoredEvent
 from realtime.events import dumps
@@ -53,6 +53,46 @@ CLOSE_AUTH_TIMEOUT = 4408
 CLOSE_TOO_MANY_CONNECTIONS = 4429
 
 _GENERATE_FIELDS = frozenset({"type", "ref", "idempotency_key"})
+# The largest `after` accepted: seqs never come near it, and Redis (ZRANGEBYSCORE, INCR)
+# handles integers up to 2**63 - 1 only; 2**64 used to drop the connection in distributed mode.
+MAX_SEQ = 2**53
+
+
+def frame_burst() -> int:
+    """Frames a connection may send at once before WS_FRAMES_PER_SECOND applies."""
+    return int(2 * settings.WS_FRAMES_PER_SECOND)
+
+
+def _reject_constant(value: str) -> Any:
+    raise ValueError(f"{value} is not valid JSON")
+
+
+def parse_frame(text: str) -> Any:
+    """The frame's JSON; NaN and Infinity are refused (they would be echoed back as invalid
+    JSON in `ref`), and so is nesting too deep for the parser (a RecursionError was a 1011)."""
+    try:
+        return json.loads(text, parse_constant=_reject_constant)
+    except (ValueError, RecursionError):
+        raise FrameError(ApiError("invalid_json", "The frame is not valid JSON.")) from None
+
+
+def _echoable(ref: Any) -> bool:
+    """Whether `ref` can be echoed as it came: any JSON value whose text encodes as UTF-8 (a
+    string with a lone surrogate cannot; NaN and Infinity were refused by the parser)."""
+    try:
+        dumps({"ref": ref}).encode("utf-8")
+    except (UnicodeEncodeError, ValueError, RecursionError):
+        return False
+    return True
+
+
+def _encodable(text: str) -> bool:
+    """Whether `text` can be sent in a frame (a lone surrogate cannot be encoded as UTF-8)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _closing(fn: Any) -> Any:
@@ -117,6 +157,8 @@ class StreamConsumer(AsyncConsumer):  # type: ignore[misc]
         self.has_subscriptions = asyncio.Event()
         self.closed = False
         self.tasks: list[asyncio.Task[None]] = []
+        self.frame_allowance = float(frame_burst())
+        self.frame_allowance_at = time.monotonic()
         if not origin_allowed(self.scope):
             await self.send({"type": "websocket.close"})  # before accept: HTTP 403
             return
@@ -229,13 +271,21 @@ class StreamConsumer(AsyncConsumer):  # type: ignore[misc]
         ref: Any = None
         frame: Any = None
         try:
-            try:
-                frame = json.loads(text)
-            except ValueError:
-                raise FrameError(ApiError("invalid_json", "The frame is not valid JSON.")) from None
+            if not self._frame_allowed():
+                raise FrameError(self._frame_rate_error())
+            frame = parse_frame(text)
             if not isinstance(frame, dict):
                 raise FrameError(ApiError("invalid_request", "A frame must be a JSON object."))
             ref = frame.get("ref")
+            if not _echoable(ref):
+                ref = None
+                raise FrameError(
+                    ApiError(
+                        "invalid_request",
+                        "ref cannot be echoed.",
+                        details={"ref": "JSON text that is valid Unicode (no lone surrogates)."},
+                    )
+                )
             kind = frame.get("type")
             if self.identity is None:
                 if kind != "auth":
@@ -280,10 +330,21 @@ class StreamConsumer(AsyncConsumer):  # type: ignore[misc]
                 await self._send_error(failure.error, ref, failure.generation_id)
             else:
                 await self._send_error(failure, ref, None)
+        except Exception:
+            # A frame no rule above foresaw: never a 1011 and a traceback for the client.
+            logger.exception("unhandled error in a WebSocket frame")
+            if self.identity is None:
+                await self._close(CLOSE_UNAUTHORIZED)
+            else:
+                await self._send_error(
+                    ApiError("internal_error", "Something went wrong."),
+                    ref if _echoable(ref) else None,
+                    None,
+                )
 
     async def _send_error(self, error: ApiError, ref: Any, generation_id: str | None) -> None:
-        reply: dict[str, Any] = {"type": "error", "ref": ref}
-        if generation_id is not None:
+        reply: dict[str, Any] = {"type": "error", "ref": ref if _echoable(ref) else None}
+        if generation_id is not None and _encodable(generation_id):
             reply["id"] = generation_id
         reply.update({"code": error.code, "message": error.message, "details": error.details})
         if error.retry_after_s is not None:
@@ -321,6 +382,7 @@ class StreamConsumer(AsyncConsumer):  # type: ignore[misc]
                 return
             self.registered = True
             self.tasks.append(asyncio.create_task(self._ticker()))
+            self.tasks.append(asyncio.create_task(self._watch_account()))
         self.identity = identity
         if self.expiry_task is not None:
             self.expiry_task.cancel()
@@ -336,6 +398,7 @@ class StreamConsumer(AsyncConsumer):  # type: ignore[misc]
 
     async def _generate(self, frame: dict[str, Any], ref: Any) -> None:
         assert self.identity is not None
+        self._ensure_subscription_room(None)
         params = parse_generation_params(frame, extra_fields=_GENERATE_FIELDS)
         key = parse_idempotency_key(frame.get("idempotency_key"))
         generation, _ = await _closing(services.generation_create)(
@@ -346,7 +409,8 @@ class StreamConsumer(AsyncConsumer):  # type: ignore[misc]
 
     def _generation_id(self, frame: dict[str, Any]) -> str:
         generation_id = frame.get("id")
-        if not isinstance(generation_id, str) or not generation_id:
+        # Encodable: the id is echoed in replies, and a lone surrogate cannot be sent.
+        if not isinstance(generation_id, str) or not generation_id or not _encodable(generation_id):
             raise FrameError(
                 ApiError("invalid_request", "id is required.", details={"id": "A generation id."})
             )
@@ -354,10 +418,11 @@ class StreamConsumer(AsyncConsumer):  # type: ignore[misc]
 
     async def _subscribe(self, frame: dict[str, Any], ref: Any) -> None:
         generation_id = self._generation_id(frame)
+        self._ensure_subscription_room(generation_id)
         after = frame.get("after", 0)
         if after is None:
             after = 0
-        if isinstance(after, bool) or not isinstance(after, int) or after < 0:
+        if isinstance(after, bool) or not isinstance(after, int) or not 0 <= after <= MAX_SEQ:
             raise FrameError(
                 ApiError(
                     "invalid_request",
@@ -449,6 +514,70 @@ class StreamConsumer(AsyncConsumer):  # type: ignore[misc]
 
     async def _ping(self, frame: dict[str, Any], ref: Any) -> None:
         await self._send_json({"type": "pong", "ref": ref})
+
+    # -- abuse limits: frame rate, subscriptions per connection, deactivated accounts -------
+
+    def _frame_allowed(self) -> bool:
+        """A token bucket per connection: WS_FRAMES_PER_SECOND, bursts of frame_burst()."""
+        now = time.monotonic()
+        rate = settings.WS_FRAMES_PER_SECOND
+        self.frame_allowance = min(
+            float(frame_burst()), self.frame_allowance + (now - self.frame_allowance_at) * rate
+        )
+        self.frame_allowance_at = now
+        if self.frame_allowance < 1:
+            metrics.REJECTIONS.inc(code="rate_limited")
+            return False
+        self.frame_allowance -= 1
+        return True
+
+    def _frame_rate_error(self) -> ApiError:
+        rate = settings.WS_FRAMES_PER_SECOND
+        return ApiError(
+            "rate_limited",
+            f"Too many frames: at most {rate} per second on one connection; "
+            "this frame was not processed.",
+            retry_after_s=1,
+        )
+
+    def _ensure_subscription_room(self, generation_id: str | None) -> None:
+        """Refuse a new subscription past MAX_SUBSCRIPTIONS_PER_CONNECTION (replacing an
+        existing subscription to the same id is always allowed)."""
+        limit = settings.MAX_SUBSCRIPTIONS_PER_CONNECTION
+        if generation_id in self.subscriptions or len(self.subscriptions) < limit:
+            return
+        raise FrameError(
+            ApiError(
+                "rate_limited",
+                f"At most {limit} subscriptions per connection: unsubscribe from one first.",
+                details={"max_subscriptions": limit},
+                retry_after_s=1,
+            ),
+            generation_id,
+        )
+
+    async def _watch_account(self) -> None:
+        """Close the connection (4401) within ACCOUNT_RECHECK_INTERVAL_S of the user being
+        deactivated or deleted: the token alone would keep it working until it expires."""
+        while not self.closed:
+            await asyncio.sleep(settings.ACCOUNT_RECHECK_INTERVAL_S)
+            if self.identity is None or self.closed:
+                continue
+            try:
+                active = await _closing(user_is_active)(self.identity.user.pk)
+            except UNAVAILABLE_ERRORS as failure:
+                logger.warning("account check deferred: %r", failure)
+                continue
+            if not active:
+                await self._send_json(
+                    {
+                        "type": "error",
+                        "code": "unauthorized",
+                        "message": "The account is deactivated.",
+                    }
+                )
+                await self._close(CLOSE_UNAUTHORIZED)
+                return
 
     # -- events in from the channel layer ----------------------------------------------------
 

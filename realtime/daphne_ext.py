@@ -22,10 +22,13 @@ Installed from ``project.asgi`` only when the process is Daphne (its reactor is 
 
 from __future__ import annotations
 
+import io
+import json
 import logging
 import sys
 import weakref
 from typing import Any
+from urllib.parse import unquote_plus
 
 from django.conf import settings
 
@@ -64,6 +67,8 @@ def install() -> None:
     if _installed or "daphne.server" not in sys.modules:
         return
     _installed = True
+    install_body_limit()
+    install_access_log()
     from daphne.ws_protocol import WebSocketProtocol
     from twisted.internet import defer, reactor
 
@@ -122,3 +127,159 @@ def install() -> None:
         return done
 
     reactor.addSystemEventTrigger("before", "shutdown", close_all)  # type: ignore[attr-defined,arg-type]
+
+
+# --- Request bodies: the size limit before reading, and multipart left to the app -----------
+#
+# Twisted buffers a whole request body (in memory, then in a temporary file) before Daphne
+# hands the request to the application, so Django's 413 came only after the server had paid
+# for every byte: one 100 MB POST to any URL, without a token, cost 106 MB of memory and 208 MB
+# of /tmp. A body larger than MAX_REQUEST_BYTES is refused here instead: from its
+# Content-Length before any of it is read, and a chunked body as soon as it crosses the limit.
+# Twisted also parsed multipart/form-data bodies itself and answered an empty bare 400 to any
+# it could not parse; the application (a JSON 415 from the API) decides instead.
+
+
+def _payload_too_large_response() -> bytes:
+    body = json.dumps(
+        {
+            "error": {
+                "code": "payload_too_large",
+                "message": "The request body is larger than 64 KiB.",
+                "details": {},
+            }
+        }
+    ).encode()
+    head = (
+        "HTTP/1.1 413 Payload Too Large\r\n"
+        "Content-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n"
+        "Connection: close\r\n\r\n"
+    ).encode()
+    return head + body
+
+
+def _refuse_body(request: Any) -> None:
+    """Answer 413 and drop the connection; nothing more of this request is read or run."""
+    if getattr(request, "_body_refused", False):
+        return
+    request._body_refused = True
+    request.content = io.BytesIO()
+    # Twisted answers "Expect: 100-continue" right after gotLength: that would follow the 413
+    # on the wire and invite the client to send the body after all.
+    request.requestHeaders.removeHeader(b"Expect")
+    logger.warning("refused a request body over %d bytes", settings.MAX_REQUEST_BYTES)
+    channel = request.channel
+    if channel is not None and channel.transport is not None:
+        channel.transport.write(_payload_too_large_response())
+        channel.loseConnection()
+
+
+def install_body_limit() -> None:
+    from daphne.http_protocol import WebRequest
+
+    original_got_length = WebRequest.gotLength
+    original_chunk = WebRequest.handleContentChunk
+    original_received = WebRequest.requestReceived
+
+    def got_length(self: Any, length: int | None) -> None:
+        self._body_bytes = 0
+        # Daphne passes the raw body on and never reads Twisted's parsed form arguments
+        # (set per request: Request.__init__ sets it on the instance).
+        self._parsePOSTFormSubmission = False
+        if length is not None and length > settings.MAX_REQUEST_BYTES:
+            _refuse_body(self)
+            return
+        original_got_length(self, length)
+
+    def handle_content_chunk(self: Any, data: bytes) -> None:
+        if getattr(self, "_body_refused", False):
+            return
+        self._body_bytes = getattr(self, "_body_bytes", 0) + len(data)
+        if self._body_bytes > settings.MAX_REQUEST_BYTES:
+            _refuse_body(self)
+            return
+        original_chunk(self, data)
+
+    def request_received(self: Any, command: bytes, path: bytes, version: bytes) -> None:
+        if getattr(self, "_body_refused", False):
+            return
+        original_received(self, command, path, version)
+
+    WebRequest.gotLength = got_length
+    WebRequest.handleContentChunk = handle_content_chunk
+    WebRequest.requestReceived = request_received
+
+
+# --- The access log: through the service's logging, secrets in query strings redacted -------
+#
+# Daphne writes its access log (on by default) as plain text to stdout with each request's
+# full query string, so an SSE ticket, or a token a client wrongly put in a URL, ended up in
+# log files. Entries go through the `access` logger instead (JSON when LOG_FORMAT=json), with
+# the values of those parameters replaced.
+
+ACCESS_LOGGER = logging.getLogger("access")
+REDACTED = "[redacted]"
+# Query parameters whose values are credentials (lower-cased names).
+SECRET_QUERY_PARAMETERS = frozenset(
+    {"ticket", "token", "access_token", "jwt", "auth", "authorization", "key", "api_key"}
+)
+
+
+def redact_path(path: str) -> str:
+    """`path` with the value of every credential query parameter replaced."""
+    base, separator, query = path.partition("?")
+    if not separator:
+        return path
+    parts = []
+    for part in query.split("&"):
+        name, equals, _value = part.partition("=")
+        if equals and unquote_plus(name).lower() in SECRET_QUERY_PARAMETERS:
+            parts.append(f"{name}={REDACTED}")
+        else:
+            parts.append(part)
+    return f"{base}?{'&'.join(parts)}"
+
+
+_ACCESS_VERBS = {
+    ("http", "complete"): None,
+    ("websocket", "connecting"): "WSCONNECTING",
+    ("websocket", "rejected"): "WSREJECT",
+    ("websocket", "connected"): "WSCONNECT",
+    ("websocket", "disconnected"): "WSDISCONNECT",
+}
+
+
+def log_access(protocol: str, action: str, details: dict[str, Any]) -> None:
+    if (protocol, action) not in _ACCESS_VERBS:
+        return
+    verb = _ACCESS_VERBS[(protocol, action)] or str(details.get("method", "-"))
+    path = redact_path(str(details.get("path", "")))
+    status = details.get("status")
+    size = details.get("size")
+    ACCESS_LOGGER.info(
+        '%s "%s %s" %s %s',
+        details.get("client") or "-",
+        verb,
+        path,
+        status if status is not None else "-",
+        size if size is not None else "-",
+        extra={
+            "client": details.get("client"),
+            "method": verb,
+            "path": path,
+            "status": status,
+            "size": size,
+        },
+    )
+
+
+def install_access_log() -> None:
+    from daphne.server import Server
+
+    def log_action(self: Any, protocol: str, action: str, details: dict[str, Any]) -> None:
+        # Daphne's own access log is on unless started with -v0; so is this one.
+        if self.action_logger:
+            log_access(protocol, action, details)
+
+    Server.log_action = log_action

@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable
 
 from asgiref.sync import sync_to_async
+from django.conf import settings
 from django.db import connection
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 
@@ -15,7 +17,8 @@ from api.errors import UNAVAILABLE_ERRORS, ApiError, error_response, not_found, 
 from api.ids import looks_like_generation_id
 from api.selectors import RowState, arow_state, row_state
 from project import metrics
-from realtime.auth import authenticate_token, bearer_token, verify_ticket
+from realtime.auth import authenticate_token, bearer_token, user_is_active, verify_ticket
+from realtime.connections import REFRESH_INTERVAL_S, stream_registry
 from realtime.eventlog import StoredEvent
 from realtime.live import LiveInbox, stored_event
 from realtime.subscription import GenerationNotFound, Subscription
@@ -26,6 +29,8 @@ logger = logging.getLogger(__name__)
 # responses at 30-60 s. 10 s leaves room for a slow write.
 PING_INTERVAL_S = 10.0
 RETRY_MS = 1000
+# Retry-After of too_many_streams: a stream ends with its generation, often within seconds.
+STREAM_RETRY_AFTER_S = 5
 
 
 def _user_id_and_row(header: str | None, generation_id: str) -> tuple[int, RowState | None]:
@@ -80,6 +85,9 @@ async def generation_events(
             if not looks_like_generation_id(generation_id):
                 raise not_found()
             user_id = verify_ticket(ticket, generation_id=generation_id)
+            if not await _closing_user_is_active(user_id):
+                # Deactivation applies at once, not when the ticket expires.
+                raise ApiError("unauthorized", "The ticket is not valid.")
             row = await arow_state(generation_id)
         after = parse_position(request)
         if not looks_like_generation_id(generation_id):
@@ -94,12 +102,68 @@ async def generation_events(
     if row.terminal and after >= row.seq:
         # At or after `done`: tells EventSource to stop reconnecting.
         return HttpResponse(status=204)
+    try:
+        slot = await StreamSlot.take(user_id)
+    except ApiError as error:
+        return error_response(error)
+    except UNAVAILABLE_ERRORS as failure:
+        logger.warning("a dependency is unreachable in %s: %r", request.path, failure)
+        return error_response(unavailable())
     response = StreamingHttpResponse(
-        _stream(generation_id, after, row), content_type="text/event-stream"
+        _stream(generation_id, after, row, slot), content_type="text/event-stream"
     )
+    # A stream that never starts (the client left during the headers) is released here.
+    response._resource_closers.append(slot.release)  # type: ignore[attr-defined]
     response["Cache-Control"] = "no-cache"
     response["X-Accel-Buffering"] = "no"
     return response
+
+
+async def _closing_user_is_active(user_id: int) -> bool:
+    def check() -> bool:
+        try:
+            return user_is_active(user_id)
+        finally:
+            connection.close()
+
+    return await sync_to_async(check, thread_sensitive=False)()
+
+
+class StreamSlot:
+    """One of the user's MAX_SSE_STREAMS_PER_USER open event streams (PROTOCOL §8)."""
+
+    def __init__(self, user_id: int) -> None:
+        self.user_id = user_id
+        self.stream_id = uuid.uuid4().hex
+        self.released = False
+
+    @classmethod
+    async def take(cls, user_id: int) -> StreamSlot:
+        slot = cls(user_id)
+        limit = settings.MAX_SSE_STREAMS_PER_USER
+        if not await stream_registry().add(user_id, slot.stream_id, limit):
+            metrics.REJECTIONS.inc(code="too_many_streams")
+            raise ApiError(
+                "too_many_streams",
+                f"At most {limit} event streams per user are open at once.",
+                # Streams end when their generation does: a client retries after a while.
+                retry_after_s=STREAM_RETRY_AFTER_S,
+            )
+        return slot
+
+    async def refresh(self) -> None:
+        await stream_registry().refresh(self.user_id, self.stream_id)
+
+    def release(self) -> None:
+        """Idempotent: from the stream's end and from the response's close."""
+        if self.released:
+            return
+        self.released = True
+        try:
+            stream_registry().remove_now(self.user_id, self.stream_id)
+        except UNAVAILABLE_ERRORS as failure:
+            # The entry expires by itself after CONNECTION_TTL_S.
+            logger.warning("releasing an event stream slot failed: %r", failure)
 
 
 async def _tolerating_outage(step: Awaitable[None], generation_id: str) -> None:
@@ -112,7 +176,9 @@ async def _tolerating_outage(step: Awaitable[None], generation_id: str) -> None:
         logger.warning("events of %s deferred: %r", generation_id, failure)
 
 
-async def _stream(generation_id: str, after: int, row: RowState) -> AsyncIterator[str]:
+async def _stream(
+    generation_id: str, after: int, row: RowState, slot: StreamSlot
+) -> AsyncIterator[str]:
     out: list[str] = []
 
     async def emit(event: StoredEvent) -> None:
@@ -129,7 +195,11 @@ async def _stream(generation_id: str, after: int, row: RowState) -> AsyncIterato
         await _tolerating_outage(subscription.start(row), generation_id)
         last_write = time.monotonic()
         last_check = last_write
+        last_refresh = last_write
         while True:
+            if time.monotonic() - last_refresh > REFRESH_INTERVAL_S:
+                last_refresh = time.monotonic()
+                await _tolerating_outage(slot.refresh(), generation_id)
             if out:
                 chunk = "".join(out)
                 out.clear()
@@ -168,4 +238,8 @@ async def _stream(generation_id: str, after: int, row: RowState) -> AsyncIterato
         logger.warning("event stream of %s ended: %r", generation_id, failure)
     finally:
         metrics.SSE_STREAMS_OPEN.dec()
-        await inbox.close([generation_id])
+        try:
+            await inbox.close([generation_id])
+        finally:
+            # Also released by the response's close(), should this be cancelled.
+            await sync_to_async(slot.release, thread_sensitive=False)()

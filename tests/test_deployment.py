@@ -21,7 +21,7 @@ def _compose() -> dict[str, Any]:
 
 def test_compose_file_defines_the_distributed_mode() -> None:
     services = _compose()["services"]
-    assert {"mysql", "redis", "migrate", "web", "worker"} <= set(services)
+    assert {"mariadb", "redis", "migrate", "web", "worker"} <= set(services)
 
 
 def test_compose_roles_run_the_documented_commands() -> None:
@@ -60,3 +60,86 @@ def test_readme_shows_the_process_commands() -> None:
         "./dev test",
     ):
         assert command in readme, command
+
+
+# --- The operator's path (issue 14): one image, MariaDB, a fixed port, an env file -----------
+
+
+def _readme_settings() -> list[str]:
+    """The variable names of README.md's configuration table."""
+    import re
+
+    readme = (ROOT / "README.md").read_text()
+    table = readme[readme.index("| variable | default | meaning |") :]
+    table = table[: table.index("\n\n")]
+    names: list[str] = []
+    for line in table.splitlines()[2:]:
+        names += re.findall(r"`([A-Z][A-Z0-9_]+)`", line.split("|")[1])
+    return names
+
+
+def test_compose_builds_one_image_for_every_role() -> None:
+    services = _compose()["services"]
+    roles = ("migrate", "web", "worker")
+    images = {services[role]["image"] for role in roles}
+
+    assert len(images) == 1
+    assert [role for role in roles if "build" in services[role]] == ["migrate"]
+    assert all(services[role]["pull_policy"] == "never" for role in ("web", "worker"))
+
+
+def test_compose_runs_on_mariadb_with_the_collation_the_tests_use() -> None:
+    database = _compose()["services"]["mariadb"]
+
+    assert database["image"].startswith("mariadb:")
+    assert "--collation-server=utf8mb4_unicode_ci" in database["command"]
+    assert _compose()["services"]["web"]["environment"]["DATABASE_URL"].startswith("mysql://llm:")
+
+
+def test_compose_publishes_a_fixed_web_port() -> None:
+    assert _compose()["services"]["web"]["ports"] == ["${WEB_PORT:-8000}:8000"]
+
+
+def test_every_setting_of_the_configuration_table_can_be_set_in_the_env_file() -> None:
+    import re
+
+    services = _compose()["services"]
+    example = (ROOT / "docker.env.example").read_text()
+    listed = set(re.findall(r"^#?([A-Z][A-Z0-9_]+)=", example, flags=re.MULTILINE))
+    in_compose = set(services["web"]["environment"])
+
+    assert all(services[role]["env_file"] == ".env" for role in ("migrate", "web", "worker"))
+    missing = [name for name in _readme_settings() if name not in listed | in_compose]
+    assert missing == []
+    # The secrets must be given: compose stops with a message when they are not.
+    assert services["web"]["environment"]["SECRET_KEY"].startswith("${SECRET_KEY:?")
+    assert services["web"]["environment"]["JWT_SECRET"].startswith("${JWT_SECRET:?")
+
+
+def test_dockerfile_collects_static_files_and_bakes_in_no_secret() -> None:
+    dockerfile = (ROOT / "Dockerfile").read_text()
+
+    assert "manage.py collectstatic --noinput" in dockerfile
+    # The one-off key of the collect step is not kept, and no var/secret_key is left behind.
+    assert "ENV SECRET_KEY" not in dockerfile and "rm -rf /app/var" in dockerfile
+    assert "USER app" in dockerfile
+
+
+def test_readme_distributed_steps_install_the_mysql_extra_in_an_activated_environment() -> None:
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## Running it for real") :]
+    section = section[: section.index("\n## ", 5)]
+
+    for step in (
+        "python3 -m venv .venv",
+        ". .venv/bin/activate",
+        'pip install -e ".[mysql]"',
+        "export DATABASE_URL=mysql://",
+        "export REDIS_URL=redis://",
+        "export SECRET_KEY=",
+        "python manage.py migrate",
+        "python manage.py createsuperuser",
+        "python manage.py run_huey",
+    ):
+        assert step in section, step
+    assert section.index(". .venv/bin/activate") < section.index("python manage.py migrate")

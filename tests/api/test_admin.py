@@ -262,3 +262,45 @@ def test_non_staff_users_are_refused(non_staff_client: Client) -> None:
     assert posted.redirect_chain and "/admin/login/" in posted.redirect_chain[-1][0]
     queued.refresh_from_db()
     assert queued.status == "queued"
+
+
+# --- Security (issue 14) -------------------------------------------------------------------
+
+
+def test_admin_refuses_a_weak_password(admin_client: Client) -> None:
+    from django.contrib.auth import get_user_model
+
+    def add(password: str) -> Any:
+        return admin_client.post(
+            "/admin/auth/user/add/",
+            {
+                "username": f"newbie{len(password)}",
+                "usable_password": "true",
+                "password1": password,
+                "password2": password,
+                # The per-user limits inline, left empty.
+                "limits-TOTAL_FORMS": "0",
+                "limits-INITIAL_FORMS": "0",
+            },
+        )
+
+    weak = add("a")
+    strong = add("a long enough passphrase 42")
+
+    assert weak.status_code == 200  # the form again, with the validators' messages
+    assert "This password is too short" in weak.content.decode()
+    assert not get_user_model().objects.filter(username="newbie1").exists()
+    assert strong.status_code == 302
+    assert get_user_model().objects.filter(username=f"newbie{len('a long enough passphrase 42')}")
+
+
+def test_user_links_url_encode_the_username(admin_client: Client) -> None:
+    # "+" is allowed in Django usernames and means a space in a query string.
+    plus = row("tom+jerry")
+    row("tom jerry")
+
+    html = admin_client.get(CHANGELIST).content.decode()
+    filtered = admin_client.get(f"{CHANGELIST}?user=tom%2Bjerry")
+
+    assert "?user=tom%2Bjerry" in html
+    assert ids_on_page(filtered.content.decode()) == {plus.pk}

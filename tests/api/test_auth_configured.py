@@ -76,7 +76,12 @@ def asymmetric(request: pytest.FixtureRequest, fake_llm: FakeLLM) -> Iterator[As
     # No worker: these tests only authenticate.
     service = Service(
         fake_llm,
-        env={"JWT_PUBLIC_KEY": keys.public_pem, "JWT_PRIVATE_KEY": keys.private_pem},
+        env={
+            "JWT_PUBLIC_KEY": keys.public_pem,
+            "JWT_PRIVATE_KEY": keys.private_pem,
+            # These tests sign tokens without `aud`: the explicit opt-out of the audience.
+            "JWT_ALLOW_ANY_AUDIENCE": "true",
+        },
         workers=0,
     ).start()
     _add_user(service, "pat", PASSWORD)

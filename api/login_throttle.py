@@ -1,0 +1,81 @@
+"""Throttling of password sign-in (PROTOCOL §8): failed attempts per account and per address.
+
+Both the token endpoint (POST /api/v1/auth/token) and the admin's login form use it, through
+the shared rate limiter (Redis in the distributed mode, so every web process counts the same
+failures). Only failures count; while an account or an address is over its limit, every
+attempt, right password or not, gets 429 rate_limited with Retry-After, so a guess cannot be
+confirmed during the wait.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+from collections.abc import Callable
+
+from django.conf import settings
+from django.http import HttpRequest, HttpResponse
+
+from api.errors import ApiError, error_response
+from api.ratelimit import count_failure, retry_after_if_blocked
+
+
+def _account_key(username: str) -> str:
+    # casefold: MySQL's collation lets `ALICE` sign in as alice, so they are one account here.
+    digest = hashlib.sha256(username.casefold().encode("utf-8", "replace")).hexdigest()[:32]
+    return f"login-account:{digest}"
+
+
+def _address_key(address: str) -> str:
+    return f"login-address:{address}"
+
+
+def client_address(request: HttpRequest) -> str:
+    """The client's address as Daphne reports it (behind a proxy, start Daphne with
+    --proxy-headers so that this is the client's and not the proxy's)."""
+    return str(request.META.get("REMOTE_ADDR") or "unknown")
+
+
+def check_login_allowed(username: str, address: str) -> None:
+    """Raise 429 rate_limited while the account or the address is over its failure limit."""
+    waits = [
+        retry_after_if_blocked(_account_key(username), settings.LOGIN_FAILURES_PER_ACCOUNT),
+        retry_after_if_blocked(_address_key(address), settings.LOGIN_FAILURES_PER_ADDRESS),
+    ]
+    wait_s = max((wait for wait in waits if wait is not None), default=None)
+    if wait_s is not None:
+        raise ApiError(
+            "rate_limited",
+            "Too many failed sign-in attempts; try again later.",
+            retry_after_s=int(wait_s + 0.999),
+        )
+
+
+def record_login_failure(username: str, address: str) -> None:
+    count_failure(_account_key(username))
+    count_failure(_address_key(address))
+
+
+View = Callable[[HttpRequest], HttpResponse]
+
+
+def throttled_admin_login(login_view: View) -> View:
+    """The admin's login view with the same throttle: a POST that re-renders the form (200)
+    failed; a successful one redirects."""
+
+    @functools.wraps(login_view)
+    def view(request: HttpRequest, *args: object, **kwargs: object) -> HttpResponse:
+        if request.method != "POST":
+            return login_view(request, *args, **kwargs)
+        username = str(request.POST.get("username", ""))
+        address = client_address(request)
+        try:
+            check_login_allowed(username, address)
+        except ApiError as error:
+            return error_response(error)
+        response = login_view(request, *args, **kwargs)
+        if response.status_code == 200:
+            record_login_failure(username, address)
+        return response
+
+    return view
