@@ -6,18 +6,18 @@ from __future__ import annotations
 import pytest
 
 from jobs.providers.base import Chunk, ProviderError
-from jobs.providers.openai_compatible import _chunk_from, _sse_data
+from jobs.providers.openai_compatible import chunk_from, _sse_data
 
 
 def test_sse_data_joins_data_lines_and_skips_comments_and_other_fields() -> None:
-    lines = [": keep-alive", "", "event: x", "id: 3", 'data: {"a":', "data:1}", "", "data: [DONE]"]
+    lines = [": keep-alive", "", "event: x", "id: 3", 'data: {"a":', "data:1}", "", "data: [DONE]", ""]
     assert list(_sse_data(iter(lines))) == ['{"a":\n1}', "[DONE]"]
 
 
-def test_chunk_from_reads_text_finish_reason_and_usage() -> None:
-    text = _chunk_from('{"choices": [{"index": 0, "delta": {"content": "hé"}}]}')
-    end = _chunk_from('{"choices": [{"index": 0, "delta": {}, "finish_reason": "length"}]}')
-    usage = _chunk_from(
+def testchunk_from_reads_text_finish_reason_and_usage() -> None:
+    text = chunk_from('{"choices": [{"index": 0, "delta": {"content": "hé"}}]}')
+    end = chunk_from('{"choices": [{"index": 0, "delta": {}, "finish_reason": "length"}]}')
+    usage = chunk_from(
         '{"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}}'
     )
     assert text == Chunk(text="hé")
@@ -27,6 +27,6 @@ def test_chunk_from_reads_text_finish_reason_and_usage() -> None:
 
 def test_an_error_inside_the_stream_is_a_transient_provider_error() -> None:
     with pytest.raises(ProviderError) as raised:
-        _chunk_from('{"error": {"message": "overloaded", "type": "server_error"}}')
+        chunk_from('{"error": {"message": "overloaded", "type": "server_error"}}')
     assert raised.value.permanent is False
     assert str(raised.value) == "overloaded"
