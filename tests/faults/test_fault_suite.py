@@ -314,5 +314,11 @@ def test_provider_errors_and_drops(cluster: Service, fault_report: list[FaultRow
         injected=lambda _: faults.injected,
         seed=17,
     )
-    assert set(row.failed) <= {"provider_error"}, row
-    assert row.failed["provider_error"] >= 1, row
+    # Each failure named as PROTOCOL §8 says (a 400 is provider_bad_request; 5xx, 429 and
+    # drops that outlast the retries are provider_unavailable or provider_rate_limited).
+    assert set(row.failed) <= {
+        "provider_bad_request",
+        "provider_unavailable",
+        "provider_rate_limited",
+    }, row
+    assert sum(row.failed.values()) >= 1, row
