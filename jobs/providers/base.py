@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import importlib
 import random
 import threading
 import time
@@ -175,11 +176,18 @@ def stream_with_retry(
         return
 
 
-def _registry() -> dict[str, Callable[[], Provider]]:
-    from jobs.providers.demo import DemoProvider
-    from jobs.providers.openai_compatible import OpenAIProvider
+# The providers by name, as "module:class": each is imported only when it is selected, so
+# that the demo runs (and the web process starts) without the openai SDK being importable.
+PROVIDERS = {
+    "openai": "jobs.providers.openai_compatible:OpenAIProvider",
+    "demo": "jobs.providers.demo:DemoProvider",
+}
 
-    return {"openai": OpenAIProvider, "demo": DemoProvider}
+
+def _load(name: str) -> Callable[[], Provider]:
+    module_name, _, class_name = PROVIDERS[name].partition(":")
+    factory: Callable[[], Provider] = getattr(importlib.import_module(module_name), class_name)
+    return factory
 
 
 _instances: dict[str, Provider] = {}
@@ -195,7 +203,7 @@ def get_provider(name: str | None = None) -> Provider:
         with _instances_lock:
             provider = _instances.get(name)
             if provider is None:
-                provider = _instances[name] = _registry()[name]()
+                provider = _instances[name] = _load(name)()
     return provider
 
 

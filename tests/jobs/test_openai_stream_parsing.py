@@ -6,11 +6,21 @@ from __future__ import annotations
 import pytest
 
 from jobs.providers.base import Chunk, ProviderError
-from jobs.providers.openai_compatible import chunk_from, _sse_data
+from jobs.providers.openai_compatible import _sse_data, chunk_from
 
 
 def test_sse_data_joins_data_lines_and_skips_comments_and_other_fields() -> None:
-    lines = [": keep-alive", "", "event: x", "id: 3", 'data: {"a":', "data:1}", "", "data: [DONE]", ""]
+    lines = [
+        ": keep-alive",
+        "",
+        "event: x",
+        "id: 3",
+        'data: {"a":',
+        "data:1}",
+        "",
+        "data: [DONE]",
+        "",
+    ]
     assert list(_sse_data(iter(lines))) == ['{"a":\n1}', "[DONE]"]
 
 
