@@ -387,3 +387,11 @@ LOGGING: dict[str, Any] = {
         "httpx": {"level": "WARNING"},
     },
 }
+# --- Provider and worker loggers (README "Logs") ---
+# The openai SDK 3.x makes its requests through httpx2, which logs every request at INFO
+# ("HTTP Request: POST ..."): one unlabelled line per generation attempt.
+LOGGING["loggers"]["httpx2"] = {"level": "WARNING"}
+# run_huey gives the "huey" logger a plain-text handler of its own unless it already has one,
+# and the lines then also reach the root's handler: each printed twice, once outside the
+# JSON format. With the root's handler here (and no propagation), it adds none.
+LOGGING["loggers"]["huey"] = {"level": "WARNING", "handlers": ["stderr"], "propagate": False}

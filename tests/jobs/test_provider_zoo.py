@@ -5,8 +5,14 @@ error code, usage) and how many requests reached the provider."""
 
 from __future__ import annotations
 
+import itertools
+import json
+import os
+import shutil
+import subprocess
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -15,8 +21,8 @@ import pytest
 from jobs.fake_openai import answer_after_reasoning, expected_text, odd_text, reasoning_text
 from realtime.events import fold, fold_reasoning
 from tests.conftest import create, wait_terminal
-from tests.harness import FakeLLM, Service
-from tests.jobs.support import assert_gap_free, requests_with, unique, watch
+from tests.harness import FakeLLM, Service, make_token
+from tests.jobs.support import requests_with, unique, watch
 
 # Timeouts short enough for a test, in the order a deployment has them: the first byte may
 # take longer than the gap between two chunks.
@@ -54,13 +60,25 @@ def run(
     subscriber = watch(zoo, generation["id"])
     final = wait_terminal(client, generation["id"], timeout_s=90)
     received = subscriber.value()
-    assert_gap_free(received)
+    assert_in_order(received)
     assert fold(received) == final["output"]
     assert fold_reasoning(received) == final["reasoning"]
     assert received[-1]["status"] == final["status"]
     assert received[-1]["finish_reason"] == final["finish_reason"]
     assert received[-1]["error"] == final["error"]
     return final, received, requests_with(fake_llm.requests(), prompt)
+
+
+def assert_in_order(received: list[dict[str, Any]]) -> None:
+    """PROTOCOL §3: seqs go up by one, except to a snapshot (the server filling a gap from
+    the row when the generation ran faster than live delivery); `done` is last."""
+    for before, after in itertools.pairwise(received):
+        if after["type"] == "snapshot":
+            assert after["seq"] >= before["seq"], received
+        else:
+            assert after["seq"] == before["seq"] + 1, received
+    assert received[-1]["type"] == "done"
+    assert all(message["type"] != "done" for message in received[:-1])
 
 
 def assert_completed(final: dict[str, Any], text: str, finish_reason: str = "stop") -> None:
@@ -372,3 +390,38 @@ def test_silence_between_chunks_past_the_read_timeout_fails_each_attempt(
     assert final["attempt"] == 3
     assert len(requests) == 3
     assert final["usage"]["earlier_attempts_completion_tokens"] == 10
+
+
+# -- the sample client ---------------------------------------------------------------------
+
+NODE = shutil.which("node")
+
+
+@pytest.mark.skipif(NODE is None, reason="node is not installed")
+def test_sample_client_folds_reasoning_and_output_apart(
+    zoo: Service, user: httpx.Client, fake_llm: FakeLLM
+) -> None:
+    prompt = unique("zoo [fake tokens=40 reasoning=15 rate=80 server=vllm]")
+    assert NODE is not None
+    ran = subprocess.run(
+        [NODE, str(Path(__file__).with_name("client_fold.mjs"))],
+        env={
+            **os.environ,
+            "BASE_URL": zoo.url(),
+            "TOKEN": make_token("alice"),
+            "PROMPT": prompt,
+        },
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert ran.returncode == 0, ran.stderr
+    seen = json.loads(ran.stdout.strip().splitlines()[-1])
+    final = wait_terminal(user, seen["id"])
+
+    assert final["status"] == "completed"
+    assert seen["text"] == final["output"] == answer_after_reasoning(40, 15)
+    assert seen["reasoning"] == final["reasoning"] == reasoning_text(15)
+    assert seen["update_reasoning"] == final["reasoning"]
+    assert "reasoning" in seen["kinds"]
