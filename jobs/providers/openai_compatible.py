@@ -240,10 +240,10 @@ class OpenAIProvider:
         except Exception as exc:
             raise _error_from(exc) from exc
         try:
-            content_type = response.headers.get("content-type", "")
-            if "text/event-stream" not in content_type:
-                _raise_for_body(response.iter_bytes())
-            yield from read_events(_sse_data(sse_lines(response.iter_bytes())), wants_usage)
+            body = response.iter_bytes()
+            if "text/event-stream" not in response.headers.get("content-type", ""):
+                body = _event_stream_or_raise(body)
+            yield from read_events(_sse_data(sse_lines(body)), wants_usage)
         except (GeneratorExit, ProviderError):
             raise
         except Exception as exc:
@@ -278,14 +278,28 @@ def read_events(events: Iterable[str], wants_usage: bool) -> Iterator[Chunk]:
         )
 
 
-def _raise_for_body(body: Iterable[bytes]) -> None:
+def _event_stream_or_raise(body: Iterator[bytes]) -> Iterator[bytes]:
+    """A 200 answer whose content type is not an event stream: read as one if it looks like
+    one (a proxy may rewrite the header); if it is JSON, a named failure at once."""
+    first = b""
+    for part in body:
+        first += part
+        if first.strip():
+            break
+    if not first.lstrip().startswith((b"{", b"[")):
+        yield first
+        yield from body
+        return
+    _raise_for_body(first, body)
+
+
+def _raise_for_body(data: bytes, body: Iterable[bytes]) -> None:
     """A 200 answer that is not an event stream: an error object, or a whole completion from a
     gateway that ignored stream=true. Either way a named failure, at once."""
-    data = b""
     for part in body:
-        data += part
         if len(data) > NON_STREAM_BODY_MAX_BYTES:
             break
+        data += part
     try:
         payload = json.loads(data.decode("utf-8", "replace"))
     except ValueError:

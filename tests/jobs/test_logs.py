@@ -15,7 +15,6 @@ from tests.conftest import create, wait_terminal
 from tests.harness import FakeLLM, Service
 from tests.jobs.support import unique
 
-
 DAPHNE_ACCESS_LINE = re.compile(r'^\S+:\d+ - - \[[^\]]+\] "')
 
 
