@@ -262,6 +262,8 @@ class FakeOpenAI:
         self._failures: dict[str, int] = {}
         self._drops: dict[str, int] = {}
         self._errors: dict[str, int] = {}
+        # Streams being sent right now (a held-open one counts until its client goes away).
+        self.streaming = 0
         # Open connections and their handlers, so that `stop` can end them.
         self._connections: dict[asyncio.StreamWriter, asyncio.Task[None]] = {}
         self.server: asyncio.AbstractServer | None = None
@@ -425,7 +427,11 @@ class FakeOpenAI:
             text = expected_text(min(behaviour.tokens, int(request.get("max_tokens") or 10**9)))
             await self._send_json(writer, 200, {"choices": [{"message": {"content": text}}]})
             return True
-        return await self._stream(request, behaviour, reader, writer)
+        self.streaming += 1
+        try:
+            return await self._stream(request, behaviour, reader, writer)
+        finally:
+            self.streaming -= 1
 
     async def _stream(
         self,

@@ -22,7 +22,7 @@ from jobs.providers import (
     get_provider,
     stream_with_retry,
 )
-from jobs.providers.base import RETRY_AFTER_MAX_S, backoff_s
+from jobs.providers.base import RETRY_AFTER_MAX_S, abort_hook, backoff_s
 from jobs.providers.demo import tokenize
 from project import metrics
 from realtime import events
@@ -69,10 +69,22 @@ class ChunkPump:
         self._stream = stream
         self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
         self._stop = threading.Event()
+        # How to cut the provider's current connection (jobs.providers.base.abort_hook).
+        self._cut_lock = threading.Lock()
+        self._cut: Callable[[], None] | None = None
         self._thread = threading.Thread(target=self._run, name="provider-stream", daemon=True)
         self._thread.start()
 
+    def _register_cut(self, cut: Callable[[], None] | None) -> None:
+        # Under the lock: an abort in progress finishes its cut before the provider may
+        # release the connection (None), so a cut never lands on a pooled connection.
+        with self._cut_lock:
+            self._cut = cut
+        if cut is not None and self._stop.is_set():
+            self.abort()
+
     def _run(self) -> None:
+        abort_hook.set(self._register_cut)
         try:
             for chunk in self._stream:
                 if self._stop.is_set():
@@ -94,6 +106,14 @@ class ChunkPump:
 
     def close(self) -> None:
         self._stop.set()
+
+    def abort(self) -> None:
+        """Stop, and cut the provider's connection now even if the thread is blocked in a
+        read (a silent provider): the thread then ends instead of waiting out the timeout."""
+        self._stop.set()
+        with self._cut_lock:
+            if self._cut is not None:
+                self._cut()
 
 
 def _finish_reason(reported: str | None) -> str:
@@ -402,9 +422,9 @@ class Runner:
                 self._provider_failed(error)
             return
         finally:
-            # The pump closes the provider's stream (and so its connection: no more tokens
-            # are paid for) as soon as its current read returns.
-            pump.close()
+            # The pump cuts the provider's connection (no more tokens are paid for), also
+            # one blocked in a read of a silent provider, and closes its stream.
+            pump.abort()
         self._flush()
         if self._cancel:
             self._finish(

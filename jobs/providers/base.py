@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextvars
 import importlib
 import random
 import threading
@@ -107,6 +108,25 @@ class ProviderError(Exception):
         if self.retry_after_s is not None:
             error["retry_after"] = max(1, round(self.retry_after_s))
         return error
+
+
+# Where a provider registers how to cut its open connection from another thread. The stream is
+# read in a thread of its own (jobs.runner.ChunkPump), blocked in a socket read while the
+# provider is silent; closing the generator cannot interrupt that read, so a runner that
+# gives up on a silent stream (past the finish reason's grace, or the between-chunk timeout)
+# cuts the connection instead of leaving the thread and the connection to the read timeout.
+abort_hook: contextvars.ContextVar[Callable[[Callable[[], None] | None], None] | None] = (
+    contextvars.ContextVar("provider_abort_hook", default=None)
+)
+
+
+def on_abort(cut: Callable[[], None] | None) -> None:
+    """Called by a provider (in the reading thread) with how to cut its current connection,
+    and with None before it releases that connection (to its pool: cutting it then would cut
+    another request's)."""
+    register = abort_hook.get()
+    if register is not None:
+        register(cut)
 
 
 class Provider(Protocol):

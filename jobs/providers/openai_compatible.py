@@ -14,6 +14,7 @@ import fnmatch
 import json
 import logging
 import re
+import socket
 import time
 from collections.abc import Generator, Iterable, Iterator
 from typing import Any
@@ -35,6 +36,7 @@ from jobs.providers.base import (
     ProviderError,
     ProviderRequest,
     chat_messages,
+    on_abort,
 )
 
 logger = logging.getLogger(__name__)
@@ -239,6 +241,7 @@ class OpenAIProvider:
             response = context.__enter__()
         except Exception as exc:
             raise _error_from(exc) from exc
+        on_abort(lambda: _cut(response))
         try:
             body = response.iter_bytes()
             if "text/event-stream" not in response.headers.get("content-type", ""):
@@ -249,9 +252,23 @@ class OpenAIProvider:
         except Exception as exc:
             raise _error_from(exc) from exc
         finally:
+            on_abort(None)
             # Closing the response closes the connection: no more tokens are sent (or paid
             # for) after a cancel, or after the answer's end on a server that keeps it open.
             context.__exit__(None, None, None)
+
+
+def _cut(response: Any) -> None:
+    """Shut the response's socket down, from another thread: the blocked read returns at once
+    (a plain close of the file descriptor would not wake it on Linux)."""
+    stream = response.http_response.extensions.get("network_stream")
+    sock = stream.get_extra_info("socket") if stream is not None else None
+    if sock is None:
+        return
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass  # already closed
 
 
 def read_events(events: Iterable[str], wants_usage: bool) -> Iterator[Chunk]:
