@@ -77,6 +77,7 @@ def schema() -> dict[str, Any]:
             "temperature",
             "output",
             "reasoning",
+            "provider",
             "seq",
             "attempt",
             "finish_reason",
