@@ -513,18 +513,32 @@ def generation_requeue(
     return bool(updated)
 
 
-def generation_hand_back(generation_id: str, attempt: int, *, output: str, seq: int) -> bool:
+def generation_hand_back(
+    generation_id: str,
+    attempt: int,
+    *,
+    output: str,
+    seq: int,
+    reasoning: str = "",
+    completion_tokens: int | None = None,
+) -> bool:
     """Give a running generation back to the queue unfinished (its worker is stopping), as the
     same attempt: a stop is not a failure, and does not use up MAX_ATTEMPTS.
 
     Only for the runner itself, after its last write: it stops at once, so no write of the
     attempt can follow, and the next claim of the same attempt number is alone. The next
-    run starts with `reset`, since subscribers have seen this one's text."""
+    run starts with `reset`, since subscribers have seen this one's text. The tokens this
+    run used were paid for: the next run counts them (`completion_tokens`)."""
+    tokens: dict[str, Any] = (
+        {} if completion_tokens is None else {"completion_tokens": completion_tokens}
+    )
     updated = _fenced(generation_id, attempt).update(
         status=Status.QUEUED,
         output=output,
+        reasoning=reasoning,
         seq=seq,
         heartbeat_at=timezone.now(),
+        **tokens,
     )
     if updated:
         transaction.on_commit(lambda: _enqueue(generation_id))

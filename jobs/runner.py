@@ -306,7 +306,12 @@ class Runner:
             if self.attempt < settings.MAX_ATTEMPTS:
                 try:
                     if services.generation_requeue(
-                        self.generation_id, self.attempt, output=self.text, seq=self.seq
+                        self.generation_id,
+                        self.attempt,
+                        output=self.text,
+                        seq=self.seq,
+                        reasoning=self.reasoning,
+                        completion_tokens=self._tokens_paid(),
                     ):
                         logger.warning("generation %s: re-queued", self.generation_id)
                 except Exception:
@@ -317,7 +322,12 @@ class Runner:
         from the start (a provider stream cannot be resumed) by another worker, with
         `reset` first. A stop is not a failure: the attempt number stays."""
         if not services.generation_hand_back(
-            self.generation_id, self.attempt, output=self.text, seq=self.seq
+            self.generation_id,
+            self.attempt,
+            output=self.text,
+            seq=self.seq,
+            reasoning=self.reasoning,
+            completion_tokens=self._tokens_paid(),
         ):
             raise LostOwnership(self.generation_id)
         logger.warning(

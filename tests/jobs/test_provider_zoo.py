@@ -358,6 +358,7 @@ def test_provider_5xx_is_retried_then_fails_as_unavailable(
 def test_failure_mid_stream_restarts_after_a_back_off_and_counts_the_lost_tokens(
     zoo: Service, user: httpx.Client, fake_llm: FakeLLM, failure: str
 ) -> None:
+    tokens_before = user.get("/api/v1/me").json()["usage"]["tokens_today"]
     final, received, requests = run(zoo, user, fake_llm, f"[fake tokens=30 rate=200 {failure}]")
 
     assert_completed(final, expected_text(30))
@@ -367,6 +368,7 @@ def test_failure_mid_stream_restarts_after_a_back_off_and_counts_the_lost_tokens
     # The first attempt's 6 tokens were paid for: in the usage, and in the daily quota.
     assert final["usage"]["earlier_attempts_completion_tokens"] == 6
     assert final["usage"]["completion_tokens"] == 36
+    assert user.get("/api/v1/me").json()["usage"]["tokens_today"] - tokens_before == 36
 
 
 def test_slow_first_byte_within_its_own_timeout_completes(
