@@ -82,7 +82,7 @@ class ProviderFaults:
                 f"drop={rng.randint(5, 50)}x1",  # cut mid-way: a new attempt with `reset`
                 f"drop={rng.randint(5, 50)}x2",
                 "fail=400x1",  # a permanent error: failed at once
-                "ttft=4500",  # no first token within PROVIDER_READ_TIMEOUT_S (3 s)
+                "ttft=4500",  # no first token within PROVIDER_FIRST_BYTE_TIMEOUT_S (3 s here)
                 *(["hang=30"] if FULL else []),  # silent mid-way, on every attempt
             ]
         )
