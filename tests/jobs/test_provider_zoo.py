@@ -23,6 +23,8 @@ from realtime.events import fold, fold_reasoning
 from tests.conftest import create, wait_terminal
 from tests.harness import FakeLLM, Service, make_token
 from tests.jobs.support import requests_with, unique, watch
+from tests.realtime.wsclient import events_until_done, recv, send, session
+from tests.realtime.wsclient import generation as ws_generation
 
 # Timeouts short enough for a test, in the order a deployment has them: the first byte may
 # take longer than the gap between two chunks.
@@ -427,3 +429,31 @@ def test_sample_client_folds_reasoning_and_output_apart(
     assert seen["reasoning"] == final["reasoning"] == reasoning_text(15)
     assert seen["update_reasoning"] == final["reasoning"]
     assert "reasoning" in seen["kinds"]
+
+
+async def test_reasoning_over_the_websocket_resumes_mid_thought_with_a_snapshot_carrying_it(
+    zoo: Service,
+) -> None:
+    prompt = unique("zoo ws [fake tokens=60 reasoning=30 rate=40 server=vllm]")
+    async with session(zoo) as ws:
+        await send(ws, {"type": "generate", "prompt": prompt})
+        created = await recv(ws)
+        generation_id = created["generation"]["id"]
+        first: list[dict[str, Any]] = []
+        while len([m for m in first if m["type"] == "reasoning"]) < 3:
+            first.append(await recv(ws))
+    # A new connection, subscribing from the start: the snapshot carries the reasoning so far.
+    async with session(zoo) as ws:
+        await send(ws, {"type": "subscribe", "id": generation_id})
+        assert (await recv(ws))["type"] == "subscribed"
+        second = await events_until_done(ws, generation_id)
+    final = await ws_generation(zoo, generation_id)
+
+    assert second[0]["type"] == "snapshot"
+    assert "reasoning" in second[0]
+    assert final["status"] == "completed"
+    assert final["reasoning"] == reasoning_text(30)
+    assert final["output"] == answer_after_reasoning(60, 30)
+    assert fold_reasoning(second) == final["reasoning"]
+    assert fold(second) == final["output"]
+    assert fold_reasoning(first) == reasoning_text(30)[: len(fold_reasoning(first))]
