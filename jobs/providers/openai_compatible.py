@@ -409,13 +409,9 @@ def chunk_from(data: str) -> Chunk:
         # what it says, with the HTTP status it carries if any.
         error = event["error"]
         status = error.get("code") if isinstance(error, dict) else None
-        failure = error_for_status(status if isinstance(status, int) else 500, event)
-        if failure.code == PROVIDER_BAD_REQUEST and not isinstance(status, int):
-            # No status and nothing recognisable: an overloaded or failed model server.
-            failure = ProviderError(
-                failure.provider_message, permanent=False, kind="dropped", code=PROVIDER_UNAVAILABLE
-            )
-        raise failure
+        # No HTTP status in it: an overloaded or failed model server (5xx), unless its code
+        # says otherwise (a rate limit, a quota, the context length).
+        raise error_for_status(status if isinstance(status, int) else 500, event)
     usage = None
     reported = event.get("usage")
     if isinstance(reported, dict):

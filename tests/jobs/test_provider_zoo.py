@@ -386,7 +386,9 @@ def test_slow_first_byte_within_its_own_timeout_completes(
 def test_silence_between_chunks_past_the_read_timeout_fails_each_attempt(
     zoo: Service, user: httpx.Client, fake_llm: FakeLLM
 ) -> None:
+    started = time.monotonic()
     final, _received, requests = run(zoo, user, fake_llm, "[fake tokens=30 hang=5]")
+    elapsed_s = time.monotonic() - started
 
     assert final["status"] == "failed"
     assert final["error"]["code"] == "provider_unavailable"
@@ -394,6 +396,9 @@ def test_silence_between_chunks_past_the_read_timeout_fails_each_attempt(
     assert final["attempt"] == 3
     assert len(requests) == 3
     assert final["usage"]["earlier_attempts_completion_tokens"] == 10
+    # Each silence ended after the 2 s between-chunk timeout, not the 6 s of the first byte
+    # (3 x 6 s = 18 s): the two are separate.
+    assert elapsed_s < 16, elapsed_s
 
 
 # -- the sample client ---------------------------------------------------------------------
