@@ -395,3 +395,7 @@ LOGGING["loggers"]["httpx2"] = {"level": "WARNING"}
 # and the lines then also reach the root's handler: each printed twice, once outside the
 # JSON format. With the root's handler here (and no propagation), it adds none.
 LOGGING["loggers"]["huey"] = {"level": "WARNING", "handlers": ["stderr"], "propagate": False}
+# The consumer's own lifecycle lines ("Huey consumer started with 64 threads...", signals,
+# shutdown) at INFO, as run_huey always printed them; per-task lines ("Executing ...") stay
+# off: the runner logs each attempt itself, with the generation id.
+LOGGING["loggers"]["huey.consumer"] = {"level": "INFO"}

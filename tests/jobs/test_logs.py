@@ -59,6 +59,11 @@ def test_every_line_is_json_and_provider_requests_write_no_line(
     # The generations' own lines are there (so the check above looked at the right process).
     started = [r for r in records if "attempt 1 started" in r["message"]]
     assert {r["generation_id"] for r in started} >= set(ids)
+    # run_huey's own start line, once, as JSON (it used to come twice, once as plain text).
+    if chatty_service.workers:
+        assert [r["message"] for r in records].count(
+            next(r["message"] for r in records if "Huey consumer started" in r["message"])
+        ) == 1
     # No "HTTP Request: POST .../chat/completions" line from httpx2 (or httpx) per request.
     assert not [r for r in records if r["logger"] in ("httpx", "httpx2")]
     assert not [r for r in records if "HTTP Request" in r["message"]]
