@@ -140,6 +140,10 @@ class Turn {
       <div class="answer-row">
         <div class="avatar" aria-hidden="true">AI</div>
         <div class="answer">
+          <details class="thinking" data-testid="reasoning" hidden>
+            <summary>Thinking</summary>
+            <pre class="thinking-text"></pre>
+          </details>
           <div class="markdown" data-testid="answer"></div>
           <pre class="raw" data-testid="raw" hidden></pre>
           <div class="answer-meta">
@@ -175,6 +179,14 @@ class Turn {
     });
   }
 
+  /** A reasoning model's thinking, as plain text (untrusted, like the answer); hidden when none. */
+  setReasoning(reasoning) {
+    const details = this.$(".thinking");
+    details.hidden = !reasoning;
+    const text$ = this.$(".thinking-text");
+    if (text$.textContent !== reasoning) text$.textContent = reasoning;
+  }
+
   toggleRaw() {
     this.raw = !this.raw;
     this.$(".markdown").hidden = this.raw;
@@ -196,6 +208,7 @@ class Turn {
   /** @param {import("./client.d.ts").Generation} generation */
   showFinal(generation) {
     this.setText(generation.output);
+    this.setReasoning(generation.reasoning ?? "");
     const detail = [
       generation.usage ? `${generation.usage.completion_tokens} tokens` : "",
       generation.model,
@@ -216,9 +229,11 @@ function watch(turn) {
   turn.setStatus("queued");
   const startedAt = performance.now();
   turn.stream = client.subscribe(turn.id, {
-    onUpdate: ({ text, event }) => {
+    onUpdate: ({ text, event, reasoning }) => {
       turn.setText(text);
-      if (event?.type === "delta" || (event?.type === "snapshot" && event.status === "running")) {
+      turn.setReasoning(reasoning ?? "");
+      const streaming = event?.type === "delta" || event?.type === "reasoning";
+      if (streaming || (event?.type === "snapshot" && event.status === "running")) {
         if (turn.element.dataset.status !== "running") {
           turn.setStatus("running");
           setHistoryStatus(turn.id, "running");

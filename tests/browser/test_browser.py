@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from jobs.fake_openai import expected_text
+from jobs.fake_openai import answer_after_reasoning, expected_text, reasoning_text
 from tests.browser.conftest import PASSWORD
 from tests.browser.fake_llm import CANNED
 from tests.conftest import wait_terminal
@@ -187,3 +187,19 @@ def test_untrusted_output_renders_inert(site: Service, node_modules: Path) -> No
 
     generation = final(site, "gus", result["id"])
     assert result["text"] == generation["output"] == CANNED["xss"]
+
+
+def test_reasoning_model_shows_its_thinking_apart_from_the_answer(
+    site: Service, node_modules: Path
+) -> None:
+    result = run_scenario(
+        site, "reasoning", "ida", "Think first [fake tokens=80 reasoning=40 rate=40 server=vllm]"
+    )
+
+    generation = final(site, "ida", result["id"])
+    assert generation["status"] == "completed"
+    assert result["reasoning"] == generation["reasoning"] == reasoning_text(40)
+    assert result["text"] == generation["output"] == answer_after_reasoning(80, 40)
+    # The thinking streamed before the answer, and as text: no element inside it.
+    assert result["early"]["thinking"] and not result["early"]["answer"]
+    assert result["elements"] == 0
