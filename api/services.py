@@ -6,6 +6,7 @@ status = 'running', so a worker that was presumed dead and replaced changes noth
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from django.db.models import F, Q, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
+from api.conversations import NO_TARGET, TurnTarget, place_turn, turn_created
 from api.errors import ApiError
 from api.models import TERMINAL_STATUSES, FinishReason, Generation, Status
 from api.ratelimit import rate_limiter
@@ -58,8 +60,17 @@ def _enqueue(generation_id: str) -> None:
         logger.exception("enqueue failed for %s; the reaper will retry", generation_id)
 
 
+def _request_fingerprint(params: GenerationParams, target: TurnTarget) -> str:
+    """The request's hash; a request with no conversation fields hashes as it always did."""
+    if not target.given:
+        return params.fingerprint()
+    return hashlib.sha256(
+        f"{params.fingerprint()}|{target.fingerprint_part()}".encode()
+    ).hexdigest()
+
+
 def _idempotent_match(
-    user: AbstractBaseUser, key: str, params: GenerationParams
+    user: AbstractBaseUser, key: str, params: GenerationParams, target: TurnTarget = NO_TARGET
 ) -> Generation | None:
     existing = Generation.objects.filter(user_id=user.pk, idempotency_key=key).first()
     if existing is None:
@@ -68,7 +79,7 @@ def _idempotent_match(
         # Past the window the key is free again: release it from the old generation.
         Generation.objects.filter(pk=existing.pk).update(idempotency_key=None)
         return None
-    if existing.request_hash != params.fingerprint():
+    if existing.request_hash != _request_fingerprint(params, target):
         raise ApiError(
             "idempotency_conflict",
             "This Idempotency-Key was used with a different request body.",
@@ -77,11 +88,18 @@ def _idempotent_match(
 
 
 def generation_create(
-    *, user: AbstractBaseUser, params: GenerationParams, idempotency_key: str | None
+    *,
+    user: AbstractBaseUser,
+    params: GenerationParams,
+    idempotency_key: str | None,
+    target: TurnTarget = NO_TARGET,
 ) -> tuple[Generation, bool]:
-    """Create and enqueue a generation; (generation, created). A repeat returns the first."""
+    """Create and enqueue a generation; (generation, created). A repeat returns the first.
+
+    The generation is a turn of a conversation: the one `target` names, or a new one
+    (api.conversations.place_turn)."""
     if idempotency_key:
-        existing = _idempotent_match(user, idempotency_key, params)
+        existing = _idempotent_match(user, idempotency_key, params, target)
         if existing is not None:
             return existing, False
     try:
@@ -90,19 +108,35 @@ def generation_create(
             # quotas below must see each other's effects, or concurrent requests race past.
             get_user_model().objects.select_for_update().filter(pk=user.pk).first()
             if idempotency_key:
-                existing = _idempotent_match(user, idempotency_key, params)
+                existing = _idempotent_match(user, idempotency_key, params, target)
                 if existing is not None:
                     return existing, False
             _check_limits(user)
+            placement = place_turn(
+                user=user,
+                target=target,
+                model=params.model,
+                prompt=params.prompt,
+                system=params.system,
+            )
             generation = Generation.objects.create(
                 user_id=user.pk,
                 model=params.model,
                 prompt=params.prompt,
-                system=params.system,
+                # A turn runs with its conversation's system prompt.
+                system=placement.system,
                 max_tokens=params.max_tokens,
                 temperature=params.temperature,
                 idempotency_key=idempotency_key,
-                request_hash=params.fingerprint() if idempotency_key else "",
+                request_hash=_request_fingerprint(params, target) if idempotency_key else "",
+                conversation=placement.conversation,
+                parent_id=placement.parent_id,
+                turn_index=placement.turn_index,
+            )
+            turn_created(
+                conversation_id=placement.conversation.pk,
+                generation_id=generation.id,
+                turn_index=placement.turn_index,
             )
             # Enqueue only once the row is visible to the worker.
             transaction.on_commit(lambda: _enqueue(generation.id))
@@ -110,7 +144,7 @@ def generation_create(
         # A concurrent repeat won the unique (user, key) race after our first check.
         if not idempotency_key:
             raise
-        existing = _idempotent_match(user, idempotency_key, params)
+        existing = _idempotent_match(user, idempotency_key, params, target)
         if existing is None:
             raise
         return existing, False

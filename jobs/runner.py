@@ -14,6 +14,7 @@ from django.conf import settings
 from django.db import DatabaseError, close_old_connections
 
 from api import services
+from api.conversations import history_for
 from api.models import FinishReason, Status
 from jobs.providers import (
     Chunk,
@@ -113,6 +114,7 @@ class Runner:
         self.seq = claim.start_seq
         self.text = ""
         self.completion_tokens = 0
+        self.history: tuple[tuple[str, str], ...] = ()
         self.clock = clock
         self._pending: list[str] = []
         self._pending_bytes = 0
@@ -291,12 +293,16 @@ class Runner:
             # does, and nothing reaches the provider.
             self._finish(Status.COMPLETED, FinishReason.LENGTH, self._counted_usage(None), None)
             return
+        # A conversation's turn carries its ancestors' prompts and answers, cut to the
+        # model's context budget (api.conversations); counted in the usage's prompt tokens.
+        self.history = history_for(self.generation_id)
         request = ProviderRequest(
             model=self.claim.model,
             prompt=self.claim.prompt,
             system=self.claim.system,
             max_tokens=self.claim.max_tokens,
             temperature=self.claim.temperature,
+            history=self.history,
         )
         finish_reason: str | None = None
         usage: dict[str, int] | None = None
@@ -375,6 +381,7 @@ class Runner:
         if usage is not None:
             return usage
         prompt_tokens = len(tokenize(self.claim.prompt)) + len(tokenize(self.claim.system or ""))
+        prompt_tokens += sum(len(tokenize(content)) for _, content in self.history)
         return {
             "prompt_tokens": prompt_tokens,
             "completion_tokens": self.completion_tokens,

@@ -22,6 +22,7 @@ from django.conf import settings
 from django.db import connection
 
 from api import services
+from api.conversations import parse_turn_target
 from api.errors import UNAVAILABLE_ERRORS, ApiError, unavailable
 from api.ids import looks_like_generation_id
 from api.selectors import RowState, arow_state, limits_for
@@ -339,7 +340,10 @@ class StreamConsumer(AsyncConsumer):  # type: ignore[misc]
         params = parse_generation_params(frame, extra_fields=_GENERATE_FIELDS)
         key = parse_idempotency_key(frame.get("idempotency_key"))
         generation, _ = await _closing(services.generation_create)(
-            user=self.identity.user, params=params, idempotency_key=key
+            user=self.identity.user,
+            params=params,
+            idempotency_key=key,
+            target=parse_turn_target(frame),
         )
         await self._send_json({"type": "created", "ref": ref, "generation": generation.to_dict()})
         await self._start_subscription(generation.id, 0)

@@ -10,7 +10,7 @@ import httpx2
 import openai
 from django.conf import settings
 
-from jobs.providers.base import Chunk, ProviderError, ProviderRequest
+from jobs.providers.base import Chunk, ProviderError, ProviderRequest, chat_messages
 
 
 def _error_from(exc: Exception) -> ProviderError:
@@ -55,10 +55,7 @@ class OpenAIProvider:
         )
 
     def stream(self, request: ProviderRequest) -> Generator[Chunk, None, None]:
-        messages: list[dict[str, str]] = []
-        if request.system:
-            messages.append({"role": "system", "content": request.system})
-        messages.append({"role": "user", "content": request.prompt})
+        messages = chat_messages(request)
         kwargs: dict[str, Any] = {}
         if request.temperature is not None:
             kwargs["temperature"] = request.temperature

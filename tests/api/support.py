@@ -30,6 +30,9 @@ GENERATION_FIELDS = {
     "created_at",
     "started_at",
     "finished_at",
+    # Conversations: every generation is a turn of one (docs/protocol.md).
+    "conversation_id",
+    "parent_id",
 }
 # Well-formed, but never issued: 22 base-62 characters after the prefix.
 UNKNOWN_GENERATION_ID = "gen_" + "A" * 22
