@@ -20,7 +20,7 @@ from tests.tier_env import TIER
 UNKNOWN_CONVERSATION_ID = "conv_" + "A" * 22
 
 
-def sent_for(fake_llm: FakeLLM, last_prompt: str) -> list[dict[str, Any]]:
+def sent_for(fake_llm: FakeLLM, last_prompt: str) -> list[list[dict[str, Any]]]:
     """The message lists the provider received for requests whose new prompt is this one."""
     return [
         request["messages"]
@@ -532,7 +532,7 @@ def test_deleting_a_conversation_removes_its_generations_and_replay_buffers(
     if TIER == "distributed":
         import redis
 
-        client = redis.Redis.from_url(service.env["REDIS_URL"])
+        client: Any = redis.Redis.from_url(service.env["REDIS_URL"])
         # The running turn's worker may still be winding down; nothing of it comes back.
         for _ in range(10):
             keys = [k for g in ids for k in client.keys(f"*{g}*") if b"cancel" not in k]
