@@ -19,6 +19,7 @@ from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import transaction
 from django.db.models import F, Q
+from django.utils import timezone
 
 from api.errors import ApiError, not_found
 from api.ids import looks_like_conversation_id, looks_like_generation_id
@@ -403,7 +404,9 @@ def place_turn(
 def turn_created(*, conversation_id: str, generation_id: str, turn_index: int) -> None:
     """The new turn becomes the conversation's current one, and its subscribers hear of it
     once the transaction commits."""
-    Conversation.objects.filter(pk=conversation_id).update(current_turn_id=generation_id)
+    Conversation.objects.filter(pk=conversation_id).update(
+        current_turn_id=generation_id, updated_at=timezone.now()
+    )
     transaction.on_commit(lambda: notify_turn(conversation_id, turn_index))
 
 
