@@ -492,8 +492,14 @@ def conversation_delete(*, user: AbstractBaseUser, conversation_id: str) -> None
     for their data to be removed expects. A running turn is cancelled first, so that its
     worker stops reading (and paying for) the provider's stream; its next write finds no row
     and it stops (jobs.runner: LostOwnership)."""
+    conversation = conversation_for_user(user=user, conversation_id=conversation_id)
+    conversation_remove(conversation)
+
+
+def conversation_remove(conversation: Conversation) -> None:
+    """Delete a conversation, its generations and their replay buffers (the user's request
+    above, or an operator's in the admin)."""
     with transaction.atomic():
-        conversation = conversation_for_user(user=user, conversation_id=conversation_id)
         ids = list(
             Generation.objects.filter(conversation_id=conversation.pk).values_list("id", "status")
         )
