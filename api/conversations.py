@@ -401,6 +401,23 @@ def place_turn(
     )
 
 
+def place_retry(original: Generation) -> int | None:
+    """The turn index of an operator's retry of `original` (a branch beside it, with the same
+    parent), or None when `original` is in no conversation. Under the user's row lock."""
+    if original.conversation_id is None:
+        return None
+    conversation = Conversation.objects.get(pk=original.conversation_id)
+    if conversation.turn_count >= settings.MAX_CONVERSATION_TURNS:
+        raise ApiError(
+            "conversation_full",
+            f"Its conversation holds {settings.MAX_CONVERSATION_TURNS} turns already.",
+            details={"conversation_id": conversation.id},
+        )
+    Conversation.objects.filter(pk=conversation.pk).update(turn_count=F("turn_count") + 1)
+    conversation.refresh_from_db()
+    return conversation.turn_count
+
+
 def turn_created(*, conversation_id: str, generation_id: str, turn_index: int) -> None:
     """The new turn becomes the conversation's current one, and its subscribers hear of it
     once the transaction commits."""

@@ -20,7 +20,7 @@ from django.db.models import F, Q, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
-from api.conversations import NO_TARGET, TurnTarget, place_turn, turn_created
+from api.conversations import NO_TARGET, TurnTarget, place_retry, place_turn, turn_created
 from api.errors import ApiError
 from api.models import TERMINAL_STATUSES, FinishReason, Generation, Status
 from api.ratelimit import rate_limiter
@@ -334,6 +334,8 @@ def generation_retry(*, generation_id: str) -> tuple[Generation, bool]:
                 f"Only a failed generation can be retried; this one is {original.status}.",
             )
         _check_limits(original.user, rate_limit=False)
+        # A turn of a conversation is retried as a new branch beside it (same parent).
+        turn_index = place_retry(original)
         retry = Generation.objects.create(
             user_id=original.user_id,
             model=original.model,
@@ -342,7 +344,16 @@ def generation_retry(*, generation_id: str) -> tuple[Generation, bool]:
             max_tokens=original.max_tokens,
             temperature=original.temperature,
             retry_of=original,
+            conversation_id=original.conversation_id,
+            parent_id=original.parent_id,
+            turn_index=turn_index,
         )
+        if original.conversation_id is not None and turn_index is not None:
+            turn_created(
+                conversation_id=original.conversation_id,
+                generation_id=retry.id,
+                turn_index=turn_index,
+            )
         transaction.on_commit(lambda: _enqueue(retry.id))
     logger.info("generation %s: retried as %s", original.pk, retry.pk)
     return retry, True

@@ -87,3 +87,23 @@ def test_deleting_in_the_admin_removes_the_turns(admin_client: Client) -> None:
     assert not Conversation.objects.filter(pk=chat.pk).exists()
     assert not Generation.objects.filter(conversation_id=chat.pk).exists()
     assert not Generation.objects.filter(pk=root.pk).exists()
+
+
+def test_retrying_a_failed_turn_makes_a_branch_beside_it(admin_client: Client) -> None:
+    chat = conversation("alice", "Retry")
+    root = add_turn(chat, "root")
+    failed = add_turn(chat, "failing", parent=root)
+    Generation.objects.filter(pk=failed.pk).update(status="failed", output="partial")
+
+    response = admin_client.post(
+        "/admin/api/generation/",
+        {"action": "retry_failed_generations", "_selected_action": [failed.pk]},
+        follow=True,
+    )
+
+    assert response.status_code == 200
+    retry = Generation.objects.get(retry_of_id=failed.pk)
+    assert (retry.conversation_id, retry.parent_id, retry.turn_index) == (chat.pk, root.pk, 3)
+    chat.refresh_from_db()
+    assert chat.turn_count == 3
+    assert chat.current_turn_id == retry.pk
