@@ -64,7 +64,7 @@ _GENERATE_FIELDS = frozenset({"type", "ref", "idempotency_key"})
 MAX_CONVERSATION_SUBSCRIPTIONS = 50
 # How often a connection reads the turns of the conversations it follows, in case a live
 # notice was lost: the longest a turn started elsewhere waits to be announced then.
-CONVERSATION_POLL_S = 2.0
+CONVERSATION_POLL_S = 5.0
 
 
 def _closing(fn: Any) -> Any:
