@@ -31,6 +31,13 @@ BAD_VALUES: list[tuple[str, str]] = [
     ("DEFAULT_MODEL", "not-in-the-allow-list"),
     ("TICKET_TTL_S", "5m"),
     ("WS_AUTH_TIMEOUT", "soon"),
+    # Conversations.
+    ("CONTEXT_BUDGET_TOKENS", "0"),
+    ("CONTEXT_BUDGETS", "gpt-4o"),
+    ("CONTEXT_BUDGETS", "gpt-4o=lots"),
+    ("CONTEXT_BUDGETS", "gpt-4o=0"),
+    ("MAX_CONVERSATION_TURNS", "many"),
+    ("MAX_HISTORY_CHARS", "-1"),
 ]
 
 
