@@ -17,6 +17,7 @@ await scenario(async ({ browser, page }) => {
   const conversationId = await page.getAttribute(active, "data-conversation-id");
   await other.click(`#history button[data-conversation-id="${conversationId}"]`);
   await other.waitForSelector(turn(id));
+  await waitForText(other, id, 1); // the snapshot of what was streamed so far
   const joinedAt = await rawText(other, id);
   assert.equal(await other.getAttribute(turn(id), "data-status"), "running", "joined mid-answer");
   log(`second browser joined at ${joinedAt.length} characters`);

@@ -247,7 +247,7 @@ def test_a_second_browser_joins_the_conversation_mid_answer(
         site,
         "second_browser",
         "jon",
-        f"Tell me a long story {marker} [fake tokens=300 rate=50]",
+        f"Tell me a long story {marker} [fake tokens=400 rate=50]",
         FOLLOW_UP=f"And then? {marker}",
     )
 
