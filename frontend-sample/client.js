@@ -539,13 +539,17 @@ export class StreamClient {
     else this.#ensureTransport();
     // Without the WebSocket (blocked, or between reconnects) the rows are read instead: a
     // turn's seq is its place in the conversation's turns, which are listed in that order.
+    let reading = false; // one read at a time: offline, a read may retry for a while
     watch.timer = setInterval(async () => {
-      if (this.#wsOpen || watch.stopped || this.#closed) return;
+      if (this.#wsOpen || watch.stopped || this.#closed || reading) return;
+      reading = true;
       try {
         const view = await this.conversation(id);
         view.turns.forEach((generation, index) => watch.turn(index + 1, generation));
       } catch {
         // The next tick tries again; a deleted conversation simply has no new turns.
+      } finally {
+        reading = false;
       }
     }, CONVERSATION_POLL_MS);
     return watch.stop;
