@@ -538,3 +538,15 @@ def test_deleting_a_conversation_removes_its_generations_and_replay_buffers(
             keys = [k for g in ids for k in client.keys(f"*{g}*") if b"cancel" not in k]
             assert keys == []
             time.sleep(0.2)
+
+
+def test_conversation_endpoints_need_a_token(anonymous: httpx.Client) -> None:
+    path = f"/api/v1/conversations/{UNKNOWN_CONVERSATION_ID}"
+    for response in (
+        anonymous.get("/api/v1/conversations"),
+        anonymous.post("/api/v1/conversations", json={}),
+        anonymous.get(path),
+        anonymous.patch(path, json={"title": "x"}),
+        anonymous.delete(path),
+    ):
+        assert_error(response, 401, "unauthorized")
