@@ -197,6 +197,12 @@ def conversation_list(
     return rows[:limit], next_cursor
 
 
+def conversation_state(conversation_id: str) -> dict[str, Any] | None:
+    """The conversation object without its turns; None once deleted."""
+    conversation = Conversation.objects.filter(pk=conversation_id).first()
+    return None if conversation is None else conversation.to_dict()
+
+
 def turns_after(conversation_id: str, after: int) -> list[Generation]:
     """The conversation's turns numbered above `after` (the seq of `turn` events)."""
     return list(
@@ -443,6 +449,19 @@ def notify_turn(conversation_id: str, turn_index: int) -> None:
         logger.warning("turn notice for %s not sent", conversation_id, exc_info=True)
 
 
+def notify_changed(conversation_id: str, *, deleted: bool = False) -> None:
+    """Tell the conversation's WebSocket subscribers that it was renamed, switched to another
+    branch or deleted (after the commit). Best effort, like any live send: a client that
+    missed it reads the conversation when it reconnects."""
+    try:
+        live_sender().send(
+            conversation_group(conversation_id),
+            {"type": "conv.changed", "conversation_id": conversation_id, "deleted": deleted},
+        )
+    except Exception:
+        logger.warning("change notice for %s not sent", conversation_id, exc_info=True)
+
+
 def _newest_leaf_under(turn_id: str, conversation_id: str) -> str:
     """The branch through `turn_id`: follow its newest child down to a leaf."""
     children: dict[str | None, list[tuple[int, str]]] = {}
@@ -501,6 +520,8 @@ def conversation_update(*, user: AbstractBaseUser, conversation_id: str, data: A
         for name, value in changes.items():
             setattr(conversation, name, value)
         conversation.save()
+        changed_id = conversation.id
+        transaction.on_commit(lambda: notify_changed(changed_id))
     return conversation
 
 
@@ -526,7 +547,9 @@ def conversation_remove(conversation: Conversation) -> None:
         turns = Generation.objects.filter(conversation_id=conversation.pk)
         turns.update(parent=None)
         turns.delete()
+        deleted_id = conversation.id
         conversation.delete()
+        transaction.on_commit(lambda: notify_changed(deleted_id, deleted=True))
     for generation_id, status in ids:
         try:
             if status == Status.RUNNING:

@@ -359,6 +359,14 @@ function follow(conversation) {
       refreshHistory();
       if (!turns.has(generation.id)) openConversation(id);
     },
+    // Renamed, or switched to another branch, on another device; or deleted.
+    onChange: (changed) => {
+      refreshHistory();
+      if (view?.id !== id) return;
+      if (changed === null) newChat();
+      else if (changed.current_turn_id !== view.current_path.at(-1)) openConversation(id);
+      else $("chat-title").textContent = changed.title || "New chat";
+    },
   }) ?? null;
 }
 

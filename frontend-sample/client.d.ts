@@ -235,7 +235,12 @@ export class StreamClient {
   /** Hear of each turn of a conversation (from any device); returns a function that stops. */
   watchConversation(
     id: string,
-    options: { after?: number; onTurn: (generation: Generation, seq: number) => void },
+    options: {
+      after?: number;
+      onTurn: (generation: Generation, seq: number) => void;
+      /** Renamed or switched branch on any device; null once deleted. */
+      onChange?: (conversation: Conversation | null) => void;
+    },
   ): () => void;
   /** Ids of the streams this tab watched before a reload and that had not ended. */
   savedStreams(): string[];

@@ -509,12 +509,14 @@ export class StreamClient {
    * `onTurn(generation, seq)` for each turn numbered above `after`, in order, then for each new
    * one. Over the WebSocket (`subscribe_conversation`, resumed after every reconnect from the
    * last turn seen); while streams go over SSE, by reading the conversation every few seconds.
+   * `onChange(conversation)` (WebSocket only, best effort) when it is renamed or switched to
+   * another branch on any device; `onChange(null)` when it is deleted.
    * Returns a function that stops watching.
    * @param {string} id
-   * @param {{after?: number, onTurn: (generation: Generation, seq: number) => void}} options
+   * @param {{after?: number, onTurn: (generation: Generation, seq: number) => void, onChange?: (conversation: any) => void}} options
    * @returns {() => void}
    */
-  watchConversation(id, { after = 0, onTurn }) {
+  watchConversation(id, { after = 0, onTurn, onChange }) {
     this.#conversationWatches.get(id)?.stop();
     const watch = {
       id,
@@ -525,6 +527,10 @@ export class StreamClient {
         if (watch.stopped || seq <= watch.after) return;
         watch.after = seq;
         onTurn(generation, seq);
+      },
+      /** @param {any} conversation */
+      changed: (conversation) => {
+        if (!watch.stopped) onChange?.(conversation);
       },
       timer: /** @type {any} */ (0),
       stop: () => {
@@ -560,7 +566,7 @@ export class StreamClient {
     this.#send({ type: "subscribe_conversation", conversation_id: watch.id, after: watch.after });
   }
 
-  /** @type {Map<string, {id: string, after: number, turn: Function, stop: Function, stopped: boolean, timer: any}>} */
+  /** @type {Map<string, {id: string, after: number, turn: Function, changed: Function, stop: Function, stopped: boolean, timer: any}>} */
   #conversationWatches = new Map();
 
   // -- streams ----------------------------------------------------------------------------
@@ -980,6 +986,10 @@ export class StreamClient {
   #onFrame(frame) {
     if (frame.type === "turn" && typeof frame.conversation_id === "string") {
       this.#conversationWatches.get(frame.conversation_id)?.turn(frame.seq, frame.generation);
+      return;
+    }
+    if ((frame.type === "conversation_updated" || frame.type === "conversation_deleted") && typeof frame.conversation_id === "string") {
+      this.#conversationWatches.get(frame.conversation_id)?.changed(frame.conversation ?? null);
       return;
     }
     if (EVENT_TYPES.has(frame.type) && typeof frame.id === "string") {

@@ -25,6 +25,7 @@ from api import services
 from api.conversations import (
     conversation_for_user,
     conversation_group,
+    conversation_state,
     parse_turn_target,
     turns_after,
 )
@@ -624,6 +625,37 @@ class StreamConsumer(AsyncConsumer):  # type: ignore[misc]
         except UNAVAILABLE_ERRORS as failure:
             # The poller sends it once the database is back.
             logger.warning("turn notice for %s deferred: %r", conversation_id, failure)
+
+    async def conv_changed(self, message: dict[str, Any]) -> None:
+        """A conversation this connection follows was renamed, switched branch or deleted."""
+        conversation_id = message.get("conversation_id")
+        positions = self._conversations()
+        if self.closed or not isinstance(conversation_id, str) or conversation_id not in positions:
+            return
+        if message.get("deleted"):
+            async with self.conversation_lock:
+                positions.pop(conversation_id, None)
+            with contextlib.suppress(Exception):
+                await self.channel_layer.group_discard(
+                    conversation_group(conversation_id), self.channel_name
+                )
+            await self._send_json(
+                {"type": "conversation_deleted", "conversation_id": conversation_id}
+            )
+            return
+        try:
+            conversation = await _closing(conversation_state)(conversation_id)
+        except UNAVAILABLE_ERRORS as failure:
+            logger.warning("change of %s not read: %r", conversation_id, failure)
+            return
+        if conversation is not None:
+            await self._send_json(
+                {
+                    "type": "conversation_updated",
+                    "conversation_id": conversation_id,
+                    "conversation": conversation,
+                }
+            )
 
     async def _leave_conversations(self) -> None:
         for conversation_id in list(getattr(self, "conversation_positions", {})):

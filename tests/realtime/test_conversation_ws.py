@@ -14,6 +14,7 @@ from tests.realtime.wsclient import (
     recv,
     recv_for,
     recv_type,
+    rest,
     send,
     session,
     wait_terminal,
@@ -192,3 +193,42 @@ async def test_conversation_subscription_errors_keep_the_connection_open(
         ("error", 5, "invalid_request"),
     ]
     assert pong == {"type": "pong", "ref": "alive"}
+
+
+async def test_a_subscriber_hears_of_a_branch_switch_a_rename_and_the_deletion(
+    service: Service,
+) -> None:
+    marker = uuid.uuid4().hex
+    async with session(service) as phone, session(service) as laptop:
+        await send(phone, {"type": "generate", "prompt": f"root {marker} [fake tokens=2]"})
+        created, _ = await recv_type(phone, "created")
+        root = created["generation"]
+        await events_until_done(phone, root["id"])
+        await send(phone, {"type": "generate", "prompt": "a", "parent_id": root["id"]})
+        first_branch = (await recv_type(phone, "created"))[0]["generation"]
+        await events_until_done(phone, first_branch["id"])
+        await send(phone, {"type": "generate", "prompt": "b", "parent_id": root["id"]})
+        second_branch = (await recv_type(phone, "created"))[0]["generation"]
+        await events_until_done(phone, second_branch["id"])
+        conversation_id = root["conversation_id"]
+        await send(
+            laptop,
+            {"type": "subscribe_conversation", "conversation_id": conversation_id, "after": 3},
+        )
+        await recv_type(laptop, "conversation_subscribed")
+
+        async with rest(service) as client:
+            path = f"/api/v1/conversations/{conversation_id}"
+            switched = await client.patch(path, json={"current_turn_id": first_branch["id"]})
+            updated, _ = await recv_type(laptop, "conversation_updated")
+            renamed = await client.patch(path, json={"title": "renamed"})
+            updated_title, _ = await recv_type(laptop, "conversation_updated")
+            deleted = await client.delete(path)
+            gone, _ = await recv_type(laptop, "conversation_deleted")
+
+    assert switched.status_code == renamed.status_code == 200
+    assert updated["conversation_id"] == conversation_id
+    assert updated["conversation"]["current_turn_id"] == first_branch["id"]
+    assert updated_title["conversation"]["title"] == "renamed"
+    assert deleted.status_code == 204
+    assert gone == {"type": "conversation_deleted", "conversation_id": conversation_id}
