@@ -1,6 +1,7 @@
 // A second browser (its own profile: no shared storage) opens the conversation from the
 // sidebar while the answer is streaming, and joins it mid-answer; then the first browser sends
-// a follow-up and the second one shows it streaming without a click.
+// a follow-up and the second one shows it streaming without a click, then a regenerated
+// answer and the switch back to the first one.
 import { assert, env, log, rawText, scenario, send, signIn, turn, waitForStatus, waitForText, writeResult } from "./lib.mjs";
 
 await scenario(async ({ browser, page }) => {
@@ -31,6 +32,25 @@ await scenario(async ({ browser, page }) => {
   await other.waitForSelector(turn(followUp), { timeout: 15_000 });
   await waitForStatus(other, followUp, "completed");
   const followUpSecond = await rawText(other, followUp);
+
+  // The first browser regenerates the follow-up, then flips back to the first answer: the
+  // second browser shows the new branch, then follows the switch (a request, seen everywhere).
+  await waitForStatus(page, followUp, "completed");
+  await page.click(`${turn(followUp)} [data-testid=regenerate]`);
+  const shown = (p) => p.$$eval(".turn", (turns) => turns.map((t) => t.dataset.generationId));
+  await other.waitForFunction(
+    ({ id, followUp }) => {
+      const ids = [...document.querySelectorAll(".turn")].map((t) => t.dataset.generationId);
+      return ids.length === 2 && ids[0] === id && ids[1] !== followUp;
+    },
+    { id, followUp },
+    { timeout: 15_000 },
+  );
+  const regenerated = (await shown(other))[1];
+  await waitForStatus(page, regenerated, "completed");
+  await page.click(`${turn(regenerated)} [data-testid=branch-prev]`);
+  await other.waitForSelector(turn(followUp), { timeout: 15_000 });
+  assert.deepEqual(await shown(other), [id, followUp], "the second browser followed the switch");
   assert.deepEqual(problems, []);
   writeResult({
     id, follow_up: followUp, conversation_id: conversationId, joined_at: joinedAt,
