@@ -111,7 +111,9 @@ def generation_create(
                 existing = _idempotent_match(user, idempotency_key, params, target)
                 if existing is not None:
                     return existing, False
-            _check_limits(user)
+            # Where the turn goes first: a request refused for its conversation fields (404,
+            # 409, prompt_too_long) must not spend the rate limit. Its writes roll back with
+            # the transaction when a limit refuses the request below.
             placement = place_turn(
                 user=user,
                 target=target,
@@ -119,6 +121,7 @@ def generation_create(
                 prompt=params.prompt,
                 system=params.system,
             )
+            _check_limits(user)
             generation = Generation.objects.create(
                 user_id=user.pk,
                 model=params.model,

@@ -550,3 +550,31 @@ def test_conversation_endpoints_need_a_token(anonymous: httpx.Client) -> None:
         anonymous.delete(path),
     ):
         assert_error(response, 401, "unauthorized")
+
+
+def test_requests_refused_for_their_conversation_fields_do_not_spend_the_rate_limit(
+    fake_llm: FakeLLM,
+) -> None:
+    limited = Service(fake_llm, env={"RATE_LIMIT_PER_MINUTE": "2"}).start()
+    try:
+        with limited.client("rita") as client:
+            refused = [
+                client.post(
+                    "/api/v1/generations",
+                    json={"prompt": "x", "conversation_id": UNKNOWN_CONVERSATION_ID},
+                )
+                for _ in range(3)
+            ]
+            first = turn(client, "one [fake tokens=1]")
+            second = client.post(
+                "/api/v1/generations",
+                json={"prompt": "two", "conversation_id": first["conversation_id"]},
+            )
+            third = client.post("/api/v1/generations", json={"prompt": "three"})
+    finally:
+        limited.stop()
+
+    for response in refused:
+        assert_error(response, 404, "not_found")
+    assert second.status_code == 202, second.text
+    assert_error(third, 429, "rate_limited")
