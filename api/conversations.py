@@ -35,40 +35,42 @@ DEFAULT_TITLE_CHARS = 80
 # Every chat message costs a few tokens of framing (role, separators) besides its text.
 MESSAGE_OVERHEAD_TOKENS = 4
 
-# How a request names where its turn goes: `parent_id` absent is different from null
-# (null: a new first turn of the conversation, i.e. an edit of its first prompt).
-PARENT_NOT_GIVEN = "<not given>"
-
 
 @dataclass(frozen=True)
 class TurnTarget:
+    """Where a request asks its turn to go. `parent_id` absent is different from null (null:
+    a new first turn of the conversation, i.e. an edit of its first prompt)."""
+
     conversation_id: str | None
-    parent_id: str | None  # PARENT_NOT_GIVEN when the request did not name one
+    parent_id: str | None
+    parent_given: bool
 
     @property
     def given(self) -> bool:
-        return self.conversation_id is not None or self.parent_id != PARENT_NOT_GIVEN
+        return self.conversation_id is not None or self.parent_given
 
     def fingerprint_part(self) -> str:
-        return f"{self.conversation_id}|{self.parent_id}"
+        return f"{self.conversation_id}|{self.parent_given}|{self.parent_id}"
 
 
-NO_TARGET = TurnTarget(conversation_id=None, parent_id=PARENT_NOT_GIVEN)
+NO_TARGET = TurnTarget(conversation_id=None, parent_id=None, parent_given=False)
 
 
 def parse_turn_target(data: dict[str, Any]) -> TurnTarget:
     """The conversation fields of a generate request; type errors are invalid_request, and
-    ids that name nothing of this user's are not_found later (resolve_turn_target)."""
+    ids that name nothing of this user's are not_found later (place_turn)."""
     errors: dict[str, str] = {}
     conversation_id = data.get("conversation_id")
     if conversation_id is not None and not isinstance(conversation_id, str):
         errors["conversation_id"] = "Must be a conversation id or null."
-    parent_id: Any = data.get("parent_id", PARENT_NOT_GIVEN)
+    parent_id = data.get("parent_id")
     if parent_id is not None and not isinstance(parent_id, str):
         errors["parent_id"] = "Must be a generation id or null."
     if errors:
         raise ApiError("invalid_request", "The request has invalid fields.", details=errors)
-    return TurnTarget(conversation_id=conversation_id, parent_id=parent_id)
+    return TurnTarget(
+        conversation_id=conversation_id, parent_id=parent_id, parent_given="parent_id" in data
+    )
 
 
 def count_tokens(text: str) -> int:
@@ -343,8 +345,7 @@ def place_turn(
     so two turns never get one index and a parent's status cannot change under the check."""
     parent: Generation | None = None
     conversation: Conversation | None = None
-    if target.parent_id not in (None, PARENT_NOT_GIVEN):
-        assert target.parent_id is not None
+    if target.parent_id is not None:
         if not looks_like_generation_id(target.parent_id):
             raise not_found("parent turn")
         parent = Generation.objects.filter(id=target.parent_id, user_id=user.pk).first()
@@ -359,7 +360,7 @@ def place_turn(
         conversation = Conversation.objects.get(pk=parent.conversation_id)
     elif target.conversation_id is not None:
         conversation = conversation_for_user(user=user, conversation_id=target.conversation_id)
-        if target.parent_id == PARENT_NOT_GIVEN and conversation.current_turn_id is not None:
+        if not target.parent_given and conversation.current_turn_id is not None:
             parent = Generation.objects.get(pk=conversation.current_turn_id)
 
     if conversation is None:
