@@ -578,3 +578,25 @@ def test_requests_refused_for_their_conversation_fields_do_not_spend_the_rate_li
         assert_error(response, 404, "not_found")
     assert second.status_code == 202, second.text
     assert_error(third, 429, "rate_limited")
+
+
+def test_an_idempotent_repeat_of_a_turn_returns_it_and_other_conversation_fields_conflict(
+    alice: httpx.Client,
+) -> None:
+    first = turn(alice, f"idempotent root {uuid.uuid4().hex} [fake tokens=1]")
+    key = {"Idempotency-Key": uuid.uuid4().hex}
+    body = {
+        "prompt": "follow [fake tokens=300 rate=30]",
+        "conversation_id": first["conversation_id"],
+    }
+
+    created = alice.post("/api/v1/generations", json=body, headers=key)
+    # While that turn runs, a repeat is the same turn, not parent_not_finished.
+    repeated = alice.post("/api/v1/generations", json=body, headers=key)
+    conflict = alice.post("/api/v1/generations", json={**body, "parent_id": None}, headers=key)
+    alice.post(f"/api/v1/generations/{created.json()['id']}/cancel")
+
+    assert created.status_code == 202, created.text
+    assert repeated.status_code == 200 and repeated.json()["id"] == created.json()["id"]
+    assert_error(conflict, 409, "idempotency_conflict")
+    assert len(conversation(alice, first["conversation_id"])["turns"]) == 2
