@@ -193,6 +193,9 @@ def test_untrusted_output_renders_inert(site: Service, node_modules: Path) -> No
 
 # -- conversations (docs/protocol.md "Conversations") ----------------------------------------
 
+# The conversation scenarios run several answers in turn; lib.mjs's default is 90 s.
+LONG_SCENARIO_TIMEOUT_MS = (SCENARIO_TIMEOUT_S - 10) * 1000
+
 
 def provider_requests(site: Service) -> list[dict[str, Any]]:
     """What the fake provider received (its request log)."""
@@ -210,7 +213,15 @@ def test_a_follow_up_carries_the_earlier_turn_and_branches_flip(
     edited = f"Name three lakes {marker}"
 
     result = run_scenario(
-        site, "conversation", "ivy", first_prompt, FOLLOW_UP=follow_up, EDITED=edited
+        site,
+        "conversation",
+        "ivy",
+        first_prompt,
+        FOLLOW_UP=follow_up,
+        EDITED=edited,
+        # Five answers one after another: more room than one answer's scenario on a busy CI
+        # machine (still inside SCENARIO_TIMEOUT_S).
+        SCENARIO_TIMEOUT_MS=str(LONG_SCENARIO_TIMEOUT_MS),
     )
 
     first = final(site, "ivy", result["first"])
@@ -249,6 +260,7 @@ def test_a_second_browser_joins_the_conversation_mid_answer(
         "jon",
         f"Tell me a long story {marker} [fake tokens=400 rate=50]",
         FOLLOW_UP=f"And then? {marker}",
+        SCENARIO_TIMEOUT_MS=str(LONG_SCENARIO_TIMEOUT_MS),
     )
 
     generation = final(site, "jon", result["id"])
