@@ -208,11 +208,15 @@ def test_a_cancelled_ancestor_with_no_output_contributes_only_its_prompt(
     silent_prompt = f"silent {marker} [fake tokens=5 ttft=30000]"
     generation = create(alice, silent_prompt)
     wait_until(lambda: sent_for(fake_llm, silent_prompt), timeout_s=20)
-    cancelled = alice.post(f"/api/v1/generations/{generation['id']}/cancel").json()
+    alice.post(f"/api/v1/generations/{generation['id']}/cancel")
     cancelled = wait_terminal(alice, generation["id"])
     follow_up = f"after the cancel {marker}"
 
-    turn(alice, follow_up, conversation_id=cancelled["conversation_id"], max_tokens=3)
+    second = create(alice, follow_up, conversation_id=cancelled["conversation_id"])
+    # What the provider received is all this needs; the history's directive would make the
+    # answer wait 30 s for its first token.
+    wait_until(lambda: sent_for(fake_llm, follow_up), timeout_s=20)
+    alice.post(f"/api/v1/generations/{second['id']}/cancel")
 
     assert cancelled["status"] == "cancelled"
     assert cancelled["output"] == ""
@@ -508,13 +512,16 @@ def test_deleting_a_conversation_removes_its_generations_and_replay_buffers(
 ) -> None:
     first = turn(alice, f"to forget {uuid.uuid4().hex} [fake tokens=5]")
     second = turn(alice, "and this [fake tokens=5]", conversation_id=first["conversation_id"])
+    # A new first turn, so that its own directive applies (the fake provider takes the first
+    # directive in the messages, which a history would hold): it is still streaming below.
     running = create(
         alice,
         "still streaming [fake tokens=400 rate=20]",
         conversation_id=first["conversation_id"],
-        parent_id=second["id"],
+        parent_id=None,
     )
     wait_until(lambda: alice.get(f"/api/v1/generations/{running['id']}").json()["seq"] > 0, 20)
+    assert alice.get(f"/api/v1/generations/{running['id']}").json()["status"] == "running"
     ids = [first["id"], second["id"], running["id"]]
 
     deleted = alice.delete(f"/api/v1/conversations/{first['conversation_id']}")

@@ -45,15 +45,11 @@ async def test_generate_with_a_conversation_sends_the_history(
         created, _ = await recv_type(ws, "created")
         second = created["generation"]
         await events_until_done(ws, second["id"])
-        # A turn whose parent is still running is an error frame; the connection stays.
+        # A turn whose parent is still running is an error frame; the connection stays. (A
+        # conversation of its own: in this one, the first prompt's directive would win.)
         await send(
             ws,
-            {
-                "type": "generate",
-                "ref": 3,
-                "prompt": f"slow {marker} [fake tokens=400 rate=20]",
-                "conversation_id": first["conversation_id"],
-            },
+            {"type": "generate", "ref": 3, "prompt": f"slow {marker} [fake tokens=400 rate=20]"},
         )
         created, _ = await recv_type(ws, "created")
         slow = created["generation"]
