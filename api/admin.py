@@ -475,3 +475,121 @@ class UserWithLimitsAdmin(UserAdmin):  # type: ignore[type-arg]
 if admin.site.is_registered(User):
     admin.site.unregister(User)
 admin.site.register(User, UserWithLimitsAdmin)
+
+
+# --- Conversations (docs/protocol.md "Conversations") ---------------------------------------
+
+from api.conversations import conversation_remove, conversation_view  # noqa: E402
+from api.ids import looks_like_conversation_id  # noqa: E402
+from api.models import Conversation  # noqa: E402
+
+
+@admin.register(Conversation)
+class ConversationAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+    """A user's conversations, each with its turns drawn as the tree they are: every branch,
+    and the current one marked. Searchable by username (exact) and title (contains)."""
+
+    list_display = ("id", "title", "conversation_user", "turn_count", "created_at", "updated_at")
+    search_fields = ("=id", "=user__username", "title")  # see get_search_results
+    search_help_text = (
+        "A conversation id finds that conversation; a username, that user's conversations; any "
+        "other text is looked for in the titles."
+    )
+    ordering = ("-created_at", "-id")
+    list_select_related = False
+    show_full_result_count = False
+    paginator = CappedCountPaginator
+    list_per_page = 50
+    fields = (
+        "id",
+        "user",
+        "title",
+        "system",
+        "turn_count",
+        "current_turn",
+        "created_at",
+        "updated_at",
+        "turn_tree",
+    )
+    readonly_fields = (*(field.name for field in Conversation._meta.fields), "turn_tree")
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False  # conversations are created through the API
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Any]:
+        rows: QuerySet[Any] = super().get_queryset(request)
+        with_users: QuerySet[Any] = rows.prefetch_related("user")
+        return with_users
+
+    def get_search_results(
+        self, request: HttpRequest, queryset: QuerySet[Any], search_term: str
+    ) -> tuple[QuerySet[Any], bool]:
+        term = search_term.strip()
+        if not term:
+            return queryset, False
+        if looks_like_conversation_id(term):
+            return queryset.filter(pk=term), False
+        user_id = get_user_model().objects.filter(username=term).values_list("pk", flat=True)
+        found = user_id.first()
+        if found is not None:
+            return queryset.filter(user_id=found), False
+        return queryset.filter(title__icontains=term), False
+
+    @admin.display(description="user", ordering="user__username")
+    def conversation_user(self, conversation: Conversation) -> SafeString:
+        username = conversation.user.get_username()
+        return format_html(
+            '<a href="{}?q={}" title="This user\'s conversations">{}</a>',
+            reverse("admin:api_conversation_changelist"),
+            username,
+            username,
+        )
+
+    @admin.display(description="turns and branches")
+    def turn_tree(self, conversation: Conversation) -> SafeString:
+        """Every turn, indented under its parent, siblings (the branches) in creation order;
+        the current branch in bold."""
+        view = conversation_view(conversation)
+        current = set(view["current_path"])
+        children: dict[str | None, list[dict[str, Any]]] = {}
+        for turn in view["turns"]:
+            children.setdefault(turn["parent_id"], []).append(turn)
+        lines: list[tuple[str, ...]] = []
+
+        def walk(parent_id: str | None, depth: int) -> None:
+            siblings = children.get(parent_id, [])
+            for number, turn in enumerate(siblings, start=1):
+                branch = f"branch {number} of {len(siblings)} · " if len(siblings) > 1 else ""
+                lines.append(
+                    (
+                        str(depth * 2),
+                        "bold" if turn["id"] in current else "normal",
+                        _change_url(turn["id"]),
+                        turn["id"],
+                        branch,
+                        turn["status"],
+                        turn["prompt"][:80],
+                        turn["output"][:80],
+                    )
+                )
+                walk(turn["id"], depth + 1)
+
+        walk(None, 0)
+        if not lines:
+            return format_html("{}", "no turns yet")
+        return format_html(
+            "<div>{}</div>",
+            format_html_join(
+                "",
+                '<div style="margin-left:{}em;font-weight:{}" class="turn">'
+                '<a href="{}">{}</a> {}{}: <q>{}</q> → <q>{}</q></div>',
+                lines,
+            ),
+        )
+
+    def delete_model(self, request: HttpRequest, obj: Conversation) -> None:
+        conversation_remove(obj)
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> None:
+        for conversation in queryset[:ACTION_MAX_ROWS]:
+            conversation_remove(conversation)

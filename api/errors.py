@@ -18,6 +18,10 @@ STATUS_BY_CODE: dict[str, int] = {
     "not_found": 404,
     "method_not_allowed": 405,
     "idempotency_conflict": 409,
+    # Conversations (docs/protocol.md): a turn whose parent is still running; a conversation
+    # at MAX_CONVERSATION_TURNS.
+    "parent_not_finished": 409,
+    "conversation_full": 409,
     "payload_too_large": 413,
     "unsupported_media_type": 415,
     "rate_limited": 429,

@@ -25,3 +25,21 @@ def looks_like_generation_id(value: object) -> bool:
         and value.startswith(PREFIX)
         and all(c in _ALPHABET for c in value[len(PREFIX) :])
     )
+
+
+# Conversation ids: the same alphabet and randomness, their own prefix.
+CONVERSATION_PREFIX = "conv_"
+CONVERSATION_ID_MAX_LENGTH = len(CONVERSATION_PREFIX) + _LENGTH
+
+
+def new_conversation_id() -> str:
+    return CONVERSATION_PREFIX + new_generation_id()[len(PREFIX) :]
+
+
+def looks_like_conversation_id(value: object) -> bool:
+    return (
+        isinstance(value, str)
+        and len(value) == CONVERSATION_ID_MAX_LENGTH
+        and value.startswith(CONVERSATION_PREFIX)
+        and all(c in _ALPHABET for c in value[len(CONVERSATION_PREFIX) :])
+    )

@@ -5,7 +5,7 @@ from typing import Any
 from django.conf import settings
 from django.db import models
 
-from api.ids import MAX_LENGTH, new_generation_id
+from api.ids import CONVERSATION_ID_MAX_LENGTH, MAX_LENGTH, new_conversation_id, new_generation_id
 
 
 class Status(models.TextChoices):
@@ -80,6 +80,19 @@ class Generation(models.Model):
         "self", on_delete=models.SET_NULL, null=True, blank=True, related_name="retries"
     )
 
+    # Conversations (docs/protocol.md): every generation is a turn of one conversation, and
+    # follows `parent` (None: the conversation's first turn, or an edit of it). Null only for
+    # rows created before conversations existed.
+    conversation = models.ForeignKey(
+        "Conversation", on_delete=models.CASCADE, null=True, blank=True, related_name="turns"
+    )
+    parent = models.ForeignKey(
+        "self", on_delete=models.CASCADE, null=True, blank=True, related_name="children"
+    )
+    # 1, 2, 3, ... in the order the conversation's turns were created: the seq of the
+    # conversation's `turn` events, so that a subscriber resumes after the last it saw.
+    turn_index = models.PositiveIntegerField(null=True, blank=True)
+
     idempotency_key = models.CharField(max_length=255, null=True, blank=True)
     request_hash = models.CharField(max_length=64, blank=True, default="")
 
@@ -107,7 +120,12 @@ class Generation(models.Model):
         constraints = [
             models.UniqueConstraint(
                 fields=["user", "idempotency_key"], name="gen_user_idempotency_key"
-            )
+            ),
+            # A conversation's turns in order, and no two with one index (the conversation's
+            # row lock serialises creates; this makes a slip loud instead of silent).
+            models.UniqueConstraint(
+                fields=["conversation", "turn_index"], name="gen_conversation_turn_index"
+            ),
         ]
 
     def __str__(self) -> str:
@@ -138,6 +156,52 @@ class Generation(models.Model):
             "created_at": _iso(self.created_at),
             "started_at": _iso(self.started_at),
             "finished_at": _iso(self.finished_at),
+            "conversation_id": self.conversation_id,
+            "parent_id": self.parent_id,
+        }
+
+
+class Conversation(models.Model):
+    """A user's multi-turn chat: a tree of turns (generations), each following its parent.
+
+    `current_turn` is the tip of the branch the user is on: a new turn that names no parent
+    follows it, and the conversation view shows the path from the root to it."""
+
+    id = models.CharField(
+        primary_key=True, max_length=CONVERSATION_ID_MAX_LENGTH, default=new_conversation_id
+    )
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="conversations"
+    )
+    title = models.CharField(max_length=200, blank=True, default="")
+    system = models.TextField(null=True, blank=True)
+    current_turn = models.ForeignKey(
+        Generation, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    turn_count = models.PositiveIntegerField(default=0)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        indexes = [
+            # The list endpoint: a user's conversations, newest first; and the admin's search.
+            models.Index(fields=["user", "-created_at", "-id"], name="conv_user_created"),
+            models.Index(fields=["-created_at", "-id"], name="conv_created"),
+        ]
+
+    def __str__(self) -> str:
+        return self.title or self.id
+
+    def to_dict(self) -> dict[str, Any]:
+        """The conversation object of docs/protocol.md (without its turns)."""
+        return {
+            "id": self.id,
+            "title": self.title,
+            "system": self.system,
+            "current_turn_id": self.current_turn_id,
+            "turn_count": self.turn_count,
+            "created_at": _iso(self.created_at),
+            "updated_at": _iso(self.updated_at),
         }
 
 

@@ -139,7 +139,7 @@ def schema() -> dict[str, Any]:
         },
     }
     bearer: list[dict[str, list[str]]] = [{"bearer": []}]
-    return {
+    document: dict[str, Any] = {
         "openapi": "3.1.0",
         "info": {"title": "LLM stream backend", "version": "1"},
         "servers": [{"url": "/"}],
@@ -373,6 +373,202 @@ def schema() -> dict[str, Any]:
                     "security": bearer,
                     "responses": {"200": _json("Me", "the user"), **_COMMON},
                 }
+            },
+        },
+    }
+    _add_conversations(document)
+    return document
+
+
+# --- Conversations (docs/protocol.md "Conversations") ---------------------------------------
+
+_CONVERSATION_ID_PARAM = {
+    "name": "conversation_id",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string"},
+}
+_CONVERSATION_ID = {"type": "string", "pattern": "^conv_[0-9A-Za-z]{22}$"}
+_GENERATION_ID = {"type": "string", "pattern": "^gen_[0-9A-Za-z]{22}$"}
+
+
+def _add_conversations(document: dict[str, Any]) -> None:
+    """Conversations: the fields they add to generations, their schemas and endpoints."""
+    schemas = document["components"]["schemas"]
+    generation = schemas["Generation"]
+    generation["required"] += ["conversation_id", "parent_id"]
+    generation["properties"]["conversation_id"] = {
+        "type": ["string", "null"],
+        "description": "the conversation this generation is a turn of (null only for "
+        "generations created before conversations existed)",
+    }
+    generation["properties"]["parent_id"] = {
+        "type": ["string", "null"],
+        "description": "the turn this one follows; null for a first turn",
+    }
+    create = schemas["GenerationCreate"]
+    create["properties"]["conversation_id"] = {
+        "type": ["string", "null"],
+        "description": "continue this conversation (default parent: its current turn)",
+    }
+    create["properties"]["parent_id"] = {
+        "type": ["string", "null"],
+        "description": "follow this turn (a branch when it has children already); null with "
+        "conversation_id: a new first turn (an edit of the first prompt)",
+    }
+    conversation_properties: dict[str, Any] = {
+        "id": _CONVERSATION_ID,
+        "title": {"type": "string"},
+        "system": {"type": ["string", "null"]},
+        "current_turn_id": {"type": ["string", "null"]},
+        "turn_count": {"type": "integer", "minimum": 0},
+        "created_at": {"type": "string", "format": "date-time"},
+        "updated_at": {"type": "string", "format": "date-time"},
+    }
+    schemas["Conversation"] = {
+        "type": "object",
+        "required": list(conversation_properties),
+        "properties": conversation_properties,
+    }
+    schemas["ConversationView"] = {
+        "type": "object",
+        "required": [*conversation_properties, "turns", "current_path", "branches"],
+        "properties": {
+            **conversation_properties,
+            "turns": {
+                "type": "array",
+                "description": "every turn of the tree, in the order they were created",
+                "items": {"$ref": "#/components/schemas/Generation"},
+            },
+            "current_path": {
+                "type": "array",
+                "description": "the current branch: turn ids from the first to the current",
+                "items": _GENERATION_ID,
+            },
+            "branches": {
+                "type": "array",
+                "description": "one per leaf turn, in the order they were created",
+                "items": {
+                    "type": "object",
+                    "required": ["turn_id", "turns", "current"],
+                    "properties": {
+                        "turn_id": _GENERATION_ID,
+                        "turns": {"type": "integer", "minimum": 1},
+                        "current": {"type": "boolean"},
+                    },
+                },
+            },
+        },
+    }
+    schemas["ConversationList"] = {
+        "type": "object",
+        "required": ["results", "next_cursor"],
+        "properties": {
+            "results": {"type": "array", "items": {"$ref": "#/components/schemas/Conversation"}},
+            "next_cursor": {"type": ["string", "null"]},
+        },
+    }
+    title = {"type": "string", "maxLength": settings.MAX_TITLE_CHARS}
+    system = {"type": ["string", "null"], "maxLength": settings.MAX_SYSTEM_CHARS}
+    bearer: list[dict[str, list[str]]] = [{"bearer": []}]
+    body_errors = {
+        "400": _error("invalid_json, invalid_request or prompt_too_long (system)"),
+        "413": _error("body over 64 KiB"),
+        "415": _error("not application/json"),
+    }
+
+    def body(schema: dict[str, Any]) -> dict[str, Any]:
+        return {"required": True, "content": {"application/json": {"schema": schema}}}
+
+    paths = document["paths"]
+    paths["/api/v1/generations"]["post"]["responses"]["404"] = _error(
+        "conversation_id or parent_id names no conversation or turn of this user"
+    )
+    paths["/api/v1/generations"]["post"]["responses"]["409"] = _error(
+        "idempotency_conflict, parent_not_finished or conversation_full"
+    )
+    paths["/api/v1/conversations"] = {
+        "post": {
+            "summary": "Start a conversation (a generation with no conversation also starts one)",
+            "security": bearer,
+            "requestBody": body(
+                {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "properties": {"title": title, "system": system},
+                }
+            ),
+            "responses": {
+                "201": _json(
+                    "ConversationView", "created", {"Location": {"schema": {"type": "string"}}}
+                ),
+                **body_errors,
+                **_COMMON,
+            },
+        },
+        "get": {
+            "summary": "The user's conversations, newest first",
+            "security": bearer,
+            "parameters": [
+                {
+                    "name": "limit",
+                    "in": "query",
+                    "schema": {"type": "integer", "minimum": 1, "maximum": 100},
+                },
+                {"name": "cursor", "in": "query", "schema": {"type": "string"}},
+            ],
+            "responses": {
+                "200": _json("ConversationList", "a page"),
+                "400": _error("bad limit or cursor"),
+                **_COMMON,
+            },
+        },
+    }
+    paths["/api/v1/conversations/{conversation_id}"] = {
+        "get": {
+            "summary": "A conversation with every turn, its branches and the current one",
+            "security": bearer,
+            "parameters": [_CONVERSATION_ID_PARAM],
+            "responses": {
+                "200": _json("ConversationView", "the conversation"),
+                "404": _error("not found"),
+                **_COMMON,
+            },
+        },
+        "patch": {
+            "summary": "Rename, change the system prompt, or switch to another branch",
+            "security": bearer,
+            "parameters": [_CONVERSATION_ID_PARAM],
+            "requestBody": body(
+                {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "properties": {
+                        "title": title,
+                        "system": system,
+                        "current_turn_id": {
+                            "type": "string",
+                            "description": "any turn: the branch through it (down its newest "
+                            "children) becomes the current one",
+                        },
+                    },
+                }
+            ),
+            "responses": {
+                "200": _json("ConversationView", "the conversation"),
+                **body_errors,
+                "404": _error("not found (the conversation, or current_turn_id in it)"),
+                **_COMMON,
+            },
+        },
+        "delete": {
+            "summary": "Delete the conversation, its generations and their replay buffers",
+            "security": bearer,
+            "parameters": [_CONVERSATION_ID_PARAM],
+            "responses": {
+                "204": {"description": "deleted"},
+                "404": _error("not found"),
+                **_COMMON,
             },
         },
     }

@@ -6,6 +6,7 @@ status = 'running', so a worker that was presumed dead and replaced changes noth
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from django.db.models import F, Q, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
+from api.conversations import NO_TARGET, TurnTarget, place_retry, place_turn, turn_created
 from api.errors import ApiError
 from api.models import TERMINAL_STATUSES, FinishReason, Generation, Status
 from api.ratelimit import rate_limiter
@@ -61,8 +63,17 @@ def _enqueue(generation_id: str, *, delay_s: float = 0.0) -> None:
         logger.exception("enqueue failed for %s; the reaper will retry", generation_id)
 
 
+def _request_fingerprint(params: GenerationParams, target: TurnTarget) -> str:
+    """The request's hash; a request with no conversation fields hashes as it always did."""
+    if not target.given:
+        return params.fingerprint()
+    return hashlib.sha256(
+        f"{params.fingerprint()}|{target.fingerprint_part()}".encode()
+    ).hexdigest()
+
+
 def _idempotent_match(
-    user: AbstractBaseUser, key: str, params: GenerationParams
+    user: AbstractBaseUser, key: str, params: GenerationParams, target: TurnTarget = NO_TARGET
 ) -> Generation | None:
     existing = Generation.objects.filter(user_id=user.pk, idempotency_key=key).first()
     if existing is None:
@@ -71,7 +82,7 @@ def _idempotent_match(
         # Past the window the key is free again: release it from the old generation.
         Generation.objects.filter(pk=existing.pk).update(idempotency_key=None)
         return None
-    if existing.request_hash != params.fingerprint():
+    if existing.request_hash != _request_fingerprint(params, target):
         raise ApiError(
             "idempotency_conflict",
             "This Idempotency-Key was used with a different request body.",
@@ -80,11 +91,18 @@ def _idempotent_match(
 
 
 def generation_create(
-    *, user: AbstractBaseUser, params: GenerationParams, idempotency_key: str | None
+    *,
+    user: AbstractBaseUser,
+    params: GenerationParams,
+    idempotency_key: str | None,
+    target: TurnTarget = NO_TARGET,
 ) -> tuple[Generation, bool]:
-    """Create and enqueue a generation; (generation, created). A repeat returns the first."""
+    """Create and enqueue a generation; (generation, created). A repeat returns the first.
+
+    The generation is a turn of a conversation: the one `target` names, or a new one
+    (api.conversations.place_turn)."""
     if idempotency_key:
-        existing = _idempotent_match(user, idempotency_key, params)
+        existing = _idempotent_match(user, idempotency_key, params, target)
         if existing is not None:
             return existing, False
     try:
@@ -93,19 +111,38 @@ def generation_create(
             # quotas below must see each other's effects, or concurrent requests race past.
             get_user_model().objects.select_for_update().filter(pk=user.pk).first()
             if idempotency_key:
-                existing = _idempotent_match(user, idempotency_key, params)
+                existing = _idempotent_match(user, idempotency_key, params, target)
                 if existing is not None:
                     return existing, False
+            # Where the turn goes first: a request refused for its conversation fields (404,
+            # 409, prompt_too_long) must not spend the rate limit. Its writes roll back with
+            # the transaction when a limit refuses the request below.
+            placement = place_turn(
+                user=user,
+                target=target,
+                model=params.model,
+                prompt=params.prompt,
+                system=params.system,
+            )
             _check_limits(user)
             generation = Generation.objects.create(
                 user_id=user.pk,
                 model=params.model,
                 prompt=params.prompt,
-                system=params.system,
+                # A turn runs with its conversation's system prompt.
+                system=placement.system,
                 max_tokens=params.max_tokens,
                 temperature=params.temperature,
                 idempotency_key=idempotency_key,
-                request_hash=params.fingerprint() if idempotency_key else "",
+                request_hash=_request_fingerprint(params, target) if idempotency_key else "",
+                conversation=placement.conversation,
+                parent_id=placement.parent_id,
+                turn_index=placement.turn_index,
+            )
+            turn_created(
+                conversation_id=placement.conversation.pk,
+                generation_id=generation.id,
+                turn_index=placement.turn_index,
             )
             # Enqueue only once the row is visible to the worker.
             transaction.on_commit(lambda: _enqueue(generation.id))
@@ -113,7 +150,7 @@ def generation_create(
         # A concurrent repeat won the unique (user, key) race after our first check.
         if not idempotency_key:
             raise
-        existing = _idempotent_match(user, idempotency_key, params)
+        existing = _idempotent_match(user, idempotency_key, params, target)
         if existing is None:
             raise
         return existing, False
@@ -303,6 +340,8 @@ def generation_retry(*, generation_id: str) -> tuple[Generation, bool]:
                 f"Only a failed generation can be retried; this one is {original.status}.",
             )
         _check_limits(original.user, rate_limit=False)
+        # A turn of a conversation is retried as a new branch beside it (same parent).
+        turn_index = place_retry(original)
         retry = Generation.objects.create(
             user_id=original.user_id,
             model=original.model,
@@ -311,7 +350,16 @@ def generation_retry(*, generation_id: str) -> tuple[Generation, bool]:
             max_tokens=original.max_tokens,
             temperature=original.temperature,
             retry_of=original,
+            conversation_id=original.conversation_id,
+            parent_id=original.parent_id,
+            turn_index=turn_index,
         )
+        if original.conversation_id is not None and turn_index is not None:
+            turn_created(
+                conversation_id=original.conversation_id,
+                generation_id=retry.id,
+                turn_index=turn_index,
+            )
         transaction.on_commit(lambda: _enqueue(retry.id))
     logger.info("generation %s: retried as %s", original.pk, retry.pk)
     return retry, True

@@ -18,6 +18,8 @@ from api.errors import ApiError
 _STRIPPED = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff]")
 
 GENERATION_FIELDS = frozenset({"prompt", "model", "system", "max_tokens", "temperature"})
+# Where the turn goes in a conversation (api.conversations.parse_turn_target reads them).
+GENERATION_FIELDS |= {"conversation_id", "parent_id"}
 IDEMPOTENCY_KEY_MAX_CHARS = 255
 
 

@@ -1,5 +1,6 @@
-// The sample chat page: sign in, send a prompt, watch it stream, stop it, browse past
-// generations. Everything about connections (WebSocket, SSE fallback, reconnect, resume after
+// The sample chat page: sign in, chat (each conversation's history lives on the server, so a
+// follow-up carries its context), regenerate or edit to branch and flip between branches, stop
+// an answer, and reopen any conversation from the sidebar, on any device. Everything about connections (WebSocket, SSE fallback, reconnect, resume after
 // a reload, token refresh) is in client.js; this file is only the page.
 //
 // Embedding hooks (optional, set before this script runs, e.g. in a script file of your own):
@@ -14,7 +15,8 @@ import { renderMarkdown } from "./markdown.js";
 /** @type {{token?: import("./client.d.ts").TokenProvider, wsUrl?: string, sse?: "fetch" | "eventsource", baseUrl?: string}} */
 const config = /** @type {any} */ (window).LLM_SAMPLE ?? {};
 const TOKEN_KEY = "llm-sample:token";
-const THREAD_KEY = "llm-sample:thread";
+// The open conversation, so that a reload reopens it (its turns come from the server).
+const CONVERSATION_KEY = "llm-sample:conversation";
 const TERMINAL = new Set(["completed", "failed", "cancelled"]);
 const STATE_LABELS = {
   idle: "Not connected",
@@ -35,12 +37,18 @@ const $ = (/** @type {string} */ id) => /** @type {HTMLElement} */ (document.get
 
 /** @type {StreamClient | null} */
 let client = null;
-/** The generations shown in the main pane: [{id, prompt}], kept across reloads. */
-let thread = loadThread();
-/** @type {Map<string, Turn>} */
+/** The open conversation as the server last described it (null: a new chat). */
+/** @type {import("./client.d.ts").ConversationView | null} */
+let view = null;
+/** @type {Map<string, Turn>} the turns shown: the current branch, first turn first */
 const turns = new Map();
-/** @type {import("./client.d.ts").Generation[]} */
-let history = [];
+/** @type {import("./client.d.ts").Conversation[]} */
+let conversationList = [];
+/** Stops hearing of the open conversation's new turns. @type {(() => void) | null} */
+let stopWatching = null;
+/** Set while the user edits a prompt: the next message is a new branch after `parentId`. */
+/** @type {{parentId: string | null} | null} */
+let editing = null;
 
 // -- authentication ------------------------------------------------------------------------
 
@@ -106,7 +114,7 @@ function signOut(message = "") {
   client?.close();
   client = null;
   sessionStorage.removeItem(TOKEN_KEY);
-  setThread([]);
+  newChat();
   $("app").hidden = true;
   $("signin").hidden = false;
   $("signin-error").textContent = message;
@@ -124,9 +132,11 @@ function showState(state) {
 // -- one question and its answer -----------------------------------------------------------
 
 class Turn {
-  /** @param {{id: string, prompt: string}} item */
+  /** @param {import("./client.d.ts").Generation} item */
   constructor(item) {
     this.id = item.id;
+    this.prompt = item.prompt;
+    this.parentId = item.parent_id ?? null;
     this.text = "";
     this.raw = false;
     /** @type {import("./client.d.ts").GenerationStream | null} */
@@ -136,7 +146,15 @@ class Turn {
     this.element.className = "turn";
     this.element.dataset.generationId = item.id;
     this.element.innerHTML = `
-      <div class="user-row"><div class="bubble"></div></div>
+      <div class="user-row">
+        <span class="branch-nav" data-testid="branches" hidden>
+          <button type="button" class="link prev" data-testid="branch-prev" aria-label="Previous branch">‹</button>
+          <span class="position" data-testid="branch-position"></span>
+          <button type="button" class="link next" data-testid="branch-next" aria-label="Next branch">›</button>
+        </span>
+        <button type="button" class="link edit" data-testid="edit">Edit</button>
+        <div class="bubble"></div>
+      </div>
       <div class="answer-row">
         <div class="avatar" aria-hidden="true">AI</div>
         <div class="answer">
@@ -149,6 +167,7 @@ class Turn {
           <div class="answer-meta">
             <span class="status" data-testid="status"></span>
             <span class="actions">
+              <button type="button" class="link regenerate" data-testid="regenerate">Regenerate</button>
               <button type="button" class="link toggle-raw" data-testid="toggle-raw">Raw</button>
               <button type="button" class="link copy">Copy</button>
             </span>
@@ -158,6 +177,26 @@ class Turn {
     this.$(".bubble").textContent = item.prompt; // the prompt is text, never HTML
     this.$(".toggle-raw").addEventListener("click", () => this.toggleRaw());
     this.$(".copy").addEventListener("click", () => navigator.clipboard?.writeText(this.text));
+    this.$(".regenerate").addEventListener("click", () => regenerate(this));
+    this.$(".edit").addEventListener("click", () => startEdit(this));
+  }
+
+  /**
+   * Show "‹ n/m ›" when this turn has siblings (other answers to the same point: regenerations
+   * and edits); the arrows switch the conversation to the sibling's branch.
+   * @param {string[]} siblings ids, in the order they were created
+   */
+  setBranches(siblings) {
+    const index = siblings.indexOf(this.id);
+    const nav = this.$(".branch-nav");
+    nav.hidden = siblings.length < 2;
+    this.$(".position").textContent = `${index + 1}/${siblings.length}`;
+    const prev = /** @type {HTMLButtonElement} */ (this.$(".prev"));
+    const next = /** @type {HTMLButtonElement} */ (this.$(".next"));
+    prev.disabled = index <= 0;
+    next.disabled = index >= siblings.length - 1;
+    prev.onclick = () => switchBranch(siblings[index - 1]);
+    next.onclick = () => switchBranch(siblings[index + 1]);
   }
 
   /** @param {string} selector */
@@ -234,10 +273,7 @@ function watch(turn) {
       turn.setReasoning(reasoning ?? "");
       const streaming = event?.type === "delta" || event?.type === "reasoning";
       if (streaming || (event?.type === "snapshot" && event.status === "running")) {
-        if (turn.element.dataset.status !== "running") {
-          turn.setStatus("running");
-          setHistoryStatus(turn.id, "running");
-        }
+        if (turn.element.dataset.status !== "running") turn.setStatus("running");
       }
     },
     onDone: (done) => {
@@ -254,34 +290,32 @@ function watch(turn) {
   });
 }
 
-// -- the thread (main pane) ----------------------------------------------------------------
+// -- the conversation (main pane) ------------------------------------------------------------
 
-function loadThread() {
-  try {
-    const saved = JSON.parse(sessionStorage.getItem(THREAD_KEY) ?? "[]");
-    return Array.isArray(saved) ? saved : [];
-  } catch {
-    return [];
-  }
-}
-
-/** @param {{id: string, prompt: string}[]} items */
-function setThread(items) {
+function clearThread() {
   for (const turn of turns.values()) turn.stream?.close();
   turns.clear();
-  thread = items;
-  sessionStorage.setItem(THREAD_KEY, JSON.stringify(thread));
   $("thread").replaceChildren($("empty"));
-  $("empty").hidden = thread.length > 0;
-  $("chat-title").textContent = thread.length ? thread[0].prompt.slice(0, 80) : "New chat";
+  $("empty").hidden = false;
+}
+
+/** A new chat: nothing shown; the first message starts a conversation on the server. */
+function newChat() {
+  stopWatching?.();
+  stopWatching = null;
+  view = null;
+  cancelEdit();
+  sessionStorage.removeItem(CONVERSATION_KEY);
+  clearThread();
+  $("chat-title").textContent = "New chat";
   markActiveHistory();
   updateStopButton();
 }
 
-/** @param {{id: string, prompt: string}} item */
-function addTurn(item) {
-  const turn = new Turn(item);
-  turns.set(item.id, turn);
+/** @param {import("./client.d.ts").Generation} generation */
+function addTurn(generation) {
+  const turn = new Turn(generation);
+  turns.set(generation.id, turn);
   $("thread").append(turn.element);
   $("empty").hidden = true;
   return turn;
@@ -297,60 +331,144 @@ function scrollDown() {
   pane.scrollTop = pane.scrollHeight;
 }
 
-/** Rebuild the thread after a reload: saved streams resume at once, the rest load from the API. */
-function restoreThread() {
-  const streaming = new Set(client?.savedStreams() ?? []);
-  const items = thread;
-  setThread(items);
-  for (const item of items) {
-    const turn = addTurn(item);
-    if (streaming.has(item.id)) {
-      watch(turn); // shows the saved text now, then continues after its seq
-    } else {
-      client?.get(item.id).then(
-        (generation) => (TERMINAL.has(generation.status) ? turn.showFinal(generation) : watch(turn)),
-        (error) => turn.setStatus("failed", error.message),
-      );
-    }
+/**
+ * Show a conversation as the server describes it: its current branch, each turn with its
+ * sibling branches; a running answer streams (resuming from what this tab saved before a
+ * reload), a finished one shows its stored output.
+ * @param {import("./client.d.ts").ConversationView} next
+ */
+function showConversation(next) {
+  const sameConversation = view?.id === next.id;
+  view = next;
+  sessionStorage.setItem(CONVERSATION_KEY, next.id);
+  $("chat-title").textContent = next.title || "New chat";
+  const byId = new Map(next.turns.map((generation) => [generation.id, generation]));
+  clearThread();
+  for (const id of next.current_path) {
+    const generation = byId.get(id);
+    if (!generation) continue;
+    const turn = addTurn(generation);
+    const siblings = next.turns.filter((other) => other.parent_id === generation.parent_id).map((other) => other.id);
+    turn.setBranches(siblings);
+    if (TERMINAL.has(generation.status)) turn.showFinal(generation);
+    else watch(turn);
   }
+  if (!sameConversation || !stopWatching) follow(next);
+  markActiveHistory();
+  updateStopButton();
   scrollDown();
 }
 
-/** @param {import("./client.d.ts").Generation} generation */
-function openGeneration(generation) {
-  // From the history list, which came from the database: shown at once, no request.
-  setThread([{ id: generation.id, prompt: generation.prompt }]);
-  const turn = addTurn(generation);
-  if (TERMINAL.has(generation.status)) turn.showFinal(generation);
-  else watch(turn);
-  markActiveHistory();
-  $("thread").scrollTop = 0;
+/**
+ * Hear of turns started elsewhere (another tab, browser or device): the conversation is read
+ * again and the new turn streams here too.
+ * @param {import("./client.d.ts").ConversationView} conversation
+ */
+function follow(conversation) {
+  stopWatching?.();
+  const id = conversation.id;
+  stopWatching = client?.watchConversation(id, {
+    after: conversation.turn_count,
+    onTurn: (generation) => {
+      if (view?.id !== id) return;
+      refreshHistory();
+      if (!turns.has(generation.id)) openConversation(id);
+    },
+    // Renamed, or switched to another branch, on another device; or deleted.
+    onChange: (changed) => {
+      refreshHistory();
+      if (view?.id !== id) return;
+      if (changed === null) newChat();
+      else if (changed.current_turn_id !== view.current_path.at(-1)) openConversation(id);
+      else $("chat-title").textContent = changed.title || "New chat";
+    },
+  }) ?? null;
 }
 
+/** @param {string} id */
+async function openConversation(id) {
+  if (!client) return;
+  try {
+    showConversation(await client.conversation(id));
+  } catch (error) {
+    if (error?.code === "not_found") newChat();
+    else showBanner(error.message);
+  }
+}
+
+/**
+ * Send a message: a follow-up of the turn shown last (its context is built by the server),
+ * or, while editing, a new branch beside the edited prompt.
+ * @param {Event} [event]
+ */
 async function send(event) {
   event?.preventDefault();
   const input = /** @type {HTMLTextAreaElement} */ ($("prompt"));
   const prompt = input.value.trim();
   if (!prompt || !client) return;
+  /** @type {import("./client.d.ts").GenerateParams} */
+  const params = { prompt };
+  if (view) {
+    params.conversation_id = view.id;
+    params.parent_id = editing ? editing.parentId : view.current_path.at(-1) ?? null;
+  }
   const button = /** @type {HTMLButtonElement} */ ($("send"));
   button.disabled = true;
   try {
-    const generation = await client.generate({ prompt });
+    const generation = await create(params);
     input.value = "";
     autosize();
-    const item = { id: generation.id, prompt: generation.prompt };
-    thread = [...thread, item];
-    sessionStorage.setItem(THREAD_KEY, JSON.stringify(thread));
-    if (thread.length === 1) $("chat-title").textContent = item.prompt.slice(0, 80);
-    const turn = addTurn(item);
-    watch(turn);
-    scrollDown();
-    refreshHistory();
+    cancelEdit();
+    if (generation.conversation_id) await openConversation(generation.conversation_id);
   } catch (error) {
     showBanner(error.message);
   } finally {
     button.disabled = false;
     input.focus();
+  }
+}
+
+/** @param {import("./client.d.ts").GenerateParams} params */
+async function create(params) {
+  if (!client) throw new Error("signed out");
+  const generation = await client.generate(params);
+  refreshHistory();
+  return generation;
+}
+
+/** Regenerate an answer: the same prompt again after the same parent, a new branch. @param {Turn} turn */
+async function regenerate(turn) {
+  if (!view) return;
+  try {
+    await create({ prompt: turn.prompt, conversation_id: view.id, parent_id: turn.parentId });
+    await openConversation(view.id);
+  } catch (error) {
+    showBanner(error.message);
+  }
+}
+
+/** Edit a prompt: the composer takes its text, and sending makes a new branch. @param {Turn} turn */
+function startEdit(turn) {
+  editing = { parentId: turn.parentId };
+  const input = /** @type {HTMLTextAreaElement} */ ($("prompt"));
+  input.value = turn.prompt;
+  autosize();
+  $("editing").hidden = false;
+  input.focus();
+}
+
+function cancelEdit() {
+  editing = null;
+  $("editing").hidden = true;
+}
+
+/** Switch the conversation to another branch: a request, so every device agrees. @param {string} turnId */
+async function switchBranch(turnId) {
+  if (!view || !client) return;
+  try {
+    showConversation(await client.updateConversation(view.id, { current_turn_id: turnId }));
+  } catch (error) {
+    showBanner(error.message);
   }
 }
 
@@ -376,52 +494,43 @@ function showBanner(message) {
 }
 showBanner.timer = 0;
 
-// -- history (sidebar) ---------------------------------------------------------------------
+// -- conversations (sidebar) ---------------------------------------------------------------
 
 async function refreshHistory() {
   if (!client) return;
   try {
-    history = (await client.list({ limit: 50 })).results;
+    conversationList = (await client.conversations({ limit: 50 })).results;
   } catch (error) {
     if (!(error instanceof Error && error.message === "signed out")) showBanner(error.message);
     return;
   }
   const list = $("history");
   list.replaceChildren(
-    ...history.map((generation) => {
+    ...conversationList.map((conversation) => {
       const item = document.createElement("li");
       const button = document.createElement("button");
       button.type = "button";
-      button.dataset.generationId = generation.id;
+      button.dataset.conversationId = conversation.id;
       const title = document.createElement("span");
       title.className = "title";
-      title.textContent = generation.prompt.replace(/\s+/g, " ").slice(0, 70);
+      title.textContent = (conversation.title || "New chat").replace(/\s+/g, " ").slice(0, 70);
       const meta = document.createElement("span");
       meta.className = "meta";
-      meta.dataset.status = generation.status;
-      meta.textContent = `${generation.status} · ${when(generation.created_at)}`;
+      const count = conversation.turn_count;
+      meta.textContent = `${count} ${count === 1 ? "message" : "messages"} · ${when(conversation.updated_at)}`;
       button.append(title, meta);
-      button.addEventListener("click", () => openGeneration(generation));
+      button.addEventListener("click", () => openConversation(conversation.id));
       item.append(button);
       return item;
     }),
   );
-  $("history-empty").hidden = history.length > 0;
+  $("history-empty").hidden = conversationList.length > 0;
   markActiveHistory();
-}
-
-/** @param {string} id @param {string} status */
-function setHistoryStatus(id, status) {
-  const meta = $("history").querySelector(`button[data-generation-id="${CSS.escape(id)}"] .meta`);
-  const generation = history.find((g) => g.id === id);
-  if (!meta || !generation) return;
-  meta.dataset.status = status;
-  meta.textContent = `${status} · ${when(generation.created_at)}`;
 }
 
 function markActiveHistory() {
   for (const button of $("history").querySelectorAll("button")) {
-    button.classList.toggle("active", thread.some((item) => item.id === button.dataset.generationId));
+    button.classList.toggle("active", button.dataset.conversationId === view?.id);
   }
 }
 
@@ -459,7 +568,9 @@ function start() {
   $("account-name").textContent = token ? claims(token).sub ?? "" : "";
   client.getToken().then((value) => ($("account-name").textContent = claims(value).sub ?? ""), () => {});
   client.connect();
-  restoreThread();
+  const open = sessionStorage.getItem(CONVERSATION_KEY);
+  if (open) openConversation(open);
+  else newChat();
   refreshHistory();
   /** @type {HTMLTextAreaElement} */ ($("prompt")).focus();
 }
@@ -467,7 +578,8 @@ function start() {
 $("signin-form").addEventListener("submit", signIn);
 $("use-token").addEventListener("click", useToken);
 $("sign-out").addEventListener("click", () => signOut());
-$("new-chat").addEventListener("click", () => setThread([]));
+$("new-chat").addEventListener("click", () => newChat());
+$("cancel-edit").addEventListener("click", () => cancelEdit());
 $("composer").addEventListener("submit", send);
 $("stop").addEventListener("click", stop);
 $("prompt").addEventListener("input", autosize);

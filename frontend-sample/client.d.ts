@@ -52,6 +52,9 @@ export interface Generation {
   created_at: string;
   started_at: string | null;
   finished_at: string | null;
+  /** The conversation this generation is a turn of, and the turn it follows. */
+  conversation_id: string | null;
+  parent_id: string | null;
 }
 
 export interface GenerateParams {
@@ -60,6 +63,28 @@ export interface GenerateParams {
   system?: string;
   max_tokens?: number;
   temperature?: number;
+  /** Continue this conversation (after its current turn unless `parent_id` is given). */
+  conversation_id?: string;
+  /** Follow this turn (a branch if it has children already); null: a new first turn. */
+  parent_id?: string | null;
+}
+
+/** A conversation (docs/protocol.md "Conversations"). */
+export interface Conversation {
+  id: string;
+  title: string;
+  system: string | null;
+  current_turn_id: string | null;
+  turn_count: number;
+  created_at: string;
+  updated_at: string;
+}
+
+/** A conversation with every turn, the current branch and the branches. */
+export interface ConversationView extends Conversation {
+  turns: Generation[];
+  current_path: string[];
+  branches: { turn_id: string; turns: number; current: boolean }[];
 }
 
 export interface SnapshotEvent {
@@ -226,6 +251,26 @@ export class StreamClient {
     cursor?: string | null;
   }): Promise<{ results: Generation[]; next_cursor: string | null }>;
   me(): Promise<{ username: string; usage: Record<string, number> }>;
+  conversations(page?: {
+    limit?: number;
+    cursor?: string | null;
+  }): Promise<{ results: Conversation[]; next_cursor: string | null }>;
+  conversation(id: string): Promise<ConversationView>;
+  updateConversation(
+    id: string,
+    fields: { title?: string; system?: string | null; current_turn_id?: string },
+  ): Promise<ConversationView>;
+  deleteConversation(id: string): Promise<null>;
+  /** Hear of each turn of a conversation (from any device); returns a function that stops. */
+  watchConversation(
+    id: string,
+    options: {
+      after?: number;
+      onTurn: (generation: Generation, seq: number) => void;
+      /** Renamed or switched branch on any device; null once deleted. */
+      onChange?: (conversation: Conversation | null) => void;
+    },
+  ): () => void;
   /** Ids of the streams this tab watched before a reload and that had not ended. */
   savedStreams(): string[];
   /** Connect now rather than with the first stream. */

@@ -29,6 +29,8 @@ const SSE_SILENCE_MS = 35_000;
 // A stream resumed from a saved seq whose generation had already ended gets `subscribed` and
 // nothing more over the WebSocket; after this long without an event its row is checked.
 const RESUME_CHECK_MS = 1500;
+// Without the WebSocket, a watched conversation is read this often for new turns.
+const CONVERSATION_POLL_MS = 3000;
 
 /** @typedef {import("./client.d.ts").StreamClientOptions} StreamClientOptions */
 /** @typedef {import("./client.d.ts").ConnectionState} ConnectionState */
@@ -475,6 +477,101 @@ export class StreamClient {
     return this.request("GET", "/api/v1/me");
   }
 
+  // -- conversations (docs/protocol.md "Conversations") ------------------------------------
+
+  /**
+   * The user's conversations, newest first (without their turns).
+   * @param {{limit?: number, cursor?: string | null}} [page]
+   */
+  conversations({ limit = 20, cursor = null } = {}) {
+    const query = new URLSearchParams({ limit: String(limit) });
+    if (cursor) query.set("cursor", cursor);
+    return this.request("GET", `/api/v1/conversations?${query}`);
+  }
+
+  /** A conversation with every turn, the current branch and the branches. @param {string} id */
+  conversation(id) {
+    return this.request("GET", `/api/v1/conversations/${encodeURIComponent(id)}`);
+  }
+
+  /**
+   * Rename (`title`), change the system prompt, or switch branch (`current_turn_id`).
+   * @param {string} id @param {{title?: string, system?: string | null, current_turn_id?: string}} fields
+   */
+  updateConversation(id, fields) {
+    return this.request("PATCH", `/api/v1/conversations/${encodeURIComponent(id)}`, { body: fields });
+  }
+
+  /** Delete a conversation, its generations and their replay buffers. @param {string} id */
+  deleteConversation(id) {
+    return this.request("DELETE", `/api/v1/conversations/${encodeURIComponent(id)}`);
+  }
+
+  /**
+   * Hear of every turn of a conversation, including those started on another device:
+   * `onTurn(generation, seq)` for each turn numbered above `after`, in order, then for each new
+   * one. Over the WebSocket (`subscribe_conversation`, resumed after every reconnect from the
+   * last turn seen); while streams go over SSE, by reading the conversation every few seconds.
+   * `onChange(conversation)` (WebSocket only, best effort) when it is renamed or switched to
+   * another branch on any device; `onChange(null)` when it is deleted.
+   * Returns a function that stops watching.
+   * @param {string} id
+   * @param {{after?: number, onTurn: (generation: Generation, seq: number) => void, onChange?: (conversation: any) => void}} options
+   * @returns {() => void}
+   */
+  watchConversation(id, { after = 0, onTurn, onChange }) {
+    this.#conversationWatches.get(id)?.stop();
+    const watch = {
+      id,
+      after,
+      stopped: false,
+      /** @param {number} seq @param {Generation} generation */
+      turn: (seq, generation) => {
+        if (watch.stopped || seq <= watch.after) return;
+        watch.after = seq;
+        onTurn(generation, seq);
+      },
+      /** @param {any} conversation */
+      changed: (conversation) => {
+        if (!watch.stopped) onChange?.(conversation);
+      },
+      timer: /** @type {any} */ (0),
+      stop: () => {
+        watch.stopped = true;
+        clearInterval(watch.timer);
+        if (this.#conversationWatches.get(id) === watch) this.#conversationWatches.delete(id);
+        if (this.#wsOpen) this.#send({ type: "unsubscribe_conversation", conversation_id: id });
+      },
+    };
+    this.#conversationWatches.set(id, watch);
+    if (this.#wsOpen) this.#watchOverSocket(watch);
+    else this.#ensureTransport();
+    // Without the WebSocket (blocked, or between reconnects) the rows are read instead: a
+    // turn's seq is its place in the conversation's turns, which are listed in that order.
+    let reading = false; // one read at a time: offline, a read may retry for a while
+    watch.timer = setInterval(async () => {
+      if (this.#wsOpen || watch.stopped || this.#closed || reading) return;
+      reading = true;
+      try {
+        const view = await this.conversation(id);
+        view.turns.forEach((generation, index) => watch.turn(index + 1, generation));
+      } catch {
+        // The next tick tries again; a deleted conversation simply has no new turns.
+      } finally {
+        reading = false;
+      }
+    }, CONVERSATION_POLL_MS);
+    return watch.stop;
+  }
+
+  /** @param {{id: string, after: number}} watch */
+  #watchOverSocket(watch) {
+    this.#send({ type: "subscribe_conversation", conversation_id: watch.id, after: watch.after });
+  }
+
+  /** @type {Map<string, {id: string, after: number, turn: Function, changed: Function, stop: Function, stopped: boolean, timer: any}>} */
+  #conversationWatches = new Map();
+
   // -- streams ----------------------------------------------------------------------------
 
   /**
@@ -518,6 +615,7 @@ export class StreamClient {
   /** Close every connection and stream, and remove the listeners this client added. */
   close() {
     this.#closed = true;
+    for (const watch of [...this.#conversationWatches.values()]) watch.stop();
     for (const stream of [...this.#streams.values()]) stream.close();
     this.#dropSocket(1000);
     clearTimeout(this.#probeTimer);
@@ -711,6 +809,7 @@ export class StreamClient {
       if (outcome === "open") {
         this.#wsFailures = 0;
         for (const stream of this.#streams.values()) this.#subscribeOverSocket(stream);
+        for (const watch of this.#conversationWatches.values()) this.#watchOverSocket(watch);
       } else if (outcome === "unauthorized") {
         // Not a blocked WebSocket but a refused token: SSE would be refused too. Try again
         // with a token the provider is asked for anew.
@@ -894,6 +993,14 @@ export class StreamClient {
   }
 
   #onFrame(frame) {
+    if (frame.type === "turn" && typeof frame.conversation_id === "string") {
+      this.#conversationWatches.get(frame.conversation_id)?.turn(frame.seq, frame.generation);
+      return;
+    }
+    if ((frame.type === "conversation_updated" || frame.type === "conversation_deleted") && typeof frame.conversation_id === "string") {
+      this.#conversationWatches.get(frame.conversation_id)?.changed(frame.conversation ?? null);
+      return;
+    }
     if (EVENT_TYPES.has(frame.type) && typeof frame.id === "string") {
       const stream = this.#streams.get(frame.id);
       if (stream && stream.transport === "websocket") this.#apply(stream, frame);

@@ -14,6 +14,7 @@ from django.conf import settings
 from django.db import DatabaseError, close_old_connections
 
 from api import services
+from api.conversations import history_for
 from api.models import FinishReason, Status
 from jobs.providers import (
     Chunk,
@@ -142,6 +143,7 @@ class Runner:
         self.text = ""
         self.reasoning = ""
         self.completion_tokens = 0
+        self.history: tuple[tuple[str, str], ...] = ()
         self.clock = clock
         # The pending text's event type: `delta`, or `reasoning` (PROTOCOL §8). Both share
         # the seq space, so a change of type flushes what waits first.
@@ -346,12 +348,16 @@ class Runner:
             # does, and nothing reaches the provider.
             self._finish(Status.COMPLETED, FinishReason.LENGTH, self._counted_usage(None), None)
             return
+        # A conversation's turn carries its ancestors' prompts and answers, cut to the
+        # model's context budget (api.conversations); counted in the usage's prompt tokens.
+        self.history = history_for(self.generation_id)
         request = ProviderRequest(
             model=self.claim.model,
             prompt=self.claim.prompt,
             system=self.claim.system,
             max_tokens=self.claim.max_tokens,
             temperature=self.claim.temperature,
+            history=self.history,
         )
         finish_reason: str | None = None
         usage: dict[str, int] | None = None
@@ -458,6 +464,7 @@ class Runner:
             prompt_tokens = len(tokenize(self.claim.prompt)) + len(
                 tokenize(self.claim.system or "")
             )
+            prompt_tokens += sum(len(tokenize(content)) for _, content in self.history)
             usage = {
                 "prompt_tokens": prompt_tokens,
                 "completion_tokens": self.completion_tokens,

@@ -111,3 +111,18 @@ def _range_text(kind: str, minimum: float | None, maximum: float | None) -> str:
     if maximum is not None:
         return f"{kind} <= {maximum}"
     return kind
+
+
+def envintmap(name: str, default: dict[str, int], *, minimum: int = 1) -> dict[str, int]:
+    """`key=number,key=number` (e.g. a per-model figure); a malformed item is an error."""
+
+    def parse(value: str) -> dict[str, int]:
+        result: dict[str, int] = {}
+        for item in value.split(","):
+            key, sep, number = item.strip().partition("=")
+            if not sep or not key.strip() or int(number) < minimum:
+                raise ValueError(item)
+            result[key.strip()] = int(number)
+        return result
+
+    return _read(name, default, parse, f"key=integer pairs, comma-separated, integers >= {minimum}")

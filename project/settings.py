@@ -349,6 +349,24 @@ MAX_ACTIVE_GENERATIONS = envint("MAX_ACTIVE_GENERATIONS", 5, minimum=1)
 MAX_CONNECTIONS_PER_USER = envint("MAX_CONNECTIONS_PER_USER", 10, minimum=1)
 MAX_REQUEST_BYTES = 64 * 1024  # PROTOCOL §2: 413 above this
 
+# --- Conversations (docs/protocol.md "Conversations") ---------------------------------------
+
+
+from project.env import envintmap  # noqa: E402  (kept with the settings it reads)
+
+# The input tokens (system prompt + history + new prompt, counted as the demo tokenizer
+# counts: about one per word) a turn may send the provider; the oldest turns are left out
+# first. Per model: CONTEXT_BUDGETS overrides CONTEXT_BUDGET_TOKENS for the models it names.
+CONTEXT_BUDGET_TOKENS = envint("CONTEXT_BUDGET_TOKENS", 16_000, minimum=1)
+CONTEXT_BUDGETS = envintmap("CONTEXT_BUDGETS", {})
+# Turns per conversation (regenerations and edits count): bounds the rows read to build one
+# turn's history, and the conversation view.
+MAX_CONVERSATION_TURNS = envint("MAX_CONVERSATION_TURNS", 200, minimum=1)
+# Characters of history (earlier prompts and answers) sent with one turn, whatever the token
+# estimate says: the hard bound on one provider request's size.
+MAX_HISTORY_CHARS = envint("MAX_HISTORY_CHARS", 200_000, minimum=1)
+MAX_TITLE_CHARS = 200  # the column's size; a default title is the first prompt, cut to 80
+
 # --- Realtime and worker timings -------------------------------------------------------------
 
 WS_AUTH_TIMEOUT = envfloat("WS_AUTH_TIMEOUT", 10.0, minimum=0.1)

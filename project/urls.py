@@ -21,6 +21,8 @@ urlpatterns = [
     # exemption a POST here got Django's HTML 403 page instead of the JSON 405.
     path("api/v1/generations/<str:generation_id>/events", csrf_exempt(generation_events)),
     path("api/v1/me", views.me),
+    path("api/v1/conversations", views.conversation_collection),
+    path("api/v1/conversations/<str:conversation_id>", views.conversation_detail),
     path("api/v1/schema", openapi.schema_view),
     path("healthz", health.healthz),
     path("readyz", health.readyz),

@@ -22,6 +22,13 @@ from django.conf import settings
 from django.db import connection
 
 from api import services
+from api.conversations import (
+    conversation_for_user,
+    conversation_group,
+    conversation_state,
+    parse_turn_target,
+    turns_after,
+)
 from api.errors import UNAVAILABLE_ERRORS, ApiError, unavailable
 from api.ids import looks_like_generation_id
 from api.selectors import RowState, arow_state, limits_for
@@ -93,6 +100,13 @@ def _encodable(text: str) -> bool:
     except UnicodeEncodeError:
         return False
     return True
+
+
+# Conversation subscriptions of one connection; each costs a group membership and a poll.
+MAX_CONVERSATION_SUBSCRIPTIONS = 50
+# How often a connection reads the turns of the conversations it follows, in case a live
+# notice was lost: the longest a turn started elsewhere waits to be announced then.
+CONVERSATION_POLL_S = 5.0
 
 
 def _closing(fn: Any) -> Any:
@@ -254,6 +268,7 @@ class StreamConsumer(AsyncConsumer):  # type: ignore[misc]
         if getattr(self, "registered", False) and self.identity is not None:
             with contextlib.suppress(Exception):
                 await connection_registry().remove(self.identity.user.pk, self.connection_id)
+        await self._leave_conversations()
         raise StopConsumer()
 
     # -- frames in -------------------------------------------------------------------------
@@ -300,6 +315,8 @@ class StreamConsumer(AsyncConsumer):  # type: ignore[misc]
                 "unsubscribe": self._unsubscribe,
                 "cancel": self._cancel,
                 "ping": self._ping,
+                "subscribe_conversation": self._subscribe_conversation,
+                "unsubscribe_conversation": self._unsubscribe_conversation,
             }.get(kind if isinstance(kind, str) else "")
             if handler is None:
                 raise FrameError(
@@ -307,7 +324,8 @@ class StreamConsumer(AsyncConsumer):  # type: ignore[misc]
                         "invalid_request",
                         "Unknown frame type.",
                         details={
-                            "type": "One of auth, generate, subscribe, unsubscribe, cancel, ping."
+                            "type": "One of auth, generate, subscribe, unsubscribe, cancel, "
+                            "ping, subscribe_conversation, unsubscribe_conversation."
                         },
                     )
                 )
@@ -402,7 +420,10 @@ class StreamConsumer(AsyncConsumer):  # type: ignore[misc]
         params = parse_generation_params(frame, extra_fields=_GENERATE_FIELDS)
         key = parse_idempotency_key(frame.get("idempotency_key"))
         generation, _ = await _closing(services.generation_create)(
-            user=self.identity.user, params=params, idempotency_key=key
+            user=self.identity.user,
+            params=params,
+            idempotency_key=key,
+            target=parse_turn_target(frame),
         )
         await self._send_json({"type": "created", "ref": ref, "generation": generation.to_dict()})
         await self._start_subscription(generation.id, 0)
@@ -602,3 +623,173 @@ class StreamConsumer(AsyncConsumer):  # type: ignore[misc]
     async def _send_json(self, payload: dict[str, Any]) -> None:
         if not self.closed:
             await self.send({"type": "websocket.send", "text": dumps(payload)})
+
+    # -- conversations (docs/protocol.md "Conversations") ---------------------------------
+    #
+    # A conversation subscription is a position in the conversation's turns (their
+    # turn_index, the `seq` of `turn` frames). The rows are the log: a live notice (lossy, like
+    # every group send) says a turn exists, and the turns after the position are then read
+    # from the database, so a lost notice costs only the poll interval, never a turn.
+
+    def _conversations(self) -> dict[str, int]:
+        if not hasattr(self, "conversation_positions"):
+            self.conversation_positions: dict[str, int] = {}
+            self.conversation_lock = asyncio.Lock()
+            self.conversation_poller: asyncio.Task[None] | None = None
+        return self.conversation_positions
+
+    def _conversation_id(self, frame: dict[str, Any]) -> str:
+        conversation_id = frame.get("conversation_id")
+        if not isinstance(conversation_id, str) or not conversation_id:
+            raise FrameError(
+                ApiError(
+                    "invalid_request",
+                    "conversation_id is required.",
+                    details={"conversation_id": "A conversation id."},
+                )
+            )
+        return conversation_id
+
+    async def _subscribe_conversation(self, frame: dict[str, Any], ref: Any) -> None:
+        assert self.identity is not None
+        conversation_id = self._conversation_id(frame)
+        after = frame.get("after", 0)
+        if after is None:
+            after = 0
+        if isinstance(after, bool) or not isinstance(after, int) or after < 0:
+            raise FrameError(
+                ApiError(
+                    "invalid_request",
+                    "after must be a non-negative integer.",
+                    details={"after": "A non-negative integer."},
+                )
+            )
+        positions = self._conversations()
+        if conversation_id not in positions and len(positions) >= MAX_CONVERSATION_SUBSCRIPTIONS:
+            raise FrameError(
+                ApiError(
+                    "invalid_request",
+                    f"At most {MAX_CONVERSATION_SUBSCRIPTIONS} conversations per connection.",
+                    details={"conversation_id": "Unsubscribe from another one first."},
+                )
+            )
+        try:
+            await _closing(conversation_for_user)(
+                user=self.identity.user, conversation_id=conversation_id
+            )
+        except ApiError as error:
+            await self._send_error(error, ref, None)
+            return
+        # Join first: a turn created between the read below and the join would be missed by
+        # the live path (the poller would still find it, seconds later).
+        await self.channel_layer.group_add(conversation_group(conversation_id), self.channel_name)
+        async with self.conversation_lock:
+            positions[conversation_id] = after
+            await self._send_json(
+                {"type": "conversation_subscribed", "ref": ref, "conversation_id": conversation_id}
+            )
+            await self._send_turns_after(conversation_id)
+        if self.conversation_poller is None:
+            self.conversation_poller = asyncio.create_task(self._poll_conversations())
+            self.tasks.append(self.conversation_poller)
+
+    async def _unsubscribe_conversation(self, frame: dict[str, Any], ref: Any) -> None:
+        conversation_id = self._conversation_id(frame)
+        async with self._conversations_lock():
+            self._conversations().pop(conversation_id, None)
+        with contextlib.suppress(Exception):
+            await self.channel_layer.group_discard(
+                conversation_group(conversation_id), self.channel_name
+            )
+        await self._send_json(
+            {"type": "conversation_unsubscribed", "ref": ref, "conversation_id": conversation_id}
+        )
+
+    def _conversations_lock(self) -> asyncio.Lock:
+        self._conversations()
+        return self.conversation_lock
+
+    async def _send_turns_after(self, conversation_id: str) -> None:
+        """Send every turn above the subscription's position, in order (the lock is held)."""
+        positions = self._conversations()
+        if conversation_id not in positions:
+            return
+        turns = await _closing(turns_after)(conversation_id, positions[conversation_id])
+        for turn in turns:
+            if turn.turn_index is None or turn.turn_index <= positions.get(conversation_id, 0):
+                continue
+            await self._send_json(
+                {
+                    "type": "turn",
+                    "conversation_id": conversation_id,
+                    "seq": turn.turn_index,
+                    "generation": turn.to_dict(),
+                }
+            )
+            positions[conversation_id] = turn.turn_index
+
+    async def _poll_conversations(self) -> None:
+        """The repair of the lossy live path: look for turns no notice announced."""
+        while not self.closed:
+            await asyncio.sleep(CONVERSATION_POLL_S)
+            for conversation_id in list(self._conversations()):
+                try:
+                    async with self.conversation_lock:
+                        await self._send_turns_after(conversation_id)
+                except UNAVAILABLE_ERRORS as failure:
+                    logger.warning("turns of %s deferred: %r", conversation_id, failure)
+                except Exception:
+                    logger.warning("turns of %s failed", conversation_id, exc_info=True)
+
+    async def conv_turn(self, message: dict[str, Any]) -> None:
+        """A turn was created in a conversation this connection follows (any process)."""
+        conversation_id = message.get("conversation_id")
+        positions = self._conversations()
+        if self.closed or not isinstance(conversation_id, str) or conversation_id not in positions:
+            return
+        if int(message.get("seq", 0)) <= positions[conversation_id]:
+            return
+        try:
+            async with self.conversation_lock:
+                await self._send_turns_after(conversation_id)
+        except UNAVAILABLE_ERRORS as failure:
+            # The poller sends it once the database is back.
+            logger.warning("turn notice for %s deferred: %r", conversation_id, failure)
+
+    async def conv_changed(self, message: dict[str, Any]) -> None:
+        """A conversation this connection follows was renamed, switched branch or deleted."""
+        conversation_id = message.get("conversation_id")
+        positions = self._conversations()
+        if self.closed or not isinstance(conversation_id, str) or conversation_id not in positions:
+            return
+        if message.get("deleted"):
+            async with self.conversation_lock:
+                positions.pop(conversation_id, None)
+            with contextlib.suppress(Exception):
+                await self.channel_layer.group_discard(
+                    conversation_group(conversation_id), self.channel_name
+                )
+            await self._send_json(
+                {"type": "conversation_deleted", "conversation_id": conversation_id}
+            )
+            return
+        try:
+            conversation = await _closing(conversation_state)(conversation_id)
+        except UNAVAILABLE_ERRORS as failure:
+            logger.warning("change of %s not read: %r", conversation_id, failure)
+            return
+        if conversation is not None:
+            await self._send_json(
+                {
+                    "type": "conversation_updated",
+                    "conversation_id": conversation_id,
+                    "conversation": conversation,
+                }
+            )
+
+    async def _leave_conversations(self) -> None:
+        for conversation_id in list(getattr(self, "conversation_positions", {})):
+            with contextlib.suppress(Exception):
+                await self.channel_layer.group_discard(
+                    conversation_group(conversation_id), self.channel_name
+                )

@@ -96,6 +96,11 @@ class EventLog(ABC):
         """The same, for worker threads and services."""
 
     @abstractmethod
+    def discard(self, generation_id: str) -> None:
+        """Remove the generation's buffer and fence (its rows are deleted): nothing of it can
+        be replayed, and a worker still running it can append nothing more."""
+
+    @abstractmethod
     def request_cancel(self, generation_id: str) -> None:
         """Ask the worker running the generation to stop."""
 
@@ -209,6 +214,11 @@ class RedisEventLog(EventLog):
         pipe.exists(key)
         entries, exists = pipe.execute()
         return _decode_entries(entries), bool(exists)
+
+    def discard(self, generation_id: str) -> None:
+        # The cancel flag stays (it expires by itself): a worker still running the
+        # generation must keep seeing it.
+        sync_client().delete(self._stream_key(generation_id), self._fence_key(generation_id))
 
     def request_cancel(self, generation_id: str) -> None:
         pipe = sync_client().pipeline(transaction=False)
@@ -358,6 +368,10 @@ class MemoryEventLog(EventLog):
                 else:
                     hi = mid
             return events[lo:], True
+
+    def discard(self, generation_id: str) -> None:
+        with self._lock:
+            self._logs.pop(generation_id, None)
 
     def request_cancel(self, generation_id: str) -> None:
         with self._lock:

@@ -21,13 +21,18 @@ class ProviderRequest:
     system: str | None
     max_tokens: int
     temperature: float | None
+    # A conversation's earlier turns, oldest first, as (role, content) pairs: "user" for a
+    # prompt, "assistant" for an answer. Built by the server (api.conversations.history_for),
+    # already cut to the model's context budget; empty for a conversation's first turn.
+    history: tuple[tuple[str, str], ...] = ()
 
 
 def chat_messages(request: ProviderRequest) -> list[dict[str, Any]]:
-    """The chat messages of a request, as every OpenAI-compatible server takes them."""
+    """The chat messages a request sends: the system prompt, the history, the new prompt."""
     messages: list[dict[str, Any]] = []
     if request.system:
         messages.append({"role": "system", "content": request.system})
+    messages.extend({"role": role, "content": content} for role, content in request.history)
     messages.append({"role": "user", "content": request.prompt})
     return messages
 

@@ -12,7 +12,7 @@ import re
 import time
 from collections.abc import Generator
 
-from jobs.providers.base import Chunk, ProviderRequest
+from jobs.providers.base import Chunk, ProviderRequest, chat_messages
 
 # A model's pace: the first token after a short think, then ~40 tokens/s with jitter.
 FIRST_TOKEN_DELAY_S = 0.35
@@ -93,7 +93,8 @@ class DemoProvider:
             if index:
                 time.sleep(jitter.uniform(0.5, 1.5) / self.tokens_per_s)
             yield Chunk(text=token)
-        prompt_tokens = len(tokenize(request.prompt)) + len(tokenize(request.system or ""))
+        # Everything sent counts: the system prompt, a conversation's history, the prompt.
+        prompt_tokens = sum(len(tokenize(m["content"])) for m in chat_messages(request))
         yield Chunk(
             finish_reason=finish_reason,
             usage={

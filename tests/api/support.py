@@ -33,6 +33,9 @@ GENERATION_FIELDS = {
     # Protocol v1.1: a reasoning model's thinking, and which provider ran it (demo or not).
     "reasoning",
     "provider",
+    # Conversations: every generation is a turn of one (docs/protocol.md).
+    "conversation_id",
+    "parent_id",
 }
 # Well-formed, but never issued: 22 base-62 characters after the prefix.
 UNKNOWN_GENERATION_ID = "gen_" + "A" * 22

@@ -36,6 +36,13 @@ BAD_VALUES: list[tuple[str, str]] = [
     ("OPENAI_MAX_COMPLETION_TOKENS_MODELS", "o1*,,o3*"),
     ("PROVIDER_FIRST_BYTE_TIMEOUT_S", "0"),
     ("PROVIDER_FINISH_GRACE_S", "-1"),
+    # Conversations.
+    ("CONTEXT_BUDGET_TOKENS", "0"),
+    ("CONTEXT_BUDGETS", "gpt-4o"),
+    ("CONTEXT_BUDGETS", "gpt-4o=lots"),
+    ("CONTEXT_BUDGETS", "gpt-4o=0"),
+    ("MAX_CONVERSATION_TURNS", "many"),
+    ("MAX_HISTORY_CHARS", "-1"),
 ]
 
 

@@ -21,6 +21,8 @@ def test_schema_lists_every_rest_endpoint(anonymous: httpx.Client) -> None:
         "/api/v1/generations/{generation_id}/ticket",
         "/api/v1/generations/{generation_id}/events",
         "/api/v1/me",
+        "/api/v1/conversations",
+        "/api/v1/conversations/{conversation_id}",
     }
 
 

@@ -17,7 +17,7 @@ HERE = Path(__file__).resolve().parent
 PASSWORD = "correct horse battery staple"
 # Users with a password, to sign in through the page's form; one per test, so that each
 # screenshot's history shows that test's generations only.
-USERS = ("ada", "ben", "cleo", "dev", "eve", "fay", "gus", "hal", "ida")
+USERS = ("ada", "ben", "cleo", "dev", "eve", "fay", "gus", "hal", "ida", "ivy", "jon")
 
 
 @pytest.fixture(scope="session")

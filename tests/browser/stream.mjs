@@ -1,5 +1,5 @@
 // Sign in, send a prompt, watch the answer stream in as rendered Markdown over the WebSocket,
-// then find it in the history list, which loads from the database with no request per item.
+// then find its conversation in the sidebar, which loads from the database.
 import {
   assert, env, log, rawText, scenario, send, signIn, turn, waitForState, waitForStatus, watchSockets, writeResult,
 } from "./lib.mjs";
@@ -47,16 +47,19 @@ await scenario(async ({ page }) => {
   const events = sockets[0].received.filter((frame) => frame.id === id);
   assert.equal(events.at(-1).type, "done");
 
-  // The history (GET /generations, from the database) lists it; opening it needs no request.
-  await page.waitForSelector(`#history button[data-generation-id="${id}"] .meta[data-status="completed"]`);
+  // The sidebar (GET /conversations, from the database) lists its conversation; opening it
+  // reads that conversation once and shows the same answer.
+  const active = "#history button.active[data-conversation-id]";
+  await page.waitForSelector(active);
+  const conversationId = await page.getAttribute(active, "data-conversation-id");
   await page.click("#new-chat");
   assert.equal(await page.locator(".turn").count(), 0);
   const requests = [];
   page.on("request", (request) => requests.push(request.url()));
-  await page.click(`#history button[data-generation-id="${id}"]`);
+  await page.click(`#history button[data-conversation-id="${conversationId}"]`);
   await waitForStatus(page, id, "completed");
-  assert.equal(await rawText(page, id), shown, "the history shows the same answer");
-  assert.deepEqual(requests.filter((url) => url.includes(id)), [], "opening a past generation fetched nothing");
+  assert.equal(await rawText(page, id), shown, "the conversation shows the same answer");
+  assert.deepEqual(requests.filter((url) => url.includes(id)), [], "a finished answer is not fetched again");
   await page.locator("#thread").evaluate((el) => (el.scrollTop = 0));
   writeResult({ id, text: shown });
 });

@@ -16,9 +16,11 @@ import os
 import re
 import shutil
 import subprocess
+import uuid
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from jobs.fake_openai import answer_after_reasoning, expected_text, reasoning_text
@@ -203,3 +205,83 @@ def test_reasoning_model_shows_its_thinking_apart_from_the_answer(
     # The thinking streamed before the answer, and as text: no element inside it.
     assert result["early"]["thinking"] and not result["early"]["answer"]
     assert result["elements"] == 0
+
+
+# -- conversations (docs/protocol.md "Conversations") ----------------------------------------
+
+# The conversation scenarios run several answers in turn; lib.mjs's default is 90 s.
+LONG_SCENARIO_TIMEOUT_MS = (SCENARIO_TIMEOUT_S - 10) * 1000
+
+
+def provider_requests(site: Service) -> list[dict[str, Any]]:
+    """What the fake provider received (its request log)."""
+    base = site.env["OPENAI_BASE_URL"].removesuffix("/v1")
+    requests: list[dict[str, Any]] = httpx.get(base + "/_requests", timeout=10).json()
+    return requests
+
+
+def test_a_follow_up_carries_the_earlier_turn_and_branches_flip(
+    site: Service, node_modules: Path
+) -> None:
+    marker = uuid.uuid4().hex[:8]
+    first_prompt = f"Name three rivers {marker} [fake tokens=12 rate=60]"
+    follow_up = f"Which is longest? {marker}"
+    edited = f"Name three lakes {marker}"
+
+    result = run_scenario(
+        site,
+        "conversation",
+        "ivy",
+        first_prompt,
+        FOLLOW_UP=follow_up,
+        EDITED=edited,
+        # Five answers one after another: more room than one answer's scenario on a busy CI
+        # machine (still inside SCENARIO_TIMEOUT_S).
+        SCENARIO_TIMEOUT_MS=str(LONG_SCENARIO_TIMEOUT_MS),
+    )
+
+    first = final(site, "ivy", result["first"])
+    answer = final(site, "ivy", result["follow_up"])
+    sent = [
+        r["messages"] for r in provider_requests(site) if r["messages"][-1]["content"] == follow_up
+    ]
+    expected = [
+        {"role": "user", "content": first_prompt},
+        {"role": "assistant", "content": first["output"]},
+        {"role": "user", "content": follow_up},
+    ]
+    # The follow-up and its regeneration: both with the first turn before them.
+    assert sent == [expected, expected]
+    assert result["follow_up_text"] == answer["output"]
+    assert [r["messages"] for r in provider_requests(site) if edited in str(r["messages"])] == [
+        [{"role": "user", "content": edited}]
+    ]
+    with site.client("ivy") as client:
+        view = client.get(f"/api/v1/conversations/{result['conversation_id']}").json()
+    assert view["current_path"] == [result["edited"]]
+    assert {(b["turn_id"], b["turns"]) for b in view["branches"]} == {
+        (result["follow_up"], 2),
+        (result["regenerated"], 2),
+        (result["edited"], 1),
+    }
+
+
+def test_a_second_browser_joins_the_conversation_mid_answer(
+    site: Service, node_modules: Path
+) -> None:
+    marker = uuid.uuid4().hex[:8]
+    result = run_scenario(
+        site,
+        "second_browser",
+        "jon",
+        f"Tell me a long story {marker} [fake tokens=400 rate=50]",
+        FOLLOW_UP=f"And then? {marker}",
+        SCENARIO_TIMEOUT_MS=str(LONG_SCENARIO_TIMEOUT_MS),
+    )
+
+    generation = final(site, "jon", result["id"])
+    follow_up = final(site, "jon", result["follow_up"])
+    assert 0 < len(result["joined_at"]) < len(generation["output"])
+    assert result["text_first"] == result["text_second"] == generation["output"]
+    assert result["follow_up_second"] == follow_up["output"]
+    assert follow_up["parent_id"] == result["id"]

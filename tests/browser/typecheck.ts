@@ -43,5 +43,20 @@ export async function example(): Promise<void> {
   } catch (error) {
     if (error instanceof ApiError && error.code === "not_found") console.log(error.status);
   }
+
+  // Conversations: a follow-up, a branch, the switch, and another device's turns.
+  const followUp: Generation = await client.generate({ prompt: "Shorter?", conversation_id: generation.conversation_id ?? "" });
+  await client.generate({ prompt: "Again", parent_id: followUp.parent_id });
+  const chats = await client.conversations({ limit: 5 });
+  const view = await client.conversation(chats.results[0].id);
+  const switched = await client.updateConversation(view.id, { current_turn_id: view.branches[0].turn_id, title: "t" });
+  console.log(switched.current_path.length, view.turns.map((turn: Generation) => turn.parent_id));
+  const stop: () => void = client.watchConversation(view.id, {
+    after: view.turn_count,
+    onTurn: (turn: Generation, seq: number) => console.log(turn.id, seq),
+    onChange: (changed) => console.log(changed === null ? "deleted" : changed.title),
+  });
+  stop();
+  await client.deleteConversation(view.id);
   client.close();
 }

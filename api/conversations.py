@@ -1,0 +1,562 @@
+"""Conversations: a user's multi-turn chats, each a tree of turns (docs/protocol.md).
+
+A turn is a generation with a parent (the turn it follows; None for a first turn). The
+history sent to the provider is built here, on the server, from the turn's ancestors: the
+conversation's system prompt, each ancestor's prompt and stored output, oldest first, then
+the new prompt; the oldest turns are left out first when the model's context budget is short.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth.models import AbstractBaseUser
+from django.db import transaction
+from django.db.models import F, Q
+from django.utils import timezone
+
+from api.errors import ApiError, not_found
+from api.ids import looks_like_conversation_id, looks_like_generation_id
+from api.models import ACTIVE_STATUSES, Conversation, Generation, Status
+from jobs.providers.demo import tokenize
+from realtime.eventlog import event_log
+from realtime.publish import live_sender
+
+logger = logging.getLogger(__name__)
+
+# A conversation started by a generation is titled with its first prompt, cut to this.
+DEFAULT_TITLE_CHARS = 80
+# Every chat message costs a few tokens of framing (role, separators) besides its text.
+MESSAGE_OVERHEAD_TOKENS = 4
+
+
+@dataclass(frozen=True)
+class TurnTarget:
+    """Where a request asks its turn to go. `parent_id` absent is different from null (null:
+    a new first turn of the conversation, i.e. an edit of its first prompt)."""
+
+    conversation_id: str | None
+    parent_id: str | None
+    parent_given: bool
+
+    @property
+    def given(self) -> bool:
+        return self.conversation_id is not None or self.parent_given
+
+    def fingerprint_part(self) -> str:
+        return f"{self.conversation_id}|{self.parent_given}|{self.parent_id}"
+
+
+NO_TARGET = TurnTarget(conversation_id=None, parent_id=None, parent_given=False)
+
+
+def parse_turn_target(data: dict[str, Any]) -> TurnTarget:
+    """The conversation fields of a generate request; type errors are invalid_request, and
+    ids that name nothing of this user's are not_found later (place_turn)."""
+    errors: dict[str, str] = {}
+    conversation_id = data.get("conversation_id")
+    if conversation_id is not None and not isinstance(conversation_id, str):
+        errors["conversation_id"] = "Must be a conversation id or null."
+    parent_id = data.get("parent_id")
+    if parent_id is not None and not isinstance(parent_id, str):
+        errors["parent_id"] = "Must be a generation id or null."
+    if errors:
+        raise ApiError("invalid_request", "The request has invalid fields.", details=errors)
+    return TurnTarget(
+        conversation_id=conversation_id, parent_id=parent_id, parent_given="parent_id" in data
+    )
+
+
+def count_tokens(text: str) -> int:
+    """An estimate of the provider's count (about one per word), the same the usage uses when
+    the provider reports none."""
+    return len(tokenize(text))
+
+
+def context_budget_tokens(model: str) -> int:
+    budget: int = settings.CONTEXT_BUDGETS.get(model, settings.CONTEXT_BUDGET_TOKENS)
+    return budget
+
+
+def _fixed_cost_tokens(system: str | None, prompt: str) -> int:
+    cost = count_tokens(prompt) + MESSAGE_OVERHEAD_TOKENS
+    if system:
+        cost += count_tokens(system) + MESSAGE_OVERHEAD_TOKENS
+    return cost
+
+
+def check_prompt_fits(*, model: str, system: str | None, prompt: str) -> None:
+    """The system prompt and the new prompt are never left out: if they alone pass the
+    model's context budget, the turn cannot be sent at all."""
+    budget = context_budget_tokens(model)
+    cost = _fixed_cost_tokens(system, prompt)
+    if cost > budget:
+        raise ApiError(
+            "prompt_too_long",
+            f"The prompt and system prompt are about {cost} tokens; the context budget of "
+            f"{model} is {budget}.",
+            details={"prompt": f"At most about {budget} tokens with the system prompt."},
+        )
+
+
+# --- Reads ----------------------------------------------------------------------------------
+
+
+def conversation_for_user(*, user: AbstractBaseUser, conversation_id: str) -> Conversation:
+    """The user's conversation; another user's is 'not found', so ids cannot be probed."""
+    if not looks_like_conversation_id(conversation_id):
+        raise not_found("conversation")
+    try:
+        return Conversation.objects.get(id=conversation_id, user_id=user.pk)
+    except Conversation.DoesNotExist:
+        raise not_found("conversation") from None
+
+
+def _turn_rows(conversation_id: str) -> list[Generation]:
+    return list(
+        Generation.objects.filter(conversation_id=conversation_id).order_by("turn_index")[
+            : settings.MAX_CONVERSATION_TURNS
+        ]
+    )
+
+
+def _path_to(turn_id: str | None, by_id: dict[str, Generation]) -> list[Generation]:
+    """The turns from the root to `turn_id`, oldest first."""
+    path: list[Generation] = []
+    seen: set[str] = set()
+    while turn_id is not None and turn_id in by_id and turn_id not in seen:
+        seen.add(turn_id)
+        turn = by_id[turn_id]
+        path.append(turn)
+        turn_id = turn.parent_id
+    path.reverse()
+    return path
+
+
+def conversation_view(conversation: Conversation) -> dict[str, Any]:
+    """The conversation object with every turn, the current branch and the list of branches."""
+    turns = _turn_rows(conversation.id)
+    by_id = {turn.id: turn for turn in turns}
+    has_children = {turn.parent_id for turn in turns if turn.parent_id is not None}
+    current_path = [turn.id for turn in _path_to(conversation.current_turn_id, by_id)]
+    branches = [
+        {
+            "turn_id": turn.id,
+            "turns": len(_path_to(turn.id, by_id)),
+            "current": turn.id == conversation.current_turn_id,
+        }
+        for turn in turns
+        if turn.id not in has_children
+    ]
+    return {
+        **conversation.to_dict(),
+        "turns": [turn.to_dict() for turn in turns],
+        "current_path": current_path,
+        "branches": branches,
+    }
+
+
+def _encode_cursor(conversation: Conversation) -> str:
+    raw = f"{conversation.created_at.isoformat()}|{conversation.id}"
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> tuple[datetime, str]:
+    invalid = ApiError(
+        "invalid_request", "The cursor is not valid.", details={"cursor": "Not valid."}
+    )
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        created, conversation_id = base64.urlsafe_b64decode(padded.encode()).decode().split("|")
+        created_at = datetime.fromisoformat(created)
+        created_at = created_at.astimezone(UTC) if created_at.tzinfo else created_at
+    except (ValueError, binascii.Error, UnicodeDecodeError, OverflowError):
+        raise invalid from None
+    if created_at.tzinfo is None or not looks_like_conversation_id(conversation_id):
+        raise invalid
+    return created_at, conversation_id
+
+
+def conversation_list(
+    *, user: AbstractBaseUser, limit: int, cursor: str | None
+) -> tuple[list[Conversation], str | None]:
+    """The user's conversations, newest first, keyset-paginated on (created_at, id) as the
+    generations are: a stable order, so no page repeats or skips one while new ones start."""
+    query = Conversation.objects.filter(user_id=user.pk)
+    if cursor:
+        created_at, conversation_id = _decode_cursor(cursor)
+        query = query.filter(
+            Q(created_at__lt=created_at) | Q(created_at=created_at, id__lt=conversation_id)
+        )
+    rows = list(query.order_by("-created_at", "-id")[: limit + 1])
+    next_cursor = _encode_cursor(rows[limit - 1]) if len(rows) > limit else None
+    return rows[:limit], next_cursor
+
+
+def conversation_state(conversation_id: str) -> dict[str, Any] | None:
+    """The conversation object without its turns; None once deleted."""
+    conversation = Conversation.objects.filter(pk=conversation_id).first()
+    return None if conversation is None else conversation.to_dict()
+
+
+def turns_after(conversation_id: str, after: int) -> list[Generation]:
+    """The conversation's turns numbered above `after` (the seq of `turn` events)."""
+    return list(
+        Generation.objects.filter(conversation_id=conversation_id, turn_index__gt=after).order_by(
+            "turn_index"
+        )[: settings.MAX_CONVERSATION_TURNS]
+    )
+
+
+def history_for(generation_id: str) -> tuple[tuple[str, str], ...]:
+    """The (role, content) messages between the system prompt and the new prompt of a turn:
+    each ancestor's prompt and stored output, oldest first, as many of the newest as fit.
+
+    An ancestor that failed or was cancelled contributes what its user saw, its stored output
+    (an empty output adds no assistant message). The budget is the model's, less the system
+    prompt and the new prompt, which are always sent; MAX_HISTORY_CHARS bounds the text too.
+    """
+    turn = (
+        Generation.objects.filter(pk=generation_id)
+        .values("conversation_id", "parent_id", "model", "system", "prompt")
+        .first()
+    )
+    if turn is None or turn["conversation_id"] is None or turn["parent_id"] is None:
+        return ()
+    rows = Generation.objects.filter(conversation_id=turn["conversation_id"]).values_list(
+        "id", "parent_id", "prompt", "output"
+    )[: settings.MAX_CONVERSATION_TURNS]
+    by_id = {row[0]: row for row in rows}
+    ancestors: list[tuple[str, str]] = []  # (prompt, output), newest first
+    turn_id: str | None = turn["parent_id"]
+    seen: set[str] = set()
+    while turn_id is not None and turn_id in by_id and turn_id not in seen:
+        seen.add(turn_id)
+        _, parent_id, prompt, output = by_id[turn_id]
+        ancestors.append((prompt, output))
+        turn_id = parent_id
+    budget_tokens = context_budget_tokens(turn["model"]) - _fixed_cost_tokens(
+        turn["system"], turn["prompt"]
+    )
+    budget_chars = settings.MAX_HISTORY_CHARS
+    kept: list[tuple[str, str]] = []
+    for prompt, output in ancestors:
+        cost_tokens = count_tokens(prompt) + MESSAGE_OVERHEAD_TOKENS
+        if output:
+            cost_tokens += count_tokens(output) + MESSAGE_OVERHEAD_TOKENS
+        cost_chars = len(prompt) + len(output)
+        if cost_tokens > budget_tokens or cost_chars > budget_chars:
+            # The oldest turns go first: everything from here back is left out, so the
+            # history stays a contiguous run of the most recent turns.
+            break
+        budget_tokens -= cost_tokens
+        budget_chars -= cost_chars
+        kept.append((prompt, output))
+    messages: list[tuple[str, str]] = []
+    for prompt, output in reversed(kept):
+        messages.append(("user", prompt))
+        if output:
+            messages.append(("assistant", output))
+    return tuple(messages)
+
+
+# --- Writes ---------------------------------------------------------------------------------
+
+
+def default_title(prompt: str) -> str:
+    line = " ".join(prompt.split())
+    if len(line) <= DEFAULT_TITLE_CHARS:
+        return line
+    return line[: DEFAULT_TITLE_CHARS - 1].rstrip() + "…"
+
+
+def parse_title(value: Any) -> str:
+    from api.validation import sanitize_text
+
+    if not isinstance(value, str):
+        raise ApiError(
+            "invalid_request", "The request has invalid fields.", details={"title": "A string."}
+        )
+    title = " ".join(sanitize_text(value).split())
+    if len(title) > settings.MAX_TITLE_CHARS:
+        raise ApiError(
+            "invalid_request",
+            "The request has invalid fields.",
+            details={"title": f"At most {settings.MAX_TITLE_CHARS} characters."},
+        )
+    return title
+
+
+def parse_system(value: Any) -> str | None:
+    from api.validation import sanitize_text
+
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ApiError(
+            "invalid_request",
+            "The request has invalid fields.",
+            details={"system": "Must be a string or null."},
+        )
+    system = sanitize_text(value) or None
+    if system is not None and len(system) > settings.MAX_SYSTEM_CHARS:
+        raise ApiError(
+            "prompt_too_long",
+            "The system prompt is too long.",
+            details={"system": f"At most {settings.MAX_SYSTEM_CHARS} characters."},
+        )
+    return system
+
+
+def conversation_create(
+    *, user: AbstractBaseUser, title: str = "", system: str | None = None
+) -> Conversation:
+    return Conversation.objects.create(user_id=user.pk, title=title, system=system)
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a new turn goes, decided inside generation_create's transaction."""
+
+    conversation: Conversation
+    parent_id: str | None
+    turn_index: int
+    system: str | None
+    created_conversation: bool
+
+
+def place_turn(
+    *,
+    user: AbstractBaseUser,
+    target: TurnTarget,
+    model: str,
+    prompt: str,
+    system: str | None,
+) -> Placement:
+    """Resolve the conversation and parent of a new turn and reserve its index.
+
+    Runs under the user's row lock (generation_create), which serialises this user's creates,
+    so two turns never get one index and a parent's status cannot change under the check."""
+    parent: Generation | None = None
+    conversation: Conversation | None = None
+    if target.parent_id is not None:
+        if not looks_like_generation_id(target.parent_id):
+            raise not_found("parent turn")
+        parent = Generation.objects.filter(id=target.parent_id, user_id=user.pk).first()
+        if parent is None or parent.conversation_id is None:
+            raise not_found("parent turn")
+        if target.conversation_id is not None and target.conversation_id != parent.conversation_id:
+            raise ApiError(
+                "invalid_request",
+                "The parent turn is not in this conversation.",
+                details={"parent_id": "Not a turn of conversation_id."},
+            )
+        conversation = Conversation.objects.get(pk=parent.conversation_id)
+    elif target.conversation_id is not None:
+        conversation = conversation_for_user(user=user, conversation_id=target.conversation_id)
+        if not target.parent_given and conversation.current_turn_id is not None:
+            parent = Generation.objects.get(pk=conversation.current_turn_id)
+
+    if conversation is None:
+        check_prompt_fits(model=model, system=system, prompt=prompt)
+        conversation = Conversation.objects.create(
+            user_id=user.pk, title=default_title(prompt), system=system, turn_count=1
+        )
+        return Placement(conversation, None, 1, system, created_conversation=True)
+
+    if system is not None and system != conversation.system:
+        raise ApiError(
+            "invalid_request",
+            "The system prompt belongs to the conversation.",
+            details={
+                "system": "Omit it (or send the conversation's own); change it with "
+                "PATCH /api/v1/conversations/{id}."
+            },
+        )
+    if parent is not None and parent.status in ACTIVE_STATUSES:
+        raise ApiError(
+            "parent_not_finished",
+            f"The turn this one follows ({parent.id}) is still {parent.status}; send the next "
+            "prompt once it has finished, or cancel it.",
+            details={"parent_id": parent.id, "status": parent.status},
+        )
+    if conversation.turn_count >= settings.MAX_CONVERSATION_TURNS:
+        raise ApiError(
+            "conversation_full",
+            f"A conversation holds at most {settings.MAX_CONVERSATION_TURNS} turns; start a "
+            "new one.",
+            details={"conversation_id": conversation.id},
+        )
+    check_prompt_fits(model=model, system=conversation.system, prompt=prompt)
+    if not conversation.title:
+        Conversation.objects.filter(pk=conversation.pk).update(title=default_title(prompt))
+    # The user's row lock serialises this; the F() keeps the count right regardless.
+    Conversation.objects.filter(pk=conversation.pk).update(turn_count=F("turn_count") + 1)
+    conversation.refresh_from_db()
+    return Placement(
+        conversation,
+        parent.id if parent is not None else None,
+        conversation.turn_count,
+        conversation.system,
+        created_conversation=False,
+    )
+
+
+def place_retry(original: Generation) -> int | None:
+    """The turn index of an operator's retry of `original` (a branch beside it, with the same
+    parent), or None when `original` is in no conversation. Under the user's row lock."""
+    if original.conversation_id is None:
+        return None
+    conversation = Conversation.objects.get(pk=original.conversation_id)
+    if conversation.turn_count >= settings.MAX_CONVERSATION_TURNS:
+        raise ApiError(
+            "conversation_full",
+            f"Its conversation holds {settings.MAX_CONVERSATION_TURNS} turns already.",
+            details={"conversation_id": conversation.id},
+        )
+    Conversation.objects.filter(pk=conversation.pk).update(turn_count=F("turn_count") + 1)
+    conversation.refresh_from_db()
+    return conversation.turn_count
+
+
+def turn_created(*, conversation_id: str, generation_id: str, turn_index: int) -> None:
+    """The new turn becomes the conversation's current one, and its subscribers hear of it
+    once the transaction commits."""
+    Conversation.objects.filter(pk=conversation_id).update(
+        current_turn_id=generation_id, updated_at=timezone.now()
+    )
+    transaction.on_commit(lambda: notify_turn(conversation_id, turn_index))
+
+
+def conversation_group(conversation_id: str) -> str:
+    return f"conv.{conversation_id}"
+
+
+def notify_turn(conversation_id: str, turn_index: int) -> None:
+    """Tell the conversation's WebSocket subscribers that turn `turn_index` exists. Lossy like
+    any live send: a subscriber that misses it finds the turn on its next poll of the rows."""
+    try:
+        live_sender().send(
+            conversation_group(conversation_id),
+            {"type": "conv.turn", "conversation_id": conversation_id, "seq": turn_index},
+        )
+    except Exception:
+        logger.warning("turn notice for %s not sent", conversation_id, exc_info=True)
+
+
+def notify_changed(conversation_id: str, *, deleted: bool = False) -> None:
+    """Tell the conversation's WebSocket subscribers that it was renamed, switched to another
+    branch or deleted (after the commit). Best effort, like any live send: a client that
+    missed it reads the conversation when it reconnects."""
+    try:
+        live_sender().send(
+            conversation_group(conversation_id),
+            {"type": "conv.changed", "conversation_id": conversation_id, "deleted": deleted},
+        )
+    except Exception:
+        logger.warning("change notice for %s not sent", conversation_id, exc_info=True)
+
+
+def _newest_leaf_under(turn_id: str, conversation_id: str) -> str:
+    """The branch through `turn_id`: follow its newest child down to a leaf."""
+    children: dict[str | None, list[tuple[int, str]]] = {}
+    for turn, parent, index in Generation.objects.filter(
+        conversation_id=conversation_id
+    ).values_list("id", "parent_id", "turn_index")[: settings.MAX_CONVERSATION_TURNS]:
+        children.setdefault(parent, []).append((index or 0, turn))
+    current = turn_id
+    for _ in range(settings.MAX_CONVERSATION_TURNS):
+        below = children.get(current)
+        if not below:
+            break
+        current = max(below)[1]
+    return current
+
+
+CONVERSATION_UPDATE_FIELDS = frozenset({"title", "system", "current_turn_id"})
+
+
+def conversation_update(*, user: AbstractBaseUser, conversation_id: str, data: Any) -> Conversation:
+    """Rename, change the system prompt (for turns created from now on), or switch branch:
+    `current_turn_id` names any turn of the conversation, and the current branch becomes the
+    one through it (down its newest children to a leaf)."""
+    if not isinstance(data, dict):
+        raise ApiError("invalid_request", "The body must be a JSON object.")
+    unknown = sorted(set(data) - CONVERSATION_UPDATE_FIELDS)
+    if unknown:
+        raise ApiError(
+            "invalid_request",
+            "The request has invalid fields.",
+            details={name: "Unknown field." for name in unknown},
+        )
+    with transaction.atomic():
+        conversation = conversation_for_user(user=user, conversation_id=conversation_id)
+        changes: dict[str, Any] = {}
+        if "title" in data:
+            changes["title"] = parse_title(data["title"])
+        if "system" in data:
+            changes["system"] = parse_system(data["system"])
+        if "current_turn_id" in data:
+            turn_id = data["current_turn_id"]
+            if not isinstance(turn_id, str):
+                raise ApiError(
+                    "invalid_request",
+                    "The request has invalid fields.",
+                    details={"current_turn_id": "A turn id of this conversation."},
+                )
+            if (
+                not looks_like_generation_id(turn_id)
+                or not Generation.objects.filter(
+                    id=turn_id, conversation_id=conversation.id, user_id=user.pk
+                ).exists()
+            ):
+                raise not_found("turn in this conversation")
+            changes["current_turn_id"] = _newest_leaf_under(turn_id, conversation.id)
+        for name, value in changes.items():
+            setattr(conversation, name, value)
+        conversation.save()
+        changed_id = conversation.id
+        transaction.on_commit(lambda: notify_changed(changed_id))
+    return conversation
+
+
+def conversation_delete(*, user: AbstractBaseUser, conversation_id: str) -> None:
+    """Remove the conversation, its generations and their replay buffers: what a user asking
+    for their data to be removed expects. A running turn is cancelled first, so that its
+    worker stops reading (and paying for) the provider's stream; its next write finds no row
+    and it stops (jobs.runner: LostOwnership)."""
+    conversation = conversation_for_user(user=user, conversation_id=conversation_id)
+    conversation_remove(conversation)
+
+
+def conversation_remove(conversation: Conversation) -> None:
+    """Delete a conversation, its generations and their replay buffers (the user's request
+    above, or an operator's in the admin)."""
+    with transaction.atomic():
+        ids = list(
+            Generation.objects.filter(conversation_id=conversation.pk).values_list("id", "status")
+        )
+        Conversation.objects.filter(pk=conversation.pk).update(current_turn=None)
+        # Unlink the tree first: InnoDB checks a self-referencing foreign key row by row
+        # within one DELETE, so a parent deleted before its child would be refused.
+        turns = Generation.objects.filter(conversation_id=conversation.pk)
+        turns.update(parent=None)
+        turns.delete()
+        deleted_id = conversation.id
+        conversation.delete()
+        transaction.on_commit(lambda: notify_changed(deleted_id, deleted=True))
+    for generation_id, status in ids:
+        try:
+            if status == Status.RUNNING:
+                event_log().request_cancel(generation_id)
+            event_log().discard(generation_id)
+        except Exception:
+            # Redis is down: the buffers expire on their own (REPLAY_TTL_*), and no row is
+            # left that could serve them.
+            logger.warning("replay buffer of %s not discarded", generation_id, exc_info=True)
