@@ -148,13 +148,28 @@ class GenerationAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
     list_per_page = 50
     actions = ("cancel_generations", "retry_failed_generations")
     fieldsets = (
-        (None, {"fields": ("id", "user", "status", "model", "created_at", "retry_of", "retries")}),
+        (
+            None,
+            {
+                "fields": (
+                    "id",
+                    "user",
+                    "status",
+                    "model",
+                    "provider",
+                    "created_at",
+                    "retry_of",
+                    "retries",
+                )
+            },
+        ),
         ("Request", {"fields": ("prompt", "system", "max_tokens", "temperature")}),
         (
             "Result",
             {
                 "fields": (
                     "output",
+                    "reasoning",
                     "finish_reason",
                     "usage",
                     "error",

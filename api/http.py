@@ -10,11 +10,13 @@ from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
+from django.core.serializers.json import DjangoJSONEncoder
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
 from api.errors import UNAVAILABLE_ERRORS, ApiError, error_response, unavailable
 from realtime.auth import Identity, authenticate_token, bearer_token
+from realtime.events import escape_line_breakers
 
 logger = logging.getLogger(__name__)
 
@@ -85,11 +87,20 @@ def authenticate(request: HttpRequest) -> Identity:
     return authenticate_token(bearer_token(request.headers.get("Authorization")))
 
 
+class LineSafeJSONEncoder(DjangoJSONEncoder):
+    """Django's encoder with U+2028, U+2029 and U+0085 escaped (realtime.events.dumps says
+    why): model output carries them, and a client splitting lines must not cut a value."""
+
+    def encode(self, o: Any) -> str:
+        return escape_line_breakers(super().encode(o))
+
+
 def json_response(
     data: Any, status: int = 200, headers: dict[str, str] | None = None
 ) -> JsonResponse:
     return JsonResponse(
         data,
+        encoder=LineSafeJSONEncoder,
         status=status,
         headers=headers,
         safe=False,

@@ -21,10 +21,21 @@ ACTIVE_STATUSES = frozenset({Status.QUEUED, Status.RUNNING})
 
 
 class FinishReason(models.TextChoices):
+    """PROTOCOL §8: as the provider reported it, plus ours (cancelled, error)."""
+
     STOP = "stop"
     LENGTH = "length"
+    # A filtered answer is completed but must never look like a normal stop.
+    CONTENT_FILTER = "content_filter"
+    TOOL_CALLS = "tool_calls"
     CANCELLED = "cancelled"
     ERROR = "error"
+
+
+def current_provider() -> str:
+    """The provider that runs generations created now (LLM_PROVIDER): `demo` labels the
+    offline demo's made-up answers as such (PROTOCOL §7)."""
+    return str(settings.LLM_PROVIDER)
 
 
 class Generation(models.Model):
@@ -40,12 +51,16 @@ class Generation(models.Model):
     )
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
     model = models.CharField(max_length=100)
+    provider = models.CharField(max_length=16, default=current_provider)
     prompt = models.TextField()
     system = models.TextField(null=True, blank=True)
     max_tokens = models.PositiveIntegerField()
     temperature = models.FloatField(null=True, blank=True)
 
     output = models.TextField(default="", blank=True)
+    # PROTOCOL §8: what a reasoning model thought before answering (`reasoning` events),
+    # kept beside the output and never part of it.
+    reasoning = models.TextField(default="", blank=True)
     # The last event seq that `output` includes; once terminal, the seq of `done`.
     seq = models.PositiveIntegerField(default=0)
     attempt = models.PositiveSmallIntegerField(default=1)
@@ -108,11 +123,13 @@ class Generation(models.Model):
             "id": self.id,
             "status": self.status,
             "model": self.model,
+            "provider": self.provider,
             "prompt": self.prompt,
             "system": self.system,
             "max_tokens": self.max_tokens,
             "temperature": self.temperature,
             "output": self.output,
+            "reasoning": self.reasoning,
             "seq": self.seq,
             "attempt": self.attempt,
             "finish_reason": self.finish_reason,

@@ -32,6 +32,8 @@ class RowState:
     finish_reason: str | None
     usage: dict[str, int] | None
     error: dict[str, str] | None
+    # PROTOCOL §8: the reasoning through `seq`, carried in snapshots beside `output`.
+    reasoning: str = ""
 
     @property
     def terminal(self) -> bool:
@@ -51,13 +53,17 @@ def generation_for_user(*, user: AbstractBaseUser, generation_id: str) -> Genera
 def row_state(generation_id: str) -> RowState | None:
     row = (
         Generation.objects.filter(id=generation_id)
-        .values_list("user_id", "status", "seq", "output", "finish_reason", "usage", "error")
+        .values_list(
+            "user_id", "status", "seq", "output", "finish_reason", "usage", "error", "reasoning"
+        )
         .first()
     )
     if row is None:
         return None
-    user_id, status, seq, output, finish_reason, usage, error = row
-    return RowState(generation_id, user_id, status, seq, output, finish_reason, usage, error)
+    user_id, status, seq, output, finish_reason, usage, error, reasoning = row
+    return RowState(
+        generation_id, user_id, status, seq, output, finish_reason, usage, error, reasoning
+    )
 
 
 def _row_state_closing(generation_id: str) -> RowState | None:

@@ -47,11 +47,14 @@ TOO_MANY_ACTIVE_RETRY_S = 5
 CANCEL_WAIT_S = 2.0
 
 
-def _enqueue(generation_id: str) -> None:
+def _enqueue(generation_id: str, *, delay_s: float = 0.0) -> None:
     from jobs.tasks import run_generation
 
     try:
-        run_generation(generation_id)
+        if delay_s > 0:
+            run_generation.schedule((generation_id,), delay=delay_s)
+        else:
+            run_generation(generation_id)
     except Exception:
         # The row is committed and queued; the reaper re-enqueues queued generations that
         # no worker has claimed, so a broken queue delays the generation but loses nothing.
@@ -328,6 +331,9 @@ class Claim:
     max_tokens: int  # the cap for this attempt: the request's, or less if the quota is short
     temperature: float | None
     created_at: datetime | None = None  # for the time to first token (project.metrics)
+    # Completion tokens that earlier runs of this generation (failed attempts, a run handed
+    # back on shutdown) were paid for: they count toward the daily quota and the usage.
+    earlier_completion_tokens: int = 0
 
 
 def generation_claim(generation_id: str) -> Claim | None:
@@ -369,6 +375,7 @@ def generation_claim(generation_id: str) -> Claim | None:
         max_tokens=generation.token_cap if generation.token_cap is not None else 0,
         temperature=generation.temperature,
         created_at=generation.created_at,
+        earlier_completion_tokens=generation.completion_tokens,
     )
 
 
@@ -394,12 +401,16 @@ def _token_cap(generation_id: str) -> int:
 
     Serialised per user: on MySQL by the user's row (as creates are); on SQLite by the
     database's write lock, which the claim's UPDATE took before this reads anything."""
-    user_id, max_tokens = Generation.objects.values_list("user_id", "max_tokens").get(
-        pk=generation_id
-    )
+    user_id, max_tokens, earlier_tokens = Generation.objects.values_list(
+        "user_id", "max_tokens", "completion_tokens"
+    ).get(pk=generation_id)
     get_user_model().objects.select_for_update().filter(pk=user_id).first()
-    left = limits_for(user_id).tokens_per_day - tokens_committed_today(
-        user_id, excluding=generation_id
+    # `earlier_tokens`: what earlier runs of this generation used (0 on its first claim);
+    # they were paid for, so they leave the quota less room.
+    left = (
+        limits_for(user_id).tokens_per_day
+        - tokens_committed_today(user_id, excluding=generation_id)
+        - earlier_tokens
     )
     return max(0, min(max_tokens, left))
 
@@ -409,11 +420,18 @@ def _fenced(generation_id: str, attempt: int) -> Any:
 
 
 def generation_checkpoint(
-    generation_id: str, attempt: int, *, output: str, seq: int, completion_tokens: int
+    generation_id: str,
+    attempt: int,
+    *,
+    output: str,
+    seq: int,
+    completion_tokens: int,
+    reasoning: str = "",
 ) -> tuple[bool, bool]:
     """Persist the fold so far and the heartbeat: (still ours, cancel requested)."""
     updated = _fenced(generation_id, attempt).update(
         output=output,
+        reasoning=reasoning,
         seq=seq,
         completion_tokens=completion_tokens,
         heartbeat_at=timezone.now(),
@@ -443,13 +461,15 @@ def generation_finish(
     seq: int,
     finish_reason: str,
     usage: dict[str, int] | None,
-    error: dict[str, str] | None,
+    error: dict[str, Any] | None,
+    reasoning: str = "",
 ) -> bool:
     """Write the final row; `seq` is that of the `done` event published after it."""
     completion_tokens = usage["completion_tokens"] if usage else 0
     updated = _fenced(generation_id, attempt).update(
         status=status,
         output=output,
+        reasoning=reasoning,
         seq=seq,
         finish_reason=finish_reason,
         usage=usage,
@@ -462,13 +482,25 @@ def generation_finish(
 
 
 def generation_requeue(
-    generation_id: str, attempt: int, *, output: str | None = None, seq: int | None = None
+    generation_id: str,
+    attempt: int,
+    *,
+    output: str | None = None,
+    seq: int | None = None,
+    reasoning: str | None = None,
+    completion_tokens: int | None = None,
+    delay_s: float = 0.0,
 ) -> bool:
     """Hand a running attempt back to the queue as the next attempt (which sends `reset`).
 
     Without `output` and `seq` the row keeps its last checkpoint (a hand-back on shutdown
-    for a runner that did not answer in time)."""
+    for a runner that did not answer in time). `delay_s`: the next attempt starts no sooner
+    (a back-off after a provider failure mid-stream)."""
     fold: dict[str, Any] = {} if output is None or seq is None else {"output": output, "seq": seq}
+    if reasoning is not None:
+        fold["reasoning"] = reasoning
+    if completion_tokens is not None:
+        fold["completion_tokens"] = completion_tokens
     updated = _fenced(generation_id, attempt).update(
         status=Status.QUEUED,
         attempt=F("attempt") + 1,
@@ -477,22 +509,36 @@ def generation_requeue(
         **fold,
     )
     if updated:
-        transaction.on_commit(lambda: _enqueue(generation_id))
+        transaction.on_commit(lambda: _enqueue(generation_id, delay_s=delay_s))
     return bool(updated)
 
 
-def generation_hand_back(generation_id: str, attempt: int, *, output: str, seq: int) -> bool:
+def generation_hand_back(
+    generation_id: str,
+    attempt: int,
+    *,
+    output: str,
+    seq: int,
+    reasoning: str = "",
+    completion_tokens: int | None = None,
+) -> bool:
     """Give a running generation back to the queue unfinished (its worker is stopping), as the
     same attempt: a stop is not a failure, and does not use up MAX_ATTEMPTS.
 
     Only for the runner itself, after its last write: it stops at once, so no write of the
     attempt can follow, and the next claim of the same attempt number is alone. The next
-    run starts with `reset`, since subscribers have seen this one's text."""
+    run starts with `reset`, since subscribers have seen this one's text. The tokens this
+    run used were paid for: the next run counts them (`completion_tokens`)."""
+    tokens: dict[str, Any] = (
+        {} if completion_tokens is None else {"completion_tokens": completion_tokens}
+    )
     updated = _fenced(generation_id, attempt).update(
         status=Status.QUEUED,
         output=output,
+        reasoning=reasoning,
         seq=seq,
         heartbeat_at=timezone.now(),
+        **tokens,
     )
     if updated:
         transaction.on_commit(lambda: _enqueue(generation_id))

@@ -16,6 +16,18 @@ export interface Usage {
   prompt_tokens: number;
   completion_tokens: number;
   total_tokens: number;
+  /** Completion tokens of earlier attempts that failed mid-stream (included above). */
+  earlier_attempts_completion_tokens?: number;
+}
+
+export type FinishReason = "stop" | "length" | "content_filter" | "tool_calls" | "cancelled" | "error";
+
+/** `done.error` and `Generation.error` (docs/protocol.md, "Provider failures"). */
+export interface GenerationError {
+  code: string;
+  message: string;
+  /** Seconds, for `provider_rate_limited` when the provider said. */
+  retry_after?: number;
 }
 
 /** The generation object of the REST API (docs/protocol.md §2). */
@@ -23,16 +35,20 @@ export interface Generation {
   id: string;
   status: GenerationStatus;
   model: string;
+  /** "demo": the offline demo's made-up answer, not a model's. */
+  provider: "openai" | "demo";
   prompt: string;
   system: string | null;
   max_tokens: number;
   temperature: number | null;
   output: string;
+  /** A reasoning model's thinking ("" when it sent none); never part of `output`. */
+  reasoning: string;
   seq: number;
   attempt: number;
-  finish_reason: "stop" | "length" | "cancelled" | "error" | null;
+  finish_reason: FinishReason | null;
   usage: Usage | null;
-  error: { code: string; message: string } | null;
+  error: GenerationError | null;
   created_at: string;
   started_at: string | null;
   finished_at: string | null;
@@ -51,10 +67,19 @@ export interface SnapshotEvent {
   id: string;
   seq: number;
   text: string;
+  /** The reasoning through `seq` (absent from servers before v1.1). */
+  reasoning?: string;
   status: GenerationStatus;
 }
 export interface DeltaEvent {
   type: "delta";
+  id: string;
+  seq: number;
+  text: string;
+}
+/** Appends `text` to the reasoning, not to the output (same seq space as `delta`). */
+export interface ReasoningEvent {
+  type: "reasoning";
   id: string;
   seq: number;
   text: string;
@@ -72,9 +97,9 @@ export interface DoneEvent {
   status: "completed" | "failed" | "cancelled";
   finish_reason: Generation["finish_reason"];
   usage: Usage | null;
-  error: { code: string; message: string } | null;
+  error: GenerationError | null;
 }
-export type StreamEvent = SnapshotEvent | DeltaEvent | ResetEvent | DoneEvent;
+export type StreamEvent = SnapshotEvent | DeltaEvent | ReasoningEvent | ResetEvent | DoneEvent;
 
 /** One step of a stream, to callbacks and to `for await`. */
 export interface StreamUpdate {
@@ -86,6 +111,8 @@ export interface StreamUpdate {
   replaced: boolean;
   /** The event applied; null for the text restored from sessionStorage after a reload. */
   event: StreamEvent | null;
+  /** The whole reasoning so far ("" for a model that sends none). */
+  reasoning: string;
 }
 
 /**
@@ -151,6 +178,8 @@ export class GenerationStream implements AsyncIterable<StreamUpdate> {
   readonly id: string;
   /** The text so far. */
   readonly text: string;
+  /** The reasoning so far (a reasoning model's thinking); never part of `text`. */
+  readonly reasoning: string;
   /** The last seq applied. */
   readonly seq: number;
   readonly status: GenerationStatus | null;

@@ -21,7 +21,8 @@
 
 const STORAGE_PREFIX = "llm-stream:";
 const MAX_SAVED_STREAMS = 50; // sessionStorage is small (~5 MB); the oldest entries go first
-const EVENT_TYPES = new Set(["snapshot", "delta", "reset", "done"]);
+// `reasoning` (protocol v1.1): a reasoning model's thinking, in the same seq space as `delta`.
+const EVENT_TYPES = new Set(["snapshot", "delta", "reasoning", "reset", "done"]);
 // The server's SSE endpoint sends `: ping` every 10 s while idle (docs/protocol.md, SSE): a
 // response silent for 3 pings is a dead connection that TCP has not noticed yet.
 const SSE_SILENCE_MS = 35_000;
@@ -132,7 +133,7 @@ export class GenerationStream {
   /**
    * @param {StreamClient} client
    * @param {string} id
-   * @param {{seq: number, text: string, status: string | null}} start
+   * @param {{seq: number, text: string, status: string | null, reasoning?: string}} start
    * @param {SubscribeOptions} handlers
    */
   constructor(client, id, start, handlers) {
@@ -141,6 +142,8 @@ export class GenerationStream {
     this.id = id;
     /** The text so far: the fold of every event applied (snapshot, delta, reset). */
     this.text = start.text;
+    /** The model's reasoning so far ("" for a model that sends none); never part of `text`. */
+    this.reasoning = start.reasoning ?? "";
     /** The seq of the last event applied: where a reconnect resumes. */
     this.seq = start.seq;
     /** queued | running | completed | failed | cancelled, as last seen (null until known). */
@@ -491,7 +494,7 @@ export class StreamClient {
     this.#streams.set(id, stream);
     if (saved && saved.text) {
       // Show the restored text at once; the rest follows from `seq`.
-      stream._push({ text: saved.text, delta: "", replaced: true, event: null });
+      stream._push({ text: saved.text, delta: "", replaced: true, event: null, reasoning: saved.reasoning ?? "" });
     }
     this.#save(stream);
     this.#attach(stream);
@@ -572,6 +575,7 @@ export class StreamClient {
       // The fold of 1..seq: it replaces the text (also mid-stream, after a gap the server
       // could not fill from its buffer).
       stream.text = event.text;
+      stream.reasoning = event.reasoning ?? "";
       stream.seq = event.seq;
       stream.status = event.status;
       replaced = true;
@@ -587,8 +591,12 @@ export class StreamClient {
         stream.text += event.text;
         delta = event.text;
         if (stream.status === "queued" || stream.status === null) stream.status = "running";
+      } else if (event.type === "reasoning") {
+        stream.reasoning += event.text;
+        if (stream.status === "queued" || stream.status === null) stream.status = "running";
       } else if (event.type === "reset") {
         stream.text = "";
+        stream.reasoning = "";
         replaced = true;
       } else if (event.type === "done") {
         stream.status = event.status;
@@ -598,7 +606,7 @@ export class StreamClient {
     stream.sseFailures = 0;
     stream.authFailures = 0;
     this.#save(stream);
-    stream._push({ text: stream.text, delta, replaced, event });
+    stream._push({ text: stream.text, delta, replaced, event, reasoning: stream.reasoning });
     if (event.type === "done") this.#finish(stream, null);
   }
 
@@ -635,16 +643,17 @@ export class StreamClient {
         if (resyncIfRunning) this.#resync(stream);
         return;
       }
-      if (stream.text !== row.output) {
+      if (stream.text !== row.output || stream.reasoning !== (row.reasoning ?? "")) {
         stream.text = row.output;
-        stream._push({ text: row.output, delta: "", replaced: true, event: null });
+        stream.reasoning = row.reasoning ?? "";
+        stream._push({ text: row.output, delta: "", replaced: true, event: null, reasoning: stream.reasoning });
       }
       stream.status = row.status;
       stream.result = {
         type: "done", id: row.id, seq: row.seq, status: row.status,
         finish_reason: row.finish_reason, usage: row.usage, error: row.error,
       };
-      stream._push({ text: stream.text, delta: "", replaced: false, event: stream.result });
+      stream._push({ text: stream.text, delta: "", replaced: false, event: stream.result, reasoning: stream.reasoning });
       this.#finish(stream, null);
     } catch (error) {
       if (error instanceof ApiError && error.code === "not_found") this.#finish(stream, error);
@@ -1081,7 +1090,9 @@ export class StreamClient {
 
   #save(stream) {
     if (!this.storage) return;
-    const entry = JSON.stringify({ seq: stream.seq, text: stream.text, status: stream.status, savedAt: Date.now() });
+    const entry = JSON.stringify({
+      seq: stream.seq, text: stream.text, reasoning: stream.reasoning, status: stream.status, savedAt: Date.now(),
+    });
     try {
       this.storage.setItem(STORAGE_PREFIX + stream.id, entry);
     } catch {
@@ -1095,7 +1106,7 @@ export class StreamClient {
     }
   }
 
-  /** @returns {{seq: number, text: string, status: string | null} | null} */
+  /** @returns {{seq: number, text: string, status: string | null, reasoning?: string} | null} */
   #load(id) {
     if (!this.storage) return null;
     try {

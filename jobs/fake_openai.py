@@ -24,6 +24,41 @@ defaults at run time), or a directive anywhere in the prompt, which wins for tha
 - ``ignore_max=1``: stream all ``tokens`` whatever the request's max_tokens (a provider that
   does not honour it), so that a test shows the service stops reading at its own cap.
 
+The provider zoo: each real server's dialect and failure, so that tests run them end to end
+through the real SDK (README "Providers" says what each real server sends):
+
+- ``server=NAME``: the stream's dialect. ``openai`` (the default: a role chunk, content chunks,
+  a finish chunk, then a ``choices: []`` usage chunk when ``stream_options.include_usage``),
+  ``vllm`` (``stop_reason`` and ``logprobs`` fields, ``reasoning_content``), ``llamacpp``
+  (usage and ``timings`` in the finish chunk, never a separate usage chunk), ``ollama``
+  (``system_fingerprint``), ``lmstudio`` (refuses ``stream_options`` with a 400), ``azure``
+  (a first ``choices: []`` chunk of ``prompt_filter_results``, ``content_filter_results`` in
+  every choice), ``openrouter`` (``: OPENROUTER PROCESSING`` comments while it waits, usage in
+  the finish chunk, ``delta.reasoning``);
+- ``reasoning=K``: the first K tokens are the model's reasoning (``reasoning_content``, or
+  ``reasoning`` for openrouter, or ``reasoning_field=NAME``), the answer follows;
+- ``finish=REASON``: the finish reason sent (``content_filter``, ``tool_calls``, ...);
+  ``finish=none``: no finish reason at all, only ``data: [DONE]``;
+- ``content=list``: content as ``[{"type": "text", "text": ...}]``; ``refusal=1``: the text is
+  sent as ``delta.refusal``;
+- ``fail=STATUSxN code=CODE retry_after=S``: the error body's ``code`` (``insufficient_quota``,
+  ``context_length_exceeded``, ``model_not_found``, ``unsupported_parameter``, ...) and a
+  ``Retry-After`` header; ``message=vllm_context`` words a 400 as vLLM does (no code);
+- ``reject=PARAM``: a 400 ``unsupported_parameter`` for any request carrying PARAM (as
+  OpenAI's o-series do for ``max_tokens``, or a server that refuses ``stream_options``);
+- ``error_at=KxN``: an ``error`` event (status 200) after K tokens, on the first N requests;
+- ``after_finish=hang``: after the finish reason (and usage), keep the connection open and
+  send nothing (no ``[DONE]``);
+- ``first_byte=MS``: wait before even the response headers (a local server loading a model);
+- ``nonstream=1``: answer a whole ``chat.completion`` JSON although ``stream`` was true (a
+  gateway that ignored it); ``error200=1``: a JSON ``error`` body with status 200;
+- ``odd=1``: the text carries U+2028, U+2029 and U+0085 (``odd_text`` predicts it), sent raw;
+- ``eol=crlf|cr``: the stream's line ends; ``split=1``: every event sent in two network writes
+  cut inside a multi-byte character;
+- ``usage=none``: never a usage figure, even when asked for;
+- ``shape=null_choice``: a ``choices: [null]`` chunk after the first token;
+  ``shape=empty_choices``: a ``choices: []`` chunk (no usage) between every two tokens.
+
 ``GET /_requests`` returns every request body received (``DELETE`` clears the log), so a test
 can prove what did, and did not, reach the provider.
 """
@@ -68,6 +103,30 @@ def expected_text(tokens: int) -> str:
     return "".join(token_text(i) for i in range(tokens))
 
 
+# Characters that str.splitlines breaks lines on although they are not SSE line ends.
+_ODD = ["\u2028", "\u2029", "\u0085"]
+
+
+def odd_token_text(index: int) -> str:
+    """Token `index` of an `odd=1` answer: every third token ends in a line-breaking
+    character that is not a line end in SSE (vLLM and llama.cpp send them raw)."""
+    return token_text(index) + (_ODD[(index // 3) % 3] if index % 3 == 1 else "")
+
+
+def odd_text(tokens: int) -> str:
+    return "".join(odd_token_text(i) for i in range(tokens))
+
+
+def reasoning_text(tokens: int) -> str:
+    """The reasoning of a `reasoning=K` answer: its first K tokens."""
+    return "".join(token_text(i) for i in range(tokens))
+
+
+def answer_after_reasoning(tokens: int, reasoning: int) -> str:
+    """The answer (output) of a `reasoning=K tokens=N` request: tokens K..N-1."""
+    return "".join(token_text(i) for i in range(reasoning, tokens))
+
+
 @dataclass(frozen=True)
 class Behaviour:
     tokens: int = 50
@@ -80,6 +139,42 @@ class Behaviour:
     hang: int = -1
     stamp: bool = False
     ignore_max: bool = False
+    # The provider zoo (module docstring).
+    server: str = "openai"
+    reasoning: int = 0
+    reasoning_field: str = ""
+    finish: str = ""
+    content_list: bool = False
+    refusal: bool = False
+    code: str = ""
+    message: str = ""
+    retry_after: str = ""
+    reject: str = ""
+    error_at: int = -1
+    error_count: int = 0  # 0: every request
+    after_finish: str = ""
+    first_byte: float = 0.0
+    nonstream: bool = False
+    error200: bool = False
+    odd: bool = False
+    eol: str = "lf"
+    split: bool = False
+    shape: str = ""
+    no_usage: bool = False
+
+
+_TEXT_KNOBS = (
+    "server",
+    "reasoning_field",
+    "finish",
+    "code",
+    "message",
+    "retry_after",
+    "reject",
+    "after_finish",
+    "eol",
+    "shape",
+)
 
 
 def parse_directive(text: str, base: Behaviour) -> Behaviour:
@@ -109,7 +204,55 @@ def parse_directive(text: str, base: Behaviour) -> Behaviour:
             values["stamp"] = value not in ("", "0")
         elif key == "ignore_max":
             values["ignore_max"] = value not in ("", "0")
+        elif key in _TEXT_KNOBS:
+            values[key] = value
+        elif key == "reasoning":
+            values["reasoning"] = int(value)
+        elif key == "content":
+            values["content_list"] = value == "list"
+        elif key in ("refusal", "nonstream", "error200", "odd", "split"):
+            values[key] = value not in ("", "0")
+        elif key == "error_at":
+            after, _, count = value.partition("x")
+            values["error_at"] = int(after)
+            values["error_count"] = int(count or "0")
+        elif key == "usage":
+            values["no_usage"] = value == "none"
+        elif key == "first_byte":
+            values["first_byte"] = float(value)
     return replace(base, **values)
+
+
+_ERROR_STATUS_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "invalid_request_error",
+    429: "rate_limit_error",
+}
+
+
+def error_body(status: int, code: str, message: str) -> dict[str, Any]:
+    """An error body as the server imitated words it."""
+    if message == "vllm_context":
+        # vLLM (and LiteLLM in front of it) say it in words, with no code.
+        return {
+            "object": "error",
+            "message": "This model's maximum context length is 4096 tokens. However, you "
+            "requested 9000 tokens. Please reduce the length of the messages.",
+            "type": "BadRequestError",
+            "param": None,
+            "code": 400,
+        }
+    kind = "insufficient_quota" if code == "insufficient_quota" else None
+    return {
+        "error": {
+            "message": message or f"injected failure{f' ({code})' if code else ''}",
+            "type": kind or _ERROR_STATUS_TYPES.get(status, "server_error"),
+            "param": None,
+            "code": code or None,
+        }
+    }
 
 
 class FakeOpenAI:
@@ -118,6 +261,9 @@ class FakeOpenAI:
         self.requests: list[dict[str, Any]] = []
         self._failures: dict[str, int] = {}
         self._drops: dict[str, int] = {}
+        self._errors: dict[str, int] = {}
+        # Streams being sent right now (a held-open one counts until its client goes away).
+        self.streaming = 0
         # Open connections and their handlers, so that `stop` can end them.
         self._connections: dict[asyncio.StreamWriter, asyncio.Task[None]] = {}
         self.server: asyncio.AbstractServer | None = None
@@ -165,10 +311,17 @@ class FakeOpenAI:
             self._connections.pop(writer, None)
             writer.close()
 
-    async def _send_json(self, writer: asyncio.StreamWriter, status: int, payload: Any) -> None:
+    async def _send_json(
+        self,
+        writer: asyncio.StreamWriter,
+        status: int,
+        payload: Any,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         body = json.dumps(payload).encode()
+        extra = "".join(f"{name}: {value}\r\n" for name, value in (headers or {}).items())
         writer.write(
-            f"HTTP/1.1 {status} X\r\nContent-Type: application/json\r\n"
+            f"HTTP/1.1 {status} X\r\nContent-Type: application/json\r\n{extra}"
             f"Content-Length: {len(body)}\r\n\r\n".encode()
             + body
         )
@@ -187,12 +340,14 @@ class FakeOpenAI:
                 self.requests.clear()
                 self._failures.clear()
                 self._drops.clear()
+                self._errors.clear()
             await self._send_json(writer, 200, self.requests)
             return True
         if path == "/_config" and method == "POST":
             self.behaviour = replace(Behaviour(), **json.loads(body or b"{}"))
             self._failures.clear()
             self._drops.clear()
+            self._errors.clear()
             await self._send_json(writer, 200, asdict(self.behaviour))
             return True
         if not path.endswith("/chat/completions") or method != "POST":
@@ -202,6 +357,8 @@ class FakeOpenAI:
         self.requests.append(request)
         prompt = "\n".join(str(m.get("content", "")) for m in request.get("messages", []))
         behaviour = parse_directive(prompt, self.behaviour)
+        if behaviour.first_byte:
+            await asyncio.sleep(behaviour.first_byte / 1000)
         if behaviour.fail_status:
             seen = self._failures.get(prompt, 0)
             if seen < behaviour.fail_count:
@@ -209,15 +366,57 @@ class FakeOpenAI:
                 await self._send_json(
                     writer,
                     behaviour.fail_status,
-                    {
-                        "error": {
-                            "message": "injected failure",
-                            "type": "fake",
-                            "code": None,
-                        }
-                    },
+                    error_body(behaviour.fail_status, behaviour.code, behaviour.message),
+                    {"Retry-After": behaviour.retry_after} if behaviour.retry_after else None,
                 )
                 return True
+        rejected = behaviour.reject or ("stream_options" if behaviour.server == "lmstudio" else "")
+        if rejected and rejected in request:
+            await self._send_json(
+                writer,
+                400,
+                {
+                    "error": {
+                        "message": f"Unsupported parameter: '{rejected}' is not supported "
+                        "with this model.",
+                        "type": "invalid_request_error",
+                        "param": rejected,
+                        "code": "unsupported_parameter",
+                    }
+                },
+            )
+            return True
+        if behaviour.error200:
+            await self._send_json(
+                writer,
+                200,
+                {"error": {"message": "upstream provider error", "code": 502}},
+            )
+            return True
+        if behaviour.nonstream and request.get("stream"):
+            text = expected_text(behaviour.tokens)
+            await self._send_json(
+                writer,
+                200,
+                {
+                    "id": "chatcmpl-fake",
+                    "object": "chat.completion",
+                    "choices": [
+                        {
+                            "index": 0,
+                            "message": {"role": "assistant", "content": text},
+                            "finish_reason": "stop",
+                        }
+                    ],
+                },
+            )
+            return True
+        if behaviour.error_at >= 0 and behaviour.error_count:
+            errored = self._errors.get(prompt, 0)
+            if errored < behaviour.error_count:
+                self._errors[prompt] = errored + 1
+            else:
+                behaviour = replace(behaviour, error_at=-1)
         if behaviour.drop >= 0 and behaviour.drop_count:
             dropped = self._drops.get(prompt, 0)
             if dropped < behaviour.drop_count:
@@ -228,7 +427,11 @@ class FakeOpenAI:
             text = expected_text(min(behaviour.tokens, int(request.get("max_tokens") or 10**9)))
             await self._send_json(writer, 200, {"choices": [{"message": {"content": text}}]})
             return True
-        return await self._stream(request, behaviour, reader, writer)
+        self.streaming += 1
+        try:
+            return await self._stream(request, behaviour, reader, writer)
+        finally:
+            self.streaming -= 1
 
     async def _stream(
         self,
@@ -241,37 +444,77 @@ class FakeOpenAI:
             b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
             b"Transfer-Encoding: chunked\r\nCache-Control: no-cache\r\n\r\n"
         )
+        eol = {"crlf": "\r\n", "cr": "\r"}.get(behaviour.eol, "\n")
+        server = behaviour.server
 
-        def send(payload: str) -> None:
-            data = f"data: {payload}\n\n".encode()
+        def write_chunk(data: bytes) -> None:
             writer.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
 
-        base = {
+        async def send_raw(text: str) -> None:
+            data = text.encode()
+            if behaviour.split:
+                # Cut inside a multi-byte character when there is one: the reader gets the
+                # two halves in separate reads.
+                cut = next((i for i, byte in enumerate(data) if byte >= 0xC0), len(data) // 2) + 1
+                write_chunk(data[:cut])
+                await writer.drain()
+                await asyncio.sleep(0.002)
+                write_chunk(data[cut:])
+            else:
+                write_chunk(data)
+
+        async def send(payload: dict[str, Any] | str) -> None:
+            text = payload if isinstance(payload, str) else json.dumps(payload, ensure_ascii=False)
+            await send_raw(f"data: {text}{eol}{eol}")
+
+        base: dict[str, Any] = {
             "id": "chatcmpl-fake",
             "object": "chat.completion.chunk",
             "created": int(time.time()),
             "model": request.get("model", "fake"),
         }
+        if server == "ollama":
+            base["system_fingerprint"] = "fp_ollama"
+
+        def choice(delta: dict[str, Any], finish: str | None) -> dict[str, Any]:
+            entry: dict[str, Any] = {"index": 0, "delta": delta, "finish_reason": finish}
+            if server == "vllm":
+                entry.update({"logprobs": None, "stop_reason": None})
+            if server == "azure":
+                entry["content_filter_results"] = {
+                    "hate": {"filtered": False, "severity": "safe"},
+                    "violence": {"filtered": finish == "content_filter", "severity": "safe"},
+                }
+            return entry
+
         limit = int(request.get("max_tokens") or request.get("max_completion_tokens") or 10**9)
         if behaviour.ignore_max:
             limit = 10**9
         count = min(behaviour.tokens, limit)
         finish = "length" if behaviour.tokens > limit else "stop"
-        send(
-            json.dumps(
+        if behaviour.finish:
+            finish = behaviour.finish
+        reasoning_field = behaviour.reasoning_field or (
+            "reasoning" if server == "openrouter" else "reasoning_content"
+        )
+        if server == "azure":
+            await send(
                 {
                     **base,
-                    "choices": [
-                        {
-                            "index": 0,
-                            "delta": {"role": "assistant", "content": ""},
-                            "finish_reason": None,
-                        }
+                    "id": "",
+                    "model": "",
+                    "choices": [],
+                    "prompt_filter_results": [
+                        {"prompt_index": 0, "content_filter_results": {"hate": {"filtered": False}}}
                     ],
                 }
             )
-        )
+        await send({**base, "choices": [choice({"role": "assistant", "content": ""}, None)]})
         await writer.drain()
+        if server == "openrouter":
+            # OpenRouter's keep-alive comments while the upstream model starts.
+            await send_raw(f": OPENROUTER PROCESSING{eol}{eol}")
+            await writer.drain()
         if behaviour.ttft:
             await asyncio.sleep(behaviour.ttft / 1000)
         started = time.monotonic()
@@ -283,49 +526,65 @@ class FakeOpenAI:
                 # Silent until the client gives up and closes the connection.
                 await reader.read()
                 return False
+            if index == behaviour.error_at:
+                await send(
+                    {"error": {"message": "The server is overloaded", "type": "server_error"}}
+                )
+                writer.write(b"0\r\n\r\n")
+                await writer.drain()
+                return True
             if behaviour.rate:
                 # Pace against the start, so timer error does not accumulate.
                 delay = started + index / behaviour.rate - time.monotonic()
                 if delay > 0:
                     await asyncio.sleep(delay)
-            text = token_text(index)
+            text = odd_token_text(index) if behaviour.odd else token_text(index)
             if behaviour.stamp:
                 text = stamped(text, time.time())
-            send(
-                json.dumps(
-                    {
-                        **base,
-                        "choices": [
-                            {
-                                "index": 0,
-                                "delta": {"content": text},
-                                "finish_reason": None,
-                            }
-                        ],
-                    },
-                    ensure_ascii=False,
-                )
-            )
+            delta: dict[str, Any]
+            if index < behaviour.reasoning:
+                delta = {reasoning_field: text, "content": None if server == "vllm" else ""}
+            elif behaviour.refusal:
+                delta = {"refusal": text}
+            elif behaviour.content_list:
+                delta = {"content": [{"type": "text", "text": text}]}
+            else:
+                delta = {"content": text}
+            await send({**base, "choices": [choice(delta, None)]})
+            if index == 0 and behaviour.shape == "null_choice":
+                await send({**base, "choices": [None]})
+            if behaviour.shape == "empty_choices":
+                await send({**base, "choices": []})
             await writer.drain()
-        send(
-            json.dumps(
-                {
-                    **base,
-                    "choices": [{"index": 0, "delta": {}, "finish_reason": finish}],
-                }
-            )
+        prompt_tokens = sum(
+            len(str(m.get("content", "")).split()) for m in request.get("messages", [])
         )
-        if (request.get("stream_options") or {}).get("include_usage"):
-            prompt_tokens = sum(
-                len(str(m.get("content", "")).split()) for m in request.get("messages", [])
-            )
-            usage = {
-                "prompt_tokens": prompt_tokens,
-                "completion_tokens": count,
-                "total_tokens": prompt_tokens + count,
-            }
-            send(json.dumps({**base, "choices": [], "usage": usage}))
-        send("[DONE]")
+        usage = {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": count,
+            "total_tokens": prompt_tokens + count,
+        }
+        wants_usage = bool((request.get("stream_options") or {}).get("include_usage"))
+        if behaviour.no_usage:
+            wants_usage = False
+        end: dict[str, Any] = {**base, "choices": [choice({}, finish)]}
+        if behaviour.finish == "none":
+            end = {}
+        if server == "llamacpp" and end:
+            # llama.cpp: usage (always) and timings in the finish chunk, no usage chunk.
+            end.update(usage=usage, timings={"predicted_n": count, "predicted_ms": 1.0})
+        elif server == "openrouter" and end and wants_usage:
+            end["usage"] = usage
+        if end:
+            await send(end)
+        if wants_usage and server not in ("llamacpp", "openrouter"):
+            await send({**base, "choices": [], "usage": usage})
+        if behaviour.after_finish == "hang":
+            # A server (or proxy) that keeps the connection open after the answer.
+            await writer.drain()
+            await reader.read()
+            return False
+        await send("[DONE]")
         writer.write(b"0\r\n\r\n")
         await writer.drain()
         return True

@@ -22,6 +22,7 @@ from jobs.providers import (
     get_provider,
     stream_with_retry,
 )
+from jobs.providers.base import RETRY_AFTER_MAX_S, abort_hook, backoff_s
 from jobs.providers.demo import tokenize
 from project import metrics
 from realtime import events
@@ -68,10 +69,22 @@ class ChunkPump:
         self._stream = stream
         self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
         self._stop = threading.Event()
+        # How to cut the provider's current connection (jobs.providers.base.abort_hook).
+        self._cut_lock = threading.Lock()
+        self._cut: Callable[[], None] | None = None
         self._thread = threading.Thread(target=self._run, name="provider-stream", daemon=True)
         self._thread.start()
 
+    def _register_cut(self, cut: Callable[[], None] | None) -> None:
+        # Under the lock: an abort in progress finishes its cut before the provider may
+        # release the connection (None), so a cut never lands on a pooled connection.
+        with self._cut_lock:
+            self._cut = cut
+        if cut is not None and self._stop.is_set():
+            self.abort()
+
     def _run(self) -> None:
+        abort_hook.set(self._register_cut)
         try:
             for chunk in self._stream:
                 if self._stop.is_set():
@@ -94,6 +107,21 @@ class ChunkPump:
     def close(self) -> None:
         self._stop.set()
 
+    def abort(self) -> None:
+        """Stop, and cut the provider's connection now even if the thread is blocked in a
+        read (a silent provider): the thread then ends instead of waiting out the timeout."""
+        self._stop.set()
+        with self._cut_lock:
+            if self._cut is not None:
+                self._cut()
+
+
+def _finish_reason(reported: str | None) -> str:
+    """The row's finish reason for a completed answer: the provider's (PROTOCOL §8)."""
+    if reported in FinishReason.values:
+        return str(reported)
+    return FinishReason.STOP
+
 
 class LostOwnership(Exception):
     """This attempt was superseded (re-queued by the reaper, or cancelled while queued)."""
@@ -112,8 +140,12 @@ class Runner:
         self.attempt = claim.attempt
         self.seq = claim.start_seq
         self.text = ""
+        self.reasoning = ""
         self.completion_tokens = 0
         self.clock = clock
+        # The pending text's event type: `delta`, or `reasoning` (PROTOCOL §8). Both share
+        # the seq space, so a change of type flushes what waits first.
+        self._pending_kind = "delta"
         self._pending: list[str] = []
         self._pending_bytes = 0
         self._last_flush = float("-inf")
@@ -179,11 +211,16 @@ class Runner:
             self.attempt,
             output=self.text,
             seq=self.seq,
-            completion_tokens=self.completion_tokens,
+            completion_tokens=self._tokens_paid(),
+            reasoning=self.reasoning,
         )
         self._cancel = self._cancel or cancel
         self._last_checkpoint = self.clock()
         return ours
+
+    def _tokens_paid(self) -> int:
+        """This generation's completion tokens so far, earlier runs' included."""
+        return self.claim.earlier_completion_tokens + self.completion_tokens
 
     def _flush(self) -> None:
         if not self._pending:
@@ -192,12 +229,19 @@ class Runner:
         self._pending.clear()
         self._pending_bytes = 0
         self.seq += 1
-        self.text += text
-        self._publish(events.delta(self.generation_id, self.seq, text))
+        if self._pending_kind == "reasoning":
+            self.reasoning += text
+            self._publish(events.reasoning(self.generation_id, self.seq, text))
+        else:
+            self.text += text
+            self._publish(events.delta(self.generation_id, self.seq, text))
         self.timer.delta_published()
         self._last_flush = self.clock()
 
-    def _add_text(self, text: str) -> None:
+    def _add_text(self, text: str, kind: str = "delta") -> None:
+        if kind != self._pending_kind:
+            self._flush()
+            self._pending_kind = kind
         self._pending.append(text)
         self._pending_bytes += len(text)
         now = self.clock()
@@ -218,7 +262,8 @@ class Runner:
                 self.attempt,
                 output=self.text,
                 seq=self.seq,
-                completion_tokens=self.completion_tokens,
+                completion_tokens=self._tokens_paid(),
+                reasoning=self.reasoning,
             )
         except DatabaseError:
             # A missed checkpoint costs only replay distance; the final write is retried.
@@ -261,7 +306,12 @@ class Runner:
             if self.attempt < settings.MAX_ATTEMPTS:
                 try:
                     if services.generation_requeue(
-                        self.generation_id, self.attempt, output=self.text, seq=self.seq
+                        self.generation_id,
+                        self.attempt,
+                        output=self.text,
+                        seq=self.seq,
+                        reasoning=self.reasoning,
+                        completion_tokens=self._tokens_paid(),
                     ):
                         logger.warning("generation %s: re-queued", self.generation_id)
                 except Exception:
@@ -272,7 +322,12 @@ class Runner:
         from the start (a provider stream cannot be resumed) by another worker, with
         `reset` first. A stop is not a failure: the attempt number stays."""
         if not services.generation_hand_back(
-            self.generation_id, self.attempt, output=self.text, seq=self.seq
+            self.generation_id,
+            self.attempt,
+            output=self.text,
+            seq=self.seq,
+            reasoning=self.reasoning,
+            completion_tokens=self._tokens_paid(),
         ):
             raise LostOwnership(self.generation_id)
         logger.warning(
@@ -300,6 +355,10 @@ class Runner:
         )
         finish_reason: str | None = None
         usage: dict[str, int] | None = None
+        # When the finish reason came (the grace for the usage chunk runs from it), and when
+        # the last chunk came once text had (the between-chunk timeout runs from it).
+        finished_at: float | None = None
+        last_chunk_at: float | None = None
         self.timer.provider_started()
         pump = ChunkPump(
             stream_with_retry(get_provider(), request, stop_requested=self._cancel_requested)
@@ -314,6 +373,21 @@ class Runner:
                         self._flush()
                     if self._cancel_requested() or self._stopping.is_set():
                         break
+                    now = self.clock()
+                    if finished_at is not None:
+                        if now - finished_at >= settings.PROVIDER_FINISH_GRACE_S:
+                            # The answer is complete; a server that holds the connection
+                            # open after it must not turn it into a timeout.
+                            break
+                    elif (
+                        last_chunk_at is not None
+                        and now - last_chunk_at > settings.PROVIDER_READ_TIMEOUT_S
+                    ):
+                        raise ProviderError(
+                            f"no chunk for {settings.PROVIDER_READ_TIMEOUT_S:g} s mid-stream",
+                            permanent=False,
+                            kind="timeout",
+                        )
                     self._checkpoint()
                     continue
                 if item is _END:
@@ -323,17 +397,23 @@ class Runner:
                 assert isinstance(item, Chunk)
                 if self._cancel_requested() or self._stopping.is_set():
                     break
-                if item.text:
+                if item.text or item.reasoning:
                     if self.completion_tokens >= self.claim.max_tokens:
                         # Past the cap (max_tokens, or the daily quota's room): a provider
                         # that does not honour max_tokens is cut here, its extra text unused.
                         finish_reason = "length"
                         break
+                    # Reasoning tokens are completion tokens too: providers bill them so.
                     self.completion_tokens += 1
                     self.timer.text()
-                    self._add_text(item.text)
-                if item.finish_reason:
+                    last_chunk_at = self.clock()
+                    if item.reasoning:
+                        self._add_text(item.reasoning, "reasoning")
+                    if item.text:
+                        self._add_text(item.text)
+                if item.finish_reason and finish_reason is None:
                     finish_reason = item.finish_reason
+                    finished_at = self.clock()
                 if item.usage:
                     usage = item.usage
                 self._checkpoint()
@@ -352,9 +432,9 @@ class Runner:
                 self._provider_failed(error)
             return
         finally:
-            # The pump closes the provider's stream (and so its connection: no more tokens
-            # are paid for) as soon as its current read returns.
-            pump.close()
+            # The pump cuts the provider's connection (no more tokens are paid for), also
+            # one blocked in a read of a silent provider, and closes its stream.
+            pump.abort()
         self._flush()
         if self._cancel:
             self._finish(
@@ -367,44 +447,68 @@ class Runner:
         if self._stopping.is_set() and finish_reason is None:
             self._hand_back()
             return
-        reason = FinishReason.LENGTH if finish_reason == "length" else FinishReason.STOP
-        self._finish(Status.COMPLETED, reason, self._counted_usage(usage), None)
+        self._finish(
+            Status.COMPLETED, _finish_reason(finish_reason), self._counted_usage(usage), None
+        )
 
     def _counted_usage(self, usage: dict[str, int] | None) -> dict[str, int]:
-        """The provider's figures when it reported them, else our own count."""
-        if usage is not None:
-            return usage
-        prompt_tokens = len(tokenize(self.claim.prompt)) + len(tokenize(self.claim.system or ""))
-        return {
-            "prompt_tokens": prompt_tokens,
-            "completion_tokens": self.completion_tokens,
-            "total_tokens": prompt_tokens + self.completion_tokens,
-        }
+        """The provider's figures when it reported them, else our own count; plus the
+        completion tokens of earlier failed runs, which were paid for too."""
+        if usage is None:
+            prompt_tokens = len(tokenize(self.claim.prompt)) + len(
+                tokenize(self.claim.system or "")
+            )
+            usage = {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": self.completion_tokens,
+                "total_tokens": prompt_tokens + self.completion_tokens,
+            }
+        earlier = self.claim.earlier_completion_tokens
+        if earlier:
+            usage = {
+                **usage,
+                "completion_tokens": usage["completion_tokens"] + earlier,
+                "total_tokens": usage["total_tokens"] + earlier,
+                "earlier_attempts_completion_tokens": earlier,
+            }
+        return usage
 
     def _provider_failed(self, error: ProviderError) -> None:
+        # The provider's own words go to the log (they carry no prompt), with the id.
         logger.warning(
-            "generation %s: provider error (%s, permanent=%s) on attempt %d",
+            "generation %s: provider error %s (%s, permanent=%s) on attempt %d: %s",
             self.generation_id,
+            error.code,
             error.kind,
             error.permanent,
             self.attempt,
+            error.provider_message[:1000],
         )
-        if not error.permanent and self.text and self.attempt < settings.MAX_ATTEMPTS:
+        if (
+            not error.permanent
+            and (self.text or self.reasoning)
+            and self.attempt < settings.MAX_ATTEMPTS
+        ):
             # Text was streamed, so a silent retry would double it: start a new attempt,
-            # which tells subscribers to discard the text so far (`reset`).
+            # which tells subscribers to discard the text so far (`reset`), after a back-off
+            # (or the provider's Retry-After) so that a struggling provider is not hit again
+            # at once.
+            delay_s = max(backoff_s(self.attempt), error.retry_after_s or 0.0)
             if services.generation_requeue(
-                self.generation_id, self.attempt, output=self.text, seq=self.seq
+                self.generation_id,
+                self.attempt,
+                output=self.text,
+                seq=self.seq,
+                reasoning=self.reasoning,
+                # What this attempt used is paid for: the next one counts it (its claim
+                # reads it from the row).
+                completion_tokens=self._tokens_paid(),
+                delay_s=min(delay_s, RETRY_AFTER_MAX_S),
             ):
                 return
             raise LostOwnership(self.generation_id)
         self._finish(
-            Status.FAILED,
-            FinishReason.ERROR,
-            self._counted_usage(None),
-            {
-                "code": "provider_error",
-                "message": f"The model provider failed ({error.kind}).",
-            },
+            Status.FAILED, FinishReason.ERROR, self._counted_usage(None), error.client_error()
         )
 
     def _finish(
@@ -412,7 +516,7 @@ class Runner:
         status: str,
         finish_reason: str,
         usage: dict[str, int] | None,
-        error: dict[str, str] | None,
+        error: dict[str, Any] | None,
     ) -> None:
         done_seq = self.seq + 1
         deadline = self.clock() + FINAL_WRITE_RETRY_S
@@ -428,6 +532,7 @@ class Runner:
                     finish_reason=finish_reason,
                     usage=usage,
                     error=error,
+                    reasoning=self.reasoning,
                 )
                 break
             except DatabaseError:

@@ -189,6 +189,8 @@ PROVIDER_ERRORS = FleetCounter(
         ("http_5xx",),
         ("http_4xx",),
         ("dropped",),
+        # A stream the service cannot read (PROTOCOL §8 `provider_protocol`).
+        ("protocol",),
     ],
 )
 REJECTIONS = FleetCounter(

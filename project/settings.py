@@ -276,12 +276,54 @@ JWT_TTL_S = envint("JWT_TTL_S", 3600, minimum=30)
 
 OPENAI_API_KEY = envstr("OPENAI_API_KEY")
 OPENAI_BASE_URL = envstr("OPENAI_BASE_URL")
-LLM_PROVIDER = envchoice("LLM_PROVIDER", "openai" if OPENAI_API_KEY else "demo", ("openai", "demo"))
+# PROTOCOL §7: the offline demo only when no provider is named at all; a base URL alone is a
+# local server (vLLM, Ollama, llama.cpp, LM Studio), which needs no key.
+LLM_PROVIDER = envchoice(
+    "LLM_PROVIDER", "openai" if OPENAI_API_KEY or OPENAI_BASE_URL else "demo", ("openai", "demo")
+)
 if LLM_PROVIDER == "openai" and not OPENAI_API_KEY and not OPENAI_BASE_URL:
-    raise ConfigError("LLM_PROVIDER=openai needs OPENAI_API_KEY (or OPENAI_BASE_URL)")
+    raise ConfigError(
+        "LLM_PROVIDER=openai needs OPENAI_API_KEY (for OpenAI itself) or OPENAI_BASE_URL "
+        "(for another OpenAI-compatible server)"
+    )
 # Seconds to wait for the provider's connection, and between two chunks of its stream.
 PROVIDER_CONNECT_TIMEOUT_S = envfloat("PROVIDER_CONNECT_TIMEOUT_S", 10.0, minimum=0.1)
 PROVIDER_READ_TIMEOUT_S = envfloat("PROVIDER_READ_TIMEOUT_S", 60.0, minimum=0.1)
+# --- Provider dialects and patience (README: "Providers") ---------------------------------
+
+# Seconds allowed to the first byte of an answer: a reasoning model may think for minutes,
+# and a local server may first load the model. PROVIDER_READ_TIMEOUT_S then holds between
+# chunks once text has come.
+PROVIDER_FIRST_BYTE_TIMEOUT_S = envfloat("PROVIDER_FIRST_BYTE_TIMEOUT_S", 300.0, minimum=0.1)
+# Seconds to wait for the usage chunk after the finish reason, for a server that keeps the
+# connection open after its answer: the answer is complete, only the provider's count waits.
+PROVIDER_FINISH_GRACE_S = envfloat("PROVIDER_FINISH_GRACE_S", 2.0, minimum=0.0, maximum=60)
+
+
+def _openai_hosted(base_url: str) -> bool:
+    """OpenAI itself (no base URL) or Azure OpenAI: servers that take max_completion_tokens."""
+    return not base_url or any(
+        host in base_url for host in ("api.openai.com", ".openai.azure.com", ".azure.com/")
+    )
+
+
+# Which parameter carries the output cap. OpenAI's o-series and GPT-5 refuse `max_tokens`
+# (400 "use max_completion_tokens"); older self-hosted servers know only `max_tokens`.
+OPENAI_TOKEN_LIMIT_PARAM = envchoice(
+    "OPENAI_TOKEN_LIMIT_PARAM",
+    "max_completion_tokens" if _openai_hosted(OPENAI_BASE_URL) else "max_tokens",
+    ("max_tokens", "max_completion_tokens"),
+)
+# Per model (shell-style patterns), overriding OPENAI_TOKEN_LIMIT_PARAM either way.
+OPENAI_MAX_COMPLETION_TOKENS_MODELS = envlist(
+    "OPENAI_MAX_COMPLETION_TOKENS_MODELS", ["o1*", "o3*", "o4*", "gpt-5*"]
+)
+OPENAI_MAX_TOKENS_MODELS = envlist("OPENAI_MAX_TOKENS_MODELS", [])
+# `stream_options: {"include_usage": true}` asks for the provider's own token count; a few
+# servers refuse the field. Off globally, or for the models matching a pattern.
+OPENAI_STREAM_OPTIONS = envbool("OPENAI_STREAM_OPTIONS", True)
+OPENAI_NO_STREAM_OPTIONS_MODELS = envlist("OPENAI_NO_STREAM_OPTIONS_MODELS", [])
+
 ALLOWED_MODELS = envlist("ALLOWED_MODELS", ["gpt-4o-mini", "gpt-4o", "gpt-4.1-mini", "gpt-4.1"])
 DEFAULT_MODEL = envstr("DEFAULT_MODEL", ALLOWED_MODELS[0])
 if DEFAULT_MODEL not in ALLOWED_MODELS:
@@ -345,3 +387,15 @@ LOGGING: dict[str, Any] = {
         "httpx": {"level": "WARNING"},
     },
 }
+# --- Provider and worker loggers (README "Logs") ---
+# The openai SDK 3.x makes its requests through httpx2, which logs every request at INFO
+# ("HTTP Request: POST ..."): one unlabelled line per generation attempt.
+LOGGING["loggers"]["httpx2"] = {"level": "WARNING"}
+# run_huey gives the "huey" logger a plain-text handler of its own unless it already has one,
+# and the lines then also reach the root's handler: each printed twice, once outside the
+# JSON format. With the root's handler here (and no propagation), it adds none.
+LOGGING["loggers"]["huey"] = {"level": "WARNING", "handlers": ["stderr"], "propagate": False}
+# The consumer's own lifecycle lines ("Huey consumer started with 64 threads...", signals,
+# shutdown) at INFO, as run_huey always printed them; per-task lines ("Executing ...") stay
+# off: the runner logs each attempt itself, with the generation id.
+LOGGING["loggers"]["huey.consumer"] = {"level": "INFO"}

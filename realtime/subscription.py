@@ -158,7 +158,7 @@ class Subscription:
                 return
             # A snapshot never covers `done`: it is the fold through the seq before it.
             if force_snapshot or self.last_seq < row.seq - 1:
-                await self._send_snapshot(row.seq - 1, row.output, row.status)
+                await self._send_snapshot(row.seq - 1, row.output, row.status, row.reasoning)
             final = events.done(
                 gid,
                 row.seq,
@@ -170,10 +170,10 @@ class Subscription:
             await self._send(StoredEvent(row.seq, "done", events.dumps(final)))
             return
         if force_snapshot or row.seq > self.last_seq:
-            await self._send_snapshot(row.seq, row.output, row.status)
+            await self._send_snapshot(row.seq, row.output, row.status, row.reasoning)
 
-    async def _send_snapshot(self, seq: int, text: str, status: str) -> None:
-        snap = events.snapshot(self.generation_id, seq, text, status)
+    async def _send_snapshot(self, seq: int, text: str, status: str, reasoning: str = "") -> None:
+        snap = events.snapshot(self.generation_id, seq, text, status, reasoning)
         self.last_seq = seq
         self._fresh = False
         for stale in [s for s in self._pending if s <= seq]:

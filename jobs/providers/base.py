@@ -1,11 +1,13 @@
 from __future__ import annotations
 
+import contextvars
+import importlib
 import random
 import threading
 import time
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from django.conf import settings
 
@@ -21,22 +23,110 @@ class ProviderRequest:
     temperature: float | None
 
 
+def chat_messages(request: ProviderRequest) -> list[dict[str, Any]]:
+    """The chat messages of a request, as every OpenAI-compatible server takes them."""
+    messages: list[dict[str, Any]] = []
+    if request.system:
+        messages.append({"role": "system", "content": request.system})
+    messages.append({"role": "user", "content": request.prompt})
+    return messages
+
+
 @dataclass(frozen=True)
 class Chunk:
-    """One piece of the provider's stream: text, and at the end a finish reason and usage."""
+    """One piece of the provider's stream: text (or reasoning), and at the end a finish
+    reason and usage."""
 
     text: str = ""
     finish_reason: str | None = None
     usage: dict[str, int] | None = None
+    reasoning: str = ""
+
+
+# The `error.code`s of PROTOCOL §8, one per thing a user or an operator does about it.
+PROVIDER_AUTH = "provider_auth"
+PROVIDER_MODEL_NOT_FOUND = "provider_model_not_found"
+CONTEXT_LENGTH_EXCEEDED = "context_length_exceeded"
+PROVIDER_RATE_LIMITED = "provider_rate_limited"
+PROVIDER_QUOTA_EXHAUSTED = "provider_quota_exhausted"
+PROVIDER_UNAVAILABLE = "provider_unavailable"
+PROVIDER_BAD_REQUEST = "provider_bad_request"
+PROVIDER_PROTOCOL = "provider_protocol"
+
+# The codes whose provider message is about the request (the user's model, input or
+# parameters), so it is passed to the client; the others get a message of our own (an
+# authentication failure's message may describe the operator's key).
+CODES_WITH_PROVIDER_MESSAGE = frozenset(
+    {PROVIDER_MODEL_NOT_FOUND, CONTEXT_LENGTH_EXCEEDED, PROVIDER_BAD_REQUEST}
+)
+
+_GENERIC_MESSAGES = {
+    PROVIDER_AUTH: "The model provider refused the service's credentials.",
+    PROVIDER_MODEL_NOT_FOUND: "The model provider does not know this model.",
+    CONTEXT_LENGTH_EXCEEDED: "The input is longer than the model's context allows.",
+    PROVIDER_RATE_LIMITED: "The model provider is rate limiting requests; try again later.",
+    PROVIDER_QUOTA_EXHAUSTED: "The model provider's quota for this service is exhausted.",
+    PROVIDER_UNAVAILABLE: "The model provider is unavailable.",
+    PROVIDER_BAD_REQUEST: "The model provider rejected the request.",
+    PROVIDER_PROTOCOL: "The model provider sent a stream the service cannot read.",
+}
 
 
 class ProviderError(Exception):
-    """Any provider failure. `permanent` ones (a 400-class answer) are never retried."""
+    """Any provider failure. `permanent` ones (a deterministic answer: the same request
+    would fail the same way) are never retried.
 
-    def __init__(self, message: str, *, permanent: bool, kind: str) -> None:
+    `code` is the PROTOCOL §8 error code; `provider_message` is what the provider said
+    (logged, and shown to the client only for codes about the request); `retry_after_s` is
+    the provider's Retry-After when it gave one."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        permanent: bool,
+        kind: str,
+        code: str = PROVIDER_UNAVAILABLE,
+        retry_after_s: float | None = None,
+    ) -> None:
         super().__init__(message)
         self.permanent = permanent
-        self.kind = kind  # http_4xx, http_429, http_5xx, timeout, connection, dropped
+        self.kind = kind  # http_4xx, http_429, http_5xx, timeout, connection, dropped, protocol
+        self.code = code
+        self.retry_after_s = retry_after_s
+
+    @property
+    def provider_message(self) -> str:
+        return str(self)
+
+    def client_error(self) -> dict[str, Any]:
+        """The `error` object of the generation and of its `done` event (PROTOCOL §8)."""
+        message = _GENERIC_MESSAGES.get(self.code, "The model provider failed.")
+        if self.code in CODES_WITH_PROVIDER_MESSAGE and self.provider_message:
+            message = f"{message} The provider said: {self.provider_message[:500]}"
+        error: dict[str, Any] = {"code": self.code, "message": message}
+        if self.retry_after_s is not None:
+            error["retry_after"] = max(1, round(self.retry_after_s))
+        return error
+
+
+# Where a provider registers how to cut its open connection from another thread. The stream is
+# read in a thread of its own (jobs.runner.ChunkPump), blocked in a socket read while the
+# provider is silent; closing the generator cannot interrupt that read, so a runner that
+# gives up on a silent stream (past the finish reason's grace, or the between-chunk timeout)
+# cuts the connection instead of leaving the thread and the connection to the read timeout.
+abort_hook: contextvars.ContextVar[Callable[[Callable[[], None] | None], None] | None] = (
+    contextvars.ContextVar("provider_abort_hook", default=None)
+)
+
+
+def on_abort(cut: Callable[[], None] | None) -> None:
+    """Called by a provider (in the reading thread) with how to cut its current connection,
+    and with None before it releases that connection (to its pool: cutting it then would cut
+    another request's)."""
+    register = abort_hook.get()
+    if register is not None:
+        register(cut)
 
 
 class Provider(Protocol):
@@ -52,6 +142,10 @@ class Provider(Protocol):
 PROVIDER_RETRIES = 3
 RETRY_BASE_S = 0.5
 RETRY_MAX_S = 8.0
+# A provider's Retry-After is honoured up to this; one that asks for longer fails the
+# generation as `provider_rate_limited` with its `retry_after`, rather than holding a worker
+# thread (and the user) for minutes.
+RETRY_AFTER_MAX_S = 20.0
 
 
 def backoff_s(retry: int) -> float:
@@ -74,14 +168,20 @@ def stream_with_retry(
         try:
             for chunk in stream:
                 held.append(chunk)
-                if chunk.text or chunk.finish_reason:
+                if chunk.text or chunk.reasoning or chunk.finish_reason:
                     break
         except ProviderError as error:
             stream.close()
             metrics.PROVIDER_ERRORS.inc(kind=error.kind)
             if error.permanent or retry >= PROVIDER_RETRIES or stop_requested():
                 raise
-            sleep(backoff_s(retry))
+            delay_s = backoff_s(retry)
+            if error.retry_after_s is not None:
+                if error.retry_after_s > RETRY_AFTER_MAX_S:
+                    raise
+                # The provider said when it will take the request: sooner is refused again.
+                delay_s = max(delay_s, error.retry_after_s)
+            sleep(delay_s)
             retry += 1
             continue
         try:
@@ -96,11 +196,18 @@ def stream_with_retry(
         return
 
 
-def _registry() -> dict[str, Callable[[], Provider]]:
-    from jobs.providers.demo import DemoProvider
-    from jobs.providers.openai_compatible import OpenAIProvider
+# The providers by name, as "module:class": each is imported only when it is selected, so
+# that the demo runs (and the web process starts) without the openai SDK being importable.
+PROVIDERS = {
+    "openai": "jobs.providers.openai_compatible:OpenAIProvider",
+    "demo": "jobs.providers.demo:DemoProvider",
+}
 
-    return {"openai": OpenAIProvider, "demo": DemoProvider}
+
+def _load(name: str) -> Callable[[], Provider]:
+    module_name, _, class_name = PROVIDERS[name].partition(":")
+    factory: Callable[[], Provider] = getattr(importlib.import_module(module_name), class_name)
+    return factory
 
 
 _instances: dict[str, Provider] = {}
@@ -116,7 +223,7 @@ def get_provider(name: str | None = None) -> Provider:
         with _instances_lock:
             provider = _instances.get(name)
             if provider is None:
-                provider = _instances[name] = _registry()[name]()
+                provider = _instances[name] = _load(name)()
     return provider
 
 

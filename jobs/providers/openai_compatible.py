@@ -1,41 +1,213 @@
-"""Any OpenAI-compatible chat completions server, through the official SDK."""
+"""Any OpenAI-compatible chat completions server, through the official SDK.
+
+The SDK makes the request (auth, base URL, headers, timeouts, status errors); the stream's
+events are read here from the raw bytes. Every server this is pointed at (OpenAI, Azure,
+vLLM, llama.cpp, Ollama, LM Studio, OpenRouter, LiteLLM) speaks a slightly different dialect
+of the same stream; the README's "Providers" section lists what each sends and how it is read.
+"""
 
 from __future__ import annotations
 
+import codecs
+import email.utils
+import fnmatch
 import json
-from collections.abc import Generator, Iterator
+import logging
+import re
+import socket
+import time
+from collections.abc import Generator, Iterable, Iterator
 from typing import Any
 
 import httpx2
 import openai
 from django.conf import settings
 
-from jobs.providers.base import Chunk, ProviderError, ProviderRequest
+from jobs.providers.base import (
+    CONTEXT_LENGTH_EXCEEDED,
+    PROVIDER_AUTH,
+    PROVIDER_BAD_REQUEST,
+    PROVIDER_MODEL_NOT_FOUND,
+    PROVIDER_PROTOCOL,
+    PROVIDER_QUOTA_EXHAUSTED,
+    PROVIDER_RATE_LIMITED,
+    PROVIDER_UNAVAILABLE,
+    Chunk,
+    ProviderError,
+    ProviderRequest,
+    chat_messages,
+    on_abort,
+)
+
+logger = logging.getLogger(__name__)
+
+# The finish reasons of PROTOCOL §8, and the other names servers use for them. Anything
+# else a server invents ends the answer as `stop`: the text is complete as far as we know.
+FINISH_REASONS = {
+    "stop": "stop",
+    "length": "length",
+    "content_filter": "content_filter",
+    "tool_calls": "tool_calls",
+    "function_call": "tool_calls",  # OpenAI's older name for a tool call
+    "max_tokens": "length",  # some gateways pass Anthropic's name through
+    "end_turn": "stop",
+    "stop_sequence": "stop",
+    "eos": "stop",
+    "eos_token": "stop",
+}
+# A body that is not an event stream (a gateway that ignored stream=true, an error page) is
+# read up to this much to say what it was.
+NON_STREAM_BODY_MAX_BYTES = 64 * 1024
+# Phrases with which servers without OpenAI's `context_length_exceeded` code (vLLM,
+# llama.cpp, Ollama, LM Studio, LiteLLM) say the input does not fit the model.
+_CONTEXT_LENGTH_PHRASES = re.compile(
+    r"context length|context window|context size|maximum context|exceed_context_size"
+    r"|too many tokens|prompt is too long|input is too long",
+    re.IGNORECASE,
+)
+
+
+# -- dialect ------------------------------------------------------------------------------
+
+
+def token_limit_parameter(model: str) -> str:
+    """`max_completion_tokens` or `max_tokens`: which one this model's server takes.
+
+    OpenAI's o-series and GPT-5 models refuse `max_tokens` with a 400; most self-hosted servers
+    (older vLLM, llama.cpp, LM Studio) know only `max_tokens`."""
+    for pattern in settings.OPENAI_MAX_COMPLETION_TOKENS_MODELS:
+        if fnmatch.fnmatchcase(model, pattern):
+            return "max_completion_tokens"
+    for pattern in settings.OPENAI_MAX_TOKENS_MODELS:
+        if fnmatch.fnmatchcase(model, pattern):
+            return "max_tokens"
+    return str(settings.OPENAI_TOKEN_LIMIT_PARAM)
+
+
+def sends_stream_options(model: str) -> bool:
+    """Whether to ask for the usage chunk (`stream_options`), which a few servers refuse."""
+    return not any(
+        fnmatch.fnmatchcase(model, pattern) for pattern in settings.OPENAI_NO_STREAM_OPTIONS_MODELS
+    ) and bool(settings.OPENAI_STREAM_OPTIONS)
+
+
+def request_parameters(request: ProviderRequest) -> dict[str, Any]:
+    """The body of the chat completions request (README: "What is sent to the provider")."""
+    parameters: dict[str, Any] = {
+        "model": request.model,
+        "messages": chat_messages(request),
+        "stream": True,
+        token_limit_parameter(request.model): request.max_tokens,
+    }
+    if sends_stream_options(request.model):
+        parameters["stream_options"] = {"include_usage": True}
+    if request.temperature is not None:
+        parameters["temperature"] = request.temperature
+    return parameters
+
+
+# -- errors -------------------------------------------------------------------------------
+
+
+def _retry_after_s(headers: Any) -> float | None:
+    """The provider's Retry-After (seconds or an HTTP date), or OpenAI's retry-after-ms."""
+    if headers is None:
+        return None
+    milliseconds = headers.get("retry-after-ms")
+    if milliseconds:
+        try:
+            return max(0.0, float(milliseconds) / 1000)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def _said(body: Any) -> tuple[str, str]:
+    """(code-or-type, message) of a provider's error object, however it is nested."""
+    if isinstance(body, dict) and isinstance(body.get("error"), dict | str):
+        body = body["error"]
+    if isinstance(body, str):
+        return "", body
+    if not isinstance(body, dict):
+        return "", ""
+    code = body.get("code") or body.get("type") or ""
+    message = body.get("message") or body.get("detail") or ""
+    return str(code), str(message)
+
+
+def error_for_status(status: int, body: Any, headers: Any = None) -> ProviderError:
+    """The named failure (PROTOCOL §8) of an HTTP error answer, or of an error object that a
+    server sent in a stream or a 200 body (with the status it carries, if any)."""
+    code, message = _said(body)
+    message = message or f"HTTP {status}"
+    said = f"{code} {message}"
+    retry_after_s = _retry_after_s(headers)
+    if "insufficient_quota" in said or "quota" in code:
+        # Retrying only repeats the refusal until someone pays: never retried.
+        return ProviderError(
+            message, permanent=True, kind="http_429", code=PROVIDER_QUOTA_EXHAUSTED
+        )
+    if status == 429 or "rate_limit" in code:
+        return ProviderError(
+            message,
+            permanent=False,
+            kind="http_429",
+            code=PROVIDER_RATE_LIMITED,
+            retry_after_s=retry_after_s,
+        )
+    if status in (401, 403) or code in ("invalid_api_key", "authentication_error"):
+        return ProviderError(message, permanent=True, kind="http_4xx", code=PROVIDER_AUTH)
+    if code == "context_length_exceeded" or (
+        400 <= status < 500 and _CONTEXT_LENGTH_PHRASES.search(said)
+    ):
+        return ProviderError(message, permanent=True, kind="http_4xx", code=CONTEXT_LENGTH_EXCEEDED)
+    if status == 404 or code in ("model_not_found", "not_found_error"):
+        return ProviderError(
+            message, permanent=True, kind="http_4xx", code=PROVIDER_MODEL_NOT_FOUND
+        )
+    if status >= 500 or status in (408, 409) or status == 0:
+        return ProviderError(
+            message,
+            permanent=False,
+            kind="http_5xx",
+            code=PROVIDER_UNAVAILABLE,
+            retry_after_s=retry_after_s,
+        )
+    return ProviderError(message, permanent=True, kind="http_4xx", code=PROVIDER_BAD_REQUEST)
+
+
+def _protocol_error(message: str) -> ProviderError:
+    # Deterministic: the same request gets the same bytes, so retrying only pays again.
+    return ProviderError(message, permanent=True, kind="protocol", code=PROVIDER_PROTOCOL)
 
 
 def _error_from(exc: Exception) -> ProviderError:
-    if isinstance(exc, openai.APITimeoutError):
+    if isinstance(exc, ProviderError):
+        return exc
+    if isinstance(exc, openai.APITimeoutError | httpx2.TimeoutException):
         return ProviderError(str(exc), permanent=False, kind="timeout")
     if isinstance(exc, openai.APIConnectionError):
         return ProviderError(str(exc), permanent=False, kind="connection")
     if isinstance(exc, openai.APIStatusError):
-        status = exc.status_code
-        if status == 429:
-            return ProviderError(str(exc), permanent=False, kind="http_429")
-        if status >= 500 or status in (408, 409):
-            return ProviderError(str(exc), permanent=False, kind="http_5xx")
-        return ProviderError(str(exc), permanent=True, kind="http_4xx")
-    if isinstance(exc, httpx2.TimeoutException):
-        return ProviderError(str(exc), permanent=False, kind="timeout")
-    if isinstance(exc, ValueError):
-        # Not JSON: a proxy's error page, or a stream cut inside an event.
-        return ProviderError(
-            f"unreadable event from the provider: {exc}", permanent=False, kind="dropped"
-        )
+        return error_for_status(exc.status_code, exc.body, exc.response.headers)
     if isinstance(exc, httpx2.HTTPError | openai.APIError):
         # A stream cut mid-way surfaces as httpx's RemoteProtocolError or the SDK's APIError.
         return ProviderError(str(exc), permanent=False, kind="dropped")
     raise exc
+
+
+# -- the adapter --------------------------------------------------------------------------
 
 
 class OpenAIProvider:
@@ -45,9 +217,12 @@ class OpenAIProvider:
         self._client = openai.OpenAI(
             api_key=settings.OPENAI_API_KEY or "not-needed",
             base_url=settings.OPENAI_BASE_URL or None,
-            # Never infinite: a silent provider must fail the attempt, not hold a worker.
+            # Never infinite: a silent provider must fail the attempt, not hold a worker. The
+            # read timeout is the first byte's (a reasoning model may think for minutes, a
+            # local server may be loading the model); the runner holds the stream to the
+            # shorter PROVIDER_READ_TIMEOUT_S between chunks once text has come.
             timeout=openai.Timeout(
-                settings.PROVIDER_READ_TIMEOUT_S,
+                max(settings.PROVIDER_FIRST_BYTE_TIMEOUT_S, settings.PROVIDER_READ_TIMEOUT_S),
                 connect=settings.PROVIDER_CONNECT_TIMEOUT_S,
             ),
             # One retry policy, ours (jobs.providers.base.stream_with_retry).
@@ -55,58 +230,147 @@ class OpenAIProvider:
         )
 
     def stream(self, request: ProviderRequest) -> Generator[Chunk, None, None]:
-        messages: list[dict[str, str]] = []
-        if request.system:
-            messages.append({"role": "system", "content": request.system})
-        messages.append({"role": "user", "content": request.prompt})
-        kwargs: dict[str, Any] = {}
-        if request.temperature is not None:
-            kwargs["temperature"] = request.temperature
+        parameters = request_parameters(request)
+        wants_usage = "stream_options" in parameters
         try:
-            # The SDK makes the request (auth, base URL, headers, timeouts, status errors);
-            # the stream's events are read here as plain JSON. The SDK's typed chunk objects
-            # cost about half of a worker's CPU at 50 tokens/s per stream (bench/results/
-            # profile_worker.md), for three fields that this reads directly.
+            # The SDK's typed chunk objects cost about half of a worker's CPU at 50 tokens/s
+            # per stream (bench/results/profile_worker.md), for the few fields read here.
             context = self._client.chat.completions.with_streaming_response.create(  # type: ignore[call-overload]
-                model=request.model,
-                messages=messages,
-                max_tokens=request.max_tokens,
-                stream=True,
-                stream_options={"include_usage": True},
-                **kwargs,
+                **parameters
             )
             response = context.__enter__()
         except Exception as exc:
             raise _error_from(exc) from exc
-        finished = False
+        on_abort(lambda: _cut(response))
         try:
-            for data in _sse_data(response.iter_lines()):
-                if data.startswith("[DONE]"):
-                    break
-                chunk = _chunk_from(data)
-                if chunk.finish_reason:
-                    finished = True
-                if chunk.text or chunk.finish_reason or chunk.usage:
-                    yield chunk
+            body = response.iter_bytes()
+            if "text/event-stream" not in response.headers.get("content-type", ""):
+                body = _event_stream_or_raise(body)
+            yield from read_events(_sse_data(sse_lines(body)), wants_usage)
         except (GeneratorExit, ProviderError):
             raise
         except Exception as exc:
             raise _error_from(exc) from exc
         finally:
+            on_abort(None)
             # Closing the response closes the connection: no more tokens are sent (or paid
-            # for) after a cancel.
+            # for) after a cancel, or after the answer's end on a server that keeps it open.
             context.__exit__(None, None, None)
-        if not finished:
-            # The body ended without a finish reason: the server or a proxy cut it short.
-            raise ProviderError(
-                "the stream ended without a finish reason",
-                permanent=False,
-                kind="dropped",
-            )
+
+
+def _cut(response: Any) -> None:
+    """Shut the response's socket down, from another thread: the blocked read returns at once
+    (a plain close of the file descriptor would not wake it on Linux)."""
+    stream = response.http_response.extensions.get("network_stream")
+    sock = stream.get_extra_info("socket") if stream is not None else None
+    if sock is None:
+        return
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass  # already closed
+
+
+def read_events(events: Iterable[str], wants_usage: bool) -> Iterator[Chunk]:
+    """The chunks of a chat completions stream, from the `data` of its events."""
+    finished = False
+    for data in events:
+        if data.strip() == "[DONE]":
+            if not finished:
+                # The end of the stream, said plainly; some servers never send a reason.
+                yield Chunk(finish_reason="stop")
+            return
+        chunk = chunk_from(data)
+        if chunk.text or chunk.reasoning or chunk.finish_reason or chunk.usage:
+            yield chunk
+        finished = finished or chunk.finish_reason is not None
+        if finished and (chunk.usage is not None or not wants_usage):
+            # Nothing more to read: stop now rather than wait for a server that holds the
+            # connection open after its answer.
+            return
+    if not finished:
+        # The body ended without a finish reason: the server or a proxy cut it short.
+        raise ProviderError(
+            "the stream ended without a finish reason", permanent=False, kind="dropped"
+        )
+
+
+def _event_stream_or_raise(body: Iterator[bytes]) -> Iterator[bytes]:
+    """A 200 answer whose content type is not an event stream: read as one if it looks like
+    one (a proxy may rewrite the header); if it is JSON, a named failure at once."""
+    first = b""
+    for part in body:
+        first += part
+        if first.strip():
+            break
+    if not first.lstrip().startswith((b"{", b"[")):
+        yield first
+        yield from body
+        return
+    _raise_for_body(first, body)
+
+
+def _raise_for_body(data: bytes, body: Iterable[bytes]) -> None:
+    """A 200 answer that is not an event stream: an error object, or a whole completion from a
+    gateway that ignored stream=true. Either way a named failure, at once."""
+    for part in body:
+        if len(data) > NON_STREAM_BODY_MAX_BYTES:
+            break
+        data += part
+    try:
+        payload = json.loads(data.decode("utf-8", "replace"))
+    except ValueError:
+        raise _protocol_error(
+            "the provider answered with a body that is not an event stream"
+        ) from None
+    if isinstance(payload, dict) and payload.get("error"):
+        status = payload["error"].get("code") if isinstance(payload["error"], dict) else None
+        raise error_for_status(status if isinstance(status, int) else 0, payload)
+    raise _protocol_error(
+        "the provider answered with a whole completion instead of a stream (stream=true ignored)"
+    )
+
+
+def sse_lines(parts: Iterable[bytes]) -> Iterator[str]:
+    """The lines of an event stream: split on CR, LF or CRLF only (the SSE format's line ends).
+
+    Not `str.splitlines`, which also splits on U+2028, U+2029, U+0085 and others that vLLM and
+    llama.cpp send unescaped inside a JSON `data:` line. Decoded incrementally, so a
+    multi-byte character split across two network reads stays whole."""
+    decoder = codecs.getincrementaldecoder("utf-8")("replace")
+    pending = ""
+    for part in parts:
+        pending += decoder.decode(part)
+        start = 0
+        while True:
+            cr = pending.find("\r", start)
+            lf = pending.find("\n", start)
+            if cr < 0 and lf < 0:
+                break
+            if cr < 0 or (0 <= lf < cr):
+                yield pending[start:lf]
+                start = lf + 1
+                continue
+            if cr == len(pending) - 1:
+                # A CR at the end of what has come: an LF may follow in the next read.
+                break
+            yield pending[start:cr]
+            start = cr + 2 if pending[cr + 1] == "\n" else cr + 1
+        pending = pending[start:]
+    pending += decoder.decode(b"", final=True)
+    if pending.endswith("\r"):
+        pending = pending[:-1]
+        yield pending
+        pending = ""
+    if pending:
+        yield pending
 
 
 def _sse_data(lines: Iterator[str]) -> Iterator[str]:
-    """The `data` of each server-sent event (its data lines joined with newlines)."""
+    """The `data` of each complete server-sent event (its data lines joined with newlines).
+
+    An event not ended by a blank line when the body ends is dropped, as the SSE format says:
+    it is a cut connection, not a message."""
     data: list[str] = []
     for line in lines:
         if not line:
@@ -116,43 +380,74 @@ def _sse_data(lines: Iterator[str]) -> Iterator[str]:
         elif line.startswith("data:"):
             value = line[5:]
             data.append(value[1:] if value.startswith(" ") else value)
-        # `event:`, `id:`, `retry:` and `:` comments carry nothing a chat completion uses.
-    if data:
-        yield "\n".join(data)
+        # `event:`, `id:`, `retry:` and `:` comments (OpenRouter's keep-alives) carry nothing
+        # a chat completion uses.
 
 
-def _chunk_from(data: str) -> Chunk:
-    event = json.loads(data)
+def _text_of(content: Any) -> str:
+    """A delta's `content` (or `refusal`): a string, or a list of parts of type text."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(
+            part["text"]
+            for part in content
+            if isinstance(part, dict) and isinstance(part.get("text"), str)
+        )
+    return ""
+
+
+def chunk_from(data: str) -> Chunk:
+    try:
+        event = json.loads(data)
+    except ValueError:
+        raise _protocol_error("the provider sent an event that is not JSON") from None
     if not isinstance(event, dict):
-        raise ProviderError(
-            "the provider sent an event that is not an object", permanent=False, kind="dropped"
-        )
+        raise _protocol_error("the provider sent an event that is not an object")
     if event.get("error"):
-        # An error reported inside the stream, as the SDK's own Stream raises it.
+        # An error reported inside the stream (as the SDK's own Stream raises it): named by
+        # what it says, with the HTTP status it carries if any.
         error = event["error"]
-        message = error.get("message") if isinstance(error, dict) else None
-        raise ProviderError(
-            message
-            if isinstance(message, str) and message
-            else "the provider reported an error mid-stream",
-            permanent=False,
-            kind="dropped",
-        )
+        status = error.get("code") if isinstance(error, dict) else None
+        # No HTTP status in it: an overloaded or failed model server (5xx), unless its code
+        # says otherwise (a rate limit, a quota, the context length).
+        raise error_for_status(status if isinstance(status, int) else 500, event)
     usage = None
     reported = event.get("usage")
     if isinstance(reported, dict):
-        usage = {
-            "prompt_tokens": int(reported.get("prompt_tokens") or 0),
-            "completion_tokens": int(reported.get("completion_tokens") or 0),
-            "total_tokens": int(reported.get("total_tokens") or 0),
-        }
+        try:
+            usage = {
+                "prompt_tokens": int(reported.get("prompt_tokens") or 0),
+                "completion_tokens": int(reported.get("completion_tokens") or 0),
+                "total_tokens": int(reported.get("total_tokens") or 0),
+            }
+        except (TypeError, ValueError):
+            raise _protocol_error("the provider sent usage that is not a count") from None
+    choices = event.get("choices")
+    if choices is None:
+        choices = []
+    if not isinstance(choices, list):
+        raise _protocol_error("the provider sent `choices` that is not a list")
     text = ""
+    reasoning = ""
     finish_reason = None
-    for choice in event.get("choices") or ():
-        delta = choice.get("delta") or {}
-        content = delta.get("content")
-        if isinstance(content, str):
-            text += content
-        if choice.get("finish_reason"):
-            finish_reason = str(choice["finish_reason"])
-    return Chunk(text=text, finish_reason=finish_reason, usage=usage)
+    for choice in choices:
+        if not isinstance(choice, dict):
+            raise _protocol_error("the provider sent a choice that is not an object")
+        if choice.get("index", 0) != 0:
+            continue
+        delta = choice.get("delta")
+        if delta is None:
+            # A gateway that sent `message` in a stream event: read it the same way.
+            delta = choice.get("message") or {}
+        if not isinstance(delta, dict):
+            raise _protocol_error("the provider sent a delta that is not an object")
+        text += _text_of(delta.get("content")) + _text_of(delta.get("refusal"))
+        thought = delta.get("reasoning_content")
+        if thought is None:
+            thought = delta.get("reasoning")
+        reasoning += _text_of(thought)
+        reported_reason = choice.get("finish_reason")
+        if reported_reason:
+            finish_reason = FINISH_REASONS.get(str(reported_reason), "stop")
+    return Chunk(text=text, finish_reason=finish_reason, usage=usage, reasoning=reasoning)

@@ -30,6 +30,9 @@ GENERATION_FIELDS = {
     "created_at",
     "started_at",
     "finished_at",
+    # Protocol v1.1: a reasoning model's thinking, and which provider ran it (demo or not).
+    "reasoning",
+    "provider",
 }
 # Well-formed, but never issued: 22 base-62 characters after the prefix.
 UNKNOWN_GENERATION_ID = "gen_" + "A" * 22

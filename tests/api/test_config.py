@@ -31,6 +31,11 @@ BAD_VALUES: list[tuple[str, str]] = [
     ("DEFAULT_MODEL", "not-in-the-allow-list"),
     ("TICKET_TTL_S", "5m"),
     ("WS_AUTH_TIMEOUT", "soon"),
+    ("OPENAI_TOKEN_LIMIT_PARAM", "max_output_tokens"),
+    ("OPENAI_STREAM_OPTIONS", "sometimes"),
+    ("OPENAI_MAX_COMPLETION_TOKENS_MODELS", "o1*,,o3*"),
+    ("PROVIDER_FIRST_BYTE_TIMEOUT_S", "0"),
+    ("PROVIDER_FINISH_GRACE_S", "-1"),
 ]
 
 

@@ -22,6 +22,8 @@ def test_demo_provider_streams_a_plausible_answer_with_usage(
     received = subscriber.value()
     assert final["status"] == "completed"
     assert final["finish_reason"] == "stop"
+    # Labelled: a made-up answer must not pass for a model's.
+    assert final["provider"] == "demo"
     answer = compose_answer(prompt)
     assert final["output"] == answer
     assert "resilient" in answer and len(answer.split()) > 40

@@ -6,18 +6,28 @@ from __future__ import annotations
 import pytest
 
 from jobs.providers.base import Chunk, ProviderError
-from jobs.providers.openai_compatible import _chunk_from, _sse_data
+from jobs.providers.openai_compatible import _sse_data, chunk_from, read_events, sse_lines
 
 
 def test_sse_data_joins_data_lines_and_skips_comments_and_other_fields() -> None:
-    lines = [": keep-alive", "", "event: x", "id: 3", 'data: {"a":', "data:1}", "", "data: [DONE]"]
+    lines = [
+        ": keep-alive",
+        "",
+        "event: x",
+        "id: 3",
+        'data: {"a":',
+        "data:1}",
+        "",
+        "data: [DONE]",
+        "",
+    ]
     assert list(_sse_data(iter(lines))) == ['{"a":\n1}', "[DONE]"]
 
 
-def test_chunk_from_reads_text_finish_reason_and_usage() -> None:
-    text = _chunk_from('{"choices": [{"index": 0, "delta": {"content": "hé"}}]}')
-    end = _chunk_from('{"choices": [{"index": 0, "delta": {}, "finish_reason": "length"}]}')
-    usage = _chunk_from(
+def testchunk_from_reads_text_finish_reason_and_usage() -> None:
+    text = chunk_from('{"choices": [{"index": 0, "delta": {"content": "hé"}}]}')
+    end = chunk_from('{"choices": [{"index": 0, "delta": {}, "finish_reason": "length"}]}')
+    usage = chunk_from(
         '{"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}}'
     )
     assert text == Chunk(text="hé")
@@ -27,6 +37,37 @@ def test_chunk_from_reads_text_finish_reason_and_usage() -> None:
 
 def test_an_error_inside_the_stream_is_a_transient_provider_error() -> None:
     with pytest.raises(ProviderError) as raised:
-        _chunk_from('{"error": {"message": "overloaded", "type": "server_error"}}')
+        chunk_from('{"error": {"message": "overloaded", "type": "server_error"}}')
     assert raised.value.permanent is False
     assert str(raised.value) == "overloaded"
+
+
+def test_lines_split_on_cr_lf_and_crlf_only_and_keep_split_characters_whole() -> None:
+    body = 'data: {"a":"x\u2028y\u2029z\u0085é"}\r\n\r\ndata: 2\rdata: 3\n\n'.encode()
+    # Every byte in its own read: a CRLF and each multi-byte character cut in two.
+    parts = [body[i : i + 1] for i in range(len(body))]
+
+    lines = list(sse_lines(iter(parts)))
+
+    assert lines == ['data: {"a":"x\u2028y\u2029z\u0085é"}', "", "data: 2", "data: 3", ""]
+
+
+def test_done_without_finish_reason_ends_as_stop_and_usage_ends_the_read() -> None:
+    content = '{"choices": [{"index": 0, "delta": {"content": "hi"}}]}'
+    assert list(read_events(iter([content, "[DONE]"]), wants_usage=True)) == [
+        Chunk(text="hi"),
+        Chunk(finish_reason="stop"),
+    ]
+    finish = '{"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}'
+    usage = '{"choices": [], "usage": {"prompt_tokens": 1, "completion_tokens": 1}}'
+    never = iter([content, finish, usage])  # no [DONE]: the read must not wait for one
+    chunks = list(read_events(never, wants_usage=True))
+    assert chunks[-1].usage == {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 0}
+
+
+def test_unreadable_shapes_are_permanent_protocol_errors() -> None:
+    for data in ('{"choices": [null]}', "not json", '{"choices": [{"delta": "x"}]}'):
+        with pytest.raises(ProviderError) as raised:
+            chunk_from(data)
+        assert raised.value.code == "provider_protocol"
+        assert raised.value.permanent is True

@@ -44,7 +44,7 @@ def test_provider_400_fails_at_once_without_retry(
 
     assert final["status"] == "failed"
     assert final["finish_reason"] == "error"
-    assert final["error"]["code"] == "provider_error"
+    assert final["error"]["code"] == "provider_bad_request"
     assert final["error"]["message"]
     assert final["output"] == ""
     assert final["attempt"] == 1

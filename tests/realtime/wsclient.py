@@ -26,7 +26,7 @@ Message = dict[str, Any]
 # Long enough for a generation of a few hundred tokens on a loaded CI machine; a reply that
 # takes longer than this is a failure, not slowness.
 RECV_TIMEOUT_S = 20.0
-EVENT_TYPES = frozenset({"snapshot", "delta", "reset", "done"})
+EVENT_TYPES = frozenset({"snapshot", "delta", "reasoning", "reset", "done"})
 TERMINAL_STATUSES = frozenset({"completed", "failed", "cancelled"})
 
 
