@@ -428,18 +428,23 @@ def generation_checkpoint(
     completion_tokens: int,
     reasoning: str = "",
 ) -> tuple[bool, bool]:
-    """Persist the fold so far and the heartbeat: (still ours, cancel requested)."""
-    updated = _fenced(generation_id, attempt).update(
-        output=output,
-        reasoning=reasoning,
-        seq=seq,
-        completion_tokens=completion_tokens,
-        heartbeat_at=timezone.now(),
-    )
-    if not updated:
+    """Persist the fold so far and the heartbeat: (still ours, cancel requested).
+
+    One statement in the common case (still ours, no cancel): the UPDATE's filter carries
+    "not cancelled", so a row it changed answers both questions. Only when it changed
+    nothing do two more statements tell a superseded attempt from a cancel."""
+    fields = {
+        "output": output,
+        "reasoning": reasoning,
+        "seq": seq,
+        "completion_tokens": completion_tokens,
+        "heartbeat_at": timezone.now(),
+    }
+    if _fenced(generation_id, attempt).filter(cancel_requested=False).update(**fields):
+        return True, False
+    if not _fenced(generation_id, attempt).update(**fields):
         return False, False
-    cancel = Generation.objects.filter(pk=generation_id).values_list("cancel_requested", flat=True)
-    return True, bool(cancel.first())
+    return True, True
 
 
 def generation_final_seq(generation_id: str, attempt: int) -> int | None:
@@ -609,6 +614,11 @@ def _fail_lost(generation_id: str, attempt: int, *, output: str, seq: int) -> bo
 
 def generation_heartbeat(running: dict[str, int]) -> None:
     """Mark the attempts this process is running as alive, even while the provider is silent."""
-    now = timezone.now()
+    if not running:
+        return
+    # One statement for every attempt running here, however many (each still fenced by its
+    # own attempt): a per-generation UPDATE cost a round trip per running generation.
+    fenced = Q()
     for generation_id, attempt in running.items():
-        _fenced(generation_id, attempt).update(heartbeat_at=now)
+        fenced |= Q(pk=generation_id, attempt=attempt)
+    Generation.objects.filter(fenced, status=Status.RUNNING).update(heartbeat_at=timezone.now())
