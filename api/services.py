@@ -11,11 +11,12 @@ import logging
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import cache
 from typing import Any
 
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import F, Q, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
@@ -467,6 +468,45 @@ def _fenced(generation_id: str, attempt: int) -> Any:
     return Generation.objects.filter(pk=generation_id, attempt=attempt, status=Status.RUNNING)
 
 
+@cache
+def _checkpoint_statement() -> str:
+    table = connection.ops.quote_name(Generation._meta.db_table)
+    return (
+        f"UPDATE {table} SET output = %s, reasoning = %s, seq = %s, completion_tokens = %s,"
+        " heartbeat_at = %s WHERE id = %s AND attempt = %s AND status = %s"
+        " AND NOT cancel_requested"
+    )
+
+
+def _checkpoint_sql(
+    generation_id: str,
+    attempt: int,
+    output: str,
+    reasoning: str,
+    seq: int,
+    completion_tokens: int,
+    now: datetime,
+) -> bool:
+    """The checkpoint's common case as one prepared-once statement: the ORM spent more CPU
+    building this UPDATE (a filter, a compile) than the database spent running it, once a
+    second for every running generation. Whether it changed the row (fenced, not cancelled)."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            _checkpoint_statement(),
+            [
+                output,
+                reasoning,
+                seq,
+                completion_tokens,
+                connection.ops.adapt_datetimefield_value(now),
+                generation_id,
+                attempt,
+                Status.RUNNING,
+            ],
+        )
+        return bool(cursor.rowcount)
+
+
 def generation_checkpoint(
     generation_id: str,
     attempt: int,
@@ -476,18 +516,24 @@ def generation_checkpoint(
     completion_tokens: int,
     reasoning: str = "",
 ) -> tuple[bool, bool]:
-    """Persist the fold so far and the heartbeat: (still ours, cancel requested)."""
-    updated = _fenced(generation_id, attempt).update(
-        output=output,
-        reasoning=reasoning,
-        seq=seq,
-        completion_tokens=completion_tokens,
-        heartbeat_at=timezone.now(),
-    )
-    if not updated:
+    """Persist the fold so far and the heartbeat: (still ours, cancel requested).
+
+    One statement in the common case (still ours, no cancel): the UPDATE's filter carries
+    "not cancelled", so a row it changed answers both questions. Only when it changed
+    nothing do two more statements tell a superseded attempt from a cancel."""
+    now = timezone.now()
+    if _checkpoint_sql(generation_id, attempt, output, reasoning, seq, completion_tokens, now):
+        return True, False
+    fields = {
+        "output": output,
+        "reasoning": reasoning,
+        "seq": seq,
+        "completion_tokens": completion_tokens,
+        "heartbeat_at": now,
+    }
+    if not _fenced(generation_id, attempt).update(**fields):
         return False, False
-    cancel = Generation.objects.filter(pk=generation_id).values_list("cancel_requested", flat=True)
-    return True, bool(cancel.first())
+    return True, True
 
 
 def generation_final_seq(generation_id: str, attempt: int) -> int | None:
@@ -657,6 +703,11 @@ def _fail_lost(generation_id: str, attempt: int, *, output: str, seq: int) -> bo
 
 def generation_heartbeat(running: dict[str, int]) -> None:
     """Mark the attempts this process is running as alive, even while the provider is silent."""
-    now = timezone.now()
+    if not running:
+        return
+    # One statement for every attempt running here, however many (each still fenced by its
+    # own attempt): a per-generation UPDATE cost a round trip per running generation.
+    fenced = Q()
     for generation_id, attempt in running.items():
-        _fenced(generation_id, attempt).update(heartbeat_at=now)
+        fenced |= Q(pk=generation_id, attempt=attempt)
+    Generation.objects.filter(fenced, status=Status.RUNNING).update(heartbeat_at=timezone.now())

@@ -37,6 +37,22 @@ logger = logging.getLogger(__name__)
 # second stay the same; messages per second drop several-fold.
 COALESCE_INTERVAL_S = 0.04
 COALESCE_MAX_BYTES = 1024
+# Under load the interval widens with the generations this process runs, from
+# COALESCE_INTERVAL_S at COALESCE_WIDEN_FROM up to COALESCE_MAX_INTERVAL_S: every delta costs
+# the same Redis round trips, channel-layer message and frame per subscriber whatever its
+# size, so fewer, larger deltas are what keeps a busy process on time. The widest interval
+# stays well inside the 150 ms latency budget.
+COALESCE_WIDEN_FROM = 10
+COALESCE_MAX_INTERVAL_S = 0.08
+
+
+def coalesce_interval_s(running: int) -> float:
+    """How long text may wait to be sent when this process runs `running` generations."""
+    if running <= COALESCE_WIDEN_FROM:
+        return COALESCE_INTERVAL_S
+    return min(COALESCE_MAX_INTERVAL_S, COALESCE_INTERVAL_S * running / COALESCE_WIDEN_FROM)
+
+
 # The final row write is retried this long through a database outage before giving up;
 # nothing is published as done until the row holds the full output.
 FINAL_WRITE_RETRY_S = 60.0
@@ -248,7 +264,7 @@ class Runner:
         self._pending_bytes += len(text)
         now = self.clock()
         if (
-            now - self._last_flush >= COALESCE_INTERVAL_S
+            now - self._last_flush >= self._coalesce_s()
             or self._pending_bytes >= COALESCE_MAX_BYTES
         ):
             self._flush()
@@ -276,10 +292,13 @@ class Runner:
             raise LostOwnership(self.generation_id)
         self._cancel = self._cancel or cancel
 
+    def _coalesce_s(self) -> float:
+        return coalesce_interval_s(housekeeping.running_count())
+
     def _wait_s(self) -> float:
         """How long to wait for the provider before acting on our own."""
         if self._pending:
-            return max(0.0, COALESCE_INTERVAL_S - (self.clock() - self._last_flush))
+            return max(0.0, self._coalesce_s() - (self.clock() - self._last_flush))
         return IDLE_TICK_S
 
     def _cancel_requested(self) -> bool:
@@ -375,7 +394,7 @@ class Runner:
                 if item is _TICK:
                     # Nothing from the provider for a while: send what waits, notice a
                     # cancel, and keep the row (and the heartbeat) fresh.
-                    if self._pending and self.clock() - self._last_flush >= COALESCE_INTERVAL_S:
+                    if self._pending and self.clock() - self._last_flush >= self._coalesce_s():
                         self._flush()
                     if self._cancel_requested() or self._stopping.is_set():
                         break
@@ -603,6 +622,10 @@ class Housekeeping:
     def untrack(self, generation_id: str) -> None:
         with self._lock:
             self._running.pop(generation_id, None)
+
+    def running_count(self) -> int:
+        # Read without the lock: a count one off for a moment only shifts the coalescing.
+        return len(self._running)
 
     def running(self) -> dict[str, int]:
         with self._lock:

@@ -1,0 +1,116 @@
+"""The worker's per-second costs: checkpoints and heartbeats as single statements, and
+coalescing that widens with the generations a process runs."""
+
+from __future__ import annotations
+
+import time
+from datetime import timedelta
+
+import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
+
+from api import services
+from api.models import Generation
+from jobs import runner
+from jobs.fake_openai import expected_text, token_text
+from jobs.runner import (
+    COALESCE_INTERVAL_S,
+    COALESCE_MAX_INTERVAL_S,
+    coalesce_interval_s,
+    run_generation_job,
+)
+from tests.jobs.support import logged_events, new_generation, unique
+
+pytestmark = [
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.usefixtures("inproc_worker"),
+]
+
+
+def _claimed(prompt: str) -> tuple[str, int]:
+    generation = new_generation(unique(prompt))
+    claim = services.generation_claim(generation.id)
+    assert claim is not None
+    return generation.id, claim.attempt
+
+
+def test_a_checkpoint_of_an_uncancelled_generation_is_one_statement() -> None:
+    gid, attempt = _claimed("[fake tokens=5]")
+
+    with CaptureQueriesContext(connection) as queries:
+        result = services.generation_checkpoint(
+            gid, attempt, output="Hello", seq=3, completion_tokens=2, reasoning="hm"
+        )
+
+    assert result == (True, False)
+    assert len(queries.captured_queries) == 1, queries.captured_queries
+    row = Generation.objects.get(pk=gid)
+    assert (row.output, row.reasoning, row.seq, row.completion_tokens) == ("Hello", "hm", 3, 2)
+
+
+def test_a_checkpoint_after_a_cancel_still_stores_the_fold_and_reports_the_cancel() -> None:
+    gid, attempt = _claimed("[fake tokens=5]")
+    Generation.objects.filter(pk=gid).update(cancel_requested=True)
+
+    assert services.generation_checkpoint(
+        gid, attempt, output="Hel", seq=2, completion_tokens=1
+    ) == (True, True)
+    row = Generation.objects.get(pk=gid)
+    assert (row.output, row.seq) == ("Hel", 2)
+    # A superseded attempt neither writes nor hears of the cancel.
+    assert services.generation_checkpoint(
+        gid, attempt + 1, output="other", seq=9, completion_tokens=9
+    ) == (False, False)
+    assert Generation.objects.get(pk=gid).output == "Hel"
+
+
+def test_heartbeats_of_every_running_generation_are_one_statement_fenced_by_attempt() -> None:
+    running = dict(_claimed("[fake tokens=5]") for _ in range(3))
+    stale_id, stale_attempt = _claimed("[fake tokens=5]")
+    long_ago = timezone.now() - timedelta(hours=1)
+    Generation.objects.filter(pk__in=[*running, stale_id]).update(heartbeat_at=long_ago)
+
+    with CaptureQueriesContext(connection) as queries:
+        # The last one is listed with an attempt that is no longer its own.
+        services.generation_heartbeat({**running, stale_id: stale_attempt + 1})
+
+    assert len(queries.captured_queries) == 1, queries.captured_queries
+    beats = dict(
+        Generation.objects.values_list("id", "heartbeat_at").filter(pk__in=[*running, stale_id])
+    )
+    assert all((beats[gid] or long_ago) > long_ago for gid in running)
+    assert beats[stale_id] == long_ago
+
+
+def test_coalescing_interval_widens_with_running_generations_up_to_its_ceiling() -> None:
+    assert coalesce_interval_s(1) == COALESCE_INTERVAL_S
+    assert coalesce_interval_s(10) == COALESCE_INTERVAL_S
+    assert COALESCE_INTERVAL_S < coalesce_interval_s(15) < COALESCE_MAX_INTERVAL_S
+    assert coalesce_interval_s(500) == COALESCE_MAX_INTERVAL_S <= 0.1
+
+
+def test_a_busy_process_sends_fewer_larger_deltas_and_still_the_first_token_at_once() -> None:
+    # 40 other generations running in this process (ids without rows: their heartbeats
+    # change nothing).
+    others = [f"gen_busy_{i}" for i in range(40)]
+    for other in others:
+        runner.housekeeping.track(other, 1)
+    try:
+        generation = new_generation(unique("[fake tokens=500 rate=250]"))
+        started = time.monotonic()
+        run_generation_job(generation.id)
+        elapsed_s = time.monotonic() - started
+    finally:
+        for other in others:
+            runner.housekeeping.untrack(other)
+
+    generation.refresh_from_db()
+    deltas = [event for event in logged_events(generation.id) if event["type"] == "delta"]
+    print(f"\n{len(deltas)} deltas for 500 tokens in {elapsed_s:.2f} s under load")
+    assert deltas[0]["text"] == token_text(0)
+    assert "".join(event["text"] for event in deltas) == generation.output == expected_text(500)
+    # At most one delta per widest interval (+1 for the first, +1 for the final flush):
+    # half as many as an idle process sends.
+    assert len(deltas) <= elapsed_s / COALESCE_MAX_INTERVAL_S + 2

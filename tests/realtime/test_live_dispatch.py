@@ -1,0 +1,66 @@
+"""Live events reach a WebSocket subscriber without a database thread hop per message.
+
+channels runs ``close_old_connections`` in a worker thread before every handler; the
+consumer skips it for live events (their handler reads the database only through
+``arow_state``, which closes its own connection). In process, on this run's tier: the real
+database, buffer and channel layer; the hop is counted by wrapping the real function.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from channels import consumer as channels_consumer
+from channels.testing import WebsocketCommunicator
+
+from realtime.consumers import StreamConsumer
+from tests.harness import make_token
+from tests.realtime.support import Worker, tier_sender
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+async def test_live_events_reach_the_client_without_a_database_hop_each(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    await tier_sender(monkeypatch)
+    worker = await Worker.start()
+    hops: list[dict[str, Any]] = []
+    real = channels_consumer.aclose_old_connections
+
+    async def counted() -> None:
+        hops.append({})
+        await real()
+
+    monkeypatch.setattr(channels_consumer, "aclose_old_connections", counted)
+    communicator = WebsocketCommunicator(StreamConsumer.as_asgi(), "/ws/v1")
+    connected, _ = await communicator.connect()
+    assert connected
+    try:
+        await communicator.send_to(
+            text_data=json.dumps({"type": "auth", "token": make_token("alice")})
+        )
+        assert json.loads(await communicator.receive_from(timeout=30))["type"] == "auth.ok"
+        subscribe = {"type": "subscribe", "id": worker.generation_id}
+        await communicator.send_to(text_data=json.dumps(subscribe))
+        received: list[dict[str, Any]] = []
+        while not any(frame.get("type") == "snapshot" for frame in received):
+            received.append(json.loads(await communicator.receive_from(timeout=30)))
+        hops_before_live = len(hops)
+
+        for index in range(20):
+            worker.delta(f"t{index} ")
+        text = ""
+        while text != worker.text:
+            frame = json.loads(await communicator.receive_from(timeout=30))
+            if frame["type"] == "delta":
+                text += frame["text"]
+
+        assert text == "".join(f"t{index} " for index in range(20))
+        # Client frames (auth, subscribe) still get channels' clean-up; live events do not.
+        assert hops_before_live >= 2
+        assert len(hops) == hops_before_live
+    finally:
+        await communicator.disconnect()
