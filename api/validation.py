@@ -130,3 +130,13 @@ def parse_idempotency_key(value: Any) -> str | None:
             details={"idempotency_key": "1 to 255 printable characters."},
         )
     return value
+
+
+def encodable(text: str) -> bool:
+    """Whether `text` can be encoded as UTF-8 (and so sent or stored): a lone surrogate, which
+    JSON's \\uD800 escapes can carry, cannot."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True

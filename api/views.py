@@ -9,7 +9,7 @@ from api import conversations, selectors, services
 from api.errors import ApiError
 from api.http import api_endpoint, json_body, json_response
 from api.login_throttle import check_login_allowed, client_address, record_login_failure
-from api.validation import parse_generation_params, parse_idempotency_key
+from api.validation import encodable, parse_generation_params, parse_idempotency_key
 from realtime.auth import issue_ticket, issue_token
 
 LIST_LIMIT_DEFAULT = 20
@@ -29,7 +29,7 @@ def auth_token(request: HttpRequest) -> HttpResponse:
     if errors:
         raise ApiError("invalid_request", "The request has invalid fields.", details=errors)
     for name in ("username", "password"):
-        if not _encodable(data[name]):
+        if not encodable(data[name]):
             raise ApiError(
                 "invalid_request",
                 "The request has invalid fields.",
@@ -44,14 +44,6 @@ def auth_token(request: HttpRequest) -> HttpResponse:
         raise ApiError("unauthorized", "Invalid username or password.")
     token, ttl = issue_token(user.get_username())
     return json_response({"access_token": token, "token_type": "Bearer", "expires_in": ttl})
-
-
-def _encodable(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 @api_endpoint("GET", "POST")
@@ -79,24 +71,7 @@ def _create(request: HttpRequest) -> HttpResponse:
 
 
 def _list(request: HttpRequest) -> HttpResponse:
-    unknown = sorted(set(request.GET) - {"limit", "cursor"})
-    if unknown:
-        raise ApiError(
-            "invalid_request",
-            "Unknown query parameters.",
-            details={name: "Unknown parameter." for name in unknown},
-        )
-    raw_limit = request.GET.get("limit", str(LIST_LIMIT_DEFAULT))
-    try:
-        limit = int(raw_limit)
-    except ValueError:
-        limit = 0
-    if not (raw_limit.isascii() and raw_limit.isdigit()) or not 1 <= limit <= LIST_LIMIT_MAX:
-        raise ApiError(
-            "invalid_request",
-            "limit must be an integer from 1 to 100.",
-            details={"limit": "An integer from 1 to 100."},
-        )
+    limit = _list_limit(request)
     rows, next_cursor = selectors.generation_list(
         user=request.identity.user,  # type: ignore[attr-defined]
         limit=limit,
@@ -203,7 +178,10 @@ def _list_limit(request: HttpRequest) -> int:
             details={name: "Unknown parameter." for name in unknown},
         )
     raw_limit = request.GET.get("limit", str(LIST_LIMIT_DEFAULT))
-    if not (raw_limit.isascii() and raw_limit.isdigit()) or not 1 <= int(raw_limit) <= 100:
+    if (
+        not (raw_limit.isascii() and raw_limit.isdigit())
+        or not 1 <= int(raw_limit) <= LIST_LIMIT_MAX
+    ):
         raise ApiError(
             "invalid_request",
             "limit must be an integer from 1 to 100.",

@@ -32,7 +32,7 @@ from api.conversations import (
 from api.errors import UNAVAILABLE_ERRORS, ApiError, unavailable
 from api.ids import looks_like_generation_id
 from api.selectors import RowState, arow_state, limits_for
-from api.validation import parse_generation_params, parse_idempotency_key
+from api.validation import encodable, parse_generation_params, parse_idempotency_key
 from project import metrics
 from realtime.auth import Identity, authenticate_token, user_is_active
 from realtime.connections import REFRESH_INTERVAL_S, connection_registry
@@ -89,15 +89,6 @@ def _echoable(ref: Any) -> bool:
     try:
         dumps({"ref": ref}).encode("utf-8")
     except (UnicodeEncodeError, ValueError, RecursionError):
-        return False
-    return True
-
-
-def _encodable(text: str) -> bool:
-    """Whether `text` can be sent in a frame (a lone surrogate cannot be encoded as UTF-8)."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
         return False
     return True
 
@@ -362,7 +353,7 @@ class StreamConsumer(AsyncConsumer):  # type: ignore[misc]
 
     async def _send_error(self, error: ApiError, ref: Any, generation_id: str | None) -> None:
         reply: dict[str, Any] = {"type": "error", "ref": ref if _echoable(ref) else None}
-        if generation_id is not None and _encodable(generation_id):
+        if generation_id is not None and encodable(generation_id):
             reply["id"] = generation_id
         reply.update({"code": error.code, "message": error.message, "details": error.details})
         if error.retry_after_s is not None:
@@ -431,7 +422,7 @@ class StreamConsumer(AsyncConsumer):  # type: ignore[misc]
     def _generation_id(self, frame: dict[str, Any]) -> str:
         generation_id = frame.get("id")
         # Encodable: the id is echoed in replies, and a lone surrogate cannot be sent.
-        if not isinstance(generation_id, str) or not generation_id or not _encodable(generation_id):
+        if not isinstance(generation_id, str) or not generation_id or not encodable(generation_id):
             raise FrameError(
                 ApiError("invalid_request", "id is required.", details={"id": "A generation id."})
             )
