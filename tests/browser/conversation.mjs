@@ -33,6 +33,7 @@ await scenario(async ({ page, shoot }) => {
   // Back to the first answer: a request (PATCH), and the page shows what the server says.
   await page.click(`${turn(regenerated)} [data-testid=branch-prev]`);
   await page.waitForSelector(turn(followUp));
+  await waitForStatus(page, followUp, "completed"); // its text is drawn on the next frame
   assert.equal(await position(page, followUp), "1/2");
   assert.equal(await rawText(page, followUp), followUpText);
   await shoot();
