@@ -121,8 +121,39 @@ def _change_url(generation_id: str) -> str:
     return reverse("admin:api_generation_change", args=[generation_id])
 
 
+class OwnedRowsSearch:
+    """Admin search over rows that belong to a user: an id finds that row, an exact username
+    that user's rows (an indexed lookup, then the list runs along the (user, created_at)
+    index with no join), and any other text is looked for in `text_field` (no index serves
+    that: newest first until the page is full, counted up to COUNT_CAP_ROWS)."""
+
+    text_field = ""
+
+    def looks_like_id(self, term: str) -> bool:
+        raise NotImplementedError
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Any]:
+        rows: QuerySet[Any] = super().get_queryset(request)  # type: ignore[misc]
+        with_users: QuerySet[Any] = rows.prefetch_related("user")
+        return with_users
+
+    def get_search_results(
+        self, request: HttpRequest, queryset: QuerySet[Any], search_term: str
+    ) -> tuple[QuerySet[Any], bool]:
+        term = search_term.strip()
+        if not term:
+            return queryset, False
+        if self.looks_like_id(term):
+            return queryset.filter(pk=term), False
+        user_id = get_user_model().objects.filter(username=term).values_list("pk", flat=True)
+        found = user_id.first()
+        if found is not None:
+            return queryset.filter(user_id=found), False
+        return queryset.filter(**{f"{self.text_field}__icontains": term}), False
+
+
 @admin.register(Generation)
-class GenerationAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+class GenerationAdmin(OwnedRowsSearch, admin.ModelAdmin):  # type: ignore[type-arg]
     list_display = (
         "id",
         "user_link",
@@ -207,28 +238,10 @@ class GenerationAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False  # generations are created through the API, with its validation
 
-    def get_queryset(self, request: HttpRequest) -> QuerySet[Any]:
-        rows: QuerySet[Any] = super().get_queryset(request)
-        with_users: QuerySet[Any] = rows.prefetch_related("user")
-        return with_users
+    text_field = "prompt"
 
-    def get_search_results(
-        self, request: HttpRequest, queryset: QuerySet[Any], search_term: str
-    ) -> tuple[QuerySet[Any], bool]:
-        term = search_term.strip()
-        if not term:
-            return queryset, False
-        if looks_like_generation_id(term):
-            return queryset.filter(pk=term), False
-        # A username is resolved first (an indexed lookup): then the list is that user's,
-        # along the (user, created_at) index, with no join.
-        user_id = get_user_model().objects.filter(username=term).values_list("pk", flat=True)
-        found = user_id.first()
-        if found is not None:
-            return queryset.filter(user_id=found), False
-        # No index serves this: newest first until the page is full, counted up to
-        # COUNT_CAP_ROWS; a term found nowhere reads the table once.
-        return queryset.filter(prompt__icontains=term), False
+    def looks_like_id(self, term: str) -> bool:
+        return looks_like_generation_id(term)
 
     @admin.display(description="user", ordering="user__username")
     def user_link(self, generation: Generation) -> SafeString:
@@ -485,7 +498,7 @@ from api.models import Conversation  # noqa: E402
 
 
 @admin.register(Conversation)
-class ConversationAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+class ConversationAdmin(OwnedRowsSearch, admin.ModelAdmin):  # type: ignore[type-arg]
     """A user's conversations, each with its turns drawn as the tree they are: every branch,
     and the current one marked. Searchable by username (exact) and title (contains)."""
 
@@ -516,24 +529,10 @@ class ConversationAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False  # conversations are created through the API
 
-    def get_queryset(self, request: HttpRequest) -> QuerySet[Any]:
-        rows: QuerySet[Any] = super().get_queryset(request)
-        with_users: QuerySet[Any] = rows.prefetch_related("user")
-        return with_users
+    text_field = "title"
 
-    def get_search_results(
-        self, request: HttpRequest, queryset: QuerySet[Any], search_term: str
-    ) -> tuple[QuerySet[Any], bool]:
-        term = search_term.strip()
-        if not term:
-            return queryset, False
-        if looks_like_conversation_id(term):
-            return queryset.filter(pk=term), False
-        user_id = get_user_model().objects.filter(username=term).values_list("pk", flat=True)
-        found = user_id.first()
-        if found is not None:
-            return queryset.filter(user_id=found), False
-        return queryset.filter(title__icontains=term), False
+    def looks_like_id(self, term: str) -> bool:
+        return looks_like_conversation_id(term)
 
     @admin.display(description="user", ordering="user__username")
     def conversation_user(self, conversation: Conversation) -> SafeString:
