@@ -407,7 +407,9 @@ class Storm:
                 if followed.finished and not done_ok:
                     row.notes.append(f"{followed.generation_id}: `done` seq differs from row")
         if dump:
-            path = Path(RUN_DIR) / f"fault-{fault}-problems.json"
+            # A fault name may hold a slash ("worker SIGTERM / SIGINT"): not a folder.
+            safe_name = "".join(c if c.isalnum() else "-" for c in fault)
+            path = Path(RUN_DIR) / f"fault-{safe_name}-problems.json"
             path.write_text(json.dumps(dump, indent=1, ensure_ascii=False))
             row.notes.append(f"details in {path}")
         return row
