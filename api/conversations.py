@@ -8,22 +8,20 @@ the new prompt; the oldest turns are left out first when the model's context bud
 
 from __future__ import annotations
 
-import base64
-import binascii
 import logging
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import transaction
-from django.db.models import F, Q
+from django.db.models import F
 from django.utils import timezone
 
 from api.errors import ApiError, not_found
 from api.ids import looks_like_conversation_id, looks_like_generation_id
 from api.models import ACTIVE_STATUSES, Conversation, Generation, Status
+from api.selectors import keyset_page
 from jobs.providers.demo import tokenize
 from realtime.eventlog import event_log
 from realtime.publish import live_sender
@@ -162,41 +160,17 @@ def conversation_view(conversation: Conversation) -> dict[str, Any]:
     }
 
 
-def _encode_cursor(conversation: Conversation) -> str:
-    raw = f"{conversation.created_at.isoformat()}|{conversation.id}"
-    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
-
-
-def _decode_cursor(cursor: str) -> tuple[datetime, str]:
-    invalid = ApiError(
-        "invalid_request", "The cursor is not valid.", details={"cursor": "Not valid."}
-    )
-    try:
-        padded = cursor + "=" * (-len(cursor) % 4)
-        created, conversation_id = base64.urlsafe_b64decode(padded.encode()).decode().split("|")
-        created_at = datetime.fromisoformat(created)
-        created_at = created_at.astimezone(UTC) if created_at.tzinfo else created_at
-    except (ValueError, binascii.Error, UnicodeDecodeError, OverflowError):
-        raise invalid from None
-    if created_at.tzinfo is None or not looks_like_conversation_id(conversation_id):
-        raise invalid
-    return created_at, conversation_id
-
-
 def conversation_list(
     *, user: AbstractBaseUser, limit: int, cursor: str | None
 ) -> tuple[list[Conversation], str | None]:
     """The user's conversations, newest first, keyset-paginated on (created_at, id) as the
-    generations are: a stable order, so no page repeats or skips one while new ones start."""
-    query = Conversation.objects.filter(user_id=user.pk)
-    if cursor:
-        created_at, conversation_id = _decode_cursor(cursor)
-        query = query.filter(
-            Q(created_at__lt=created_at) | Q(created_at=created_at, id__lt=conversation_id)
-        )
-    rows = list(query.order_by("-created_at", "-id")[: limit + 1])
-    next_cursor = _encode_cursor(rows[limit - 1]) if len(rows) > limit else None
-    return rows[:limit], next_cursor
+    generations are."""
+    return keyset_page(
+        Conversation.objects.filter(user_id=user.pk),
+        limit=limit,
+        cursor=cursor,
+        looks_like_id=looks_like_conversation_id,
+    )
 
 
 def conversation_state(conversation_id: str) -> dict[str, Any] | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -12,7 +13,7 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import connection
-from django.db.models import Case, F, Q, Sum, When
+from django.db.models import Case, F, Q, QuerySet, Sum, When
 from django.db.models.functions import Greatest
 
 from api.errors import ApiError, not_found
@@ -78,15 +79,15 @@ async def arow_state(generation_id: str) -> RowState | None:
     return await sync_to_async(_row_state_closing, thread_sensitive=False)(generation_id)
 
 
-def _encode_cursor(generation: Generation) -> str:
-    raw = f"{generation.created_at.isoformat()}|{generation.id}"
+def _encode_cursor(row: Any) -> str:
+    raw = f"{row.created_at.isoformat()}|{row.id}"
     return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
 
 
-def _decode_cursor(cursor: str) -> tuple[datetime, str]:
+def _decode_cursor(cursor: str, looks_like_id: Callable[[str], bool]) -> tuple[datetime, str]:
     try:
         padded = cursor + "=" * (-len(cursor) % 4)
-        created, generation_id = base64.urlsafe_b64decode(padded.encode()).decode().split("|")
+        created, row_id = base64.urlsafe_b64decode(padded.encode()).decode().split("|")
         created_at = datetime.fromisoformat(created)
         # In UTC, as the database compares it: a time near year 1 or 9999 with an offset
         # overflows here rather than in the query (which was a 500).
@@ -97,28 +98,38 @@ def _decode_cursor(cursor: str) -> tuple[datetime, str]:
             "The cursor is not valid.",
             details={"cursor": "Not valid."},
         ) from None
-    if created_at.tzinfo is None or not looks_like_generation_id(generation_id):
+    if created_at.tzinfo is None or not looks_like_id(row_id):
         raise ApiError(
             "invalid_request",
             "The cursor is not valid.",
             details={"cursor": "Not valid."},
         )
-    return created_at, generation_id
+    return created_at, row_id
+
+
+def keyset_page(
+    query: QuerySet[Any], *, limit: int, cursor: str | None, looks_like_id: Callable[[str], bool]
+) -> tuple[list[Any], str | None]:
+    """One page of `query`, newest first, keyset-paginated on (created_at, id): a stable
+    order, so no page repeats or skips a row while new ones are created."""
+    if cursor:
+        created_at, row_id = _decode_cursor(cursor, looks_like_id)
+        query = query.filter(Q(created_at__lt=created_at) | Q(created_at=created_at, id__lt=row_id))
+    rows = list(query.order_by("-created_at", "-id")[: limit + 1])
+    next_cursor = _encode_cursor(rows[limit - 1]) if len(rows) > limit else None
+    return rows[:limit], next_cursor
 
 
 def generation_list(
     *, user: AbstractBaseUser, limit: int, cursor: str | None
 ) -> tuple[list[Generation], str | None]:
     """The user's generations, newest first, keyset-paginated on (created_at, id)."""
-    query = Generation.objects.filter(user_id=user.pk)
-    if cursor:
-        created_at, generation_id = _decode_cursor(cursor)
-        query = query.filter(
-            Q(created_at__lt=created_at) | Q(created_at=created_at, id__lt=generation_id)
-        )
-    rows = list(query.order_by("-created_at", "-id")[: limit + 1])
-    next_cursor = _encode_cursor(rows[limit - 1]) if len(rows) > limit else None
-    return rows[:limit], next_cursor
+    return keyset_page(
+        Generation.objects.filter(user_id=user.pk),
+        limit=limit,
+        cursor=cursor,
+        looks_like_id=looks_like_generation_id,
+    )
 
 
 @dataclass(frozen=True)
