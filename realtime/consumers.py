@@ -1,6 +1,6 @@
 """The WebSocket endpoint /ws/v1 (PROTOCOL §5): one connection, any number of generations.
 
-Every subscription is a ``realtime.subscription.Subscription``, the same code the SSE view
+Every subscription is a ``realtime.session.SubscriberSession``, the same code the SSE view
 uses; this consumer only adds the frame protocol, authentication and multiplexing.
 """
 
@@ -38,26 +38,24 @@ from realtime.auth import Identity, authenticate_token, user_is_active
 from realtime.connections import REFRESH_INTERVAL_S, connection_registry
 from realtime.eventlog import StoredEvent
 from realtime.events import dumps
-from realtime.live import stored_event
-from realtime.publish import group_name
-from realtime.subscription import GenerationNotFound, Subscription
+from realtime.frames import (
+    CLOSE_AUTH_TIMEOUT,
+    CLOSE_TOO_BIG,
+    CLOSE_TOO_MANY_CONNECTIONS,
+    CLOSE_TRY_AGAIN_LATER,
+    CLOSE_UNAUTHORIZED,
+    CLOSE_UNSUPPORTED_DATA,
+    closing_error,
+    echoable,
+    error_reply,
+)
+from realtime.live import live_hub
+from realtime.session import SubscriberSession
+from realtime.subscription import GenerationNotFound
 
 logger = logging.getLogger(__name__)
 
 MAX_FRAME_BYTES = 64 * 1024  # PROTOCOL §5: larger frames close the connection with 1009
-# How often the idle timer looks for subscriptions due a buffer check (their own interval
-# is 2 s idle, 0.25 s while a gap waits to be filled).
-TICK_S = 0.25
-
-CLOSE_UNSUPPORTED_DATA = 1003
-CLOSE_TOO_BIG = 1009
-# RFC 6455 "Try Again Later": the database or Redis was unreachable while authenticating, so
-# the connection cannot be set up; the client reconnects with its backoff.
-CLOSE_TRY_AGAIN_LATER = 1013
-CLOSE_SLOW_CONSUMER = 4008
-CLOSE_UNAUTHORIZED = 4401
-CLOSE_AUTH_TIMEOUT = 4408
-CLOSE_TOO_MANY_CONNECTIONS = 4429
 
 _GENERATE_FIELDS = frozenset({"type", "ref", "idempotency_key"})
 # The largest `after` accepted: seqs never come near it, and Redis (ZRANGEBYSCORE, INCR)
@@ -81,16 +79,6 @@ def parse_frame(text: str) -> Any:
         return json.loads(text, parse_constant=_reject_constant)
     except (ValueError, RecursionError):
         raise FrameError(ApiError("invalid_json", "The frame is not valid JSON.")) from None
-
-
-def _echoable(ref: Any) -> bool:
-    """Whether `ref` can be echoed as it came: any JSON value whose text encodes as UTF-8 (a
-    string with a lone surrogate cannot; NaN and Infinity were refused by the parser)."""
-    try:
-        dumps({"ref": ref}).encode("utf-8")
-    except (UnicodeEncodeError, ValueError, RecursionError):
-        return False
-    return True
 
 
 # Conversation subscriptions of one connection; each costs a group membership and a poll.
@@ -153,13 +141,7 @@ class StreamConsumer(AsyncConsumer):  # type: ignore[misc]
         self.identity: Identity | None = None
         self.connection_id = uuid.uuid4().hex
         self.registered = False
-        self.subscriptions: dict[str, Subscription] = {}
-        # Subscriptions whose live group this channel has joined (a join can fail while Redis
-        # is down; the idle timer retries it).
-        self.joined: set[str] = set()
-        self.next_check: dict[str, float] = {}
-        # Set while there are subscriptions: the idle timer sleeps on it otherwise.
-        self.has_subscriptions = asyncio.Event()
+        self.sessions: dict[str, SubscriberSession] = {}
         self.closed = False
         self.tasks: list[asyncio.Task[None]] = []
         self.frame_allowance = float(frame_burst())
@@ -184,56 +166,19 @@ class StreamConsumer(AsyncConsumer):  # type: ignore[misc]
         await asyncio.sleep(max(0.0, expires_at - time.time()))
         if self.identity is not None and self.identity.expires_at <= time.time():
             await self._send_json(
-                {"type": "error", "code": "token_expired", "message": "The token has expired."}
+                closing_error(ApiError("token_expired", "The token has expired."))
             )
             await self._close(CLOSE_UNAUTHORIZED)
 
-    async def _ticker(self) -> None:
-        """Check subscriptions that had no live traffic for a while against the buffer."""
-        last_refresh = time.monotonic()
+    async def _refresh_registration(self) -> None:
+        """Keep this connection's entry in the per-user registry from expiring (a crashed
+        process's entries do expire). Subscriptions have timers of their own (their
+        sessions'), so an idle connection (a process holds thousands) sleeps in between."""
         while not self.closed:
-            if self.subscriptions:
-                await asyncio.sleep(TICK_S)
-            else:
-                # Nothing to check: an idle connection (a process holds thousands) sleeps
-                # until a subscription starts or its registry entry is due a refresh, instead
-                # of waking every tick.
-                self.has_subscriptions.clear()
-                due_in_s = REFRESH_INTERVAL_S - (time.monotonic() - last_refresh)
-                try:
-                    await asyncio.wait_for(self.has_subscriptions.wait(), max(TICK_S, due_in_s))
-                except TimeoutError:
-                    pass
-            now = time.monotonic()
-            for generation_id, subscription in list(self.subscriptions.items()):
-                if self.next_check.get(generation_id, 0) > now:
-                    continue
-                self.next_check[generation_id] = now + subscription.next_check_in()
-                try:
-                    await self._advance(generation_id, subscription)
-                except GenerationNotFound:
-                    await self._drop_subscription(generation_id)
-                except UNAVAILABLE_ERRORS as failure:
-                    # Storage is down: the subscription stays, and the next tick tries again.
-                    logger.warning("catch-up for %s deferred: %r", generation_id, failure)
-                except Exception:
-                    logger.warning("catch-up failed for %s", generation_id, exc_info=True)
-                if subscription.finished:
-                    await self._drop_subscription(generation_id)
-            if self.registered and now - last_refresh > REFRESH_INTERVAL_S:
-                last_refresh = now
+            await asyncio.sleep(REFRESH_INTERVAL_S)
+            if self.registered and self.identity is not None and not self.closed:
                 with contextlib.suppress(Exception):
-                    assert self.identity is not None
                     await connection_registry().refresh(self.identity.user.pk, self.connection_id)
-
-    async def _advance(self, generation_id: str, subscription: Subscription) -> None:
-        """Move one subscription forward: join its live group if Redis was down when it was
-        asked for, then look at the buffer for anything live delivery missed (which also
-        finishes a start that storage interrupted)."""
-        if generation_id not in self.joined:
-            await self.channel_layer.group_add(group_name(generation_id), self.channel_name)
-            self.joined.add(generation_id)
-        await subscription.catch_up(repairing=True)
 
     async def _close(self, code: int) -> None:
         if self.closed:
@@ -250,16 +195,12 @@ class StreamConsumer(AsyncConsumer):  # type: ignore[misc]
             task.cancel()
         if getattr(self, "expiry_task", None) is not None:
             self.expiry_task.cancel()  # type: ignore[union-attr]
-        for generation_id in list(getattr(self, "subscriptions", {})):
-            if generation_id in getattr(self, "joined", ()):
-                with contextlib.suppress(Exception):
-                    await self.channel_layer.group_discard(
-                        group_name(generation_id), self.channel_name
-                    )
+        for session in getattr(self, "sessions", {}).values():
+            session.close()
         if getattr(self, "registered", False) and self.identity is not None:
             with contextlib.suppress(Exception):
                 await connection_registry().remove(self.identity.user.pk, self.connection_id)
-        await self._leave_conversations()
+        self._leave_conversations()
         raise StopConsumer()
 
     # -- frames in -------------------------------------------------------------------------
@@ -283,7 +224,7 @@ class StreamConsumer(AsyncConsumer):  # type: ignore[misc]
             if not isinstance(frame, dict):
                 raise FrameError(ApiError("invalid_request", "A frame must be a JSON object."))
             ref = frame.get("ref")
-            if not _echoable(ref):
+            if not echoable(ref):
                 ref = None
                 raise FrameError(
                     ApiError(
@@ -347,18 +288,12 @@ class StreamConsumer(AsyncConsumer):  # type: ignore[misc]
             else:
                 await self._send_error(
                     ApiError("internal_error", "Something went wrong."),
-                    ref if _echoable(ref) else None,
+                    ref if echoable(ref) else None,
                     None,
                 )
 
     async def _send_error(self, error: ApiError, ref: Any, generation_id: str | None) -> None:
-        reply: dict[str, Any] = {"type": "error", "ref": ref if _echoable(ref) else None}
-        if generation_id is not None and encodable(generation_id):
-            reply["id"] = generation_id
-        reply.update({"code": error.code, "message": error.message, "details": error.details})
-        if error.retry_after_s is not None:
-            reply["retry_after"] = error.retry_after_s
-        await self._send_json(reply)
+        await self._send_json(error_reply(error, ref, generation_id))
 
     async def _auth(self, frame: dict[str, Any], ref: Any) -> None:
         token = frame.get("token")
@@ -378,19 +313,15 @@ class StreamConsumer(AsyncConsumer):  # type: ignore[misc]
             if not await connection_registry().add(
                 identity.user.pk, self.connection_id, limits.max_connections
             ):
-                await self._send_json(
-                    {
-                        "type": "error",
-                        "ref": ref,
-                        "code": "rate_limited",
-                        "message": f"At most {limits.max_connections} connections per user.",
-                    }
+                refusal = ApiError(
+                    "rate_limited", f"At most {limits.max_connections} connections per user."
                 )
+                await self._send_json(closing_error(refusal, ref))
                 metrics.REJECTIONS.inc(code="too_many_connections")
                 await self._close(CLOSE_TOO_MANY_CONNECTIONS)
                 return
             self.registered = True
-            self.tasks.append(asyncio.create_task(self._ticker()))
+            self.tasks.append(asyncio.create_task(self._refresh_registration()))
             self.tasks.append(asyncio.create_task(self._watch_account()))
         self.identity = identity
         if self.expiry_task is not None:
@@ -468,45 +399,28 @@ class StreamConsumer(AsyncConsumer):  # type: ignore[misc]
         await self._drop_subscription(generation_id)
 
         async def emit(event: StoredEvent) -> None:
-            # The idle timer may be inside this subscription's catch-up while `unsubscribe` (or
-            # a new `subscribe` to the same id) replaces it: nothing of it may follow the reply.
-            if self.subscriptions.get(generation_id) is subscription and not self.closed:
+            # A session's timer may be inside its catch-up while `unsubscribe` (or a new
+            # `subscribe` to the same id) replaces it: nothing of it may follow the reply.
+            if self.sessions.get(generation_id) is session and not self.closed:
                 await self.send({"type": "websocket.send", "text": event.data})
 
-        subscription = Subscription(generation_id, after, emit)
-        self.subscriptions[generation_id] = subscription
-        self.has_subscriptions.set()
-        self.next_check[generation_id] = time.monotonic() + subscription.next_check_in()
+        def ended() -> None:
+            if self.sessions.get(generation_id) is session:
+                del self.sessions[generation_id]
+
+        session = SubscriberSession(generation_id, after, emit, ended)
+        self.sessions[generation_id] = session
         try:
-            # Join the live group first; what is published meanwhile waits in our channel.
-            await self.channel_layer.group_add(group_name(generation_id), self.channel_name)
-            self.joined.add(generation_id)
-            await subscription.start(row)
+            # The client was told `subscribed` (or `created`): if storage is down, it gets its
+            # events once storage is back, without having to ask again.
+            await session.open(row, retry_join=True)
         except GenerationNotFound:
-            await self._drop_subscription(generation_id)
-            return
-        except UNAVAILABLE_ERRORS as failure:
-            # The client was told `subscribed` (or `created`): it gets its events once storage
-            # is back, from the idle timer, without having to ask again.
-            logger.warning("subscription to %s deferred: %r", generation_id, failure)
-            self.next_check[generation_id] = time.monotonic() + subscription.next_check_in()
-            return
-        if subscription.finished:
             await self._drop_subscription(generation_id)
 
     async def _drop_subscription(self, generation_id: str) -> None:
-        if self.subscriptions.pop(generation_id, None) is not None:
-            self.next_check.pop(generation_id, None)
-            if generation_id in self.joined:
-                self.joined.discard(generation_id)
-                try:
-                    await self.channel_layer.group_discard(
-                        group_name(generation_id), self.channel_name
-                    )
-                except UNAVAILABLE_ERRORS as failure:
-                    # Nothing of it reaches the client any more (`emit` checks); the pub/sub
-                    # layer drops the stale membership when it reconnects.
-                    logger.warning("leaving %s failed: %r", generation_id, failure)
+        session = self.sessions.pop(generation_id, None)
+        if session is not None:
+            session.close()
 
     async def _unsubscribe(self, frame: dict[str, Any], ref: Any) -> None:
         generation_id = self._generation_id(frame)
@@ -556,7 +470,7 @@ class StreamConsumer(AsyncConsumer):  # type: ignore[misc]
         """Refuse a new subscription past MAX_SUBSCRIPTIONS_PER_CONNECTION (replacing an
         existing subscription to the same id is always allowed)."""
         limit = settings.MAX_SUBSCRIPTIONS_PER_CONNECTION
-        if generation_id in self.subscriptions or len(self.subscriptions) < limit:
+        if generation_id in self.sessions or len(self.sessions) < limit:
             return
         raise FrameError(
             ApiError(
@@ -582,44 +496,10 @@ class StreamConsumer(AsyncConsumer):  # type: ignore[misc]
                 continue
             if not active:
                 await self._send_json(
-                    {
-                        "type": "error",
-                        "code": "unauthorized",
-                        "message": "The account is deactivated.",
-                    }
+                    closing_error(ApiError("unauthorized", "The account is deactivated."))
                 )
                 await self._close(CLOSE_UNAUTHORIZED)
                 return
-
-    # -- events in from the channel layer ----------------------------------------------------
-
-    async def dispatch(self, message: dict[str, Any]) -> None:
-        # channels runs close_old_connections in a thread before every handler; for live
-        # events (most messages a busy process handles) that thread hop was about a fifth of
-        # Daphne's CPU under 50 streams. Their handler reaches the database only through
-        # `arow_state`, which closes its own connection, so they skip it.
-        if message["type"] == "gen.event":
-            await self.gen_event(message)
-            return
-        await super().dispatch(message)
-
-    async def gen_event(self, message: dict[str, Any]) -> None:
-        generation_id = message["id"]
-        subscription = self.subscriptions.get(generation_id)
-        if subscription is None or self.closed:
-            return
-        try:
-            await subscription.on_live(stored_event(message))
-        except GenerationNotFound:
-            await self._drop_subscription(generation_id)
-            return
-        except UNAVAILABLE_ERRORS as failure:
-            # A gap could not be filled now; the event waits in the subscription and the idle
-            # timer fills the gap once storage is back.
-            logger.warning("live event for %s deferred: %r", generation_id, failure)
-        self.next_check[generation_id] = time.monotonic() + subscription.next_check_in()
-        if subscription.finished:
-            await self._drop_subscription(generation_id)
 
     async def _send_json(self, payload: dict[str, Any]) -> None:
         if not self.closed:
@@ -635,9 +515,40 @@ class StreamConsumer(AsyncConsumer):  # type: ignore[misc]
     def _conversations(self) -> dict[str, int]:
         if not hasattr(self, "conversation_positions"):
             self.conversation_positions: dict[str, int] = {}
+            # The process's live hub keys of the conversations' groups this connection watches.
+            self.conversation_watches: dict[str, int] = {}
             self.conversation_lock = asyncio.Lock()
             self.conversation_poller: asyncio.Task[None] | None = None
+            self.notice_tasks: set[asyncio.Task[None]] = set()
         return self.conversation_positions
+
+    async def _watch_conversation(self, conversation_id: str) -> None:
+        if conversation_id not in self.conversation_watches:
+            key = await live_hub().watch(
+                conversation_group(conversation_id), self._on_conversation_notice
+            )
+            if conversation_id in self.conversation_watches or self.closed:
+                live_hub().unwatch(conversation_group(conversation_id), key)
+            else:
+                self.conversation_watches[conversation_id] = key
+
+    def _unwatch_conversation(self, conversation_id: str) -> None:
+        self._conversations()
+        key = self.conversation_watches.pop(conversation_id, None)
+        if key is not None:
+            live_hub().unwatch(conversation_group(conversation_id), key)
+
+    async def _on_conversation_notice(self, message: dict[str, Any]) -> None:
+        """From the live hub, which must not wait on the database: the reads a notice
+        causes run in a task of their own."""
+        handler = {"conv.turn": self.conv_turn, "conv.changed": self.conv_changed}.get(
+            str(message.get("type"))
+        )
+        if handler is None or self.closed:
+            return
+        task = asyncio.get_running_loop().create_task(handler(message))
+        self.notice_tasks.add(task)
+        task.add_done_callback(self.notice_tasks.discard)
 
     def _conversation_id(self, frame: dict[str, Any]) -> str:
         conversation_id = frame.get("conversation_id")
@@ -683,7 +594,7 @@ class StreamConsumer(AsyncConsumer):  # type: ignore[misc]
             return
         # Join first: a turn created between the read below and the join would be missed by
         # the live path (the poller would still find it, seconds later).
-        await self.channel_layer.group_add(conversation_group(conversation_id), self.channel_name)
+        await self._watch_conversation(conversation_id)
         async with self.conversation_lock:
             positions[conversation_id] = after
             await self._send_json(
@@ -698,10 +609,7 @@ class StreamConsumer(AsyncConsumer):  # type: ignore[misc]
         conversation_id = self._conversation_id(frame)
         async with self._conversations_lock():
             self._conversations().pop(conversation_id, None)
-        with contextlib.suppress(Exception):
-            await self.channel_layer.group_discard(
-                conversation_group(conversation_id), self.channel_name
-            )
+        self._unwatch_conversation(conversation_id)
         await self._send_json(
             {"type": "conversation_unsubscribed", "ref": ref, "conversation_id": conversation_id}
         )
@@ -766,10 +674,7 @@ class StreamConsumer(AsyncConsumer):  # type: ignore[misc]
         if message.get("deleted"):
             async with self.conversation_lock:
                 positions.pop(conversation_id, None)
-            with contextlib.suppress(Exception):
-                await self.channel_layer.group_discard(
-                    conversation_group(conversation_id), self.channel_name
-                )
+            self._unwatch_conversation(conversation_id)
             await self._send_json(
                 {"type": "conversation_deleted", "conversation_id": conversation_id}
             )
@@ -788,9 +693,8 @@ class StreamConsumer(AsyncConsumer):  # type: ignore[misc]
                 }
             )
 
-    async def _leave_conversations(self) -> None:
-        for conversation_id in list(getattr(self, "conversation_positions", {})):
-            with contextlib.suppress(Exception):
-                await self.channel_layer.group_discard(
-                    conversation_group(conversation_id), self.channel_name
-                )
+    def _leave_conversations(self) -> None:
+        for conversation_id in list(getattr(self, "conversation_watches", {})):
+            self._unwatch_conversation(conversation_id)
+        for task in getattr(self, "notice_tasks", set()):
+            task.cancel()

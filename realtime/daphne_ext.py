@@ -32,16 +32,14 @@ from urllib.parse import unquote_plus
 
 from django.conf import settings
 
+from realtime.frames import CLOSE_GOING_AWAY, CLOSE_SLOW_CONSUMER, ENDPOINT_CLOSE_CODES
+
 logger = logging.getLogger(__name__)
 
-CLOSE_SLOW_CONSUMER = 4008
-CLOSE_GOING_AWAY = 1001
 # A client that is slow, not gone, still reads the data ahead of the close frame: give it
 # time to, rather than autobahn's 1 s default, so it sees 4008 and not a dropped socket.
 SLOW_CLOSE_HANDSHAKE_S = 30.0
 SHUTDOWN_GRACE_S = 2.0
-# Codes a server may send (RFC 6455 §7.4.1) that autobahn's sendClose refuses.
-ENDPOINT_CLOSE_CODES = frozenset({1001, 1003, 1009, 1013})
 
 _open: weakref.WeakSet[Any] = weakref.WeakSet()
 _installed = False

@@ -1,11 +1,15 @@
-"""A subscriber's membership of live groups on the channel layer."""
+"""Live delivery in a web process: the process's membership of live groups on the channel layer
+(``LiveHub``), fanned out to the subscribers it holds."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import uuid
+import weakref
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from channels.layers import get_channel_layer
@@ -14,6 +18,10 @@ from realtime.eventlog import StoredEvent
 from realtime.publish import group_name
 
 logger = logging.getLogger(__name__)
+# The worker's live message type (realtime/publish.py sends it to the group `gen.<id>`).
+GENERATION_EVENT = "gen.event"
+# After the layer failed a receive (Redis unreachable), wait this long before the next.
+READ_RETRY_S = 1.0
 # Tasks that hold the pub/sub layer's receivers subscribed for the life of the process.
 _held: list[asyncio.Task[None]] = []
 
@@ -50,10 +58,6 @@ async def _hold(layer: Any, channel: str) -> None:
         except Exception:
             logger.warning("keeping the live receiver subscribed failed; retrying", exc_info=True)
             await asyncio.sleep(1.0)
-
-
-def stored_event(message: dict[str, Any]) -> StoredEvent:
-    return StoredEvent(int(message["seq"]), str(message["kind"]), str(message["data"]))
 
 
 class LiveInbox:
@@ -97,3 +101,155 @@ class LiveInbox:
             self._reader.cancel()
             with contextlib.suppress(BaseException):
                 await self._reader
+
+
+# --- The process's live hub: one membership per group, fanned out in process ----------------
+
+
+def stored_event(message: dict[str, Any]) -> StoredEvent:
+    return StoredEvent(int(message["seq"]), str(message["kind"]), str(message["data"]))
+
+
+def group_of(message: dict[str, Any]) -> str | None:
+    """The group a live message was sent to: the worker's `gen.event` names its generation,
+    a conversation notice (`conv.*`) its conversation."""
+    if message.get("type") == GENERATION_EVENT:
+        return group_name(str(message["id"]))
+    conversation_id = message.get("conversation_id")
+    if isinstance(conversation_id, str):
+        return f"conv.{conversation_id}"
+    return None
+
+
+# A watcher of a group: called, in arrival order, with each message sent to it; for a
+# generation's group with the message already decoded (a StoredEvent), once for all watchers.
+Watcher = Callable[[Any], Awaitable[None]]
+
+
+class _Group:
+    __slots__ = ("joined", "lock", "watchers")
+
+    def __init__(self) -> None:
+        self.watchers: dict[int, Watcher] = {}
+        self.joined = False
+        # Serialises this group's joins and leaves: a leave still on its way to Redis when a
+        # new watcher comes must be followed by a fresh join, not overtaken by it.
+        self.lock = asyncio.Lock()
+
+
+class LiveHub:
+    """The process's one channel on the layer, a member of each group that has a local
+    watcher, read by one task.
+
+    Each local watcher of a generation used to join its group with a channel of its own, so
+    N watchers in one process cost N deliveries through the layer (N msgpack decodes with
+    Redis, N deep copies in memory) and N consumer dispatches per event. Here the first
+    watcher of a group joins it for the process, each message is decoded once and handed to
+    every watcher in turn, and the last watcher to leave takes the process out.
+    """
+
+    def __init__(self, layer: Any) -> None:
+        self.layer = layer
+        self.channel = ""
+        self._groups: dict[str, _Group] = {}
+        self._keys = itertools.count()
+        self._opening: asyncio.Lock = asyncio.Lock()
+        self._reader: asyncio.Task[None] | None = None
+
+    async def _open(self) -> None:
+        if self._reader is not None:
+            return
+        async with self._opening:
+            if self._reader is None:
+                self.channel = await self.layer.new_channel()
+                # Runs for the life of the loop: the pub/sub layer unsubscribes a channel when
+                # a receive on it is cancelled.
+                self._reader = asyncio.get_running_loop().create_task(self._read())
+
+    async def watch(self, group: str, watcher: Watcher) -> int:
+        """Hand `watcher` every message of `group` from now on; return (its key for
+        `unwatch`) once the process's membership is in effect, so that whatever is
+        published after this returns reaches it (or is lost by the layer, as any live
+        message may be). Messages may reach it before this returns."""
+        key = next(self._keys)
+        entry = self._groups.get(group)
+        if entry is None:
+            entry = self._groups[group] = _Group()
+        entry.watchers[key] = watcher
+        try:
+            if not entry.joined:
+                await self._open()
+                async with entry.lock:
+                    if not entry.joined:
+                        await self.layer.group_add(group, self.channel)
+                        entry.joined = True
+        except BaseException:
+            self.unwatch(group, key)
+            raise
+        return key
+
+    def unwatch(self, group: str, key: int) -> None:
+        entry = self._groups.get(group)
+        if entry is None or entry.watchers.pop(key, None) is None or entry.watchers:
+            return
+        asyncio.get_running_loop().create_task(self._leave(group, entry))
+
+    async def _leave(self, group: str, entry: _Group) -> None:
+        async with entry.lock:
+            if entry.watchers:
+                return  # watched again meanwhile: stay
+            if self._groups.get(group) is entry:
+                del self._groups[group]
+            if not entry.joined:
+                return
+            entry.joined = False
+            try:
+                await self.layer.group_discard(group, self.channel)
+            except Exception as failure:
+                # Nothing of it reaches anyone any more (no watchers); the pub/sub layer
+                # drops the stale membership when it reconnects.
+                logger.warning("leaving %s failed: %r", group, failure)
+
+    def watching(self, group: str) -> int:
+        """How many local watchers `group` has (for tests and metrics)."""
+        entry = self._groups.get(group)
+        return len(entry.watchers) if entry is not None else 0
+
+    async def _read(self) -> None:
+        while True:
+            try:
+                message = await self.layer.receive(self.channel)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.warning("reading the live channel failed; retrying", exc_info=True)
+                await asyncio.sleep(READ_RETRY_S)
+                continue
+            await self.dispatch(message)
+
+    async def dispatch(self, message: dict[str, Any]) -> None:
+        group = group_of(message)
+        entry = self._groups.get(group) if group is not None else None
+        if entry is None or not entry.watchers:
+            return
+        payload: Any = stored_event(message) if message.get("type") == GENERATION_EVENT else message
+        for watcher in list(entry.watchers.values()):
+            try:
+                await watcher(payload)
+            except Exception:
+                # One watcher's failure is its own: the others still get the message.
+                logger.exception("a live watcher of %s failed", group)
+
+
+_hubs: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LiveHub] = weakref.WeakKeyDictionary()
+
+
+def live_hub() -> LiveHub:
+    """The running loop's hub (Daphne has one loop; each in-process test has its own, and
+    the in-memory layer may only be used from the loop its receivers wait on)."""
+    loop = asyncio.get_running_loop()
+    layer = get_channel_layer()
+    hub = _hubs.get(loop)
+    if hub is None or hub.layer is not layer:
+        hub = _hubs[loop] = LiveHub(layer)
+    return hub

@@ -6,7 +6,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
@@ -20,8 +20,8 @@ from project import metrics
 from realtime.auth import authenticate_token, bearer_token, user_is_active, verify_ticket
 from realtime.connections import REFRESH_INTERVAL_S, stream_registry
 from realtime.eventlog import StoredEvent
-from realtime.live import LiveInbox, stored_event
-from realtime.subscription import GenerationNotFound, Subscription
+from realtime.session import SubscriberSession
+from realtime.subscription import GenerationNotFound
 
 logger = logging.getLogger(__name__)
 
@@ -166,80 +166,55 @@ class StreamSlot:
             logger.warning("releasing an event stream slot failed: %r", failure)
 
 
-async def _tolerating_outage(step: Awaitable[None], generation_id: str) -> None:
-    """Run one step of a subscription; while the database or Redis is unreachable, the step
-    is left for the next check (a live event waits in the subscription, a start is retried)
-    and the response stays open rather than ending with a traceback."""
-    try:
-        await step
-    except UNAVAILABLE_ERRORS as failure:
-        logger.warning("events of %s deferred: %r", generation_id, failure)
-
-
 async def _stream(
     generation_id: str, after: int, row: RowState, slot: StreamSlot
 ) -> AsyncIterator[str]:
-    out: list[str] = []
+    out: list[str] = [f"retry: {RETRY_MS}\n\n"]
+    # Set when there is something to write, or the session has ended.
+    wake = asyncio.Event()
 
     async def emit(event: StoredEvent) -> None:
         out.append(format_event(event))
+        wake.set()
 
-    inbox = LiveInbox()
-    subscription = Subscription(generation_id, after, emit)
+    session = SubscriberSession(generation_id, after, emit, wake.set)
     metrics.SSE_STREAMS_OPEN.inc()
     try:
-        await inbox.open()
-        # Join the live group first; everything published from here on waits in the inbox.
-        await inbox.join(generation_id)
-        yield f"retry: {RETRY_MS}\n\n"
-        await _tolerating_outage(subscription.start(row), generation_id)
-        last_write = time.monotonic()
-        last_check = last_write
-        last_refresh = last_write
+        # An outage while joining ends the response; the client reconnects after `retry`
+        # with Last-Event-ID and loses nothing.
+        await session.open(row, retry_join=False)
+        last_write = last_refresh = time.monotonic()
         while True:
-            if time.monotonic() - last_refresh > REFRESH_INTERVAL_S:
-                last_refresh = time.monotonic()
-                await _tolerating_outage(slot.refresh(), generation_id)
             if out:
                 chunk = "".join(out)
                 out.clear()
                 yield chunk
                 last_write = time.monotonic()
-            if subscription.finished:
+            if session.ended:
                 return
-            now = time.monotonic()
-            wait_s = min(
-                subscription.next_check_in() - (now - last_check),
-                PING_INTERVAL_S - (now - last_write),
-            )
-            try:
-                message = await asyncio.wait_for(inbox.queue.get(), timeout=max(0.0, wait_s))
-            except TimeoutError:
-                message = None
-            if message is not None:
-                await _tolerating_outage(subscription.on_live(stored_event(message)), generation_id)
-                while not inbox.queue.empty() and not subscription.finished:
-                    live = stored_event(inbox.queue.get_nowait())
-                    await _tolerating_outage(subscription.on_live(live), generation_id)
-                last_check = time.monotonic()
+            if time.monotonic() - last_refresh > REFRESH_INTERVAL_S:
+                last_refresh = time.monotonic()
+                try:
+                    await slot.refresh()
+                except UNAVAILABLE_ERRORS as failure:
+                    logger.warning(
+                        "event stream slot of %s not refreshed: %r", generation_id, failure
+                    )
+            wake.clear()
+            if out or session.ended:
                 continue
-            now = time.monotonic()
-            if now - last_check >= subscription.next_check_in():
-                last_check = now
-                await _tolerating_outage(subscription.catch_up(repairing=True), generation_id)
-            if not out and time.monotonic() - last_write >= PING_INTERVAL_S:
+            wait_s = PING_INTERVAL_S - (time.monotonic() - last_write)
+            try:
+                await asyncio.wait_for(wake.wait(), timeout=max(0.0, wait_s))
+            except TimeoutError:
                 yield ": ping\n\n"
                 last_write = time.monotonic()
     except GenerationNotFound:
         return
     except UNAVAILABLE_ERRORS as failure:
-        # The live group could not be joined (Redis is down): end the response; the client
-        # reconnects after `retry` with Last-Event-ID and loses nothing.
         logger.warning("event stream of %s ended: %r", generation_id, failure)
     finally:
         metrics.SSE_STREAMS_OPEN.dec()
-        try:
-            await inbox.close([generation_id])
-        finally:
-            # Also released by the response's close(), should this be cancelled.
-            await sync_to_async(slot.release, thread_sensitive=False)()
+        session.close()
+        # Also released by the response's close(), should this be cancelled.
+        await sync_to_async(slot.release, thread_sensitive=False)()

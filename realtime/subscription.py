@@ -1,8 +1,8 @@
 """One subscriber's view of one generation: gap-free, duplicate-free, in seq order.
 
-Shared by the SSE view and the WebSocket consumer. The transport joins the generation's live
-group *first*, then calls ``start``; live events that arrive meanwhile wait in the channel and
-are handed to ``on_live`` afterwards. Three sources are merged by seq:
+Run by ``realtime.session.SubscriberSession`` for both transports: it joins the generation's
+live group *first*, then calls ``start``; live events that arrive meanwhile wait in the session
+and are handed to ``on_live`` afterwards. Three sources are merged by seq:
 
 - the database row: the persisted fold (``output`` through ``seq``), and ``done`` once ended;
 - the replay buffer: every event, in order, while it lasts;
@@ -66,6 +66,22 @@ class Subscription:
 
     def next_check_in(self) -> float:
         return REPAIR_RETRY_S if self._pending else IDLE_CHECK_S
+
+    @property
+    def fresh(self) -> bool:
+        """Nothing sent yet and no position given: the first thing out is a snapshot."""
+        return self._fresh
+
+    def takes_now(self, event: StoredEvent) -> bool:
+        """Whether `on_live(event)` just sends it: the next seq, nothing waiting, no merge
+        step in progress (so it touches no storage)."""
+        return (
+            self.started
+            and not self._pending
+            and not self._lock.locked()
+            and event.seq == self.last_seq + 1
+            and not self.finished
+        )
 
     async def start(self, row: RowState | None = None) -> None:
         """Catch up to the present; call after joining the live group.

@@ -1,0 +1,195 @@
+"""One subscriber's session with one generation, the same for the WebSocket and SSE.
+
+The transports keep only their framing (realtime/consumers.py, realtime/sse.py); a session
+owns the rest of a subscription's life:
+
+- joining the live source (the process's ``LiveHub``) *before* reading the row or the buffer:
+  whatever is published after a read then reaches the session live (or is lost by the layer,
+  and repaired from the buffer);
+- the first reads, through its ``Subscription`` (the merge of row, buffer and live events);
+- live events handed over by the hub: the next seq goes straight out, in the hub's own call;
+  anything else (a gap, an event during the first reads) waits in a backlog that a task of
+  the session feeds to the merge, so that one subscriber's repair never holds up the
+  process's other subscribers;
+- the idle timer: a look at the buffer after ``next_check_in()`` seconds without live traffic
+  (2 s; 0.25 s while a gap waits), one sleep per quiet period, not a wake-up per event;
+- outages: a step that finds the database or Redis unreachable is left for the next check,
+  the session stays open (and a join that failed is tried again there);
+- leaving: the hub takes the process out of the group with its last local subscriber.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+
+from api.errors import UNAVAILABLE_ERRORS
+from api.selectors import RowState
+from realtime.eventlog import StoredEvent
+from realtime.live import live_hub
+from realtime.publish import group_name
+from realtime.subscription import Emit, GenerationNotFound, Subscription
+
+logger = logging.getLogger(__name__)
+
+
+class SubscriberSession:
+    """One subscriber of one generation; `emit` frames an event for the transport, `on_end`
+    tells it the session is over (the generation finished, or no longer exists)."""
+
+    def __init__(
+        self, generation_id: str, after: int, emit: Emit, on_end: Callable[[], None]
+    ) -> None:
+        self.generation_id = generation_id
+        self.subscription = Subscription(generation_id, after, emit)
+        self._on_end = on_end
+        self._group = group_name(generation_id)
+        self._watch_key: int | None = None
+        # False until the first reads have run (or were deferred by an outage): live events
+        # that come before wait in the backlog, behind the snapshot.
+        self._ready = False
+        self._backlog: deque[StoredEvent] = deque()
+        self._feeder: asyncio.Task[None] | None = None
+        self._timer: asyncio.Task[None] | None = None
+        self._active_at = time.monotonic()
+        self.ended = False
+
+    @property
+    def finished(self) -> bool:
+        return self.subscription.finished
+
+    async def open(self, row: RowState | None = None, *, retry_join: bool) -> None:
+        """Join the live source, then catch up to the present (`row` may have been read
+        before the join: the buffer covers everything after it).
+
+        Raises GenerationNotFound, and a failed join's error unless `retry_join` (then the
+        idle timer joins once storage is back, and catches up).
+        """
+        subscription = self.subscription
+        if row is not None and row.terminal and subscription.fresh:
+            # A snapshot and `done` from the finished row: no live source to join.
+            await self._step(subscription.start(row))
+            self._end_if_finished()
+            return
+        try:
+            self._watch_key = await live_hub().watch(self._group, self._on_live)
+        except UNAVAILABLE_ERRORS as failure:
+            if not retry_join:
+                raise
+            logger.warning("subscription to %s deferred: %r", self.generation_id, failure)
+        else:
+            try:
+                await subscription.start(row)
+            except GenerationNotFound:
+                self.close()
+                raise
+            except UNAVAILABLE_ERRORS as failure:
+                # The subscriber gets its events once storage is back, from the idle timer,
+                # without having to ask again.
+                logger.warning("subscription to %s deferred: %r", self.generation_id, failure)
+            self._ready = True
+        if self._end_if_finished():
+            return
+        self._active_at = time.monotonic()
+        self._timer = asyncio.get_running_loop().create_task(self._run_timer())
+        if self._backlog:
+            self._feed()
+
+    def close(self) -> None:
+        """Stop: nothing more is emitted, and the hub is told at once."""
+        self.ended = True
+        if self._watch_key is not None:
+            live_hub().unwatch(self._group, self._watch_key)
+            self._watch_key = None
+        current = asyncio.current_task()
+        for task in (self._timer, self._feeder):
+            if task is not None and task is not current:
+                task.cancel()
+
+    # -- live events ------------------------------------------------------------------------
+
+    async def _on_live(self, event: StoredEvent) -> None:
+        """From the hub, in arrival order; must not wait on storage."""
+        if self.ended:
+            return
+        self._active_at = time.monotonic()
+        subscription = self.subscription
+        if self._ready and not self._backlog and subscription.takes_now(event):
+            await subscription.on_live(event)
+            self._end_if_finished()
+            return
+        if event.seq <= subscription.last_seq:
+            return
+        self._backlog.append(event)
+        if self._ready:
+            self._feed()
+
+    def _feed(self) -> None:
+        if self._feeder is None and not self.ended:
+            self._feeder = asyncio.get_running_loop().create_task(self._feed_backlog())
+
+    async def _feed_backlog(self) -> None:
+        try:
+            while self._backlog and not self.ended:
+                await self._step(self.subscription.on_live(self._backlog.popleft()))
+                if self._end_if_finished():
+                    return
+        finally:
+            self._feeder = None
+
+    # -- the idle timer ---------------------------------------------------------------------
+
+    async def _run_timer(self) -> None:
+        while not self.ended:
+            delay_s = self._active_at + self.subscription.next_check_in() - time.monotonic()
+            if delay_s > 0:
+                await asyncio.sleep(delay_s)
+                continue
+            self._active_at = time.monotonic()
+            await self.check()
+
+    async def check(self) -> None:
+        """Look at the buffer (and the row) for anything live delivery missed; join first if
+        the join failed, and finish a start that storage interrupted."""
+        if self.ended:
+            return
+        if self._watch_key is None:
+            try:
+                self._watch_key = await live_hub().watch(self._group, self._on_live)
+            except UNAVAILABLE_ERRORS as failure:
+                logger.warning("joining %s deferred: %r", self.generation_id, failure)
+                return
+            if self.ended:  # closed while joining
+                self.close()
+                return
+        await self._step(self.subscription.catch_up(repairing=True))
+        self._ready = True
+        if not self._end_if_finished() and self._backlog:
+            self._feed()
+
+    # -- outcomes ---------------------------------------------------------------------------
+
+    async def _step(self, step: Awaitable[None]) -> None:
+        """Run one step of the merge; while the database or Redis is unreachable, it is left
+        for the next check (a live event waits in the subscription, a start is retried)."""
+        try:
+            await step
+        except GenerationNotFound:
+            self._end()
+        except UNAVAILABLE_ERRORS as failure:
+            logger.warning("events of %s deferred: %r", self.generation_id, failure)
+        except Exception:
+            logger.warning("catch-up failed for %s", self.generation_id, exc_info=True)
+
+    def _end_if_finished(self) -> bool:
+        if self.subscription.finished:
+            self._end()
+        return self.ended
+
+    def _end(self) -> None:
+        if not self.ended:
+            self.close()
+            self._on_end()
