@@ -3,6 +3,7 @@ generation that is still running and for one that has completed (its snapshot co
 database row), over SSE and over WebSocket.
 
     .venv/bin/python -m bench.resume [--runs 30] [--tier embedded|distributed|both]
+        [--background-streams 50]
 
 - SSE: a new connection sends ``GET .../events`` (Authorization header, no position: a
   snapshot first); the clock runs from the connect to the first byte of the snapshot frame
@@ -14,6 +15,10 @@ database row), over SSE and over WebSocket.
   snapshot.
 - The baseline: the minimal Redis-streams SSE server (bench.baselines.streams_sse), which
   has no snapshot: a reconnect replays its stream, one entry per token, from the position.
+
+With ``--background-streams N``, N more clients (one user each) follow generations of their
+own at 50 tokens/s over WebSocket on the same Daphne process throughout the measurement
+("while 50 streams run"); each starts a new one when its generation ends.
 
 The running generation is held at 4,000 tokens by the fake provider (``hang=4000``: it sends
 4,000 tokens and then nothing), so every run sees the same text. Every snapshot's text is
@@ -58,6 +63,8 @@ QUICK_RUNS = 3
 USER = "bench-resume"
 # Generous: a run on a loaded machine must not fail for slowness, only for wrong text.
 READ_TIMEOUT_S = 30.0
+# The background streams' pace: the capacity benchmark's.
+BACKGROUND_RATE_TOK_S = 50
 
 
 @dataclass
@@ -192,8 +199,9 @@ def _reaches(seq: int) -> Callable[[list[Any]], bool]:
 class Resumer:
     """The measurements against one running service."""
 
-    def __init__(self, service: Service) -> None:
+    def __init__(self, service: Service, background_streams: int = 0) -> None:
         self.service = service
+        self.background_streams = background_streams
         self.port = service.ports[0]
         self.token = make_token(USER, ttl_s=6 * 3600)
         self.expected = expected_text(TOKENS)
@@ -337,9 +345,44 @@ class Resumer:
                 times.append(elapsed)
         return {"first_byte": summary_ms(times)}
 
+    async def _follow(self, index: int, streaming: asyncio.Queue[int]) -> None:
+        """One background client: a generation of its own, followed to `done`, then the next."""
+        url = f"ws://127.0.0.1:{self.port}/ws/v1"
+        token = make_token(f"{USER}-load-{index}", ttl_s=6 * 3600)
+        prompt = f"resume load {index} [fake tokens={MAX_TOKENS} rate={BACKGROUND_RATE_TOK_S}]"
+        generate = {"type": "generate", "prompt": prompt, "max_tokens": MAX_TOKENS}
+        announced = False
+        async with websockets.connect(url, max_size=None) as ws:
+            await ws.send(json.dumps({"type": "auth", "token": token}))
+            await ws.send(json.dumps(generate))
+            while True:
+                message = json.loads(await ws.recv())
+                if message["type"] == "error":
+                    raise RuntimeError(f"background stream {index}: {message}")
+                if message["type"] == "delta" and not announced:
+                    announced = True
+                    streaming.put_nowait(index)
+                elif message["type"] == "done":
+                    await ws.send(json.dumps(generate))
+
     async def measure(self, runs: int) -> dict[str, Any]:
         running, completed, head = await asyncio.to_thread(self.prepare)
         self._head_seq = head
+        streaming: asyncio.Queue[int] = asyncio.Queue()
+        followers = [
+            asyncio.create_task(self._follow(index, streaming))
+            for index in range(self.background_streams)
+        ]
+        try:
+            for _ in followers:
+                await asyncio.wait_for(streaming.get(), timeout=120)
+            return await self._measure(runs, running, completed, head)
+        finally:
+            for follower in followers:
+                follower.cancel()
+            await asyncio.gather(*followers, return_exceptions=True)
+
+    async def _measure(self, runs: int, running: str, completed: str, head: int) -> dict[str, Any]:
         return {
             "http_floor": await self.http_floor(runs),
             "running": {
@@ -357,19 +400,20 @@ class Resumer:
         }
 
 
-def measure_service(tier: str, runs: int) -> dict[str, Any]:
+def measure_service(tier: str, runs: int, background_streams: int = 0) -> dict[str, Any]:
     fake = FakeLLM()
     # The running generation's provider goes silent after 4,000 tokens: it must not time
     # out (and be retried, with new text) during the measurement.
     service = Service(fake, tier=tier, env={"PROVIDER_READ_TIMEOUT_S": "3600"})
     try:
         service.start()
-        result = asyncio.run(Resumer(service).measure(runs))
+        result = asyncio.run(Resumer(service, background_streams).measure(runs))
     finally:
         service.stop()
         fake.stop()
     result["tier"] = tier
     result["runs"] = runs
+    result["background_streams"] = background_streams
     return result
 
 
@@ -599,11 +643,17 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=30)
     parser.add_argument("--tier", choices=["embedded", "distributed", "both"], default=TIER)
     parser.add_argument("--no-baseline", action="store_true")
+    parser.add_argument(
+        "--background-streams",
+        type=int,
+        default=0,
+        help="clients following generations at 50 tokens/s on the same Daphne meanwhile",
+    )
     parser.add_argument("--results", type=pathlib.Path, help="also write resume.md/.json here")
     args = parser.parse_args()
     results = []
     for tier in tiers_for(args.tier):
-        result = measure_service(tier, args.runs)
+        result = measure_service(tier, args.runs, args.background_streams)
         print_result(result)
         results.append(result)
     baseline = None if args.no_baseline else measure_baseline(args.runs)

@@ -31,11 +31,12 @@ from api.conversations import (
 )
 from api.errors import UNAVAILABLE_ERRORS, ApiError, unavailable
 from api.ids import looks_like_generation_id
-from api.selectors import RowState, arow_state, limits_for
+from api.selectors import RowState, limits_for
 from api.validation import encodable, parse_generation_params, parse_idempotency_key
 from project import metrics
 from realtime.auth import Identity, authenticate_token, user_is_active
 from realtime.connections import REFRESH_INTERVAL_S, connection_registry
+from realtime.db import read, read_row
 from realtime.eventlog import StoredEvent
 from realtime.events import dumps
 from realtime.frames import (
@@ -300,7 +301,7 @@ class StreamConsumer(AsyncConsumer):  # type: ignore[misc]
         try:
             if not isinstance(token, str) or not token:
                 raise ApiError("unauthorized", "A token is required.")
-            identity: Identity = await _closing(authenticate_token)(token)
+            identity: Identity = await read(authenticate_token, token)
             if self.identity is not None and identity.user.pk != self.identity.user.pk:
                 raise ApiError("unauthorized", "The token is for another user.")
         except ApiError as error:
@@ -309,7 +310,7 @@ class StreamConsumer(AsyncConsumer):  # type: ignore[misc]
             return
         first = self.identity is None
         if first:
-            limits = await _closing(limits_for)(identity.user.pk)
+            limits = await read(limits_for, identity.user.pk)
             if not await connection_registry().add(
                 identity.user.pk, self.connection_id, limits.max_connections
             ):
@@ -387,7 +388,7 @@ class StreamConsumer(AsyncConsumer):  # type: ignore[misc]
         not_found = FrameError(ApiError("not_found", "No such generation."), generation_id)
         if not looks_like_generation_id(generation_id):
             raise not_found
-        row = await arow_state(generation_id)
+        row = await read_row(generation_id)
         if row is None or row.user_id != self.identity.user.pk:
             raise not_found
         return row
@@ -490,7 +491,7 @@ class StreamConsumer(AsyncConsumer):  # type: ignore[misc]
             if self.identity is None or self.closed:
                 continue
             try:
-                active = await _closing(user_is_active)(self.identity.user.pk)
+                active = await read(user_is_active, self.identity.user.pk)
             except UNAVAILABLE_ERRORS as failure:
                 logger.warning("account check deferred: %r", failure)
                 continue

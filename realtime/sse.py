@@ -10,15 +10,15 @@ from collections.abc import AsyncIterator
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
-from django.db import connection
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 
 from api.errors import UNAVAILABLE_ERRORS, ApiError, error_response, not_found, unavailable
 from api.ids import looks_like_generation_id
-from api.selectors import RowState, arow_state, row_state
+from api.selectors import RowState, row_state
 from project import metrics
 from realtime.auth import authenticate_token, bearer_token, user_is_active, verify_ticket
 from realtime.connections import REFRESH_INTERVAL_S, stream_registry
+from realtime.db import read, read_row
 from realtime.eventlog import StoredEvent
 from realtime.session import SubscriberSession
 from realtime.subscription import GenerationNotFound
@@ -34,15 +34,12 @@ STREAM_RETRY_AFTER_S = 5
 
 
 def _user_id_and_row(header: str | None, generation_id: str) -> tuple[int, RowState | None]:
-    """The token's user and the generation's row in one thread hop, on one database
-    connection: a reconnect's time to its snapshot is mostly such round trips."""
-    try:
-        user_id = int(authenticate_token(bearer_token(header)).user.pk)
-        if not looks_like_generation_id(generation_id):
-            return user_id, None
-        return user_id, row_state(generation_id)
-    finally:
-        connection.close()
+    """The token's user and the generation's row in one thread hop (realtime.db's, on a
+    connection kept open): a reconnect's time to its snapshot is mostly such round trips."""
+    user_id = int(authenticate_token(bearer_token(header)).user.pk)
+    if not looks_like_generation_id(generation_id):
+        return user_id, None
+    return user_id, row_state(generation_id)
 
 
 def parse_position(request: HttpRequest) -> int:
@@ -78,17 +75,15 @@ async def generation_events(
         ticket = request.GET.get("ticket")
         header = request.headers.get("Authorization")
         if header or not ticket:
-            user_id, row = await sync_to_async(_user_id_and_row, thread_sensitive=False)(
-                header, generation_id
-            )
+            user_id, row = await read(_user_id_and_row, header, generation_id)
         else:
             if not looks_like_generation_id(generation_id):
                 raise not_found()
             user_id = verify_ticket(ticket, generation_id=generation_id)
-            if not await _closing_user_is_active(user_id):
+            if not await read(user_is_active, user_id):
                 # Deactivation applies at once, not when the ticket expires.
                 raise ApiError("unauthorized", "The ticket is not valid.")
-            row = await arow_state(generation_id)
+            row = await read_row(generation_id)
         after = parse_position(request)
         if not looks_like_generation_id(generation_id):
             raise not_found()
@@ -117,16 +112,6 @@ async def generation_events(
     response["Cache-Control"] = "no-cache"
     response["X-Accel-Buffering"] = "no"
     return response
-
-
-async def _closing_user_is_active(user_id: int) -> bool:
-    def check() -> bool:
-        try:
-            return user_is_active(user_id)
-        finally:
-            connection.close()
-
-    return await sync_to_async(check, thread_sensitive=False)()
 
 
 class StreamSlot:

@@ -19,9 +19,10 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 
-from api.selectors import RowState, arow_state
+from api.selectors import RowState
 from project import metrics
 from realtime import events
+from realtime.db import read_row
 from realtime.eventlog import StoredEvent, event_log
 
 # With no live traffic, look at the buffer this often: a lost live message (even `done`)
@@ -161,7 +162,7 @@ class Subscription:
                 await self._drain_pending()
 
     async def _read_row(self) -> RowState:
-        row = await arow_state(self.generation_id)
+        row = await read_row(self.generation_id)
         if row is None:
             raise GenerationNotFound(self.generation_id)
         return row

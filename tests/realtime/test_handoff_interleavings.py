@@ -23,7 +23,7 @@ from django.db import OperationalError
 from django.utils import timezone
 
 from api import services
-from api.selectors import arow_state
+from realtime import db as realtime_db
 from realtime import events
 from realtime import subscription as subscription_module
 from realtime.eventlog import event_log
@@ -241,7 +241,7 @@ async def test_event_published_between_row_read_and_buffer_read(
     async def publish() -> None:
         worker.delta("injected ")
 
-    reads = inject_after_first_call(monkeypatch, subscription_module, "arow_state", publish)
+    reads = inject_after_first_call(monkeypatch, subscription_module, "read_row", publish)
     await sub.start()
 
     assert len(reads) == 1
@@ -535,9 +535,9 @@ async def test_a_start_that_storage_interrupted_is_finished_before_any_live_even
     async def unreachable_once(generation_id: str) -> Any:
         if outage:
             raise outage.pop()
-        return await arow_state(generation_id)
+        return await realtime_db.read_row(generation_id)
 
-    monkeypatch.setattr(subscription_module, "arow_state", unreachable_once)
+    monkeypatch.setattr(subscription_module, "read_row", unreachable_once)
     with pytest.raises(OperationalError):
         await sub.start()
     assert sub.messages() == []
