@@ -61,18 +61,25 @@ class SubscriberSession:
     def finished(self) -> bool:
         return self.subscription.finished
 
+    async def begin(self, row: RowState) -> None:
+        """A fresh subscriber's snapshot from `row` at once, before the join and the buffer
+        read (a resume's first frame waits for no round trip to Redis). A finished row also
+        gives `done`, and the session ends here, having joined nothing."""
+        if self.subscription.fresh:
+            await self._step(self.subscription.start_from(row))
+            self._end_if_finished()
+
     async def open(self, row: RowState | None = None, *, retry_join: bool) -> None:
-        """Join the live source, then catch up to the present (`row` may have been read
-        before the join: the buffer covers everything after it).
+        """`begin` with `row` if given, then join the live source and catch up to the present
+        (`row` may have been read before the join: the buffer covers everything after it).
 
         Raises GenerationNotFound, and a failed join's error unless `retry_join` (then the
         idle timer joins once storage is back, and catches up).
         """
         subscription = self.subscription
-        if row is not None and row.terminal and subscription.fresh:
-            # A snapshot and `done` from the finished row: no live source to join.
-            await self._step(subscription.start(row))
-            self._end_if_finished()
+        if row is not None:
+            await self.begin(row)
+        if self.ended:
             return
         try:
             self._watch_key = await live_hub().watch(self._group, self._on_live)

@@ -151,6 +151,31 @@ class StreamSlot:
             logger.warning("releasing an event stream slot failed: %r", failure)
 
 
+class _PingTimer:
+    """Wakes a stream that has written nothing for PING_INTERVAL_S."""
+
+    def __init__(self, wake: asyncio.Event) -> None:
+        self._wake = wake
+        self._handle: asyncio.TimerHandle | None = None
+
+    def due(self, last_write: float) -> bool:
+        return time.monotonic() - last_write >= PING_INTERVAL_S
+
+    def arm(self, last_write: float) -> None:
+        if self._handle is None:
+            delay_s = max(0.0, PING_INTERVAL_S - (time.monotonic() - last_write))
+            self._handle = asyncio.get_running_loop().call_later(delay_s, self._fire)
+
+    def _fire(self) -> None:
+        self._handle = None
+        self._wake.set()
+
+    def cancel(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+
 async def _stream(
     generation_id: str, after: int, row: RowState, slot: StreamSlot
 ) -> AsyncIterator[str]:
@@ -165,35 +190,45 @@ async def _stream(
     session = SubscriberSession(generation_id, after, emit, wake.set)
     metrics.SSE_STREAMS_OPEN.inc()
     try:
-        # An outage while joining ends the response; the client reconnects after `retry`
-        # with Last-Event-ID and loses nothing.
-        await session.open(row, retry_join=False)
+        # The snapshot goes out before the join (it needs nothing from the live source).
+        await session.begin(row)
+        if not session.ended:
+            yield "".join(out)
+            out.clear()
+            # An outage while joining ends the response; the client reconnects after `retry`
+            # with Last-Event-ID and loses nothing.
+            await session.open(retry_join=False)
         last_write = last_refresh = time.monotonic()
-        while True:
-            if out:
-                chunk = "".join(out)
-                out.clear()
-                yield chunk
-                last_write = time.monotonic()
-            if session.ended:
-                return
-            if time.monotonic() - last_refresh > REFRESH_INTERVAL_S:
-                last_refresh = time.monotonic()
-                try:
-                    await slot.refresh()
-                except UNAVAILABLE_ERRORS as failure:
-                    logger.warning(
-                        "event stream slot of %s not refreshed: %r", generation_id, failure
-                    )
-            wake.clear()
-            if out or session.ended:
-                continue
-            wait_s = PING_INTERVAL_S - (time.monotonic() - last_write)
-            try:
-                await asyncio.wait_for(wake.wait(), timeout=max(0.0, wait_s))
-            except TimeoutError:
-                yield ": ping\n\n"
-                last_write = time.monotonic()
+        # One timer per quiet PING_INTERVAL_S, re-armed when it finds a write since, rather
+        # than a timeout per wait (per event).
+        ping = _PingTimer(wake)
+        try:
+            while True:
+                if out:
+                    chunk = "".join(out)
+                    out.clear()
+                    yield chunk
+                    last_write = time.monotonic()
+                if session.ended:
+                    return
+                if last_write - last_refresh > REFRESH_INTERVAL_S:
+                    last_refresh = last_write
+                    try:
+                        await slot.refresh()
+                    except UNAVAILABLE_ERRORS as failure:
+                        logger.warning(
+                            "event stream slot of %s not refreshed: %r", generation_id, failure
+                        )
+                wake.clear()
+                if out or session.ended:
+                    continue
+                ping.arm(last_write)
+                await wake.wait()
+                if not out and not session.ended and ping.due(last_write):
+                    yield ": ping\n\n"
+                    last_write = time.monotonic()
+        finally:
+            ping.cancel()
     except GenerationNotFound:
         return
     except UNAVAILABLE_ERRORS as failure:

@@ -92,6 +92,16 @@ class Subscription:
         async with self._lock:
             await self._start(row)
 
+    async def start_from(self, row: RowState) -> None:
+        """A fresh subscriber's snapshot (and, for a finished row, `done`) from `row`, before
+        the join: it needs nothing from the live source, and the buffer read of ``start``,
+        after the join, covers everything after the row's seq."""
+        async with self._lock:
+            if self._fresh:
+                await self._from_row(row, force_snapshot=True)
+                if self.finished:
+                    self.started = True
+
     async def _start(self, row: RowState | None) -> None:
         if self._fresh:
             if row is None:
