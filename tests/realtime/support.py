@@ -3,8 +3,8 @@
 The worker side (``Worker``) publishes and checkpoints the way jobs/runner.py does: every event
 through ``realtime.publish.publish_event`` (replay buffer first, then the live group), the row
 through ``api.services``. The subscriber side (``Subscriber``) runs
-``realtime.subscription.Subscription`` over a ``realtime.live.LiveInbox`` the way
-realtime/sse.py does: join the generation's group first, then ``start``, then hand live
+``realtime.subscription.Subscription`` over a ``LiveInbox`` (a channel of its own) the way
+realtime/session.py does: join the generation's group first, then ``start``, then hand live
 messages to ``on_live`` and call ``catch_up(repairing=True)`` when idle.
 
 Nothing here is mocked: the database, the replay buffer and the channel layer are those of the
@@ -21,12 +21,14 @@ run's tier (tests/tier_env.py). Two things are made deterministic rather than le
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 from collections.abc import Callable, Coroutine
 from typing import Any, ParamSpec, TypeVar
 
 import pytest
 from asgiref.sync import sync_to_async
+from channels.layers import get_channel_layer
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import connection
@@ -38,7 +40,7 @@ from api.selectors import RowState, row_state
 from realtime import events, publish
 from realtime import subscription as subscription_module
 from realtime.eventlog import MemoryEventLog, RedisEventLog, StoredEvent, event_log
-from realtime.live import LiveInbox, stored_event
+from realtime.live import stored_event
 from realtime.publish import LiveSender, group_name, live_sender, publish_event
 from realtime.redis import sync_client
 from realtime.subscription import Subscription
@@ -282,6 +284,52 @@ class Worker:
                 log._logs.pop(gid, None)
             if not expired:
                 log.fence(gid, self.attempt)
+
+
+class LiveInbox:
+    """A channel of our own, joined to generation groups, read by one background task.
+
+    The pub/sub layer unsubscribes a channel when a ``receive`` on it is cancelled, so the
+    channel is read by a task that runs until ``close``; callers wait on a local queue with
+    whatever timeout they like.
+    """
+
+    def __init__(self) -> None:
+        self.layer = get_channel_layer()
+        self.queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self.channel = ""
+        self._reader: asyncio.Task[None] | None = None
+
+    async def open(self) -> None:
+        assert self.layer is not None
+        self.channel = await self.layer.new_channel()
+        self._reader = asyncio.get_running_loop().create_task(self._read())
+
+    async def _read(self) -> None:
+        assert self.layer is not None
+        while True:
+            message = await self.layer.receive(self.channel)
+            self.queue.put_nowait(message)
+
+    async def join(self, generation_id: str) -> None:
+        assert self.layer is not None
+        await self.layer.group_add(group_name(generation_id), self.channel)
+
+    async def leave(self, generation_id: str) -> None:
+        assert self.layer is not None
+        await self.layer.group_discard(group_name(generation_id), self.channel)
+
+    async def close(self, generation_ids: list[str]) -> None:
+        for generation_id in generation_ids:
+            with contextlib.suppress(Exception):
+                await self.leave(generation_id)
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(BaseException):
+                await self._reader
+
+
+# --- The process's live hub: one membership per group, fanned out in process ----------------
 
 
 async def sync_live(
