@@ -61,8 +61,8 @@ class Subscription:
         # `last_seq` on, and the rest continues from there.
         self.started = False
         self.repaired = 0  # events that came from the buffer after a live gap
-        # The WebSocket consumer calls in from its message loop and from its idle timer;
-        # one subscriber's sends must not interleave.
+        # The session calls in from the live hub, from its backlog task and from its idle
+        # timer; one subscriber's sends must not interleave.
         self._lock = asyncio.Lock()
 
     def next_check_in(self) -> float:
