@@ -121,21 +121,28 @@ def _change_url(generation_id: str) -> str:
     return reverse("admin:api_generation_change", args=[generation_id])
 
 
-class OwnedRowsSearch:
-    """Admin search over rows that belong to a user: an id finds that row, an exact username
-    that user's rows (an indexed lookup, then the list runs along the (user, created_at)
-    index with no join), and any other text is looked for in `text_field` (no index serves
-    that: newest first until the page is full, counted up to COUNT_CAP_ROWS)."""
+class OwnedRowsAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+    """The admin of rows that belong to a user, newest first. Its search: an id finds that
+    row, an exact username that user's rows (an indexed lookup, then the list runs along the
+    (user, created_at) index with no join), and any other text is looked for in `text_field`
+    (no index serves that: newest first until the page is full, counted up to
+    COUNT_CAP_ROWS)."""
 
     text_field = ""
+    ordering = ("-created_at", "-id")
+    # The users of a page come in one second query (prefetch), not in a join: with a join,
+    # MySQL drives the query from the small users table and sorts every generation of every
+    # user (2-3 s at 200,000 rows, bench/admin_scale.py); alone, the generations table is
+    # read newest first along an index and stops at the page's last row.
+    list_select_related = False
+    show_full_result_count = False  # no COUNT(*) of the whole table
+    paginator = CappedCountPaginator
 
     def looks_like_id(self, term: str) -> bool:
         raise NotImplementedError
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Any]:
-        rows: QuerySet[Any] = super().get_queryset(request)  # type: ignore[misc]
-        with_users: QuerySet[Any] = rows.prefetch_related("user")
-        return with_users
+        return super().get_queryset(request).prefetch_related("user")
 
     def get_search_results(
         self, request: HttpRequest, queryset: QuerySet[Any], search_term: str
@@ -153,7 +160,7 @@ class OwnedRowsSearch:
 
 
 @admin.register(Generation)
-class GenerationAdmin(OwnedRowsSearch, admin.ModelAdmin):  # type: ignore[type-arg]
+class GenerationAdmin(OwnedRowsAdmin):
     list_display = (
         "id",
         "user_link",
@@ -172,14 +179,6 @@ class GenerationAdmin(OwnedRowsSearch, admin.ModelAdmin):  # type: ignore[type-a
         "A generation id finds that generation; a username, that user's generations; any "
         "other text is looked for in the prompts."
     )
-    ordering = ("-created_at", "-id")
-    # The users of a page come in one second query (prefetch), not in a join: with a join,
-    # MySQL drives the query from the small users table and sorts every generation of every
-    # user (2-3 s at 200,000 rows, bench/admin_scale.py); alone, the generations table is
-    # read newest first along an index and stops at the page's last row.
-    list_select_related = False
-    show_full_result_count = False  # no COUNT(*) of the whole table
-    paginator = CappedCountPaginator
     list_per_page = 50
     actions = ("cancel_generations", "retry_failed_generations")
     fieldsets = (
@@ -498,7 +497,7 @@ from api.models import Conversation  # noqa: E402
 
 
 @admin.register(Conversation)
-class ConversationAdmin(OwnedRowsSearch, admin.ModelAdmin):  # type: ignore[type-arg]
+class ConversationAdmin(OwnedRowsAdmin):
     """A user's conversations, each with its turns drawn as the tree they are: every branch,
     and the current one marked. Searchable by username (exact) and title (contains)."""
 
@@ -508,10 +507,6 @@ class ConversationAdmin(OwnedRowsSearch, admin.ModelAdmin):  # type: ignore[type
         "A conversation id finds that conversation; a username, that user's conversations; any "
         "other text is looked for in the titles."
     )
-    ordering = ("-created_at", "-id")
-    list_select_related = False
-    show_full_result_count = False
-    paginator = CappedCountPaginator
     list_per_page = 50
     fields = (
         "id",

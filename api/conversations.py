@@ -415,26 +415,23 @@ def conversation_group(conversation_id: str) -> str:
 def notify_turn(conversation_id: str, turn_index: int) -> None:
     """Tell the conversation's WebSocket subscribers that turn `turn_index` exists. Lossy like
     any live send: a subscriber that misses it finds the turn on its next poll of the rows."""
-    try:
-        live_sender().send(
-            conversation_group(conversation_id),
-            {"type": "conv.turn", "conversation_id": conversation_id, "seq": turn_index},
-        )
-    except Exception:
-        logger.warning("turn notice for %s not sent", conversation_id, exc_info=True)
+    _notify(conversation_id, {"type": "conv.turn", "seq": turn_index})
 
 
 def notify_changed(conversation_id: str, *, deleted: bool = False) -> None:
     """Tell the conversation's WebSocket subscribers that it was renamed, switched to another
     branch or deleted (after the commit). Best effort, like any live send: a client that
     missed it reads the conversation when it reconnects."""
+    _notify(conversation_id, {"type": "conv.changed", "deleted": deleted})
+
+
+def _notify(conversation_id: str, message: dict[str, Any]) -> None:
     try:
         live_sender().send(
-            conversation_group(conversation_id),
-            {"type": "conv.changed", "conversation_id": conversation_id, "deleted": deleted},
+            conversation_group(conversation_id), {**message, "conversation_id": conversation_id}
         )
     except Exception:
-        logger.warning("change notice for %s not sent", conversation_id, exc_info=True)
+        logger.warning("%s notice for %s not sent", message["type"], conversation_id, exc_info=True)
 
 
 def _newest_leaf_under(turn_id: str, conversation_id: str) -> str:
