@@ -138,8 +138,26 @@ class OwnedRowsAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
     show_full_result_count = False  # no COUNT(*) of the whole table
     paginator = CappedCountPaginator
 
+    # The query parameter that lists one user's rows: `q` (this search) unless a subclass has
+    # a filter for it.
+    user_query = "q"
+
     def looks_like_id(self, term: str) -> bool:
         raise NotImplementedError
+
+    @admin.display(description="user", ordering="user__username")
+    def user_link(self, row: Any) -> SafeString:
+        username = row.user.get_username()
+        options = self.model._meta
+        changelist = reverse(f"admin:{options.app_label}_{options.model_name}_changelist")
+        # Encoded: a username may hold &, #, + or spaces, which would cut or change the query.
+        return format_html(
+            '<a href="{}?{}" title="This user\'s {}">{}</a>',
+            changelist,
+            urlencode({self.user_query: username}),
+            options.verbose_name_plural,
+            username,
+        )
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Any]:
         return super().get_queryset(request).prefetch_related("user")
@@ -238,18 +256,10 @@ class GenerationAdmin(OwnedRowsAdmin):
         return False  # generations are created through the API, with its validation
 
     text_field = "prompt"
+    user_query = "user"  # the user filter (UserFilter) rather than a search
 
     def looks_like_id(self, term: str) -> bool:
         return looks_like_generation_id(term)
-
-    @admin.display(description="user", ordering="user__username")
-    def user_link(self, generation: Generation) -> SafeString:
-        username = generation.user.get_username()
-        return format_html(
-            '<a href="{}" title="This user\'s generations">{}</a>',
-            _changelist_url(user=username),
-            username,
-        )
 
     @admin.display(description="events in the log")
     def event_log_length(self, generation: Generation) -> str:
@@ -501,7 +511,7 @@ class ConversationAdmin(OwnedRowsAdmin):
     """A user's conversations, each with its turns drawn as the tree they are: every branch,
     and the current one marked. Searchable by username (exact) and title (contains)."""
 
-    list_display = ("id", "title", "conversation_user", "turn_count", "created_at", "updated_at")
+    list_display = ("id", "title", "user_link", "turn_count", "created_at", "updated_at")
     search_fields = ("=id", "=user__username", "title")  # see get_search_results
     search_help_text = (
         "A conversation id finds that conversation; a username, that user's conversations; any "
@@ -528,16 +538,6 @@ class ConversationAdmin(OwnedRowsAdmin):
 
     def looks_like_id(self, term: str) -> bool:
         return looks_like_conversation_id(term)
-
-    @admin.display(description="user", ordering="user__username")
-    def conversation_user(self, conversation: Conversation) -> SafeString:
-        username = conversation.user.get_username()
-        return format_html(
-            '<a href="{}?q={}" title="This user\'s conversations">{}</a>',
-            reverse("admin:api_conversation_changelist"),
-            username,
-            username,
-        )
 
     @admin.display(description="turns and branches")
     def turn_tree(self, conversation: Conversation) -> SafeString:
