@@ -1,4 +1,4 @@
-"""The fake OpenAI server of jobs.fake_openai, plus canned answers for the browser tests.
+"""The fake OpenAI server of tests.fake_openai, plus canned answers for the browser tests.
 
 The word stream of ``[fake tokens=N]`` cannot contain Markdown or HTML; the browser tests
 need both (a Markdown answer to render, an answer with <script> to prove it renders inert).
@@ -18,7 +18,7 @@ import re
 import time
 from typing import Any
 
-from jobs.fake_openai import Behaviour, FakeOpenAI
+from tests.fake_openai import Behaviour, FakeOpenAI
 
 CANNED = {
     # Each line is a way model output has been used to run script or leak data in a chat UI.

@@ -1,6 +1,6 @@
 """A fake OpenAI-compatible chat completions server, for tests and benchmarks.
 
-Run it with ``python -m jobs.fake_openai --port 8901`` and point the service at it with
+Run it with ``python -m tests.fake_openai --port 8901`` and point the service at it with
 ``LLM_PROVIDER=openai OPENAI_BASE_URL=http://127.0.0.1:8901/v1 OPENAI_API_KEY=test``. It
 speaks enough HTTP/1.1 (keep-alive, chunked responses) for the official SDK, and streams
 ``chat.completion.chunk`` events exactly as the real API does, usage included on request.
