@@ -73,6 +73,18 @@ def test_allows_the_limit_then_refuses_until_the_window_ends(limiter: RateLimite
     assert 1.0 <= wait_s <= WINDOW_S
 
 
+def test_wait_is_what_is_left_of_the_window(limiter: RateLimiter, clock: Clock) -> None:
+    # The window is fixed, whenever its first request came: a client refused near its end
+    # may try again as soon as it ends.
+    key = new_key()
+    assert limiter.take(key, 1) is None
+    clock.now += WINDOW_S - 10.5
+
+    assert limiter.take(key, 1) == 10.0
+    count_failure(key)
+    assert retry_after_if_blocked(key, 1) == 10.0
+
+
 def test_keys_are_counted_apart(limiter: RateLimiter) -> None:
     first, second = new_key(), new_key()
     assert limiter.take(first, 1) is None
