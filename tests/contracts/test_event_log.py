@@ -2,6 +2,12 @@
 
 Each case runs against both backends (tests/contracts/conftest.py). Where the two differ
 today, the case says so and is marked as an expected failure of the one that differs.
+
+Not stated, because the two answer differently today and neither answer is wrong for its
+mode: a buffer fenced but never appended to reads as missing from Redis (no stream key) and
+as empty in memory; a fence taken twice by the same attempt on such a buffer returns None
+from Redis (its own reply may have been lost) and 0 in memory; `restore_fence` after the
+fence is gone puts it back in Redis and refuses in memory (lost only with the process).
 """
 
 from __future__ import annotations
