@@ -302,7 +302,6 @@ class Placement:
     parent_id: str | None
     turn_index: int
     system: str | None
-    created_conversation: bool
 
 
 def place_turn(
@@ -342,7 +341,7 @@ def place_turn(
         conversation = Conversation.objects.create(
             user_id=user.pk, title=default_title(prompt), system=system, turn_count=1
         )
-        return Placement(conversation, None, 1, system, created_conversation=True)
+        return Placement(conversation, None, 1, system)
 
     if system is not None and system != conversation.system:
         raise ApiError(
@@ -378,7 +377,6 @@ def place_turn(
         parent.id if parent is not None else None,
         conversation.turn_count,
         conversation.system,
-        created_conversation=False,
     )
 
 

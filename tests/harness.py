@@ -134,7 +134,7 @@ class FakeLLM:
         self._log = open(Path(RUN_DIR) / f"fake-llm-{self.port}.log", "ab")  # noqa: SIM115
         reap_orphans()
         self.process = spawn(
-            [PYTHON, "-m", "jobs.fake_openai", "--port", str(self.port)],
+            [PYTHON, "-m", "tests.fake_openai", "--port", str(self.port)],
             cwd=ROOT,
             stdout=self._log,
             stderr=subprocess.STDOUT,

@@ -5,7 +5,7 @@ import importlib
 import random
 import threading
 import time
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -230,7 +230,3 @@ def get_provider(name: str | None = None) -> Provider:
             if provider is None:
                 provider = _instances[name] = _load(name)()
     return provider
-
-
-def chunks_to_text(chunks: Iterator[Chunk]) -> str:
-    return "".join(chunk.text for chunk in chunks)

@@ -10,7 +10,6 @@ from typing import Any
 import httpx
 import pytest
 
-from jobs.fake_openai import expected_text
 from tests.api.support import (
     GENERATION_FIELDS,
     GENERATION_ID_PATTERN,
@@ -19,6 +18,7 @@ from tests.api.support import (
     assert_error,
 )
 from tests.conftest import create, wait_terminal
+from tests.fake_openai import expected_text
 from tests.harness import FakeLLM, Service, parse_sse, stream_events, wait_until
 
 

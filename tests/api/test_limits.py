@@ -18,9 +18,9 @@ from typing import Any
 import httpx
 import pytest
 
-from jobs.fake_openai import expected_text
 from tests.api.support import assert_error
 from tests.conftest import create, wait_terminal
+from tests.fake_openai import expected_text
 from tests.harness import FakeLLM, Service, make_token, wait_until
 from tests.jobs.support import requests_with, unique
 from tests.realtime.wsclient import (

@@ -23,10 +23,10 @@ from typing import Any
 import httpx
 import pytest
 
-from jobs.fake_openai import answer_after_reasoning, expected_text, reasoning_text
 from tests.browser.conftest import PASSWORD
 from tests.browser.fake_llm import CANNED
 from tests.conftest import wait_terminal
+from tests.fake_openai import answer_after_reasoning, expected_text, reasoning_text
 from tests.harness import ROOT, Service
 from tests.tier_env import JWT_SECRET, RUN_DIR, TIER, free_port
 

@@ -27,9 +27,9 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from jobs.fake_openai import expected_text
 from realtime.events import fold
 from tests.conftest import wait_terminal
+from tests.fake_openai import expected_text
 from tests.faults.conftest import distributed_only
 from tests.faults.infra import DatabaseProxy, RedisServer, fault_cluster, wait_workers_ready
 from tests.faults.storm import check_segment

@@ -158,7 +158,7 @@ class Worker:
     async def start(cls) -> Worker:
         """A generation that a worker has claimed: row running attempt 1, log fenced."""
         generation_id = await in_thread(_create_running_row)()
-        assert event_log().fence(generation_id, 1) == 0
+        assert event_log().take_fence(generation_id, 1) is None
         return cls(generation_id)
 
     def _publish(self, event: dict[str, Any]) -> None:
@@ -281,7 +281,7 @@ class Worker:
             with log._lock:
                 log._logs.pop(gid, None)
             if not expired:
-                log.fence(gid, self.attempt)
+                log.take_fence(gid, self.attempt)
 
 
 async def sync_live(

@@ -16,8 +16,8 @@ import pytest
 import redis
 from websockets.asyncio.client import connect
 
-from jobs.fake_openai import expected_text
 from realtime.events import fold
+from tests.fake_openai import expected_text
 from tests.harness import FakeLLM, Service, make_token
 from tests.tier_env import TIER
 
