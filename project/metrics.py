@@ -10,8 +10,8 @@ The gauges read from the source of truth at scrape time (generations by status f
 database, the Huey queue's length) are the same from any process: only ``/metrics`` of the web
 processes shows them, so that a sum over workers does not count them again.
 
-Recording is an in-memory add under a lock (no I/O): it cannot fail into a request or a
-generation, and label values are fixed in the code that records them.
+Recording is an in-memory add under a lock (no I/O), so it cannot fail into a request or a
+generation; the label names are fixed in the one line that records each metric.
 """
 
 from __future__ import annotations
