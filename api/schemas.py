@@ -9,10 +9,10 @@ as null, so a model dump is the same bytes as before the models existed.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from django.conf import settings
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 from pydantic_core import PydanticCustomError
 
 GenerationStatus = Literal["queued", "running", "completed", "failed", "cancelled"]
@@ -160,7 +160,7 @@ class ConversationDetail(Conversation):
 
 
 def _refuse(message: str) -> PydanticCustomError:
-    # The message is the one `details` shows for the field (api.http maps errors to details).
+    # The message is the one `details` shows for the field (api.validation.field_errors).
     return PydanticCustomError("invalid", message)
 
 
@@ -168,6 +168,31 @@ def _sanitized(value: str) -> str:
     from api.validation import sanitize_text
 
     return sanitize_text(value)
+
+
+def _prompt(value: str) -> str:
+    prompt = _sanitized(value)
+    if not prompt.strip():
+        raise _refuse("Must not be empty.")
+    return prompt
+
+
+def _system(value: str | None) -> str | None:
+    # Its length is prompt_too_long, a code of its own, checked after the field errors.
+    return None if value is None else _sanitized(value) or None
+
+
+def _title(value: str) -> str:
+    title = " ".join(_sanitized(value).split())
+    if len(title) > settings.MAX_TITLE_CHARS:
+        raise _refuse(f"At most {settings.MAX_TITLE_CHARS} characters.")
+    return title
+
+
+# Text fields as stored: control characters removed (PROTOCOL §6).
+Prompt = Annotated[str, AfterValidator(_prompt)]
+SystemPrompt = Annotated[str | None, AfterValidator(_system)]
+Title = Annotated[str, AfterValidator(_title)]
 
 
 class GenerationCreateRequest(RequestModel):
@@ -180,9 +205,9 @@ class GenerationCreateRequest(RequestModel):
 
     model_config = ConfigDict(strict=True)
 
-    prompt: str = Field(description="1 to MAX_PROMPT_CHARS characters after sanitising.")
+    prompt: Prompt = Field(description="1 to MAX_PROMPT_CHARS characters after sanitising.")
     model: str | None = Field(default=None, description="One of ALLOWED_MODELS.")
-    system: str | None = None
+    system: SystemPrompt = Field(default=None, description="At most MAX_SYSTEM_CHARS characters.")
     max_tokens: int | None = Field(default=None, description="1 to MAX_OUTPUT_TOKENS.")
     temperature: float | None = Field(default=None, ge=0, le=2)
     conversation_id: str | None = Field(
@@ -193,25 +218,12 @@ class GenerationCreateRequest(RequestModel):
         description="Follow this turn; null with conversation_id: a new first turn.",
     )
 
-    @field_validator("prompt")
-    @classmethod
-    def _prompt(cls, value: str) -> str:
-        prompt = _sanitized(value)
-        if not prompt.strip():
-            raise _refuse("Must not be empty.")
-        return prompt
-
     @field_validator("model")
     @classmethod
     def _model(cls, value: str | None) -> str | None:
         if value is not None and value not in settings.ALLOWED_MODELS:
             raise _refuse("Must be one of: " + ", ".join(settings.ALLOWED_MODELS) + ".")
         return value
-
-    @field_validator("system")
-    @classmethod
-    def _system(cls, value: str | None) -> str | None:
-        return None if value is None else _sanitized(value) or None
 
     @field_validator("max_tokens")
     @classmethod
@@ -226,8 +238,8 @@ class ConversationCreateRequest(RequestModel):
 
     model_config = ConfigDict(strict=True)
 
-    title: str = Field(default="", description="At most 200 characters; empty: the first prompt.")
-    system: str | None = Field(default=None, description="At most MAX_SYSTEM_CHARS characters.")
+    title: Title = Field(default="", description="At most 200 characters; empty: the first prompt.")
+    system: SystemPrompt = Field(default=None, description="At most MAX_SYSTEM_CHARS characters.")
 
 
 class ConversationUpdateRequest(RequestModel):
@@ -235,8 +247,8 @@ class ConversationUpdateRequest(RequestModel):
 
     model_config = ConfigDict(strict=True)
 
-    title: str = Field(default="", description="Rename.")
-    system: str | None = Field(default=None, description="For turns created from now on.")
+    title: Title = Field(default="", description="Rename.")
+    system: SystemPrompt = Field(default=None, description="For turns created from now on.")
     current_turn_id: str = Field(
         default="", description="Switch to the branch through this turn (down to a leaf)."
     )

@@ -273,10 +273,9 @@ conversation_routes = Router(tags=["conversations"])
     **documented({201: ConversationDetail}, *_BODY, headers={201: LOCATION}),
 )
 def conversation_create(request: HttpRequest, body: ConversationCreateRequest) -> HttpResponse:
+    conversations.check_system_length(body.system)
     conversation = conversations.conversation_create(
-        user=identity(request).user,
-        title=conversations.parse_title(body.title),
-        system=conversations.parse_system(body.system),
+        user=identity(request).user, title=body.title, system=body.system
     )
     return json_response(
         conversations.conversation_view(conversation),
@@ -323,7 +322,7 @@ def conversation_update(
     conversation = conversations.conversation_update(
         user=identity(request).user,
         conversation_id=conversation_id,
-        data=body.model_dump(exclude_unset=True),
+        changes=body.model_dump(exclude_unset=True),
     )
     return json_response(conversations.conversation_view(conversation))
 
