@@ -14,6 +14,8 @@ from django.contrib.auth import authenticate as password_authenticate
 from django.http import HttpRequest, HttpResponse
 from ninja import NinjaAPI, Router
 from ninja.params import functions as param
+from pydantic import BeforeValidator
+from pydantic_core import PydanticCustomError
 
 from api import conversations, selectors, services
 from api.errors import ApiError
@@ -92,7 +94,19 @@ def _list_query(request: HttpRequest) -> None:
         )
 
 
-Limit = Annotated[int, param.Query(ge=1, le=LIST_LIMIT_MAX, description="Page size.")]
+def _ascii_digits(value: Any) -> Any:
+    # pydantic would also read "+5", " 5", "5_0" and "5.0" as integers; the contract's
+    # limit is plain digits (docs/protocol.md, "Choices").
+    if isinstance(value, str) and not (value.isascii() and value.isdigit()):
+        raise PydanticCustomError("invalid", "An integer from 1 to 100.")
+    return value
+
+
+Limit = Annotated[
+    int,
+    param.Query(ge=1, le=LIST_LIMIT_MAX),
+    BeforeValidator(_ascii_digits),
+]
 Cursor = Annotated[str | None, param.Query(description="next_cursor of the previous page.")]
 LOCATION = {"Location": {"schema": {"type": "string"}}}
 # One Server-Sent Event (PROTOCOL §4): `id` is its seq, `data` the event object as JSON text.
