@@ -5,11 +5,13 @@ models it comes from accept what the service really sends."""
 from __future__ import annotations
 
 import json
+from typing import get_args
 
 import httpx
 import pytest
 
 from api import schemas
+from api.errors import STATUS_BY_CODE
 from tests.api.support import assert_error
 from tests.conftest import create, wait_terminal
 from tests.harness import ROOT
@@ -94,3 +96,7 @@ def test_model_validation_errors_use_the_contract_body_not_a_422(
     details = assert_error(alice.post("/api/v1/generations", json=body), 400, "invalid_request")
 
     assert set(details) == {field}
+
+
+def test_the_error_code_model_names_every_code_of_the_contract() -> None:
+    assert set(get_args(schemas.ErrorCode)) == set(STATUS_BY_CODE)
