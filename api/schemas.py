@@ -189,6 +189,16 @@ def _title(value: str) -> str:
     return title
 
 
+def _encodable(value: str) -> str:
+    from api.validation import encodable
+
+    if not encodable(value):
+        raise _refuse("Text that is valid Unicode (no lone surrogates).")
+    return value
+
+
+# Looked up as sent: a lone surrogate (valid JSON) cannot be encoded for the query, a 400 not a 500.
+Credential = Annotated[str, AfterValidator(_encodable)]
 # Text fields as stored: control characters removed (PROTOCOL §6).
 Prompt = Annotated[str, AfterValidator(_prompt)]
 SystemPrompt = Annotated[str | None, AfterValidator(_system)]
@@ -259,8 +269,8 @@ class TokenRequest(RequestModel):
 
     model_config = ConfigDict(strict=True)
 
-    username: str = Field(min_length=1)
-    password: str = Field(min_length=1)
+    username: Credential = Field(min_length=1)
+    password: Credential = Field(min_length=1)
 
 
 # --- Other responses --------------------------------------------------------------------------

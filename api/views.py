@@ -41,7 +41,7 @@ from api.schemas import (
     Token,
     TokenRequest,
 )
-from api.validation import encodable, generation_params, parse_idempotency_key
+from api.validation import generation_params, parse_idempotency_key
 from realtime.auth import issue_ticket, issue_token
 
 LIST_LIMIT_DEFAULT = 20
@@ -133,13 +133,6 @@ accounts = Router(tags=["account"])
     **documented({200: Token}, *_BODY, 429),
 )
 def auth_token(request: HttpRequest, body: TokenRequest) -> HttpResponse:
-    for name in ("username", "password"):
-        if not encodable(getattr(body, name)):
-            raise ApiError(
-                "invalid_request",
-                "The request has invalid fields.",
-                details={name: "Text that is valid Unicode (no lone surrogates)."},
-            )
     address = client_address(request)
     check_login_allowed(body.username, address)
     user = password_authenticate(request, username=body.username, password=body.password)
