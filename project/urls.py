@@ -9,6 +9,7 @@ from api import openapi, views
 from api.errors import ApiError, error_response
 from api.login_throttle import throttled_admin_login
 from project import health, metrics, sample
+from realtime import asyncapi
 from realtime.sse import generation_events
 
 urlpatterns = [
@@ -24,6 +25,7 @@ urlpatterns = [
     path("api/v1/conversations", views.conversation_collection),
     path("api/v1/conversations/<str:conversation_id>", views.conversation_detail),
     path("api/v1/schema", openapi.schema_view),
+    path("api/v1/asyncapi.json", asyncapi.asyncapi_view),
     path("healthz", health.healthz),
     path("readyz", health.readyz),
     path("metrics", metrics.metrics_view),

@@ -35,6 +35,11 @@ GENERATION: dict[str, Any] = {
     "parent_id": None,
 }
 USAGE = {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3}
+RATE_LIMITED: dict[str, Any] = {
+    "code": "provider_rate_limited",
+    "message": "Slow down.",
+    "retry_after": 30,
+}
 
 # One of each frame as the service writes it (the events by realtime/events.py itself).
 VALID_FRAMES: list[dict[str, Any]] = [
@@ -52,7 +57,7 @@ VALID_FRAMES: list[dict[str, Any]] = [
         status="failed",
         finish_reason="error",
         usage=None,
-        error={"code": "provider_rate_limited", "message": "Slow down.", "retry_after": 30},
+        error=RATE_LIMITED,
     ),
     {"type": "auth.ok", "ref": None, "user": "alice", "expires_at": 1_800_000_000},
     {"type": "created", "ref": "r1", "generation": GENERATION},
