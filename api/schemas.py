@@ -9,9 +9,11 @@ as null, so a model dump is the same bytes as before the models existed.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from django.conf import settings
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+from pydantic_core import PydanticCustomError
 
 GenerationStatus = Literal["queued", "running", "completed", "failed", "cancelled"]
 # PROTOCOL §8: as the provider reported it, plus ours (cancelled, error).
@@ -44,10 +46,11 @@ def _is_none(value: Any) -> bool:
 
 
 class WireModel(BaseModel):
-    """What the server sends. Unknown keys are allowed when reading one back (PROTOCOL §8: a
-    client ignores fields it does not know), so a model tolerates a newer server."""
+    """What the server sends: exactly these fields, so that a field added where a shape is
+    written and forgotten here fails a test (the schema checks of tests/api). Clients still
+    ignore fields they do not know (PROTOCOL §8); that tolerance is theirs, not the server's."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="forbid")
 
 
 class RequestModel(BaseModel):
@@ -151,3 +154,156 @@ class ConversationDetail(Conversation):
     turns: list[Generation]
     current_path: list[str]
     branches: list[Branch]
+
+
+# --- Requests ---------------------------------------------------------------------------------
+
+
+def _refuse(message: str) -> PydanticCustomError:
+    # The message is the one `details` shows for the field (api.validation.field_errors).
+    return PydanticCustomError("invalid", message)
+
+
+def _sanitized(value: str) -> str:
+    from api.validation import sanitize_text
+
+    return sanitize_text(value)
+
+
+def _prompt(value: str) -> str:
+    prompt = _sanitized(value)
+    if not prompt.strip():
+        raise _refuse("Must not be empty.")
+    return prompt
+
+
+def _system(value: str | None) -> str | None:
+    # Its length is prompt_too_long, a code of its own, checked after the field errors.
+    return None if value is None else _sanitized(value) or None
+
+
+def _title(value: str) -> str:
+    title = " ".join(_sanitized(value).split())
+    if len(title) > settings.MAX_TITLE_CHARS:
+        raise _refuse(f"At most {settings.MAX_TITLE_CHARS} characters.")
+    return title
+
+
+def _encodable(value: str) -> str:
+    from api.validation import encodable
+
+    if not encodable(value):
+        raise _refuse("Text that is valid Unicode (no lone surrogates).")
+    return value
+
+
+# Looked up as sent: a lone surrogate (valid JSON) cannot be encoded for the query, a 400 not a 500.
+Credential = Annotated[str, AfterValidator(_encodable)]
+# Text fields as stored: control characters removed (PROTOCOL §6).
+Prompt = Annotated[str, AfterValidator(_prompt)]
+SystemPrompt = Annotated[str | None, AfterValidator(_system)]
+Title = Annotated[str, AfterValidator(_title)]
+
+
+class GenerationCreateRequest(RequestModel):
+    """The body of `POST /generations` (and of the WebSocket `generate` frame).
+
+    Types are strict (a number is not a string, `true` is not an integer); the limits that
+    depend on settings (the model allow-list, MAX_OUTPUT_TOKENS) are checked here too, and the
+    lengths after sanitising by api.validation.generation_params (prompt_too_long, a code of
+    its own). Absent and null optional fields both mean "the default"."""
+
+    model_config = ConfigDict(strict=True)
+
+    prompt: Prompt = Field(description="1 to MAX_PROMPT_CHARS characters after sanitising.")
+    model: str | None = Field(default=None, description="One of ALLOWED_MODELS.")
+    system: SystemPrompt = Field(default=None, description="At most MAX_SYSTEM_CHARS characters.")
+    max_tokens: int | None = Field(default=None, description="1 to MAX_OUTPUT_TOKENS.")
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    conversation_id: str | None = Field(
+        default=None, description="Follow this conversation's current turn."
+    )
+    parent_id: str | None = Field(
+        default=None,
+        description="Follow this turn; null with conversation_id: a new first turn.",
+    )
+
+    @field_validator("model")
+    @classmethod
+    def _model(cls, value: str | None) -> str | None:
+        if value is not None and value not in settings.ALLOWED_MODELS:
+            raise _refuse("Must be one of: " + ", ".join(settings.ALLOWED_MODELS) + ".")
+        return value
+
+    @field_validator("max_tokens")
+    @classmethod
+    def _max_tokens(cls, value: int | None) -> int | None:
+        if value is not None and not 1 <= value <= settings.MAX_OUTPUT_TOKENS:
+            raise _refuse(f"Must be from 1 to {settings.MAX_OUTPUT_TOKENS}.")
+        return value
+
+
+class ConversationCreateRequest(RequestModel):
+    """The body of `POST /conversations`."""
+
+    model_config = ConfigDict(strict=True)
+
+    title: Title = Field(default="", description="At most 200 characters; empty: the first prompt.")
+    system: SystemPrompt = Field(default=None, description="At most MAX_SYSTEM_CHARS characters.")
+
+
+class ConversationUpdateRequest(RequestModel):
+    """The body of `PATCH /conversations/{id}`: any of the fields; an absent one is unchanged."""
+
+    model_config = ConfigDict(strict=True)
+
+    title: Title = Field(default="", description="Rename.")
+    system: SystemPrompt = Field(default=None, description="For turns created from now on.")
+    current_turn_id: str = Field(
+        default="", description="Switch to the branch through this turn (down to a leaf)."
+    )
+
+
+class TokenRequest(RequestModel):
+    """The body of `POST /auth/token`."""
+
+    model_config = ConfigDict(strict=True)
+
+    username: Credential = Field(min_length=1)
+    password: Credential = Field(min_length=1)
+
+
+# --- Other responses --------------------------------------------------------------------------
+
+
+class Token(WireModel):
+    access_token: str
+    token_type: Literal["Bearer"]
+    expires_in: int = Field(description="Seconds.")
+
+
+class Ticket(WireModel):
+    ticket: str = Field(description="For ?ticket= of this generation's events only.")
+    expires_in: int = Field(description="Seconds (TICKET_TTL_S).")
+
+
+class GenerationPage(WireModel):
+    results: list[Generation]
+    next_cursor: str | None
+
+
+class ConversationPage(WireModel):
+    results: list[Conversation]
+    next_cursor: str | None
+
+
+class MeUsage(WireModel):
+    tokens_today: int = Field(description="Completion tokens since 00:00 UTC.")
+    tokens_per_day: int
+    active: int
+    max_active: int
+
+
+class Me(WireModel):
+    username: str
+    usage: MeUsage

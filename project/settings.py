@@ -77,6 +77,8 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "channels",
     "huey.contrib.djhuey",
+    # django-ninja: its interactive API docs (templates and static files) at /api/v1/docs.
+    "ninja",
     "api",
     "jobs",
     "realtime",
