@@ -23,6 +23,7 @@ from api.schemas import (
     ErrorDetail,
     FinishReasonName,
     Generation,
+    GenerationCreateRequest,
     GenerationError,
     GenerationStatus,
     Usage,
@@ -295,24 +296,13 @@ class AuthFrame(ClientFrame):
     token: str = Field(description="A JWT (PROTOCOL §1).")
 
 
-class GenerateFrame(ClientFrame):
+class GenerateFrame(GenerationCreateRequest, ClientFrame):
     """Start a generation (the body of `POST /generations`) and subscribe to it from 0."""
 
     absent_not_null = frozenset({"idempotency_key"})
 
     type: Literal["generate"]
-    prompt: str
-    model: str | None = None
-    system: str | None = None
-    max_tokens: int | None = Field(default=None, ge=1)
-    temperature: float | None = Field(default=None, ge=0, le=2)
     idempotency_key: str | None = _omitted("As the Idempotency-Key header of REST.")
-    conversation_id: str | None = Field(
-        default=None, description="Continue this conversation (after its current turn)."
-    )
-    parent_id: str | None = Field(
-        default=None, description="Follow this turn; null with conversation_id: a new first turn."
-    )
 
 
 class SubscribeFrame(ClientFrame):
