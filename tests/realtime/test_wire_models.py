@@ -41,16 +41,28 @@ RATE_LIMITED: dict[str, Any] = {
     "retry_after": 30,
 }
 
+ERROR_FRAME: dict[str, Any] = {
+    "type": "error",
+    "ref": "r2",
+    "id": GENERATION_ID,
+    "code": "rate_limited",
+    "message": "Too many frames.",
+    "details": {},
+    "retry_after": 1,
+}
+SNAPSHOT = events.snapshot(GENERATION_ID, 0, "", "queued")
+DONE = events.done(
+    GENERATION_ID, 8, status="completed", finish_reason="stop", usage=USAGE, error=None
+)
+
 # One of each frame as the service writes it (the events by realtime/events.py itself).
 VALID_FRAMES: list[dict[str, Any]] = [
-    events.snapshot(GENERATION_ID, 0, "", "queued"),
+    SNAPSHOT,
     events.snapshot(GENERATION_ID, 4, "text", "running", "thought"),
     events.delta(GENERATION_ID, 5, "more"),
     events.reasoning(GENERATION_ID, 6, "hmm"),
     events.reset(GENERATION_ID, 7, 2),
-    events.done(
-        GENERATION_ID, 8, status="completed", finish_reason="stop", usage=USAGE, error=None
-    ),
+    DONE,
     events.done(
         GENERATION_ID,
         8,
@@ -73,15 +85,7 @@ VALID_FRAMES: list[dict[str, Any]] = [
     {"type": "unsubscribed", "ref": 3, "id": GENERATION_ID},
     {"type": "ack", "ref": None, "id": GENERATION_ID},
     {"type": "pong", "ref": "p"},
-    {
-        "type": "error",
-        "ref": "r2",
-        "id": GENERATION_ID,
-        "code": "rate_limited",
-        "message": "Too many frames.",
-        "details": {},
-        "retry_after": 1,
-    },
+    ERROR_FRAME,
     {"type": "error", "code": "token_expired", "message": "The token has expired."},
     {"type": "conversation_subscribed", "ref": None, "conversation_id": "conv_1"},
     {"type": "conversation_unsubscribed", "ref": None, "conversation_id": "conv_1"},
@@ -118,7 +122,6 @@ def _without(frame: dict[str, Any], name: str) -> dict[str, Any]:
 
 DELTA = events.delta(GENERATION_ID, 5, "more")
 CREATED = {"type": "created", "ref": "r1", "generation": GENERATION}
-DONE = VALID_FRAMES[5]
 
 
 @pytest.mark.parametrize(
@@ -134,12 +137,12 @@ DONE = VALID_FRAMES[5]
         (_with(DONE, status="running"), "done that is not terminal"),
         (_with(DONE, finish_reason="finished"), "unknown finish reason"),
         (_with(DONE, usage={**USAGE, "prompt_tokens": "1"}), "usage count as a string"),
-        (_without(VALID_FRAMES[0], "reasoning"), "snapshot without reasoning"),
+        (_without(SNAPSHOT, "reasoning"), "snapshot without reasoning"),
         (_with(CREATED, generation={**GENERATION, "secret": 1}), "extra generation field"),
         (_with(CREATED, generation=_without(GENERATION, "parent_id")), "generation lacks one"),
         (_without(CREATED, "ref"), "a reply that does not echo ref"),
-        (_with(VALID_FRAMES[14], id=None), "error id null rather than absent"),
-        (_with(VALID_FRAMES[14], code="teapot"), "an error code outside the contract"),
+        (_with(ERROR_FRAME, id=None), "error id null rather than absent"),
+        (_with(ERROR_FRAME, code="teapot"), "an error code outside the contract"),
         ({"type": "pong", "ref": None, "user": "alice"}, "pong with a field of auth.ok"),
     ],
     ids=lambda value: value if isinstance(value, str) else "",
