@@ -5,6 +5,7 @@ models it comes from accept what the service really sends."""
 from __future__ import annotations
 
 import json
+import re
 from typing import get_args
 
 import httpx
@@ -54,6 +55,11 @@ def test_interactive_docs_are_served_beside_the_schema(anonymous: httpx.Client) 
     assert response.status_code == 200
     assert "text/html" in response.headers["content-type"]
     assert "/api/v1/schema" in response.text
+    # Served by the service itself (no CDN): the page works offline and under a strict CSP.
+    scripts = re.findall(r'<script src="([^"]+)"', response.text)
+    assert scripts
+    for script in scripts:
+        assert anonymous.get(script).status_code == 200, script
 
 
 def test_a_real_generation_has_exactly_the_schema_fields(
