@@ -68,6 +68,12 @@ class Usage(WireModel):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+    earlier_attempts_completion_tokens: int | None = Field(
+        default=None,
+        exclude_if=_is_none,
+        description="Completion tokens of earlier attempts that failed mid-stream, included "
+        "above (absent when there were none).",
+    )
 
 
 class GenerationError(WireModel):

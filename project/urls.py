@@ -10,6 +10,7 @@ from api.http import json_method_not_allowed
 from api.login_throttle import throttled_admin_login
 from api.views import api
 from project import health, metrics, sample
+from realtime import asyncapi
 from realtime.sse import generation_events
 
 _api_patterns, _app, _namespace = api.urls
@@ -20,6 +21,8 @@ urlpatterns = [
     # Token-authenticated like the rest of the API, so CSRF does not apply; without the
     # exemption a POST here got Django's HTML 403 page instead of the JSON 405.
     path("api/v1/generations/<str:generation_id>/events", csrf_exempt(generation_events)),
+    # The AsyncAPI document of the WebSocket and SSE protocol (realtime.asyncapi).
+    path("api/v1/asyncapi.json", asyncapi.asyncapi_view),
     # REST (api.views, django-ninja), its OpenAPI document at api/v1/schema and docs at
     # api/v1/docs.
     path("api/v1/", include((json_method_not_allowed(_api_patterns), _app), namespace=_namespace)),

@@ -31,6 +31,7 @@ from tests.tier_env import (
     TIER,
     free_port,
 )
+from tests.wire import check_sse_frame
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
@@ -328,11 +329,14 @@ class Service:
 
 
 def parse_sse(lines: Iterator[str]) -> Iterator[dict[str, Any]]:
-    """SSE frames as dicts: {"id", "event", "data" (decoded JSON), "comment", "retry"}."""
+    """SSE frames as dicts: {"id", "event", "data" (decoded JSON), "comment", "retry"}; each
+    event is checked against its model (tests/wire.py)."""
     frame: dict[str, Any] = {}
     for line in lines:
         if line == "":
             if frame:
+                if "data" in frame:
+                    check_sse_frame(frame)
                 yield frame
             frame = {}
             continue

@@ -23,6 +23,7 @@ from websockets.sync.client import connect
 from tests.conftest import create, wait_terminal
 from tests.harness import FakeLLM, Service, make_token, stream_events, wait_until
 from tests.tier_env import TIER, free_port
+from tests.wire import decoded_frame
 
 METRICS_TOKEN = "metrics-token-0123456789"
 RATE_LIMIT_PER_MINUTE = 3
@@ -218,9 +219,9 @@ def test_rate_limit_rejections_are_counted_on_rest_and_websocket(metered: Servic
     assert refused.json()["error"]["code"] == "rate_limited"
     with connect(metered.url("/ws/v1", web=0).replace("http://", "ws://")) as ws:
         ws.send(json.dumps({"type": "auth", "token": make_token(username)}))
-        assert json.loads(ws.recv(timeout=10))["type"] == "auth.ok"
+        assert decoded_frame(ws.recv(timeout=10))["type"] == "auth.ok"
         ws.send(json.dumps({"type": "generate", "prompt": "and another", "ref": 1}))
-        reply = json.loads(ws.recv(timeout=10))
+        reply = decoded_frame(ws.recv(timeout=10))
     assert (reply["type"], reply["code"]) == ("error", "rate_limited")
 
     after = scrape(metered)
@@ -241,7 +242,7 @@ def test_open_websockets_gauge_counts_a_connection_until_it_closes(metered: Serv
     before = value(scrape(metered), "llm_websockets_open")
     with connect(metered.url("/ws/v1").replace("http://", "ws://")) as ws:
         ws.send(json.dumps({"type": "auth", "token": make_token(user("watcher"))}))
-        assert json.loads(ws.recv(timeout=10))["type"] == "auth.ok"
+        assert decoded_frame(ws.recv(timeout=10))["type"] == "auth.ok"
         assert value(scrape(metered), "llm_websockets_open") == before + 1
     wait_until(lambda: value(scrape(metered), "llm_websockets_open") == before, timeout_s=10)
 

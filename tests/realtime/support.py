@@ -42,6 +42,7 @@ from realtime.live import LiveInbox, stored_event
 from realtime.publish import LiveSender, group_name, live_sender, publish_event
 from realtime.redis import sync_client
 from realtime.subscription import Subscription
+from tests.wire import check_event
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -347,7 +348,11 @@ class Subscriber:
         return self.subscription.finished
 
     def messages(self) -> list[dict[str, Any]]:
-        return [event.decoded() for event in self.received]
+        """What the subscription sent, each event checked against its model."""
+        decoded = [event.decoded() for event in self.received]
+        for message in decoded:
+            check_event(message)
+        return decoded
 
     async def join(self) -> None:
         """Join the live group; return once it is in effect (a marker came back through it).
