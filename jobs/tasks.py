@@ -7,7 +7,9 @@ from typing import Any
 from huey.contrib.djhuey import db_task, on_startup, signal
 from huey.signals import SIGNAL_INTERRUPTED
 
+from jobs.embedded import embedded_worker_alive
 from jobs.runner import housekeeping, run_generation_job
+from project import metrics
 from realtime.eventlog import event_log
 
 
@@ -22,6 +24,10 @@ def start_housekeeping() -> None:
     # before its first task, so a restarted fleet recovers generations left running.
     housekeeping.start()
     event_log().watch_cancels()
+    # A run_huey process is scraped on a port of its own; the embedded worker's metrics are
+    # already in its web process's /metrics.
+    if not embedded_worker_alive():
+        metrics.serve_worker_metrics()
 
 
 @signal(SIGNAL_INTERRUPTED)  # type: ignore[untyped-decorator]

@@ -318,7 +318,7 @@ class StreamConsumer(AsyncConsumer):  # type: ignore[misc]
                     "rate_limited", f"At most {limits.max_connections} connections per user."
                 )
                 await self._send_json(closing_error(refusal, ref))
-                metrics.REJECTIONS.inc(code="too_many_connections")
+                metrics.REJECTIONS.labels(code="too_many_connections").inc()
                 await self._close(CLOSE_TOO_MANY_CONNECTIONS)
                 return
             self.registered = True
@@ -453,7 +453,7 @@ class StreamConsumer(AsyncConsumer):  # type: ignore[misc]
         )
         self.frame_allowance_at = now
         if self.frame_allowance < 1:
-            metrics.REJECTIONS.inc(code="rate_limited")
+            metrics.REJECTIONS.labels(code="rate_limited").inc()
             return False
         self.frame_allowance -= 1
         return True

@@ -19,12 +19,12 @@ from django.test.utils import CaptureQueriesContext
 from api import services
 from api.models import Generation
 from jobs import runner
-from jobs.fake_openai import expected_text, token_text
 from jobs.runner import COALESCE_INTERVAL_S, Runner, run_generation_job
 from realtime import events
 from realtime.eventlog import event_log
 from realtime.events import fold
 from realtime.publish import publish_event
+from tests.fake_openai import expected_text, token_text
 from tests.jobs.support import logged_events, new_generation, unique
 
 pytestmark = [
