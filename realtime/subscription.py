@@ -60,7 +60,6 @@ class Subscription:
         # before any event). A partial start is safe to repeat: what it sent moved
         # `last_seq` on, and the rest continues from there.
         self.started = False
-        self.repaired = 0  # events that came from the buffer after a live gap
         # The session calls in from the live hub, from its backlog task and from its idle
         # timer; one subscriber's sends must not interleave.
         self._lock = asyncio.Lock()
@@ -143,7 +142,6 @@ class Subscription:
             if event.seq != self.last_seq + 1:
                 break
             if repairing and event.seq not in self._pending:
-                self.repaired += 1
                 metrics.EVENTS_REPAIRED.inc()
             await self._send(event)
             if self.finished:

@@ -33,6 +33,7 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import connection
 from django.utils import timezone
+from prometheus_client import REGISTRY
 
 from api import services
 from api.models import Generation, Status
@@ -70,6 +71,11 @@ def in_thread(fn: Callable[P, R]) -> Callable[P, Coroutine[Any, Any, R]]:
             connection.close()
 
     return sync_to_async(call, thread_sensitive=False)
+
+
+def repaired_total() -> float:
+    """The process's llm_events_repaired_total (project.metrics)."""
+    return REGISTRY.get_sample_value("llm_events_repaired_total") or 0.0
 
 
 class ManualClock:
@@ -385,6 +391,8 @@ class Subscriber:
         self.live_seqs: list[int] = []  # events handed to on_live
         self.dropped_seqs: list[int] = []  # live events this test chose to lose
         self.idle_checks = 0
+        # llm_events_repaired_total when this subscriber was made: one subscriber per test.
+        self._repaired_before = repaired_total()
         self._waiting: list[dict[str, Any]] = []  # arrived before start
         self._opened = False
 
@@ -394,6 +402,12 @@ class Subscriber:
     @property
     def finished(self) -> bool:
         return self.subscription.finished
+
+    @property
+    def repaired(self) -> int:
+        """Events this subscriber took from the buffer to fill gaps in live delivery (the
+        process's llm_events_repaired_total since it was made)."""
+        return int(repaired_total() - self._repaired_before)
 
     def messages(self) -> list[dict[str, Any]]:
         """What the subscription sent, each event checked against its model."""

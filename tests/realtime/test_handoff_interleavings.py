@@ -161,7 +161,7 @@ async def test_subscriber_at_any_moment_folds_to_the_final_output(
     assert started_at == head_then
     assert set(range(head_then + 1, worker.seq + 1)) <= set(sub.live_seqs)
     assert sub.idle_checks == 0
-    assert sub.subscription.repaired == 0
+    assert sub.repaired == 0
 
 
 # -- forced interleavings ----------------------------------------------------------------------
@@ -283,7 +283,7 @@ async def test_event_published_between_buffer_read_and_live_queue_drain(
     await assert_folds_to_final_output(sub, worker)
     _assert_injected_once(sub)
     assert sub.idle_checks == 0
-    assert sub.subscription.repaired == 0
+    assert sub.repaired == 0
 
 
 @pytest.mark.parametrize("tail", ["one_event", "to_the_end"])

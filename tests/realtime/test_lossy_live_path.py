@@ -156,7 +156,7 @@ async def test_events_dropped_while_the_subscriber_stalls_are_repaired_before_an
     await sub.deliver_live()
 
     lost = sorted(set(range(6, 206)) - set(sub.live_seqs))
-    repaired = sub.subscription.repaired
+    repaired = sub.repaired
     print(f"\n[{TIER}] stalled subscriber: {len(lost)} of 200 live messages dropped by the layer;")
     print(f"[{TIER}] {repaired} events filled in from the replay buffer")
     # The layer really dropped: at most the message being read and one waiting got through.
@@ -193,7 +193,7 @@ async def test_done_lost_on_the_live_path_arrives_from_the_buffer_at_the_idle_ch
     assert not sub.finished
     await sub.idle_check()
 
-    repaired = sub.subscription.repaired
+    repaired = sub.repaired
     print(f"\n[{TIER}] lost `done`: {repaired} events filled in from the replay buffer")
     assert sub.finished
     assert sub.idle_checks == 1
@@ -299,6 +299,6 @@ async def test_any_history_any_position_any_live_loss_folds_to_the_final_output(
         event(f"position: {'from 0' if sub.after == 0 else 'after a seq'}")
         event(f"live messages lost: {'none' if not sub.dropped_seqs else 'some'}")
         event(f"`done` lost live: {worker.seq in sub.dropped_seqs}")
-        event(f"repaired from the buffer: {'none' if not sub.subscription.repaired else 'some'}")
+        event(f"repaired from the buffer: {'none' if not sub.repaired else 'some'}")
     finally:
         await harness.close()

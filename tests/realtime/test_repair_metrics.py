@@ -44,7 +44,7 @@ async def test_a_gap_filled_from_the_replay_buffer_counts_each_event_it_filled(
 
         assert sorted(sub.dropped_seqs) == sorted(lost)
         assert [event.seq for event in sub.received[1:]] == list(range(1, 7))
-        assert sub.subscription.repaired == len(lost)
+        assert sub.repaired == len(lost)
         assert await in_thread(repaired_total)() == before + len(lost)
 
         # Live delivery with no loss repairs nothing.
