@@ -29,7 +29,7 @@ from collections.abc import Awaitable, Callable
 from api.errors import UNAVAILABLE_ERRORS
 from api.selectors import RowState
 from realtime.eventlog import StoredEvent
-from realtime.live import live_hub
+from realtime.live import LiveHub, live_hub
 from realtime.publish import group_name
 from realtime.subscription import Emit, GenerationNotFound, Subscription
 
@@ -47,6 +47,7 @@ class SubscriberSession:
         self.subscription = Subscription(generation_id, after, emit)
         self._on_end = on_end
         self._group = group_name(generation_id)
+        self._hub: LiveHub | None = None
         self._watch_key: int | None = None
         # False until the first reads have run (or were deferred by an outage): live events
         # that come before wait in the backlog, behind the snapshot.
@@ -82,7 +83,7 @@ class SubscriberSession:
         if self.ended:
             return
         try:
-            self._watch_key = await live_hub().watch(self._group, self._on_live)
+            await self._watch()
         except UNAVAILABLE_ERRORS as failure:
             if not retry_join:
                 raise
@@ -108,13 +109,19 @@ class SubscriberSession:
     def close(self) -> None:
         """Stop: nothing more is emitted, and the hub is told at once."""
         self.ended = True
-        if self._watch_key is not None:
-            live_hub().unwatch(self._group, self._watch_key)
+        if self._hub is not None and self._watch_key is not None:
+            self._hub.unwatch(self._group, self._watch_key)
             self._watch_key = None
         current = asyncio.current_task()
         for task in (self._timer, self._feeder):
             if task is not None and task is not current:
                 task.cancel()
+
+    async def _watch(self) -> None:
+        # The hub the session joined is the one it leaves (a test may swap the layer).
+        hub = live_hub()
+        self._watch_key = await hub.watch(self._group, self._on_live)
+        self._hub = hub
 
     # -- live events ------------------------------------------------------------------------
 
@@ -165,7 +172,7 @@ class SubscriberSession:
             return
         if self._watch_key is None:
             try:
-                self._watch_key = await live_hub().watch(self._group, self._on_live)
+                await self._watch()
             except UNAVAILABLE_ERRORS as failure:
                 logger.warning("joining %s deferred: %r", self.generation_id, failure)
                 return
