@@ -7,8 +7,7 @@ from typing import Any
 from huey.contrib.djhuey import db_task, on_startup, signal
 from huey.signals import SIGNAL_INTERRUPTED
 
-from jobs.runner import housekeeping, run_generation_job
-from realtime.eventlog import event_log
+from jobs.runner import housekeeping, run_generation_job, start_worker
 
 
 @db_task()  # type: ignore[untyped-decorator]
@@ -20,8 +19,7 @@ def run_generation(generation_id: str) -> None:
 def start_housekeeping() -> None:
     # Every worker process beats for its own generations and reaps others' lost ones, even
     # before its first task, so a restarted fleet recovers generations left running.
-    housekeeping.start()
-    event_log().watch_cancels()
+    start_worker()
 
 
 @signal(SIGNAL_INTERRUPTED)  # type: ignore[untyped-decorator]

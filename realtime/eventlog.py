@@ -108,6 +108,15 @@ class EventLog(ABC):
     def cancel_requested(self, generation_id: str) -> bool:
         """Whether a cancel was asked for: cheap enough to ask after every chunk."""
 
+    def cancel_seen(self, generation_id: str) -> bool:
+        """Whether this process knows of a cancel of the generation, without any I/O (the
+        worker's event loop asks at every chunk)."""
+        return self.cancel_requested(generation_id)
+
+    def cancel_needs_read(self) -> bool:
+        """Whether `cancel_seen` may miss a cancel, so that `cancel_requested` must read it."""
+        return False
+
     def watch_cancels(self) -> None:  # noqa: B027  (only the Redis log needs a watcher)
         """Start receiving cancel requests in this process (a worker's, before it runs)."""
 
@@ -238,6 +247,12 @@ class RedisEventLog(EventLog):
             return bool(sync_client().exists(self._cancel_key(generation_id)))
         except redis.RedisError:
             return False
+
+    def cancel_seen(self, generation_id: str) -> bool:
+        return generation_id in self._cancelled_here
+
+    def cancel_needs_read(self) -> bool:
+        return not self._watcher_healthy.is_set()
 
     def watch_cancels(self) -> None:
         with self._watch_lock:

@@ -106,6 +106,25 @@ class LiveSender:
         lane = self._queues[zlib.crc32(group.encode()) % _LANES]
         loop.call_soon_threadsafe(lane.put_nowait, (group, message))
 
+    def send_many(self, messages: list[tuple[str, dict[str, Any]]]) -> None:
+        """`send` for a batch (the worker's per-tick writer, jobs.engine): one hop to the
+        sending loop for all of them, none when called on that loop."""
+        loop = self._ensure_loop()
+        if loop is None or not self._queues:
+            return
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            self._enqueue(messages)
+        else:
+            loop.call_soon_threadsafe(self._enqueue, messages)
+
+    def _enqueue(self, messages: list[tuple[str, dict[str, Any]]]) -> None:
+        for group, message in messages:
+            self._queues[zlib.crc32(group.encode()) % _LANES].put_nowait((group, message))
+
 
 @cache
 def live_sender() -> LiveSender:
