@@ -50,6 +50,7 @@ from jobs.runner import (
     housekeeping,
 )
 from project import metrics
+from project.retry import Backoff
 from realtime import events
 from realtime.eventlog import (
     _APPEND_SCRIPT,
@@ -366,8 +367,10 @@ class Attempt:
     # -- publishing ------------------------------------------------------------------------
 
     async def _publish(self, event: dict[str, Any]) -> None:
-        give_up_at: float | None = None
-        delay_s = 0.05
+        # Through a Redis restart or a dropped connection: the provider's text waits in
+        # the attempt's queue meanwhile. Past REDIS_RETRY_S the attempt gives up (and hands
+        # the generation back).
+        backoff = Backoff(first_s=0.05, max_s=1.0, give_up_after_s=REDIS_RETRY_S, clock=self.clock)
         while True:
             try:
                 if await self._writer.publish(self.generation_id, self.attempt, event):
@@ -389,18 +392,14 @@ class Attempt:
                 )
                 continue
             except (redis.RedisError, DatabaseError) as error:
-                now = self.clock()
-                give_up_at = give_up_at or now + REDIS_RETRY_S
-                if now > give_up_at:
-                    raise
                 logger.warning(
                     "generation %s: publishing seq %s failed (%s); retrying",
                     self.generation_id,
                     event["seq"],
                     type(error).__name__,
                 )
-                await asyncio.sleep(delay_s)
-                delay_s = min(delay_s * 2, 1.0)
+                if not await backoff.asleep():
+                    raise
 
     async def _still_ours(self, *, final: bool) -> bool:
         """Whether the row still belongs to this attempt, checkpointing the fold so far."""
@@ -773,8 +772,11 @@ class Attempt:
     ) -> None:
         await self._quiesce()
         done_seq = self.seq + 1
-        deadline = self.clock() + FINAL_WRITE_RETRY_S
-        delay_s = 0.1
+        # Nothing is published as done until the row holds the full output: the final write
+        # rides out a database outage of up to FINAL_WRITE_RETRY_S.
+        backoff = Backoff(
+            first_s=0.1, max_s=2.0, give_up_after_s=FINAL_WRITE_RETRY_S, clock=self.clock
+        )
         while True:
             try:
                 written = await self._engine.database(
@@ -791,13 +793,11 @@ class Attempt:
                 )
                 break
             except DatabaseError:
-                if self.clock() > deadline:
+                if not await backoff.asleep():
                     # The row still says running; the reaper will retry the generation.
                     logger.error("generation %s: final write failed", self.generation_id)
                     raise
                 logger.warning("generation %s: final write failed; retrying", self.generation_id)
-                await asyncio.sleep(delay_s)
-                delay_s = min(delay_s * 2, 2.0)
         if not written:
             raise LostOwnership(self.generation_id)
         self.timer.finished(status=status, finish_reason=finish_reason)

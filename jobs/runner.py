@@ -172,10 +172,15 @@ housekeeping = Housekeeping()
 
 
 def start_worker() -> None:
-    """This process's worker machinery: the event loop running its generations (first, so
-    that live sends use its loop), the cancel watcher, and the housekeeping thread."""
+    """This process's worker machinery: the provider, the event loop running its generations
+    (before anything publishes, so that live sends use its loop), the cancel watcher, and
+    the housekeeping thread."""
     from jobs.engine import engine
+    from jobs.providers import get_provider
 
+    # The provider's module (the openai SDK: over a second of imports) is loaded here, not
+    # on the event loop at the first generation, where it held up every other one.
+    get_provider()
     engine().start()
     event_log().watch_cancels()
     housekeeping.start()
@@ -188,6 +193,14 @@ def start_worker() -> None:
 STOPPING_RESCHEDULE_S = 1.0
 
 
+# Claims at once per process: a burst of new generations (each Huey thread claims its own)
+# held a connection per claim while the claims queued on the user's row lock (27 in one
+# worker at 100 streams starting within a second); past this many, a thread waits for a
+# slot holding no connection. Claims of one user are serialised by the database anyway.
+CONCURRENT_CLAIMS_MAX = 4
+_claim_slots = threading.BoundedSemaphore(CONCURRENT_CLAIMS_MAX)
+
+
 def run_generation_job(generation_id: str) -> None:
     if housekeeping.stopping.is_set():
         from jobs.tasks import run_generation
@@ -195,16 +208,20 @@ def run_generation_job(generation_id: str) -> None:
         run_generation.schedule((generation_id,), delay=STOPPING_RESCHEDULE_S)
         return
     start_worker()
-    claim = services.generation_claim(generation_id)
+    with _claim_slots:
+        try:
+            claim = services.generation_claim(generation_id)
+        finally:
+            # The attempt's database work runs on the engine's own few connections: this
+            # thread's is closed for the whole of the wait, however many generations the
+            # process runs.
+            connection.close()
     if claim is None:
         logger.info(
             "generation %s: not claimed (cancelled, or taken by another worker)", generation_id
         )
         return
     logger.info("generation %s: attempt %d started", generation_id, claim.attempt)
-    # The attempt's database work runs on the engine's own few connections: this thread's
-    # is closed for the whole of the wait, however many generations the process runs.
-    connection.close()
     housekeeping.track(generation_id, claim.attempt)
     try:
         Runner(claim, stopping=housekeeping.stopping).run()

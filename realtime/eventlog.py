@@ -24,6 +24,7 @@ from typing import Any
 import redis
 from django.conf import settings
 
+from project.retry import Backoff
 from realtime.redis import async_client, sync_client
 
 # At 25 deltas/s a 10-minute generation has 15,000 events; checkpoints every second keep the
@@ -263,13 +264,14 @@ class RedisEventLog(EventLog):
                 self._watcher.start()
 
     def _watch(self) -> None:
-        backoff_s = 0.1
+        # Forever: while it is down, attempts read the cancel key from Redis themselves.
+        backoff = Backoff(first_s=0.1, max_s=5.0)
         while True:
             try:
                 pubsub = sync_client().pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
                 pubsub.subscribe(CANCEL_CHANNEL)
                 self._watcher_healthy.set()
-                backoff_s = 0.1
+                backoff.reset()
                 while True:
                     message = pubsub.get_message(timeout=1.0)
                     if message and message["type"] == "message":
@@ -280,8 +282,7 @@ class RedisEventLog(EventLog):
             except Exception:
                 self._watcher_healthy.clear()
                 logger.warning("cancel watcher lost Redis; retrying", exc_info=True)
-                time.sleep(backoff_s)
-                backoff_s = min(backoff_s * 2, 5.0)
+                backoff.sleep()
 
 
 def _decode_entries(
