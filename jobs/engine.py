@@ -78,6 +78,10 @@ DATABASE_THREADS = 2
 # about a quarter of the process's running generations.
 CHECKPOINT_TICKS_PER_INTERVAL = 4
 
+# A timer of the event loop may fire a little before its time (its clock and the selector's
+# timeout are rounded); a flush that early is on time.
+TIMER_SLACK_S = 0.002
+
 _TICK = object()  # the provider said nothing within the wait
 _END = object()  # the provider's stream ended
 
@@ -434,6 +438,9 @@ class Attempt:
     async def _flush(self) -> None:
         if not self._pending:
             return
+        # The flush counts as made at the boundary it was due on, even when the loop's timer
+        # woke this a little early: the next one is then due on the next boundary, not at once.
+        self._last_flush = self.clock() + TIMER_SLACK_S
         text = "".join(self._pending)
         self._pending.clear()
         self._pending_bytes = 0
@@ -446,7 +453,6 @@ class Attempt:
             await self._publish(events.delta(self.generation_id, self.seq, text))
         self._published = (self.seq, self.text, self.reasoning)
         self.timer.delta_published()
-        self._last_flush = self.clock()
 
     def _flush_due_at(self) -> float:
         """When the pending text is to be sent: the first boundary of the coalescing interval
@@ -463,7 +469,10 @@ class Attempt:
             self._pending_kind = kind
         self._pending.append(text)
         self._pending_bytes += len(text)
-        if self.clock() >= self._flush_due_at() or self._pending_bytes >= COALESCE_MAX_BYTES:
+        if (
+            self.clock() + TIMER_SLACK_S >= self._flush_due_at()
+            or self._pending_bytes >= COALESCE_MAX_BYTES
+        ):
             await self._flush()
 
     def _cancel_requested(self) -> bool:
@@ -622,7 +631,7 @@ class Attempt:
                 if item is _TICK:
                     # Nothing from the provider for a while: send what waits, notice a
                     # cancel or a stop.
-                    if self._pending and self.clock() >= self._flush_due_at():
+                    if self._pending and self.clock() + TIMER_SLACK_S >= self._flush_due_at():
                         await self._flush()
                     if self._cancel_requested() or self._stopping.is_set():
                         break
