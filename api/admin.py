@@ -121,21 +121,46 @@ def _change_url(generation_id: str) -> str:
     return reverse("admin:api_generation_change", args=[generation_id])
 
 
-class OwnedRowsSearch:
-    """Admin search over rows that belong to a user: an id finds that row, an exact username
-    that user's rows (an indexed lookup, then the list runs along the (user, created_at)
-    index with no join), and any other text is looked for in `text_field` (no index serves
-    that: newest first until the page is full, counted up to COUNT_CAP_ROWS)."""
+class OwnedRowsAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+    """The admin of rows that belong to a user, newest first. Its search: an id finds that
+    row, an exact username that user's rows (an indexed lookup, then the list runs along the
+    (user, created_at) index with no join), and any other text is looked for in `text_field`
+    (no index serves that: newest first until the page is full, counted up to
+    COUNT_CAP_ROWS)."""
 
     text_field = ""
+    ordering = ("-created_at", "-id")
+    # The users of a page come in one second query (prefetch), not in a join: with a join,
+    # MySQL drives the query from the small users table and sorts every generation of every
+    # user (2-3 s at 200,000 rows, bench/admin_scale.py); alone, the generations table is
+    # read newest first along an index and stops at the page's last row.
+    list_select_related = False
+    show_full_result_count = False  # no COUNT(*) of the whole table
+    paginator = CappedCountPaginator
+
+    # The query parameter that lists one user's rows: `q` (this search) unless a subclass has
+    # a filter for it.
+    user_query = "q"
 
     def looks_like_id(self, term: str) -> bool:
         raise NotImplementedError
 
+    @admin.display(description="user", ordering="user__username")
+    def user_link(self, row: Any) -> SafeString:
+        username = row.user.get_username()
+        options = self.model._meta
+        changelist = reverse(f"admin:{options.app_label}_{options.model_name}_changelist")
+        # Encoded: a username may hold &, #, + or spaces, which would cut or change the query.
+        return format_html(
+            '<a href="{}?{}" title="This user\'s {}">{}</a>',
+            changelist,
+            urlencode({self.user_query: username}),
+            options.verbose_name_plural,
+            username,
+        )
+
     def get_queryset(self, request: HttpRequest) -> QuerySet[Any]:
-        rows: QuerySet[Any] = super().get_queryset(request)  # type: ignore[misc]
-        with_users: QuerySet[Any] = rows.prefetch_related("user")
-        return with_users
+        return super().get_queryset(request).prefetch_related("user")
 
     def get_search_results(
         self, request: HttpRequest, queryset: QuerySet[Any], search_term: str
@@ -153,7 +178,7 @@ class OwnedRowsSearch:
 
 
 @admin.register(Generation)
-class GenerationAdmin(OwnedRowsSearch, admin.ModelAdmin):  # type: ignore[type-arg]
+class GenerationAdmin(OwnedRowsAdmin):
     list_display = (
         "id",
         "user_link",
@@ -172,14 +197,6 @@ class GenerationAdmin(OwnedRowsSearch, admin.ModelAdmin):  # type: ignore[type-a
         "A generation id finds that generation; a username, that user's generations; any "
         "other text is looked for in the prompts."
     )
-    ordering = ("-created_at", "-id")
-    # The users of a page come in one second query (prefetch), not in a join: with a join,
-    # MySQL drives the query from the small users table and sorts every generation of every
-    # user (2-3 s at 200,000 rows, bench/admin_scale.py); alone, the generations table is
-    # read newest first along an index and stops at the page's last row.
-    list_select_related = False
-    show_full_result_count = False  # no COUNT(*) of the whole table
-    paginator = CappedCountPaginator
     list_per_page = 50
     actions = ("cancel_generations", "retry_failed_generations")
     fieldsets = (
@@ -239,18 +256,10 @@ class GenerationAdmin(OwnedRowsSearch, admin.ModelAdmin):  # type: ignore[type-a
         return False  # generations are created through the API, with its validation
 
     text_field = "prompt"
+    user_query = "user"  # the user filter (UserFilter) rather than a search
 
     def looks_like_id(self, term: str) -> bool:
         return looks_like_generation_id(term)
-
-    @admin.display(description="user", ordering="user__username")
-    def user_link(self, generation: Generation) -> SafeString:
-        username = generation.user.get_username()
-        return format_html(
-            '<a href="{}" title="This user\'s generations">{}</a>',
-            _changelist_url(user=username),
-            username,
-        )
 
     @admin.display(description="events in the log")
     def event_log_length(self, generation: Generation) -> str:
@@ -498,20 +507,16 @@ from api.models import Conversation  # noqa: E402
 
 
 @admin.register(Conversation)
-class ConversationAdmin(OwnedRowsSearch, admin.ModelAdmin):  # type: ignore[type-arg]
+class ConversationAdmin(OwnedRowsAdmin):
     """A user's conversations, each with its turns drawn as the tree they are: every branch,
     and the current one marked. Searchable by username (exact) and title (contains)."""
 
-    list_display = ("id", "title", "conversation_user", "turn_count", "created_at", "updated_at")
+    list_display = ("id", "title", "user_link", "turn_count", "created_at", "updated_at")
     search_fields = ("=id", "=user__username", "title")  # see get_search_results
     search_help_text = (
         "A conversation id finds that conversation; a username, that user's conversations; any "
         "other text is looked for in the titles."
     )
-    ordering = ("-created_at", "-id")
-    list_select_related = False
-    show_full_result_count = False
-    paginator = CappedCountPaginator
     list_per_page = 50
     fields = (
         "id",
@@ -533,16 +538,6 @@ class ConversationAdmin(OwnedRowsSearch, admin.ModelAdmin):  # type: ignore[type
 
     def looks_like_id(self, term: str) -> bool:
         return looks_like_conversation_id(term)
-
-    @admin.display(description="user", ordering="user__username")
-    def conversation_user(self, conversation: Conversation) -> SafeString:
-        username = conversation.user.get_username()
-        return format_html(
-            '<a href="{}?q={}" title="This user\'s conversations">{}</a>',
-            reverse("admin:api_conversation_changelist"),
-            username,
-            username,
-        )
 
     @admin.display(description="turns and branches")
     def turn_tree(self, conversation: Conversation) -> SafeString:

@@ -55,19 +55,12 @@ NO_TARGET = TurnTarget(conversation_id=None, parent_id=None, parent_given=False)
 
 
 def parse_turn_target(data: dict[str, Any]) -> TurnTarget:
-    """The conversation fields of a generate request; type errors are invalid_request, and
-    ids that name nothing of this user's are not_found later (place_turn)."""
-    errors: dict[str, str] = {}
-    conversation_id = data.get("conversation_id")
-    if conversation_id is not None and not isinstance(conversation_id, str):
-        errors["conversation_id"] = "Must be a conversation id or null."
-    parent_id = data.get("parent_id")
-    if parent_id is not None and not isinstance(parent_id, str):
-        errors["parent_id"] = "Must be a generation id or null."
-    if errors:
-        raise ApiError("invalid_request", "The request has invalid fields.", details=errors)
+    """The conversation fields of a generate request whose types GenerationCreateRequest has
+    checked; ids that name nothing of this user's are not_found later (place_turn)."""
     return TurnTarget(
-        conversation_id=conversation_id, parent_id=parent_id, parent_given="parent_id" in data
+        conversation_id=data.get("conversation_id"),
+        parent_id=data.get("parent_id"),
+        parent_given="parent_id" in data,
     )
 
 
@@ -250,42 +243,15 @@ def default_title(prompt: str) -> str:
     return line[: DEFAULT_TITLE_CHARS - 1].rstrip() + "…"
 
 
-def parse_title(value: Any) -> str:
-    from api.validation import sanitize_text
-
-    if not isinstance(value, str):
-        raise ApiError(
-            "invalid_request", "The request has invalid fields.", details={"title": "A string."}
-        )
-    title = " ".join(sanitize_text(value).split())
-    if len(title) > settings.MAX_TITLE_CHARS:
-        raise ApiError(
-            "invalid_request",
-            "The request has invalid fields.",
-            details={"title": f"At most {settings.MAX_TITLE_CHARS} characters."},
-        )
-    return title
-
-
-def parse_system(value: Any) -> str | None:
-    from api.validation import sanitize_text
-
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        raise ApiError(
-            "invalid_request",
-            "The request has invalid fields.",
-            details={"system": "Must be a string or null."},
-        )
-    system = sanitize_text(value) or None
+def check_system_length(system: str | None) -> None:
+    """A conversation's system prompt (sanitised by the request model) within
+    MAX_SYSTEM_CHARS: over it is prompt_too_long, as for a generation's."""
     if system is not None and len(system) > settings.MAX_SYSTEM_CHARS:
         raise ApiError(
             "prompt_too_long",
             "The system prompt is too long.",
             details={"system": f"At most {settings.MAX_SYSTEM_CHARS} characters."},
         )
-    return system
 
 
 def conversation_create(
@@ -302,7 +268,6 @@ class Placement:
     parent_id: str | None
     turn_index: int
     system: str | None
-    created_conversation: bool
 
 
 def place_turn(
@@ -342,7 +307,7 @@ def place_turn(
         conversation = Conversation.objects.create(
             user_id=user.pk, title=default_title(prompt), system=system, turn_count=1
         )
-        return Placement(conversation, None, 1, system, created_conversation=True)
+        return Placement(conversation, None, 1, system)
 
     if system is not None and system != conversation.system:
         raise ApiError(
@@ -378,7 +343,6 @@ def place_turn(
         parent.id if parent is not None else None,
         conversation.turn_count,
         conversation.system,
-        created_conversation=False,
     )
 
 
@@ -415,26 +379,23 @@ def conversation_group(conversation_id: str) -> str:
 def notify_turn(conversation_id: str, turn_index: int) -> None:
     """Tell the conversation's WebSocket subscribers that turn `turn_index` exists. Lossy like
     any live send: a subscriber that misses it finds the turn on its next poll of the rows."""
-    try:
-        live_sender().send(
-            conversation_group(conversation_id),
-            {"type": "conv.turn", "conversation_id": conversation_id, "seq": turn_index},
-        )
-    except Exception:
-        logger.warning("turn notice for %s not sent", conversation_id, exc_info=True)
+    _notify(conversation_id, {"type": "conv.turn", "seq": turn_index})
 
 
 def notify_changed(conversation_id: str, *, deleted: bool = False) -> None:
     """Tell the conversation's WebSocket subscribers that it was renamed, switched to another
     branch or deleted (after the commit). Best effort, like any live send: a client that
     missed it reads the conversation when it reconnects."""
+    _notify(conversation_id, {"type": "conv.changed", "deleted": deleted})
+
+
+def _notify(conversation_id: str, message: dict[str, Any]) -> None:
     try:
         live_sender().send(
-            conversation_group(conversation_id),
-            {"type": "conv.changed", "conversation_id": conversation_id, "deleted": deleted},
+            conversation_group(conversation_id), {**message, "conversation_id": conversation_id}
         )
     except Exception:
-        logger.warning("change notice for %s not sent", conversation_id, exc_info=True)
+        logger.warning("%s notice for %s not sent", message["type"], conversation_id, exc_info=True)
 
 
 def _newest_leaf_under(turn_id: str, conversation_id: str) -> str:
@@ -453,37 +414,18 @@ def _newest_leaf_under(turn_id: str, conversation_id: str) -> str:
     return current
 
 
-CONVERSATION_UPDATE_FIELDS = frozenset({"title", "system", "current_turn_id"})
-
-
-def conversation_update(*, user: AbstractBaseUser, conversation_id: str, data: Any) -> Conversation:
+def conversation_update(
+    *, user: AbstractBaseUser, conversation_id: str, changes: dict[str, Any]
+) -> Conversation:
     """Rename, change the system prompt (for turns created from now on), or switch branch:
     `current_turn_id` names any turn of the conversation, and the current branch becomes the
-    one through it (down its newest children to a leaf)."""
-    if not isinstance(data, dict):
-        raise ApiError("invalid_request", "The body must be a JSON object.")
-    unknown = sorted(set(data) - CONVERSATION_UPDATE_FIELDS)
-    if unknown:
-        raise ApiError(
-            "invalid_request",
-            "The request has invalid fields.",
-            details={name: "Unknown field." for name in unknown},
-        )
+    one through it (down its newest children to a leaf). `changes` holds the fields of
+    ConversationUpdateRequest that the request set, checked and sanitised."""
     with transaction.atomic():
         conversation = conversation_for_user(user=user, conversation_id=conversation_id)
-        changes: dict[str, Any] = {}
-        if "title" in data:
-            changes["title"] = parse_title(data["title"])
-        if "system" in data:
-            changes["system"] = parse_system(data["system"])
-        if "current_turn_id" in data:
-            turn_id = data["current_turn_id"]
-            if not isinstance(turn_id, str):
-                raise ApiError(
-                    "invalid_request",
-                    "The request has invalid fields.",
-                    details={"current_turn_id": "A turn id of this conversation."},
-                )
+        check_system_length(changes.get("system"))
+        if "current_turn_id" in changes:
+            turn_id = changes["current_turn_id"]
             if (
                 not looks_like_generation_id(turn_id)
                 or not Generation.objects.filter(
@@ -491,7 +433,7 @@ def conversation_update(*, user: AbstractBaseUser, conversation_id: str, data: A
                 ).exists()
             ):
                 raise not_found("turn in this conversation")
-            changes["current_turn_id"] = _newest_leaf_under(turn_id, conversation.id)
+            changes = {**changes, "current_turn_id": _newest_leaf_under(turn_id, conversation.id)}
         for name, value in changes.items():
             setattr(conversation, name, value)
         conversation.save()

@@ -1,4 +1,5 @@
-"""The REST plumbing shared by every endpoint: method, auth, body checks, errors as JSON."""
+"""The REST plumbing shared by every endpoint (django-ninja): the body checks of PROTOCOL §2,
+bearer auth, and every failure as the contract's JSON error body, never ninja's own."""
 
 from __future__ import annotations
 
@@ -11,80 +12,142 @@ from typing import Any
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
 from django.core.serializers.json import DjangoJSONEncoder
-from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.http import HttpRequest, HttpResponse, HttpResponseNotAllowed, JsonResponse
+from django.urls import URLPattern
 from django.views.decorators.csrf import csrf_exempt
+from ninja import NinjaAPI
+from ninja.errors import AuthenticationError, HttpError, ValidationError
+from ninja.parser import Parser
+from ninja.security import HttpBearer
 
 from api.errors import UNAVAILABLE_ERRORS, ApiError, error_response, unavailable
+from api.validation import field_errors
 from realtime.auth import Identity, authenticate_token, bearer_token
 from realtime.events import escape_line_breakers
 
 logger = logging.getLogger(__name__)
-
-View = Callable[..., HttpResponse]
 
 
 def _reject_constant(value: str) -> Any:
     raise ValueError(f"{value} is not valid JSON")
 
 
-def json_body(request: HttpRequest) -> Any:
-    """The request's JSON body, after the size and media type checks of PROTOCOL §2."""
-    declared = request.META.get("CONTENT_LENGTH") or "0"
-    try:
-        declared_bytes = int(declared)
-    except ValueError:
-        declared_bytes = 0
-    if declared_bytes > settings.MAX_REQUEST_BYTES:
-        raise ApiError("payload_too_large", "The request body is larger than 64 KiB.")
-    if request.content_type != "application/json":
-        raise ApiError("unsupported_media_type", "The body must be application/json.")
-    try:
-        body = request.body
-    except RequestDataTooBig:
-        raise ApiError("payload_too_large", "The request body is larger than 64 KiB.") from None
-    if len(body) > settings.MAX_REQUEST_BYTES:
-        raise ApiError("payload_too_large", "The request body is larger than 64 KiB.")
-    try:
-        return json.loads(body.decode("utf-8"), parse_constant=_reject_constant)
-    except (UnicodeDecodeError, ValueError, RecursionError):
-        raise ApiError("invalid_json", "The body is not valid JSON.") from None
+class JsonBodyParser(Parser):
+    """The request's JSON body, after the size and media type checks of PROTOCOL §2. Its
+    ApiError reaches the client through ninja's HttpError (see `_http_error`)."""
+
+    def parse_body(self, request: HttpRequest) -> Any:
+        declared = request.META.get("CONTENT_LENGTH") or "0"
+        try:
+            declared_bytes = int(declared)
+        except ValueError:
+            declared_bytes = 0
+        if declared_bytes > settings.MAX_REQUEST_BYTES:
+            raise _too_large()
+        if request.content_type != "application/json":
+            raise ApiError("unsupported_media_type", "The body must be application/json.")
+        try:
+            body = request.body
+        except RequestDataTooBig:
+            raise _too_large() from None
+        if len(body) > settings.MAX_REQUEST_BYTES:
+            raise _too_large()
+        try:
+            return json.loads(body.decode("utf-8"), parse_constant=_reject_constant)
+        except (UnicodeDecodeError, ValueError, RecursionError):
+            raise ApiError("invalid_json", "The body is not valid JSON.") from None
 
 
-def api_endpoint(*methods: str, auth: bool = True) -> Callable[[View], View]:
-    """Wrap a sync view: 405 for other methods, 401 without a valid token, JSON errors."""
-
-    def decorator(view: View) -> View:
-        @csrf_exempt
-        @functools.wraps(view)
-        def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
-            try:
-                if request.method not in methods:
-                    response = error_response(
-                        ApiError("method_not_allowed", f"Use {' or '.join(methods)}.")
-                    )
-                    response["Allow"] = ", ".join(methods)
-                    return response
-                if auth:
-                    request.identity = authenticate(request)  # type: ignore[attr-defined]
-                return view(request, *args, **kwargs)
-            except ApiError as error:
-                return error_response(error)
-            except UNAVAILABLE_ERRORS:
-                # The database or Redis cannot be reached (a restart, a network cut): the
-                # client may retry shortly, and /readyz says which one is down.
-                logger.warning("a dependency is unreachable in %s", request.path, exc_info=True)
-                return error_response(unavailable())
-            except Exception:
-                logger.exception("unhandled error in %s", request.path)
-                return error_response(ApiError("internal_error", "Something went wrong."))
-
-        return wrapper
-
-    return decorator
+def _too_large() -> ApiError:
+    return ApiError("payload_too_large", "The request body is larger than 64 KiB.")
 
 
-def authenticate(request: HttpRequest) -> Identity:
-    return authenticate_token(bearer_token(request.headers.get("Authorization")))
+class BearerAuth(HttpBearer):
+    """`Authorization: Bearer <JWT>` (PROTOCOL §1); a refusal is an ApiError (401 with
+    WWW-Authenticate), raised rather than returned so its message says why."""
+
+    def __call__(self, request: HttpRequest) -> Identity:
+        return self.authenticate(request, request.headers.get("Authorization"))
+
+    def authenticate(self, request: HttpRequest, token: str | None) -> Identity:
+        return authenticate_token(bearer_token(token))
+
+
+def identity(request: HttpRequest) -> Identity:
+    """The caller, as BearerAuth found them."""
+    found: Identity = request.auth  # type: ignore[attr-defined]
+    return found
+
+
+def install_error_handlers(api: NinjaAPI) -> None:
+    """Every failure as the contract's error body: ninja's 422 and plain-text bodies are not."""
+
+    @api.exception_handler(ApiError)
+    def _api_error(request: HttpRequest, error: ApiError) -> HttpResponse:
+        return error_response(error)
+
+    @api.exception_handler(ValidationError)
+    def _validation_error(request: HttpRequest, error: ValidationError) -> HttpResponse:
+        items = []
+        for item in error.errors:
+            source, *field = item["loc"]
+            if source == "body":
+                field = field[1:]  # the body parameter's name, not a field of the body
+                if not field and item["type"] == "missing":
+                    # An empty body: ninja does not parse one; the parser says what it lacks.
+                    try:
+                        api.parser.parse_body(request)
+                    except ApiError as refusal:
+                        return error_response(refusal)
+            items.append({**item, "loc": tuple(field)})
+        return error_response(field_errors(items))
+
+    @api.exception_handler(HttpError)
+    def _http_error(request: HttpRequest, error: HttpError) -> HttpResponse:
+        if isinstance(error.__cause__, ApiError):  # from JsonBodyParser
+            return error_response(error.__cause__)
+        if isinstance(error, AuthenticationError):
+            return error_response(ApiError("unauthorized", "Authentication required."))
+        logger.warning("unexpected %s in %s: %s", error.status_code, request.path, error)
+        return error_response(ApiError("invalid_request", str(error)))
+
+    @api.exception_handler(RequestDataTooBig)
+    def _too_big(request: HttpRequest, error: RequestDataTooBig) -> HttpResponse:
+        return error_response(_too_large())
+
+    @api.exception_handler(Exception)
+    def _unhandled(request: HttpRequest, error: Exception) -> HttpResponse:
+        if isinstance(error, UNAVAILABLE_ERRORS):
+            # The database or Redis cannot be reached (a restart, a network cut): the client
+            # may retry shortly, and /readyz says which one is down.
+            logger.warning("a dependency is unreachable in %s", request.path, exc_info=error)
+            return error_response(unavailable())
+        logger.error("unhandled error in %s", request.path, exc_info=error)
+        return error_response(ApiError("internal_error", "Something went wrong."))
+
+
+def json_method_not_allowed(patterns: list[Any]) -> list[Any]:
+    """Ninja answers a method a path lacks with a plain-text 405; the contract's is JSON,
+    with the Allow header kept."""
+    for pattern in patterns:
+        if isinstance(pattern, URLPattern):
+            pattern.callback = _with_json_405(pattern.callback)
+    return patterns
+
+
+def _with_json_405(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
+    @csrf_exempt
+    @functools.wraps(view)
+    def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        response = view(request, *args, **kwargs)
+        if not isinstance(response, HttpResponseNotAllowed):
+            return response
+        methods = sorted(method.strip() for method in response["Allow"].split(","))
+        refusal = error_response(ApiError("method_not_allowed", f"Use {' or '.join(methods)}."))
+        refusal["Allow"] = ", ".join(methods)
+        return refusal
+
+    return wrapper
 
 
 class LineSafeJSONEncoder(DjangoJSONEncoder):

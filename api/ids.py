@@ -18,13 +18,17 @@ def new_generation_id() -> str:
     return PREFIX + "".join(chars)
 
 
-def looks_like_generation_id(value: object) -> bool:
+def _looks_like(value: object, prefix: str) -> bool:
     return (
         isinstance(value, str)
-        and len(value) == MAX_LENGTH
-        and value.startswith(PREFIX)
-        and all(c in _ALPHABET for c in value[len(PREFIX) :])
+        and len(value) == len(prefix) + _LENGTH
+        and value.startswith(prefix)
+        and all(c in _ALPHABET for c in value[len(prefix) :])
     )
+
+
+def looks_like_generation_id(value: object) -> bool:
+    return _looks_like(value, PREFIX)
 
 
 # Conversation ids: the same alphabet and randomness, their own prefix.
@@ -37,9 +41,4 @@ def new_conversation_id() -> str:
 
 
 def looks_like_conversation_id(value: object) -> bool:
-    return (
-        isinstance(value, str)
-        and len(value) == CONVERSATION_ID_MAX_LENGTH
-        and value.startswith(CONVERSATION_PREFIX)
-        and all(c in _ALPHABET for c in value[len(CONVERSATION_PREFIX) :])
-    )
+    return _looks_like(value, CONVERSATION_PREFIX)

@@ -16,14 +16,20 @@ from realtime.redis import sync_client
 
 WINDOW_S = 60
 
-# Count only when under the limit, so refusals never extend the wait.
+# Count only when under the limit, so refusals never extend the wait. The key is the
+# window's own, so its expiry only frees memory: the wait is what is left of the window.
 _TAKE_SCRIPT = """
 local used = tonumber(redis.call('GET', KEYS[1]) or '0')
-if used >= tonumber(ARGV[1]) then return -redis.call('PTTL', KEYS[1]) end
+if used >= tonumber(ARGV[1]) then return 0 end
 used = redis.call('INCR', KEYS[1])
 if used == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
 return used
 """
+
+
+def _seconds_left(now: float) -> float:
+    """Until the fixed window that `now` falls in ends (at least a second, for Retry-After)."""
+    return max(1.0, (int(now // WINDOW_S) + 1) * WINDOW_S - now)
 
 
 class RateLimiter:
@@ -37,11 +43,10 @@ class RedisRateLimiter(RateLimiter):
         self._script = sync_client().register_script(_TAKE_SCRIPT)
 
     def take(self, key: str, limit: int) -> float | None:
-        window = int(time.time() // WINDOW_S)
-        result = int(self._script(keys=[f"llm:rate:{key}:{window}"], args=[limit, WINDOW_S * 1000]))
-        if result > 0:
-            return None
-        return max(1.0, -result / 1000)
+        now = time.time()
+        window = int(now // WINDOW_S)
+        used = int(self._script(keys=[f"llm:rate:{key}:{window}"], args=[limit, WINDOW_S * 1000]))
+        return None if used > 0 else _seconds_left(now)
 
 
 class MemoryRateLimiter(RateLimiter):
@@ -57,7 +62,7 @@ class MemoryRateLimiter(RateLimiter):
             if count_window != window:
                 count = 0
             if count >= limit:
-                return max(1.0, (window + 1) * WINDOW_S - now)
+                return _seconds_left(now)
             self._counts[key] = (window, count + 1)
             if len(self._counts) > 100_000:
                 self._counts = {k: v for k, v in self._counts.items() if v[0] == window}
@@ -82,18 +87,13 @@ def retry_after_if_blocked(key: str, limit: int) -> float | None:
     window = int(now // WINDOW_S)
     limiter = rate_limiter()
     if isinstance(limiter, RedisRateLimiter):
-        client = sync_client()
-        redis_key = f"llm:rate:{key}:{window}"
-        used = int(client.get(redis_key) or 0)  # type: ignore[arg-type]
-        if used < limit:
-            return None
-        return max(1.0, int(client.pttl(redis_key)) / 1000)  # type: ignore[arg-type]
-    assert isinstance(limiter, MemoryRateLimiter)
-    with limiter._lock:
-        count_window, count = limiter._counts.get(key, (window, 0))
-    if count_window != window or count < limit:
-        return None
-    return max(1.0, (window + 1) * WINDOW_S - now)
+        used = int(sync_client().get(f"llm:rate:{key}:{window}") or 0)  # type: ignore[arg-type]
+    else:
+        assert isinstance(limiter, MemoryRateLimiter)
+        with limiter._lock:
+            count_window, count = limiter._counts.get(key, (window, 0))
+        used = count if count_window == window else 0
+    return None if used < limit else _seconds_left(now)
 
 
 def count_failure(key: str) -> None:

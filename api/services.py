@@ -161,7 +161,7 @@ def generation_create(
 def _check_limits(user: AbstractBaseUser, *, rate_limit: bool = True) -> None:
     limits = limits_for(user.pk)
     if active_count(user.pk) >= limits.max_active_generations:
-        metrics.REJECTIONS.inc(code="too_many_active")
+        metrics.REJECTIONS.labels(code="too_many_active").inc()
         raise ApiError(
             "too_many_active",
             f"At most {limits.max_active_generations} generations may run at once.",
@@ -169,7 +169,7 @@ def _check_limits(user: AbstractBaseUser, *, rate_limit: bool = True) -> None:
         )
     if tokens_used_today(user.pk) >= limits.tokens_per_day:
         midnight = start_of_day_utc() + timedelta(days=1)
-        metrics.REJECTIONS.inc(code="quota_exceeded")
+        metrics.REJECTIONS.labels(code="quota_exceeded").inc()
         raise ApiError(
             "quota_exceeded",
             f"The daily quota of {limits.tokens_per_day} completion tokens is used up.",
@@ -179,7 +179,7 @@ def _check_limits(user: AbstractBaseUser, *, rate_limit: bool = True) -> None:
         return
     wait_s = rate_limiter().take(f"create:{user.pk}", limits.rate_limit_per_minute)
     if wait_s is not None:
-        metrics.REJECTIONS.inc(code="rate_limited")
+        metrics.REJECTIONS.labels(code="rate_limited").inc()
         raise ApiError(
             "rate_limited",
             f"At most {limits.rate_limit_per_minute} generations per minute.",
@@ -286,7 +286,7 @@ def _terminate_without_worker(
         if log_owner != attempt:
             _publish_done_of_finished_row(generation_id, log_owner)
         return False
-    metrics.GENERATIONS_FINISHED.inc(status=status, finish_reason=finish_reason)
+    metrics.GENERATIONS_FINISHED.labels(status=status, finish_reason=finish_reason).inc()
     final = events.done(
         generation_id,
         done_seq,

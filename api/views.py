@@ -1,67 +1,183 @@
-"""REST endpoints of PROTOCOL §2: thin, each calls one service or selector."""
+"""REST endpoints of PROTOCOL §2 and docs/protocol.md, served by django-ninja from the models
+of api.schemas: thin, each calls one service or selector.
+
+Responses are written by `json_response` from the same dicts as the WebSocket's (the bytes of
+the contract); the `response=` models document them in the OpenAPI document, and the tests
+check every response against that document (tests/api/test_schemathesis.py).
+"""
 
 from __future__ import annotations
 
+from typing import Annotated, Any
+
 from django.contrib.auth import authenticate as password_authenticate
 from django.http import HttpRequest, HttpResponse
+from ninja import NinjaAPI, Router
+from ninja.params import functions as param
+from pydantic import BeforeValidator
+from pydantic_core import PydanticCustomError
 
 from api import conversations, selectors, services
 from api.errors import ApiError
-from api.http import api_endpoint, json_body, json_response
+from api.http import (
+    BearerAuth,
+    JsonBodyParser,
+    identity,
+    install_error_handlers,
+    json_response,
+)
 from api.login_throttle import check_login_allowed, client_address, record_login_failure
-from api.validation import encodable, parse_generation_params, parse_idempotency_key
+from api.schemas import (
+    ConversationCreateRequest,
+    ConversationDetail,
+    ConversationPage,
+    ConversationUpdateRequest,
+    ErrorBody,
+    Generation,
+    GenerationCreateRequest,
+    GenerationPage,
+    Me,
+    Ticket,
+    Token,
+    TokenRequest,
+)
+from api.validation import generation_params, parse_idempotency_key
 from realtime.auth import issue_ticket, issue_token
 
 LIST_LIMIT_DEFAULT = 20
 LIST_LIMIT_MAX = 100
 
+_HEADERS = {
+    401: {"WWW-Authenticate": {"schema": {"type": "string"}}},
+    429: {"Retry-After": {"schema": {"type": "integer"}, "description": "Seconds."}},
+    503: {"Retry-After": {"schema": {"type": "integer"}, "description": "Seconds."}},
+}
+# What any authenticated endpoint may answer; a body adds 400, 413 and 415.
+_ANY = (401, 405, 500, 503)
+_BODY = (400, 413, 415)
 
-@api_endpoint("POST", auth=False)
-def auth_token(request: HttpRequest) -> HttpResponse:
-    data = json_body(request)
-    if not isinstance(data, dict):
-        raise ApiError("invalid_request", "The body must be a JSON object.")
-    unknown = sorted(set(data) - {"username", "password"})
-    errors = {name: "Unknown field." for name in unknown}
-    for name in ("username", "password"):
-        if not isinstance(data.get(name), str) or not data[name]:
-            errors[name] = "A non-empty string is required."
-    if errors:
-        raise ApiError("invalid_request", "The request has invalid fields.", details=errors)
-    for name in ("username", "password"):
-        if not encodable(data[name]):
-            raise ApiError(
-                "invalid_request",
-                "The request has invalid fields.",
-                details={name: "Text that is valid Unicode (no lone surrogates)."},
-            )
+
+def documented(
+    ok: dict[int, Any],
+    *errors: int,
+    headers: dict[int, dict[str, Any]] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The `response` and `openapi_extra` of an operation: its success bodies, the error
+    statuses it may answer (each with the error body), the headers that come with them, and
+    `extra` for the OpenAPI operation (its `responses` merged per status)."""
+    codes = sorted(set(errors) | set(_ANY))
+    all_headers = {
+        **{code: _HEADERS[code] for code in codes if code in _HEADERS},
+        **(headers or {}),
+    }
+    # Keyed by int, as ninja keys its own (a "202" would not merge with 202).
+    responses: dict[int, Any] = {code: {"headers": value} for code, value in all_headers.items()}
+    extra = dict(extra or {})
+    for code, value in extra.pop("responses", {}).items():
+        responses[code] = {**responses.get(code, {}), **value}
+    return {
+        "response": {**ok, tuple(codes): ErrorBody},
+        "openapi_extra": {**extra, "responses": responses},
+    }
+
+
+def _list_query(request: HttpRequest) -> None:
+    """A list endpoint takes `limit` and `cursor` only: another parameter is refused rather
+    than ignored (a typo must not silently return the default page)."""
+    unknown = sorted(set(request.GET) - {"limit", "cursor"})
+    if unknown:
+        raise ApiError(
+            "invalid_request",
+            "Unknown query parameters.",
+            details={name: "Unknown parameter." for name in unknown},
+        )
+
+
+def _ascii_digits(value: Any) -> Any:
+    # pydantic would also read "+5", " 5", "5_0" and "5.0" as integers; the contract's
+    # limit is plain digits (docs/protocol.md, "Choices").
+    if isinstance(value, str) and not (value.isascii() and value.isdigit()):
+        raise PydanticCustomError("invalid", "An integer from 1 to 100.")
+    return value
+
+
+Limit = Annotated[
+    int,
+    param.Query(ge=1, le=LIST_LIMIT_MAX),
+    BeforeValidator(_ascii_digits),
+]
+Cursor = Annotated[str | None, param.Query(description="next_cursor of the previous page.")]
+LOCATION = {"Location": {"schema": {"type": "string"}}}
+# One Server-Sent Event (PROTOCOL §4): `id` is its seq, `data` the event object as JSON text.
+SSE_EVENT = {
+    "type": "object",
+    "required": ["id", "event", "data"],
+    "properties": {
+        "id": {"type": "string", "pattern": "^[0-9]+$"},
+        "event": {"enum": ["snapshot", "delta", "reasoning", "reset", "done"]},
+        "data": {"type": "string", "contentMediaType": "application/json"},
+    },
+}
+
+
+# --- Sign-in and the caller -------------------------------------------------------------------
+
+accounts = Router(tags=["account"])
+
+
+@accounts.post(
+    "/auth/token",
+    auth=None,
+    summary="Exchange a username and password for an access token",
+    **documented({200: Token}, *_BODY, 429),
+)
+def auth_token(request: HttpRequest, body: TokenRequest) -> HttpResponse:
     address = client_address(request)
-    check_login_allowed(data["username"], address)
-    user = password_authenticate(request, username=data["username"], password=data["password"])
+    check_login_allowed(body.username, address)
+    user = password_authenticate(request, username=body.username, password=body.password)
     if user is None or not user.is_active:
-        record_login_failure(data["username"], address)
+        record_login_failure(body.username, address)
         # One message whether or not the user exists, so usernames cannot be probed.
         raise ApiError("unauthorized", "Invalid username or password.")
     token, ttl = issue_token(user.get_username())
     return json_response({"access_token": token, "token_type": "Bearer", "expires_in": ttl})
 
 
-@api_endpoint("GET", "POST")
-def generations(request: HttpRequest) -> HttpResponse:
-    if request.method == "POST":
-        return _create(request)
-    return _list(request)
+@accounts.get("/me", summary="The caller and their usage", **documented({200: Me}))
+def me(request: HttpRequest) -> HttpResponse:
+    caller = identity(request)
+    return json_response({"username": caller.username, "usage": selectors.usage_for(caller.user)})
 
 
-def _create(request: HttpRequest) -> HttpResponse:
-    key = parse_idempotency_key(request.headers.get("Idempotency-Key"))
-    data = json_body(request)
-    params = parse_generation_params(data)
+# --- Generations ------------------------------------------------------------------------------
+
+generations = Router(tags=["generations"])
+
+
+@generations.post(
+    "/generations",
+    summary="Create a generation",
+    **documented(
+        {202: Generation, 200: Generation}, *_BODY, 404, 409, 429, headers={202: LOCATION}
+    ),
+)
+def generation_create(
+    request: HttpRequest,
+    body: GenerationCreateRequest,
+    idempotency_key: Annotated[
+        str | None,
+        param.Header(alias="Idempotency-Key", description="1 to 255 printable characters."),
+    ] = None,
+) -> HttpResponse:
+    params = generation_params(body)
     generation, created = services.generation_create(
-        user=request.identity.user,  # type: ignore[attr-defined]
+        user=identity(request).user,
         params=params,
-        idempotency_key=key,
-        target=conversations.parse_turn_target(data),
+        idempotency_key=parse_idempotency_key(idempotency_key),
+        target=conversations.parse_turn_target(
+            body.model_dump(include={"conversation_id", "parent_id"}, exclude_unset=True)
+        ),
     )
     return json_response(
         generation.to_dict(),
@@ -70,121 +186,175 @@ def _create(request: HttpRequest) -> HttpResponse:
     )
 
 
-def _list(request: HttpRequest) -> HttpResponse:
-    limit = _list_limit(request)
+@generations.get(
+    "/generations",
+    summary="The caller's generations, newest first",
+    **documented({200: GenerationPage}, 400),
+)
+def generation_list(
+    request: HttpRequest, limit: Limit = LIST_LIMIT_DEFAULT, cursor: Cursor = None
+) -> HttpResponse:
+    _list_query(request)
     rows, next_cursor = selectors.generation_list(
-        user=request.identity.user,  # type: ignore[attr-defined]
-        limit=limit,
-        cursor=request.GET.get("cursor") or None,
+        user=identity(request).user, limit=limit, cursor=cursor or None
     )
     return json_response({"results": [row.to_dict() for row in rows], "next_cursor": next_cursor})
 
 
-@api_endpoint("GET")
+@generations.get(
+    "/generations/{generation_id}", summary="A generation", **documented({200: Generation}, 404)
+)
 def generation_detail(request: HttpRequest, generation_id: str) -> HttpResponse:
     generation = selectors.generation_for_user(
-        user=request.identity.user,  # type: ignore[attr-defined]
-        generation_id=generation_id,
+        user=identity(request).user, generation_id=generation_id
     )
     return json_response(generation.to_dict())
 
 
-@api_endpoint("POST")
+@generations.post(
+    "/generations/{generation_id}/cancel",
+    summary="Cancel a generation (a terminal one is returned unchanged)",
+    **documented({200: Generation}, 404),
+)
 def generation_cancel(request: HttpRequest, generation_id: str) -> HttpResponse:
     generation = services.generation_cancel(
-        user=request.identity.user,  # type: ignore[attr-defined]
-        generation_id=generation_id,
+        user=identity(request).user, generation_id=generation_id
     )
     return json_response(generation.to_dict())
 
 
-@api_endpoint("POST")
+@generations.post(
+    "/generations/{generation_id}/ticket",
+    summary="A short-lived credential for this generation's events (EventSource)",
+    **documented({200: Ticket}, 404),
+)
 def generation_ticket(request: HttpRequest, generation_id: str) -> HttpResponse:
-    user = request.identity.user  # type: ignore[attr-defined]
+    user = identity(request).user
     generation = selectors.generation_for_user(user=user, generation_id=generation_id)
     ticket, ttl = issue_ticket(user_id=user.pk, generation_id=generation.id)
     return json_response({"ticket": ticket, "expires_in": ttl})
 
 
-@api_endpoint("GET")
-def me(request: HttpRequest) -> HttpResponse:
-    identity = request.identity  # type: ignore[attr-defined]
+@generations.get(
+    "/generations/{generation_id}/events",
+    auth=None,
+    summary="The generation's events as Server-Sent Events (PROTOCOL §4)",
+    description="Served by realtime.sse (project/urls.py routes it first); described here.",
+    **documented(
+        {200: None, 204: None},
+        400,
+        404,
+        429,
+        extra={
+            "security": [{"BearerAuth": []}, {}],
+            "responses": {
+                200: {
+                    "description": "`id: <seq>`, `event: <type>`, `data: <event JSON>` per event",
+                    "content": {"text/event-stream": {"schema": SSE_EVENT}},
+                },
+                204: {"description": "The position is at or after `done`: nothing follows."},
+            },
+        },
+    ),
+)
+def generation_events(
+    request: HttpRequest,
+    generation_id: str,
+    after: Annotated[int | None, param.Query(ge=0, description="Resume after this seq.")] = None,
+    ticket: Annotated[
+        str | None, param.Query(description="From POST .../ticket, instead of a token.")
+    ] = None,
+    last_event_id: Annotated[str | None, param.Header(alias="Last-Event-ID")] = None,
+) -> HttpResponse:
+    raise ApiError("internal_error", "Served by realtime.sse.generation_events.")
+
+
+# --- Conversations (docs/protocol.md "Conversations") ----------------------------------------
+
+conversation_routes = Router(tags=["conversations"])
+
+
+@conversation_routes.post(
+    "/conversations",
+    summary="Start a conversation",
+    **documented({201: ConversationDetail}, *_BODY, headers={201: LOCATION}),
+)
+def conversation_create(request: HttpRequest, body: ConversationCreateRequest) -> HttpResponse:
+    conversations.check_system_length(body.system)
+    conversation = conversations.conversation_create(
+        user=identity(request).user, title=body.title, system=body.system
+    )
     return json_response(
-        {"username": identity.username, "usage": selectors.usage_for(identity.user)}
+        conversations.conversation_view(conversation),
+        status=201,
+        headers={"Location": f"/api/v1/conversations/{conversation.id}"},
     )
 
 
-# --- Conversations (docs/protocol.md "Conversations") ---------------------------------------
-
-CONVERSATION_CREATE_FIELDS = frozenset({"title", "system"})
-
-
-@api_endpoint("GET", "POST")
-def conversation_collection(request: HttpRequest) -> HttpResponse:
-    user = request.identity.user  # type: ignore[attr-defined]
-    if request.method == "POST":
-        data = json_body(request)
-        if not isinstance(data, dict):
-            raise ApiError("invalid_request", "The body must be a JSON object.")
-        unknown = sorted(set(data) - CONVERSATION_CREATE_FIELDS)
-        if unknown:
-            raise ApiError(
-                "invalid_request",
-                "The request has invalid fields.",
-                details={name: "Unknown field." for name in unknown},
-            )
-        conversation = conversations.conversation_create(
-            user=user,
-            title=conversations.parse_title(data.get("title", "")),
-            system=conversations.parse_system(data.get("system")),
-        )
-        return json_response(
-            conversations.conversation_view(conversation),
-            status=201,
-            headers={"Location": f"/api/v1/conversations/{conversation.id}"},
-        )
-    limit = _list_limit(request)
+@conversation_routes.get(
+    "/conversations",
+    summary="The caller's conversations, newest first",
+    **documented({200: ConversationPage}, 400),
+)
+def conversation_list(
+    request: HttpRequest, limit: Limit = LIST_LIMIT_DEFAULT, cursor: Cursor = None
+) -> HttpResponse:
+    _list_query(request)
     rows, next_cursor = conversations.conversation_list(
-        user=user, limit=limit, cursor=request.GET.get("cursor") or None
+        user=identity(request).user, limit=limit, cursor=cursor or None
     )
     return json_response({"results": [row.to_dict() for row in rows], "next_cursor": next_cursor})
 
 
-@api_endpoint("GET", "PATCH", "DELETE")
+@conversation_routes.get(
+    "/conversations/{conversation_id}",
+    summary="A conversation with its turns and branches",
+    **documented({200: ConversationDetail}, 404),
+)
 def conversation_detail(request: HttpRequest, conversation_id: str) -> HttpResponse:
-    user = request.identity.user  # type: ignore[attr-defined]
-    if request.method == "DELETE":
-        conversations.conversation_delete(user=user, conversation_id=conversation_id)
-        return HttpResponse(status=204)
-    if request.method == "PATCH":
-        conversation = conversations.conversation_update(
-            user=user, conversation_id=conversation_id, data=json_body(request)
-        )
-    else:
-        conversation = conversations.conversation_for_user(
-            user=user, conversation_id=conversation_id
-        )
+    conversation = conversations.conversation_for_user(
+        user=identity(request).user, conversation_id=conversation_id
+    )
     return json_response(conversations.conversation_view(conversation))
 
 
-def _list_limit(request: HttpRequest) -> int:
-    """`limit` (1 to 100, default 20) of a list endpoint; any other parameter but `cursor`
-    is refused."""
-    unknown = sorted(set(request.GET) - {"limit", "cursor"})
-    if unknown:
-        raise ApiError(
-            "invalid_request",
-            "Unknown query parameters.",
-            details={name: "Unknown parameter." for name in unknown},
-        )
-    raw_limit = request.GET.get("limit", str(LIST_LIMIT_DEFAULT))
-    if (
-        not (raw_limit.isascii() and raw_limit.isdigit())
-        or not 1 <= int(raw_limit) <= LIST_LIMIT_MAX
-    ):
-        raise ApiError(
-            "invalid_request",
-            "limit must be an integer from 1 to 100.",
-            details={"limit": "An integer from 1 to 100."},
-        )
-    return int(raw_limit)
+@conversation_routes.patch(
+    "/conversations/{conversation_id}",
+    summary="Rename, change the system prompt, or switch branch",
+    **documented({200: ConversationDetail}, *_BODY, 404),
+)
+def conversation_update(
+    request: HttpRequest, conversation_id: str, body: ConversationUpdateRequest
+) -> HttpResponse:
+    conversation = conversations.conversation_update(
+        user=identity(request).user,
+        conversation_id=conversation_id,
+        changes=body.model_dump(exclude_unset=True),
+    )
+    return json_response(conversations.conversation_view(conversation))
+
+
+@conversation_routes.delete(
+    "/conversations/{conversation_id}",
+    summary="Delete a conversation, its turns and their events",
+    **documented({204: None}, 404),
+)
+def conversation_delete(request: HttpRequest, conversation_id: str) -> HttpResponse:
+    conversations.conversation_delete(user=identity(request).user, conversation_id=conversation_id)
+    return HttpResponse(status=204)
+
+
+api = NinjaAPI(
+    title="LLM stream backend",
+    version="1",
+    description="The REST part of the wire contract (PROTOCOL.md, docs/protocol.md).",
+    openapi_url="/schema",
+    docs_url="/docs",
+    auth=BearerAuth(),
+    parser=JsonBodyParser(),
+    urls_namespace="api-v1",
+)
+install_error_handlers(api)
+api.add_router("", accounts)
+api.add_router("", generations)
+api.add_router("", conversation_routes)

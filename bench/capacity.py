@@ -154,6 +154,7 @@ def start_ours(fake: FakeLLM) -> System:
         webs=2,
         workers=2,
         tier="distributed",
+        worker_metrics=True,
         env={
             "HUEY_WORKERS": str(HUEY_WORKERS),
             "REDIS_MAX_CONNECTIONS": "1000",
@@ -561,15 +562,21 @@ def run(results_dir: Path, quick: bool = False, argv: list[str] | None = None) -
     return result
 
 
-# The service's own view of the run: GET /metrics of its first web process once the steps
-# and the reconnect step of "ours" are over (the llm_* series only).
+# The service's own view of the run once the steps and the reconnect step of "ours" are over:
+# GET /metrics of its first web process, then each worker's port (the llm_* series only).
 METRICS_SAMPLE = "metrics_after_capacity.txt"
 
 
 def save_metrics(service: Service, path: Path) -> None:
-    text = httpx.get(service.url("/metrics"), timeout=30).text
-    lines = [line for line in text.splitlines() if "llm_" in line]
-    path.write_text("\n".join(lines) + "\n")
+    urls = [
+        service.url("/metrics"),
+        *(f"http://127.0.0.1:{port}/metrics" for port in service.worker_metrics_ports),
+    ]
+    parts = []
+    for url in urls:
+        text = httpx.get(url, timeout=30).text
+        parts += [f"# {url}", *(line for line in text.splitlines() if "llm_" in line)]
+    path.write_text("\n".join(parts) + "\n")
 
 
 def start_system(name: str, fake: FakeLLM) -> System:

@@ -18,11 +18,6 @@ import multiprocessing
 import time
 from typing import Any
 
-LAYERS = {
-    "core": "channels_redis.core.RedisChannelLayer",
-    "pubsub": "channels_redis.pubsub.RedisPubSubChannelLayer",
-}
-
 
 def make_layer(kind: str, redis_url: str) -> Any:
     from channels_redis.core import RedisChannelLayer

@@ -33,7 +33,7 @@ import httpx
 import jwt
 from websockets.asyncio.client import connect
 
-from jobs.fake_openai import STAMP
+from tests.fake_openai import STAMP
 
 # A stream that has not ended this long after its provider's last token is a failure.
 STREAM_GRACE_S = 120.0

@@ -45,7 +45,7 @@ from bench.latency_report import (
     table,
     write_result,
 )
-from jobs.fake_openai import expected_text
+from tests.fake_openai import expected_text
 from tests.harness import PYTHON, ROOT, FakeLLM, Service, make_token, spawn, wait_until
 from tests.tier_env import REDIS_SERVER_URL, TIER, free_port
 

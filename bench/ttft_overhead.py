@@ -34,7 +34,7 @@ from bench.latency_report import (
     table,
     write_result,
 )
-from jobs.fake_openai import STAMP
+from tests.fake_openai import STAMP
 from tests.harness import FakeLLM, Service, parse_sse
 from tests.tier_env import TIER
 

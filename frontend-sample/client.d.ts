@@ -92,8 +92,8 @@ export interface SnapshotEvent {
   id: string;
   seq: number;
   text: string;
-  /** The reasoning through `seq` (absent from servers before v1.1). */
-  reasoning?: string;
+  /** The reasoning through `seq` (v1.1; a client of an older server would find none). */
+  reasoning: string;
   status: GenerationStatus;
 }
 export interface DeltaEvent {
@@ -120,11 +120,188 @@ export interface DoneEvent {
   id: string;
   seq: number;
   status: "completed" | "failed" | "cancelled";
-  finish_reason: Generation["finish_reason"];
+  finish_reason: FinishReason | null;
   usage: Usage | null;
   error: GenerationError | null;
 }
 export type StreamEvent = SnapshotEvent | DeltaEvent | ReasoningEvent | ResetEvent | DoneEvent;
+
+// The WebSocket frames of /ws/v1 besides the events (docs/protocol.md §5, docs/asyncapi.json).
+// client.js speaks them for you; they are here for code that opens the WebSocket itself.
+// tests/browser/test_client_types.py checks every interface below (and the events, the
+// generation and the conversation above) field by field against realtime/schemas.py.
+
+/** The error codes of REST bodies and WebSocket error frames (docs/protocol.md §2). */
+export type ErrorCode =
+  | "invalid_json"
+  | "invalid_request"
+  | "prompt_too_long"
+  | "unauthorized"
+  | "token_expired"
+  | "not_found"
+  | "method_not_allowed"
+  | "idempotency_conflict"
+  | "parent_not_finished"
+  | "conversation_full"
+  | "payload_too_large"
+  | "unsupported_media_type"
+  | "rate_limited"
+  | "quota_exceeded"
+  | "too_many_active"
+  | "too_many_streams"
+  | "internal_error"
+  | "unavailable";
+
+/** The reply to `auth`. */
+export interface AuthOkFrame {
+  type: "auth.ok";
+  /** The client frame's `ref`, echoed as it came (null when it sent none). */
+  ref: unknown;
+  user: string;
+  /** The token's `exp`, in Unix seconds. */
+  expires_at: number;
+}
+/** A frame that could not be run (the connection stays open), or the reason for a close. */
+export interface ErrorFrame {
+  type: "error";
+  /** Absent only from errors that answer no frame (token expired, account deactivated). */
+  ref?: unknown;
+  /** The generation the failed frame named. */
+  id?: string;
+  code: ErrorCode;
+  message: string;
+  details?: Record<string, unknown>;
+  /** Seconds before trying again (429 codes, unavailable). */
+  retry_after?: number;
+}
+export interface CreatedFrame {
+  type: "created";
+  ref: unknown;
+  generation: Generation;
+}
+export interface SubscribedFrame {
+  type: "subscribed";
+  ref: unknown;
+  id: string;
+}
+export interface UnsubscribedFrame {
+  type: "unsubscribed";
+  ref: unknown;
+  id: string;
+}
+export interface AckFrame {
+  type: "ack";
+  ref: unknown;
+  id: string;
+}
+export interface PongFrame {
+  type: "pong";
+  ref: unknown;
+}
+export interface ConversationSubscribedFrame {
+  type: "conversation_subscribed";
+  ref: unknown;
+  conversation_id: string;
+}
+export interface ConversationUnsubscribedFrame {
+  type: "conversation_unsubscribed";
+  ref: unknown;
+  conversation_id: string;
+}
+/** A turn of a followed conversation; `seq` is its number in the conversation. */
+export interface TurnFrame {
+  type: "turn";
+  conversation_id: string;
+  seq: number;
+  generation: Generation;
+}
+export interface ConversationUpdatedFrame {
+  type: "conversation_updated";
+  conversation_id: string;
+  conversation: Conversation;
+}
+export interface ConversationDeletedFrame {
+  type: "conversation_deleted";
+  conversation_id: string;
+}
+/** Every frame the service sends on the WebSocket. */
+export type ServerFrame =
+  | StreamEvent
+  | AuthOkFrame
+  | ErrorFrame
+  | CreatedFrame
+  | SubscribedFrame
+  | UnsubscribedFrame
+  | AckFrame
+  | PongFrame
+  | ConversationSubscribedFrame
+  | ConversationUnsubscribedFrame
+  | TurnFrame
+  | ConversationUpdatedFrame
+  | ConversationDeletedFrame;
+
+/** The first frame, and again with a fresh token to renew the session. */
+export interface AuthFrame {
+  type: "auth";
+  /** Any JSON value; echoed in the reply. */
+  ref?: unknown;
+  token: string;
+}
+export interface GenerateFrame {
+  type: "generate";
+  ref?: unknown;
+  prompt: string;
+  model?: string | null;
+  system?: string | null;
+  max_tokens?: number | null;
+  temperature?: number | null;
+  idempotency_key?: string;
+  conversation_id?: string | null;
+  parent_id?: string | null;
+}
+export interface SubscribeFrame {
+  type: "subscribe";
+  ref?: unknown;
+  id: string;
+  /** The last seq the client has; 0 or absent: everything, a snapshot first. */
+  after?: number | null;
+}
+export interface UnsubscribeFrame {
+  type: "unsubscribe";
+  ref?: unknown;
+  id: string;
+}
+export interface CancelFrame {
+  type: "cancel";
+  ref?: unknown;
+  id: string;
+}
+export interface PingFrame {
+  type: "ping";
+  ref?: unknown;
+}
+export interface SubscribeConversationFrame {
+  type: "subscribe_conversation";
+  ref?: unknown;
+  conversation_id: string;
+  /** The last turn seq the client has. */
+  after?: number | null;
+}
+export interface UnsubscribeConversationFrame {
+  type: "unsubscribe_conversation";
+  ref?: unknown;
+  conversation_id: string;
+}
+/** Every frame a client may send on the WebSocket. */
+export type ClientFrame =
+  | AuthFrame
+  | GenerateFrame
+  | SubscribeFrame
+  | UnsubscribeFrame
+  | CancelFrame
+  | PingFrame
+  | SubscribeConversationFrame
+  | UnsubscribeConversationFrame;
 
 /** One step of a stream, to callbacks and to `for await`. */
 export interface StreamUpdate {

@@ -178,7 +178,7 @@ class Writer:
                 live = []
                 for append, result in zip(batch, results, strict=True):
                     if result:
-                        metrics.EVENTS_PUBLISHED.inc(type=append.kind)
+                        metrics.EVENTS_PUBLISHED.labels(type=append.kind).inc()
                         live.append(
                             (
                                 group_name(append.generation_id),

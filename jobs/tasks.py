@@ -7,7 +7,9 @@ from typing import Any
 from huey.contrib.djhuey import db_task, on_startup, signal
 from huey.signals import SIGNAL_INTERRUPTED
 
+from jobs.embedded import embedded_worker_alive
 from jobs.runner import housekeeping, run_generation_job, start_worker
+from project import metrics
 
 
 @db_task()  # type: ignore[untyped-decorator]
@@ -20,6 +22,10 @@ def start_housekeeping() -> None:
     # Every worker process beats for its own generations and reaps others' lost ones, even
     # before its first task, so a restarted fleet recovers generations left running.
     start_worker()
+    # A run_huey process is scraped on a port of its own; the embedded worker's metrics are
+    # already in its web process's /metrics.
+    if not embedded_worker_alive():
+        metrics.serve_worker_metrics()
 
 
 @signal(SIGNAL_INTERRUPTED)  # type: ignore[untyped-decorator]

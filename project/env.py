@@ -48,16 +48,22 @@ def envbool(name: str, default: bool) -> bool:
     return _read(name, default, parse, "true or false")
 
 
+_Number = TypeVar("_Number", int, float)
+
+
+def _within(
+    number: _Number, minimum: _Number | None, maximum: _Number | None, text: str
+) -> _Number:
+    if (minimum is not None and number < minimum) or (maximum is not None and number > maximum):
+        raise ValueError(text)
+    return number
+
+
 def envint(
     name: str, default: int, *, minimum: int | None = None, maximum: int | None = None
 ) -> int:
     def parse(value: str) -> int:
-        number = int(value)
-        if minimum is not None and number < minimum:
-            raise ValueError(value)
-        if maximum is not None and number > maximum:
-            raise ValueError(value)
-        return number
+        return _within(int(value), minimum, maximum, value)
 
     return _read(name, default, parse, _range_text("an integer", minimum, maximum))
 
@@ -73,11 +79,7 @@ def envfloat(
         number = float(value)
         if number != number:  # NaN
             raise ValueError(value)
-        if minimum is not None and number < minimum:
-            raise ValueError(value)
-        if maximum is not None and number > maximum:
-            raise ValueError(value)
-        return number
+        return _within(number, minimum, maximum, value)
 
     return _read(name, default, parse, _range_text("a number", minimum, maximum))
 

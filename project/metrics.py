@@ -1,431 +1,156 @@
-"""GET /metrics: every metric of the service is defined here (name, type, help, labels,
-buckets), recorded through here, and exported from here. docs/metrics.md lists them.
+"""Every metric of the service, as ordinary prometheus-client collectors (docs/metrics.md).
 
-Three kinds of metric, because the processes that see an event are not the ones scraped:
+Each process records into its own collectors in prometheus-client's default registry and is
+scraped on its own, as Prometheus scrapes any fleet: a web (Daphne) process at
+``GET /metrics``, a ``manage.py run_huey`` worker on ``WORKER_METRICS_PORT``. Prometheus sums
+the targets (``sum without (instance)``). In the embedded default the worker's threads run in
+the web process, so its collectors show in that process's ``/metrics``.
 
-- Fleet-wide counters and histograms (``FleetCounter``, ``FleetHistogram``). Most happen in
-  Huey workers, which serve no HTTP, possibly on other hosts. Each process adds to a local
-  table of pending increments (a dict update under a lock: no I/O on the recording path) and
-  a background thread adds the table to one shared store every FLUSH_INTERVAL_S: a Redis
-  hash (HINCRBYFLOAT in one MULTI/EXEC pipeline) in the distributed mode, this process's
-  memory in the embedded default. At scrape time a collector reads the whole store, so every
-  Daphne process shows the fleet's totals. (prometheus_client's multiprocess mode shares
-  files, hence one host only.)
-- Gauges read at scrape time from the source of truth: generations queued and running (an
-  index range scan on gen_status_heartbeat), the Huey queue's length.
-- Per-process gauges (open WebSockets, open SSE streams) in this process's registry:
-  Prometheus scrapes each Daphne process and sums them.
+The gauges read from the source of truth at scrape time (generations by status from the
+database, the Huey queue's length) are the same from any process: only ``/metrics`` of the web
+processes shows them, so that a sum over workers does not count them again.
 
-Recording never raises into a request or a generation: a store that cannot be reached keeps
-the increments here and retries at the next flush (logged once per outage, and counted).
+Recording is an in-memory add under a lock (no I/O), so it cannot fail into a request or a
+generation; the label names are fixed in the one line that records each metric.
 """
 
 from __future__ import annotations
 
-import atexit
 import hmac
 import logging
-import os
 import threading
 import time
-from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
-from functools import cache
-from typing import cast
 
-import redis
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
-    GC_COLLECTOR,
-    PLATFORM_COLLECTOR,
-    PROCESS_COLLECTOR,
-    CollectorRegistry,
+    REGISTRY,
     Counter,
     Gauge,
+    Histogram,
     disable_created_metrics,
     generate_latest,
+    start_http_server,
 )
-from prometheus_client.core import (
-    CounterMetricFamily,
-    GaugeMetricFamily,
-    HistogramMetricFamily,
-    Metric,
-)
+from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
 
 logger = logging.getLogger(__name__)
-
-# Worker-side increments reach /metrics at most this late; one pipelined round trip per
-# process per interval, however many events (publish_event runs ~25 times/s per generation).
-FLUSH_INTERVAL_S = 1.0
-# One hash holds the whole fleet's counters: a few hundred fields (metrics x label values x
-# buckets), read with one HGETALL per scrape.
-REDIS_KEY = "llm:metrics:v1"
-# Separates the parts of a hash field: metric name, sample part, label values.
-_SEP = "\x1f"
 
 # Seconds: from a few hundred ms (a fast provider) to a minute (a queue backlog).
 LATENCY_BUCKETS_S = (0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 20.0, 30.0, 60.0)
 # Completion tokens per second: hosted models stream at roughly 20-200, local ones slower.
 RATE_BUCKETS_TPS = (1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 50.0, 75.0, 100.0, 150.0, 200.0, 300.0, 500.0)
 
-
-# --- Fleet-wide counters and histograms ------------------------------------------------------
-
-
-class FleetMetric:
-    kind = ""
-
-    def __init__(
-        self,
-        name: str,
-        documentation: str,
-        labelnames: Sequence[str] = (),
-        *,
-        initial: Sequence[Sequence[str]] = (),
-    ) -> None:
-        self.name = name
-        self.documentation = documentation
-        self.labelnames = tuple(labelnames)
-        # Label values shown as 0 before anything happened, so that rate() and alerts work
-        # from the first scrape instead of after the first event.
-        self.initial = [tuple(values) for values in initial]
-        _FLEET.append(self)
-
-    def _values(self, labels: dict[str, str]) -> tuple[str, ...]:
-        return tuple(str(labels.get(name, "")).replace(_SEP, "_") for name in self.labelnames)
+# No `<name>_created` series next to each counter: Prometheus does not need them in the text
+# format, and they double the series.
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 
-class FleetCounter(FleetMetric):
-    kind = "counter"
-
-    def inc(self, amount: float = 1.0, **labels: str) -> None:
-        try:
-            recorder().add(_SEP.join((self.name, "total", *self._values(labels))), amount)
-        except Exception:
-            logger.warning("metrics: recording %s failed", self.name, exc_info=True)
-
-
-class FleetHistogram(FleetMetric):
-    kind = "histogram"
-
-    def __init__(
-        self,
-        name: str,
-        documentation: str,
-        labelnames: Sequence[str] = (),
-        *,
-        buckets: Sequence[float],
-    ) -> None:
-        super().__init__(name, documentation, labelnames)
-        self.buckets = tuple(buckets)
-
-    def observe(self, value: float, **labels: str) -> None:
-        try:
-            index = next(
-                (i for i, bound in enumerate(self.buckets) if value <= bound), len(self.buckets)
-            )
-            values = self._values(labels)
-            # Non-cumulative bucket counts (one field per observation), made cumulative at
-            # scrape time; the count is their total.
-            recorder().add(_SEP.join((self.name, f"b{index}", *values)), 1.0)
-            recorder().add(_SEP.join((self.name, "sum", *values)), value)
-        except Exception:
-            logger.warning("metrics: recording %s failed", self.name, exc_info=True)
+def _counter(
+    name: str,
+    documentation: str,
+    labelnames: Sequence[str] = (),
+    *,
+    initial: Sequence[str | tuple[str, ...]] = (),
+) -> Counter:
+    counter = Counter(name, documentation, labelnames)
+    # Label values shown as 0 before anything happened, so that rate() and alerts work from
+    # the first scrape instead of after the first event.
+    for values in initial:
+        counter.labels(*((values,) if isinstance(values, str) else values))
+    return counter
 
 
-_FLEET: list[FleetMetric] = []
-
-GENERATIONS_FINISHED = FleetCounter(
+GENERATIONS_FINISHED = _counter(
     "llm_generations_finished",
     "Generations that reached a terminal status, by status and finish_reason.",
     ("status", "finish_reason"),
-    initial=[
+    initial=(
         ("completed", "stop"),
         ("completed", "length"),
         ("failed", "error"),
         ("cancelled", "cancelled"),
-    ],
+    ),
 )
-TIME_TO_FIRST_TOKEN = FleetHistogram(
+TIME_TO_FIRST_TOKEN = Histogram(
     "llm_time_to_first_token_seconds",
     "From the generation's created_at to its first delta published (the wait a client sees).",
     ("model",),
     buckets=LATENCY_BUCKETS_S,
 )
-PROVIDER_TIME_TO_FIRST_TOKEN = FleetHistogram(
+PROVIDER_TIME_TO_FIRST_TOKEN = Histogram(
     "llm_provider_time_to_first_token_seconds",
     "From an attempt's first request to the provider to its first text (retries included).",
     ("model",),
     buckets=LATENCY_BUCKETS_S,
 )
-TOKENS_PER_SECOND = FleetHistogram(
+TOKENS_PER_SECOND = Histogram(
     "llm_tokens_per_second",
     "Per finished attempt: tokens after the first / seconds from the first token to the last.",
     ("model",),
     buckets=RATE_BUCKETS_TPS,
 )
-EVENTS_PUBLISHED = FleetCounter(
+EVENTS_PUBLISHED = _counter(
     "llm_events_published",
     "Events appended to generations' event logs (and sent live), by type.",
     ("type",),
-    initial=[("delta",), ("reset",), ("done",)],
+    initial=("delta", "reset", "done"),
 )
-EVENTS_REPAIRED = FleetCounter(
+EVENTS_REPAIRED = _counter(
     "llm_events_repaired",
     "Events a subscriber took from the replay buffer to fill a gap in live delivery.",
 )
-PROVIDER_ERRORS = FleetCounter(
+PROVIDER_ERRORS = _counter(
     "llm_provider_errors",
     "Failed provider requests or streams, by kind (each retry counts).",
     ("kind",),
-    initial=[
-        ("timeout",),
-        ("connection",),
-        ("http_429",),
-        ("http_5xx",),
-        ("http_4xx",),
-        ("dropped",),
-        # A stream the service cannot read (PROTOCOL §8 `provider_protocol`).
-        ("protocol",),
-    ],
+    # `protocol`: a stream the service cannot read (PROTOCOL §8 `provider_protocol`).
+    initial=("timeout", "connection", "http_429", "http_5xx", "http_4xx", "dropped", "protocol"),
 )
-REJECTIONS = FleetCounter(
+REJECTIONS = _counter(
     "llm_rejections",
-    "Requests refused by a limit (REST and WebSocket), by error code.",
+    "Requests refused by a limit (REST, SSE and WebSocket), by error code.",
     ("code",),
-    initial=[
-        ("rate_limited",),
-        ("too_many_active",),
-        ("quota_exceeded",),
-        ("too_many_connections",),
-    ],
+    initial=(
+        "rate_limited",
+        "too_many_active",
+        "quota_exceeded",
+        "too_many_connections",
+        "too_many_streams",
+    ),
 )
-
-
-# --- Per-process metrics ---------------------------------------------------------------------
-
-# No `<name>_created` series next to each counter: Prometheus does not need them in the text
-# format, and they double the series of this process's own counters.
-disable_created_metrics()  # type: ignore[no-untyped-call]
-REGISTRY = CollectorRegistry()
-for _collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
-    REGISTRY.register(_collector)
-
 WEBSOCKETS_OPEN = Gauge(
     "llm_websockets_open",
     "WebSocket connections open on this process (per process: sum over instances).",
-    registry=REGISTRY,
 )
 SSE_STREAMS_OPEN = Gauge(
     "llm_sse_streams_open",
     "SSE event streams open on this process (per process: sum over instances).",
-    registry=REGISTRY,
-)
-FLUSH_FAILURES = Counter(
-    "llm_metrics_flush_failures",
-    "Flushes of this process's increments to the shared store that failed (then retried).",
-    registry=REGISTRY,
 )
 
 
-# --- The store and the flushing thread -------------------------------------------------------
-
-
-class MemoryStore:
-    """The embedded default: one process records and serves everything."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._totals: dict[str, float] = defaultdict(float)
-
-    def add(self, batch: dict[str, float]) -> None:
-        with self._lock:
-            for field, amount in batch.items():
-                self._totals[field] += amount
-
-    def read(self) -> dict[str, float]:
-        with self._lock:
-            return dict(self._totals)
-
-
-class RedisStore:
-    """The distributed mode: one hash in Redis, shared by every web and worker process."""
-
-    def __init__(self, client: redis.Redis | None = None) -> None:
-        self._client = client
-
-    def client(self) -> redis.Redis:
-        from realtime.redis import sync_client
-
-        return self._client or sync_client()
-
-    def add(self, batch: dict[str, float]) -> None:
-        # MULTI/EXEC: a failed flush adds nothing, so retrying it cannot count twice (except
-        # when the connection drops after EXEC ran and before its reply: a rare overcount).
-        pipe = self.client().pipeline(transaction=True)
-        for field, amount in batch.items():
-            pipe.hincrbyfloat(REDIS_KEY, field, amount)
-        pipe.execute()
-
-    def read(self) -> dict[str, float]:
-        raw = cast(dict[bytes, bytes], self.client().hgetall(REDIS_KEY))
-        return {key.decode(): float(value) for key, value in raw.items()}
-
-
-@cache
-def store() -> MemoryStore | RedisStore:
-    return RedisStore() if settings.DISTRIBUTED else MemoryStore()
-
-
-class Recorder:
-    """This process's pending increments, flushed to the store by a daemon thread."""
-
-    def __init__(
-        self,
-        target: Callable[[], MemoryStore | RedisStore] | None = None,
-        *,
-        flush_in_background: bool = True,
-    ) -> None:
-        self._target = target or store
-        self._lock = threading.Lock()
-        self._flush_lock = threading.Lock()
-        self._pending: dict[str, float] = defaultdict(float)
-        # None: start the flushing thread on the first increment (in this process: a fork
-        # does not inherit threads).
-        self._thread_pid: int | None = None if flush_in_background else -1
-        self._failing = False
-
-    def add(self, field: str, amount: float) -> None:
-        with self._lock:
-            self._pending[field] += amount
-            start = self._thread_pid not in (-1, os.getpid())
-            if start:
-                self._thread_pid = os.getpid()
-        if start:
-            threading.Thread(target=self._loop, name="metrics-flush", daemon=True).start()
-            atexit.register(self.flush)
-
-    def _loop(self) -> None:
-        while True:
-            time.sleep(FLUSH_INTERVAL_S)
-            self.flush()
-
-    def flush(self) -> bool:
-        with self._flush_lock:
-            with self._lock:
-                batch, self._pending = self._pending, defaultdict(float)
-            if not batch:
-                return True
-            try:
-                self._target().add(dict(batch))
-            except Exception:
-                # Keep them for the next flush: the table is bounded by the label values, so
-                # an outage costs no memory growth, only delay.
-                with self._lock:
-                    for field, amount in batch.items():
-                        self._pending[field] += amount
-                FLUSH_FAILURES.inc()
-                if not self._failing:
-                    self._failing = True
-                    logger.warning("metrics: flush to the store failed; will retry", exc_info=True)
-                return False
-            if self._failing:
-                self._failing = False
-                logger.warning("metrics: flush to the store works again")
-            return True
-
-
-@cache
-def recorder() -> Recorder:
-    return Recorder()
-
-
-# --- Export ----------------------------------------------------------------------------------
-
-
-def _fleet_families(totals: dict[str, float]) -> Iterator[Metric]:
-    by_name: dict[str, dict[str, float]] = defaultdict(dict)
-    for field, value in totals.items():
-        name, _, rest = field.partition(_SEP)
-        by_name[name][rest] = value
-    for metric in _FLEET:
-        fields = by_name.get(metric.name, {})
-        if isinstance(metric, FleetHistogram):
-            yield _histogram_family(metric, fields)
-        else:
-            yield _counter_family(metric, fields)
-
-
-def _split(rest: str) -> tuple[str, tuple[str, ...]]:
-    part, *values = rest.split(_SEP)
-    return part, tuple(values)
-
-
-def _counter_family(metric: FleetMetric, fields: dict[str, float]) -> Metric:
-    family = CounterMetricFamily(metric.name, metric.documentation, labels=metric.labelnames)
-    samples: dict[tuple[str, ...], float] = dict.fromkeys(metric.initial, 0.0)
-    for rest, value in fields.items():
-        part, values = _split(rest)
-        if part == "total" and len(values) == len(metric.labelnames):
-            samples[values] = samples.get(values, 0.0) + value
-    if not metric.labelnames and not samples:
-        samples[()] = 0.0
-    for values, value in sorted(samples.items()):
-        family.add_metric(list(values), value)
-    return family
-
-
-def _histogram_family(metric: FleetHistogram, fields: dict[str, float]) -> Metric:
-    family = HistogramMetricFamily(metric.name, metric.documentation, labels=metric.labelnames)
-    counts: dict[tuple[str, ...], list[float]] = {}
-    sums: dict[tuple[str, ...], float] = {}
-    for rest, value in fields.items():
-        part, values = _split(rest)
-        if len(values) != len(metric.labelnames):
-            continue
-        if part == "sum":
-            sums[values] = value
-        elif part.startswith("b") and part[1:].isdigit() and int(part[1:]) <= len(metric.buckets):
-            counts.setdefault(values, [0.0] * (len(metric.buckets) + 1))[int(part[1:])] = value
-    for values in sorted(counts):
-        cumulative = 0.0
-        buckets: list[tuple[str, float]] = []
-        bounds = [*metric.buckets, float("inf")]
-        for bound, count in zip(bounds, counts[values], strict=True):
-            cumulative += count
-            buckets.append((_bound_text(bound), cumulative))
-        family.add_metric(list(values), buckets, sums.get(values, 0.0))
-    return family
-
-
-def _bound_text(bound: float) -> str:
-    return "+Inf" if bound == float("inf") else repr(float(bound))
-
-
-ACTIVE_STATUSES = ("queued", "running")
+# --- Scrape-time gauges (web processes only) -------------------------------------------------
 
 
 def _generation_gauges() -> Iterator[Metric]:
     from django.db.models import Count
 
-    from api.models import Generation
+    from api.models import ACTIVE_STATUSES, Generation
 
     # Only the non-terminal statuses: a range scan of the (status, heartbeat_at) index over
     # the rows in flight, cheap at any table size. Terminal totals are the counter above; a
     # GROUP BY over every status would scan the whole index (a million rows) on each scrape.
     rows = (
-        Generation.objects.filter(status__in=ACTIVE_STATUSES)
+        Generation.objects.filter(status__in=list(ACTIVE_STATUSES))
         .values_list("status")
         .annotate(count=Count("pk"))
         .order_by()
     )
-    counts = dict.fromkeys(ACTIVE_STATUSES, 0)
-    for status, count in rows:
-        counts[status] = count
+    counts = dict.fromkeys(sorted(status.value for status in ACTIVE_STATUSES), 0) | dict(rows)
     by_status = GaugeMetricFamily(
         "llm_generations",
         "Generations in a non-terminal status now (from the database).",
@@ -441,54 +166,44 @@ def _generation_gauges() -> Iterator[Metric]:
     )
 
 
-def _queue_gauge() -> Metric:
+def _queue_gauge() -> Iterator[Metric]:
     from huey.contrib.djhuey import HUEY
 
-    return GaugeMetricFamily(
+    yield GaugeMetricFamily(
         "llm_queue_depth",
         "Tasks waiting in the Huey queue for a worker thread.",
         value=HUEY.pending_count(),
     )
 
 
-class ScrapeCollector:
-    """Everything not held by this process's registry, read at scrape time."""
+class WebMetrics:
+    """What a web process's /metrics shows: its own collectors, then the scrape-time gauges."""
 
     def collect(self) -> Iterator[Metric]:
+        yield from REGISTRY.collect()
         up = GaugeMetricFamily(
             "llm_metrics_source_up",
             "Whether this scrape could read each source (0: its metrics are missing).",
             labels=["source"],
         )
-        recorder().flush()  # this process's own increments, so a scrape sees them at once
-        try:
-            totals = store().read()
-        except Exception:
-            logger.warning("metrics: reading the store failed", exc_info=True)
-            up.add_metric(["store"], 0)
-        else:
-            yield from _fleet_families(totals)
-            up.add_metric(["store"], 1)
-        try:
-            families = list(_generation_gauges())
-        except Exception:
-            logger.warning("metrics: reading the database failed", exc_info=True)
-            up.add_metric(["database"], 0)
-        else:
-            yield from families
-            up.add_metric(["database"], 1)
-        try:
-            queue = _queue_gauge()
-        except Exception:
-            logger.warning("metrics: reading the queue failed", exc_info=True)
-            up.add_metric(["queue"], 0)
-        else:
-            yield queue
-            up.add_metric(["queue"], 1)
+        sources: dict[str, Callable[[], Iterator[Metric]]] = {
+            "database": _generation_gauges,
+            "queue": _queue_gauge,
+        }
+        for source, read in sources.items():
+            try:
+                families = list(read())
+            except Exception:
+                # The rest of the scrape is still worth serving; the gap shows in `up`.
+                logger.warning("metrics: reading the %s failed", source, exc_info=True)
+                up.add_metric([source], 0)
+            else:
+                yield from families
+                up.add_metric([source], 1)
         yield up
 
 
-REGISTRY.register(ScrapeCollector())
+WEB_METRICS = WebMetrics()
 
 
 def metrics_view(request: HttpRequest) -> HttpResponse:
@@ -508,9 +223,36 @@ def metrics_view(request: HttpRequest) -> HttpResponse:
     # prefers), else prometheus_client's latest text format.
     accept = request.headers.get("Accept")
     if not accept:
-        return HttpResponse(generate_latest(REGISTRY), content_type=CONTENT_TYPE_LATEST)
+        return HttpResponse(generate_latest(WEB_METRICS), content_type=CONTENT_TYPE_LATEST)
     encode, content_type = choose_encoder(accept)
-    return HttpResponse(encode(REGISTRY), content_type=content_type)
+    return HttpResponse(encode(WEB_METRICS), content_type=content_type)
+
+
+# --- The worker's own endpoint ---------------------------------------------------------------
+
+_serving_lock = threading.Lock()
+_serving = False
+
+
+def serve_worker_metrics() -> None:
+    """A run_huey process: its collectors over HTTP on WORKER_METRICS_PORT (0: not served).
+
+    Called from every worker thread's start-up hook: the first one starts the server.
+    """
+    global _serving
+    port = settings.WORKER_METRICS_PORT
+    with _serving_lock:
+        if _serving or not port:
+            return
+        _serving = True
+    try:
+        start_http_server(port)
+    except OSError:
+        # A port taken (two workers on one host given the same one) costs this process its
+        # metrics, not its generations.
+        logger.error("metrics: cannot serve on WORKER_METRICS_PORT=%s", port, exc_info=True)
+        return
+    logger.info("metrics: serving this worker's metrics on port %s", port)
 
 
 class AttemptTimer:
@@ -545,19 +287,21 @@ class AttemptTimer:
         self._last_text_at = now
         if self._first_text_at is None:
             self._first_text_at = now
-            PROVIDER_TIME_TO_FIRST_TOKEN.observe(now - self._provider_started_at, model=self._model)
+            waited_s = now - self._provider_started_at
+            PROVIDER_TIME_TO_FIRST_TOKEN.labels(model=self._model).observe(waited_s)
 
     def delta_published(self) -> None:
         if self._ttft_pending and self._created_at is not None:
             self._ttft_pending = False
             waited_s = time.time() - self._created_at.timestamp()
             # created_at comes from the web host's clock: skew between hosts shows here.
-            TIME_TO_FIRST_TOKEN.observe(max(0.0, waited_s), model=self._model)
+            TIME_TO_FIRST_TOKEN.labels(model=self._model).observe(max(0.0, waited_s))
 
     def finished(self, *, status: str, finish_reason: str) -> None:
         """The final row is written."""
-        GENERATIONS_FINISHED.inc(status=status, finish_reason=finish_reason)
+        GENERATIONS_FINISHED.labels(status=status, finish_reason=finish_reason).inc()
         if self._first_text_at is not None and self._texts >= 2:
             streaming_s = self._last_text_at - self._first_text_at
             if streaming_s > 0:
-                TOKENS_PER_SECOND.observe((self._texts - 1) / streaming_s, model=self._model)
+                rate_tps = (self._texts - 1) / streaming_s
+                TOKENS_PER_SECOND.labels(model=self._model).observe(rate_tps)

@@ -77,6 +77,8 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "channels",
     "huey.contrib.djhuey",
+    # django-ninja: its interactive API docs (templates and static files) at /api/v1/docs.
+    "ninja",
     "api",
     "jobs",
     "realtime",
@@ -383,6 +385,10 @@ if HEARTBEAT_TIMEOUT_S <= 2 * CHECKPOINT_INTERVAL_S:
 # Set: GET /metrics requires "Authorization: Bearer <METRICS_TOKEN>". Unset: open, like
 # /healthz, for a scraper on a private network (the numbers name no user and no prompt).
 METRICS_TOKEN = envstr("METRICS_TOKEN")
+# A `manage.py run_huey` process serves its own metrics over HTTP on this port (no token: bind
+# it on a private network); 0: not served. Several workers on one host need one port each.
+# The embedded worker's metrics are in the web process's /metrics.
+WORKER_METRICS_PORT = envint("WORKER_METRICS_PORT", 0, minimum=0, maximum=65535)
 
 # --- Django odds and ends --------------------------------------------------------------------
 

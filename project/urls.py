@@ -2,28 +2,30 @@ from __future__ import annotations
 
 from django.contrib import admin
 from django.http import HttpRequest, HttpResponse
-from django.urls import path
+from django.urls import include, path
 from django.views.decorators.csrf import csrf_exempt
 
-from api import openapi, views
 from api.errors import ApiError, error_response
+from api.http import json_method_not_allowed
 from api.login_throttle import throttled_admin_login
+from api.views import api
 from project import health, metrics, sample
+from realtime import asyncapi
 from realtime.sse import generation_events
 
+_api_patterns, _app, _namespace = api.urls
+
 urlpatterns = [
-    path("api/v1/auth/token", views.auth_token),
-    path("api/v1/generations", views.generations),
-    path("api/v1/generations/<str:generation_id>", views.generation_detail),
-    path("api/v1/generations/<str:generation_id>/cancel", views.generation_cancel),
-    path("api/v1/generations/<str:generation_id>/ticket", views.generation_ticket),
+    # A plain async view (Server-Sent Events), ahead of the API's routes: the API only
+    # describes it in its OpenAPI document.
     # Token-authenticated like the rest of the API, so CSRF does not apply; without the
     # exemption a POST here got Django's HTML 403 page instead of the JSON 405.
     path("api/v1/generations/<str:generation_id>/events", csrf_exempt(generation_events)),
-    path("api/v1/me", views.me),
-    path("api/v1/conversations", views.conversation_collection),
-    path("api/v1/conversations/<str:conversation_id>", views.conversation_detail),
-    path("api/v1/schema", openapi.schema_view),
+    # The AsyncAPI document of the WebSocket and SSE protocol (realtime.asyncapi).
+    path("api/v1/asyncapi.json", asyncapi.asyncapi_view),
+    # REST (api.views, django-ninja), its OpenAPI document at api/v1/schema and docs at
+    # api/v1/docs.
+    path("api/v1/", include((json_method_not_allowed(_api_patterns), _app), namespace=_namespace)),
     path("healthz", health.healthz),
     path("readyz", health.readyz),
     path("metrics", metrics.metrics_view),

@@ -386,7 +386,7 @@ class StreamConsumer(AsyncConsumer):  # type: ignore[misc]
                         "message": f"At most {limits.max_connections} connections per user.",
                     }
                 )
-                metrics.REJECTIONS.inc(code="too_many_connections")
+                metrics.REJECTIONS.labels(code="too_many_connections").inc()
                 await self._close(CLOSE_TOO_MANY_CONNECTIONS)
                 return
             self.registered = True
@@ -538,7 +538,7 @@ class StreamConsumer(AsyncConsumer):  # type: ignore[misc]
         )
         self.frame_allowance_at = now
         if self.frame_allowance < 1:
-            metrics.REJECTIONS.inc(code="rate_limited")
+            metrics.REJECTIONS.labels(code="rate_limited").inc()
             return False
         self.frame_allowance -= 1
         return True

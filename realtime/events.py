@@ -83,16 +83,3 @@ def fold(messages: Iterable[dict[str, Any]], text: str = "") -> str:
         elif kind == "reset":
             text = ""
     return text
-
-
-def fold_reasoning(messages: Iterable[dict[str, Any]], text: str = "") -> str:
-    """The reasoning a client that shows it ends up with (PROTOCOL §8)."""
-    for message in messages:
-        kind = message["type"]
-        if kind == "snapshot":
-            text = message.get("reasoning", "")
-        elif kind == "reasoning":
-            text += message["text"]
-        elif kind == "reset":
-            text = ""
-    return text

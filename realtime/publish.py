@@ -187,7 +187,7 @@ def publish_event(generation_id: str, attempt: int, event: dict[str, Any]) -> bo
     kind, seq = event["type"], event["seq"]
     if not event_log().append(generation_id, attempt, seq, kind, data):
         return False
-    metrics.EVENTS_PUBLISHED.inc(type=kind)
+    metrics.EVENTS_PUBLISHED.labels(type=kind).inc()
     live_sender().send(
         group_name(generation_id),
         {

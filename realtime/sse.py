@@ -142,7 +142,7 @@ class StreamSlot:
         slot = cls(user_id)
         limit = settings.MAX_SSE_STREAMS_PER_USER
         if not await stream_registry().add(user_id, slot.stream_id, limit):
-            metrics.REJECTIONS.inc(code="too_many_streams")
+            metrics.REJECTIONS.labels(code="too_many_streams").inc()
             raise ApiError(
                 "too_many_streams",
                 f"At most {limit} event streams per user are open at once.",

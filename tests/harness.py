@@ -31,6 +31,7 @@ from tests.tier_env import (
     TIER,
     free_port,
 )
+from tests.wire import check_sse_frame
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
@@ -134,7 +135,7 @@ class FakeLLM:
         self._log = open(Path(RUN_DIR) / f"fake-llm-{self.port}.log", "ab")  # noqa: SIM115
         reap_orphans()
         self.process = spawn(
-            [PYTHON, "-m", "jobs.fake_openai", "--port", str(self.port)],
+            [PYTHON, "-m", "tests.fake_openai", "--port", str(self.port)],
             cwd=ROOT,
             stdout=self._log,
             stderr=subprocess.STDOUT,
@@ -171,10 +172,13 @@ class Service:
         tier: str = TIER,
         redis_url: str | None = None,
         database_address: str | None = None,
+        worker_metrics: bool = False,
     ) -> None:
         """`redis_url`: a Redis of the test's own (that it may restart) instead of a database
         of the shared server. `database_address`: "host:port" the service reaches MySQL at
-        (a proxy the test can cut); the database itself is created on the shared server."""
+        (a proxy the test can cut); the database itself is created on the shared server.
+        `worker_metrics`: each worker process serves its metrics on a port of its own
+        (`worker_metrics_ports`), as several workers on one host do."""
         self.number = next(_instance_numbers)
         self.tier = tier
         self.dir = Path(RUN_DIR) / f"service-{self.number}"
@@ -213,6 +217,7 @@ class Service:
             workers if tier == "distributed" else 0
         )
         self._logs: list[Any] = []
+        self.worker_metrics_ports = [free_port() for _ in self.workers] if worker_metrics else []
         # How many times each worker was started (a log of its own holds every start).
         self.worker_starts = [0] * len(self.workers)
 
@@ -235,10 +240,12 @@ class Service:
             self.start_worker(index)
         return self
 
-    def _spawn(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
+    def _spawn(
+        self, name: str, args: list[str], env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
         log = open(self.dir / f"{name}.log", "ab")  # noqa: SIM115 (closed in stop)
         self._logs.append(log)
-        return spawn(args, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+        return spawn(args, cwd=ROOT, env=env or self.env, stdout=log, stderr=subprocess.STDOUT)
 
     def start_web(self, index: int = 0, *, wait: bool = True) -> None:
         port = self.ports[index]
@@ -249,7 +256,12 @@ class Service:
             wait_until(lambda: self._healthy(port), timeout_s=30)
 
     def start_worker(self, index: int = 0) -> None:
-        self.workers[index] = self._spawn(f"worker{index}", [PYTHON, "manage.py", "run_huey"])
+        env = self.env
+        if self.worker_metrics_ports:
+            env = {**env, "WORKER_METRICS_PORT": str(self.worker_metrics_ports[index])}
+        self.workers[index] = self._spawn(
+            f"worker{index}", [PYTHON, "manage.py", "run_huey"], env=env
+        )
         self.worker_starts[index] += 1
 
     def _healthy(self, port: int) -> bool:
@@ -317,11 +329,14 @@ class Service:
 
 
 def parse_sse(lines: Iterator[str]) -> Iterator[dict[str, Any]]:
-    """SSE frames as dicts: {"id", "event", "data" (decoded JSON), "comment", "retry"}."""
+    """SSE frames as dicts: {"id", "event", "data" (decoded JSON), "comment", "retry"}; each
+    event is checked against its model (tests/wire.py)."""
     frame: dict[str, Any] = {}
     for line in lines:
         if line == "":
             if frame:
+                if "data" in frame:
+                    check_sse_frame(frame)
                 yield frame
             frame = {}
             continue

@@ -143,3 +143,24 @@ def test_readme_distributed_steps_install_the_mysql_extra_in_an_activated_enviro
     ):
         assert step in section, step
     assert section.index(". .venv/bin/activate") < section.index("python manage.py migrate")
+
+
+def test_the_documented_scrape_configuration_reaches_every_web_and_worker_container() -> None:
+    """docs/metrics.md's prometheus.yml finds the compose services on the ports they serve."""
+    doc = (ROOT / "docs" / "metrics.md").read_text()
+    block = doc[doc.index("```yaml\nscrape_configs:") + len("```yaml\n") :]
+    jobs = {
+        job["job_name"]: job
+        for job in yaml.safe_load(block[: block.index("```")])["scrape_configs"]
+    }
+    services = _compose()["services"]
+    web_command = services["web"]["command"]
+    worker_env = services["worker"]["environment"]
+
+    (web,) = jobs["llm-web"]["dns_sd_configs"]
+    (worker,) = jobs["llm-worker"]["dns_sd_configs"]
+    assert (web["names"], web["port"]) == (["web"], int(web_command[web_command.index("-p") + 1]))
+    assert (worker["names"], worker["port"]) == (["worker"], int(worker_env["WORKER_METRICS_PORT"]))
+    # The worker still gets the distributed settings beside its port.
+    assert worker_env["REDIS_URL"] == services["web"]["environment"]["REDIS_URL"]
+    assert "WORKER_METRICS_PORT" not in services["web"]["environment"]

@@ -20,7 +20,7 @@ import time
 import redis.asyncio as aioredis
 
 from bench.baselines.tinyhttp import Request, reply_json, serve, sse_frame, start_sse
-from jobs.fake_openai import Behaviour, parse_directive, stamped, token_text
+from tests.fake_openai import Behaviour, parse_directive, stamped, token_text
 
 JOBS = "bench:streams:jobs"
 # Generations' streams outlive the run by this much, then Redis drops them.

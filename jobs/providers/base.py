@@ -6,7 +6,7 @@ import importlib
 import random
 import threading
 import time
-from collections.abc import AsyncGenerator, Callable, Generator, Iterator
+from collections.abc import AsyncGenerator, Callable, Generator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -183,7 +183,7 @@ def stream_with_retry(
                     break
         except ProviderError as error:
             stream.close()
-            metrics.PROVIDER_ERRORS.inc(kind=error.kind)
+            metrics.PROVIDER_ERRORS.labels(kind=error.kind).inc()
             if error.permanent or retry >= PROVIDER_RETRIES or stop_requested():
                 raise
             delay_s = backoff_s(retry)
@@ -200,7 +200,7 @@ def stream_with_retry(
             yield from stream
         except ProviderError as error:
             # Mid-stream, after text: no retry here (the runner starts a new attempt).
-            metrics.PROVIDER_ERRORS.inc(kind=error.kind)
+            metrics.PROVIDER_ERRORS.labels(kind=error.kind).inc()
             raise
         finally:
             stream.close()
@@ -225,7 +225,7 @@ async def astream_with_retry(
                     break
         except ProviderError as error:
             await stream.aclose()
-            metrics.PROVIDER_ERRORS.inc(kind=error.kind)
+            metrics.PROVIDER_ERRORS.labels(kind=error.kind).inc()
             if error.permanent or retry >= PROVIDER_RETRIES or stop_requested():
                 raise
             delay_s = backoff_s(retry)
@@ -244,7 +244,7 @@ async def astream_with_retry(
                 yield chunk
         except ProviderError as error:
             # Mid-stream, after text: no retry here (the runner starts a new attempt).
-            metrics.PROVIDER_ERRORS.inc(kind=error.kind)
+            metrics.PROVIDER_ERRORS.labels(kind=error.kind).inc()
             raise
         finally:
             await stream.aclose()
@@ -280,7 +280,3 @@ def get_provider(name: str | None = None) -> Provider:
             if provider is None:
                 provider = _instances[name] = _load(name)()
     return provider
-
-
-def chunks_to_text(chunks: Iterator[Chunk]) -> str:
-    return "".join(chunk.text for chunk in chunks)

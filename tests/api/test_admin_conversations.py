@@ -56,6 +56,22 @@ def test_conversations_are_searchable_by_user_and_title(admin_client: Client) ->
     assert listed(admin_client, "nothing like this") == set()
 
 
+def test_the_user_link_lists_exactly_that_users_conversations(admin_client: Client) -> None:
+    # "+" is allowed in Django usernames and means a space in a query string.
+    plus = conversation("tom+jerry", "Cartoons")
+    conversation("tom jerry", "Other cartoons")
+
+    html = admin_client.get(CONVERSATIONS).content.decode()
+    link = re.search(r'href="([^"]*)" title="This user\'s conversations">tom\+jerry<', html)
+
+    assert link is not None
+    assert link.group(1) == f"{CONVERSATIONS}?q=tom%2Bjerry"
+    followed = admin_client.get(link.group(1).replace("&amp;", "&"))
+    assert set(re.findall(r'value="(conv_[0-9A-Za-z]{22})"', followed.content.decode())) == {
+        plus.pk
+    }
+
+
 def test_a_conversation_page_shows_its_turns_and_branches(admin_client: Client) -> None:
     chat = conversation("alice", "Branches")
     root = add_turn(chat, "root question")

@@ -43,6 +43,10 @@ BAD_VALUES: list[tuple[str, str]] = [
     ("CONTEXT_BUDGETS", "gpt-4o=0"),
     ("MAX_CONVERSATION_TURNS", "many"),
     ("MAX_HISTORY_CHARS", "-1"),
+    # Metrics.
+    ("WORKER_METRICS_PORT", "-1"),
+    ("WORKER_METRICS_PORT", "65536"),
+    ("WORKER_METRICS_PORT", "ninety"),
 ]
 
 

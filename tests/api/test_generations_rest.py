@@ -10,7 +10,6 @@ from typing import Any
 import httpx
 import pytest
 
-from jobs.fake_openai import expected_text
 from tests.api.support import (
     GENERATION_FIELDS,
     GENERATION_ID_PATTERN,
@@ -19,6 +18,7 @@ from tests.api.support import (
     assert_error,
 )
 from tests.conftest import create, wait_terminal
+from tests.fake_openai import expected_text
 from tests.harness import FakeLLM, Service, parse_sse, stream_events, wait_until
 
 
@@ -276,7 +276,10 @@ def test_list_limit_defaults_to_20_and_accepts_1_and_100(carol: httpx.Client) ->
     assert hundred["next_cursor"] is None
 
 
-@pytest.mark.parametrize("limit", ["0", "101", "-1", "abc", "", "1.5", "1e1", "0x10"])
+# "+5", " 5", "5_0" and "5.0" are integers to pydantic, not to the contract (plain digits).
+@pytest.mark.parametrize(
+    "limit", ["0", "101", "-1", "abc", "", "1.5", "1e1", "0x10", "+5", " 5", "5_0", "5.0"]
+)
 def test_list_limit_outside_1_to_100_is_invalid_request(alice: httpx.Client, limit: str) -> None:
     response = alice.get("/api/v1/generations", params={"limit": limit})
 

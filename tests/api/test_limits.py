@@ -8,7 +8,6 @@ test has users of its own, so one test's generations never count toward another'
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 import uuid
 from collections.abc import Iterator
@@ -18,9 +17,9 @@ from typing import Any
 import httpx
 import pytest
 
-from jobs.fake_openai import expected_text
 from tests.api.support import assert_error
 from tests.conftest import create, wait_terminal
+from tests.fake_openai import expected_text
 from tests.harness import FakeLLM, Service, make_token, wait_until
 from tests.jobs.support import requests_with, unique
 from tests.realtime.wsclient import (
@@ -32,6 +31,7 @@ from tests.realtime.wsclient import (
     session,
 )
 from tests.tier_env import TIER
+from tests.wire import decoded_event
 
 TIGHT_ENV = {
     "RATE_LIMIT_PER_MINUTE": "4",
@@ -316,7 +316,7 @@ def test_daily_quota_override_cuts_a_generation_off_mid_stream_with_finish_reaso
         final = wait_terminal(client, generation["id"])
         refused = post(client)
 
-    events = [json.loads(line[5:]) for line in lines]
+    events = [decoded_event(line[5:].lstrip()) for line in lines]
     assert events[-1]["type"] == "done"
     assert (events[-1]["status"], events[-1]["finish_reason"]) == ("completed", "length")
     assert "".join(e.get("text", "") for e in events if e["type"] == "delta") == expected_text(25)

@@ -66,6 +66,21 @@ def test_quick_capacity_run_loses_nothing_and_writes_its_report(tmp_path: Path) 
     changed = per_token["db"]["rows_changed.generation"]
     assert changed >= per_token["streams"] * per_token["tokens_per_stream"]
 
+    # The service's metrics: its web process's, then each worker's own port, where the
+    # worker-side counters are.
+    sections: dict[str, list[str]] = {}
+    for line in (tmp_path / "metrics_after_capacity.txt").read_text().splitlines():
+        if line.startswith("# http://"):
+            url = line[2:]
+            sections[url] = []
+        else:
+            sections[url].append(line)
+    _web, *workers = sections.values()
+    assert len(workers) == 2
+    done = 'llm_events_published_total{type="done"} '
+    finished = sum(float(line[len(done) :]) for w in workers for line in w if line.startswith(done))
+    assert finished >= steps["ours"]["streams"]
+
     for name in ("capacity.md", "capacity_p99.png", "capacity_cpu.png", "REPORT.md"):
         assert (tmp_path / name).stat().st_size > 0, name
     report = (tmp_path / "REPORT.md").read_text()

@@ -12,7 +12,7 @@ from typing import Any
 import websockets
 
 from bench import idle_connections, resume, ttft_overhead
-from jobs.fake_openai import expected_text
+from tests.fake_openai import expected_text
 from tests.harness import FakeLLM, Service
 from tests.tier_env import TIER
 

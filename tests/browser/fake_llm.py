@@ -1,24 +1,21 @@
-"""The fake OpenAI server of jobs.fake_openai, plus canned answers for the browser tests.
+"""The fake OpenAI server of tests.fake_openai, plus canned answers for the browser tests.
 
 The word stream of ``[fake tokens=N]`` cannot contain Markdown or HTML; the browser tests
 need both (a Markdown answer to render, an answer with <script> to prove it renders inert).
 A prompt with ``[canned NAME]`` streams ``CANNED[NAME]`` in word-sized pieces instead, at the
-``rate`` of its ``[fake ...]`` directive if there is one. Everything else is unchanged.
+``rate`` of its ``[fake ...]`` directive if there is one, through the plain server's stream
+writer (so with its chunk shapes, pacing, cap and usage). Everything else is unchanged.
 
-Run it with ``python -m tests.browser.fake_llm --port N`` (test_browser.py's
+Run it with ``python -m tests.browser.fake_llm --port N`` (conftest.py's
 ``BrowserFakeLLM`` does, the way tests.harness.FakeLLM starts the plain one).
 """
 
 from __future__ import annotations
 
-import argparse
-import asyncio
-import json
 import re
-import time
 from typing import Any
 
-from jobs.fake_openai import Behaviour, FakeOpenAI
+from tests.fake_openai import Behaviour, FakeOpenAI, main
 
 CANNED = {
     # Each line is a way model output has been used to run script or leak data in a chat UI.
@@ -67,70 +64,11 @@ def pieces(text: str) -> list[str]:
 
 
 class CannedFakeOpenAI(FakeOpenAI):
-    async def _stream(
-        self,
-        request: dict[str, Any],
-        behaviour: Behaviour,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
-    ) -> bool:
+    def answer(self, request: dict[str, Any], behaviour: Behaviour) -> list[str] | None:
         prompt = "\n".join(str(m.get("content", "")) for m in request.get("messages", []))
         match = _CANNED.search(prompt)
-        if not match:
-            return await super()._stream(request, behaviour, reader, writer)
-        chunks = pieces(CANNED[match.group(1)])
-        writer.write(
-            b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
-            b"Transfer-Encoding: chunked\r\nCache-Control: no-cache\r\n\r\n"
-        )
-        base = {
-            "id": "chatcmpl-canned",
-            "object": "chat.completion.chunk",
-            "created": int(time.time()),
-            "model": request.get("model", "fake"),
-        }
-
-        def send(payload: str) -> None:
-            data = f"data: {payload}\n\n".encode()
-            writer.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
-
-        def chunk(delta: dict[str, Any], finish: str | None = None) -> str:
-            choice = {"index": 0, "delta": delta, "finish_reason": finish}
-            return json.dumps({**base, "choices": [choice]}, ensure_ascii=False)
-
-        send(chunk({"role": "assistant", "content": ""}))
-        started = time.monotonic()
-        for index, text in enumerate(chunks):
-            if behaviour.rate:
-                delay = started + index / behaviour.rate - time.monotonic()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-            send(chunk({"content": text}))
-            await writer.drain()
-        send(chunk({}, "stop"))
-        if (request.get("stream_options") or {}).get("include_usage"):
-            usage = {"prompt_tokens": 5, "completion_tokens": len(chunks)}
-            usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
-            send(json.dumps({**base, "choices": [], "usage": usage}))
-        send("[DONE]")
-        writer.write(b"0\r\n\r\n")
-        await writer.drain()
-        return True
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--port", type=int, required=True)
-    args = parser.parse_args()
-    fake = CannedFakeOpenAI(Behaviour())
-
-    async def serve() -> None:
-        await fake.start("127.0.0.1", args.port)
-        assert fake.server is not None
-        await fake.server.serve_forever()
-
-    asyncio.run(serve())
+        return pieces(CANNED[match.group(1)]) if match else None
 
 
 if __name__ == "__main__":
-    main()
+    main(CannedFakeOpenAI, __doc__ or "")

@@ -48,6 +48,12 @@ export async function scenario(body, { contextOptions = {} } = {}) {
     ],
   });
   const context = await browser.newContext({ viewport: { width: 1280, height: 800 }, ...contextOptions });
+  // Every WebSocket frame the service sends to the page (and to pages it opens), written to
+  // FRAMES_FILE at the end; test_browser.py checks each against its model (tests/wire.py).
+  const framesReceived = [];
+  const watchFrames = (opened) =>
+    opened.on("websocket", (ws) => ws.on("framereceived", ({ payload }) => framesReceived.push(String(payload))));
+  context.on("page", watchFrames);
   const page = await context.newPage();
   const problems = [];
   page.on("pageerror", (error) => problems.push(`page error: ${error.message}`));
@@ -75,6 +81,7 @@ export async function scenario(body, { contextOptions = {} } = {}) {
   }
   await browser.close();
   clearTimeout(timer);
+  if (env.FRAMES_FILE) writeFileSync(env.FRAMES_FILE, JSON.stringify(framesReceived));
   if (failed) {
     console.error(failed);
     process.exit(1);

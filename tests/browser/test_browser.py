@@ -23,12 +23,13 @@ from typing import Any
 import httpx
 import pytest
 
-from jobs.fake_openai import answer_after_reasoning, expected_text, reasoning_text
 from tests.browser.conftest import PASSWORD
 from tests.browser.fake_llm import CANNED
 from tests.conftest import wait_terminal
+from tests.fake_openai import answer_after_reasoning, expected_text, reasoning_text
 from tests.harness import ROOT, Service
 from tests.tier_env import JWT_SECRET, RUN_DIR, TIER, free_port
+from tests.wire import decoded_frame
 
 HERE = Path(__file__).resolve().parent
 CHROMIUM = "/usr/bin/chromium"
@@ -50,6 +51,8 @@ def run_scenario(
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     result_file = Path(RUN_DIR) / f"browser-{script}-{extra.get('SSE_MODE', '')}-{TIER}.json"
     result_file.unlink(missing_ok=True)
+    frames_file = result_file.with_suffix(".frames.json")
+    frames_file.unlink(missing_ok=True)
     shot = extra.pop("SHOT", script)
     env = {
         **os.environ,
@@ -59,6 +62,7 @@ def run_scenario(
         "PROMPT": prompt,
         "SCREENSHOT": str(SCREENSHOTS / f"{shot}.png"),
         "RESULT_FILE": str(result_file),
+        "FRAMES_FILE": str(frames_file),
         "CHROMIUM": CHROMIUM,
         **extra,
     }
@@ -75,6 +79,9 @@ def run_scenario(
     output = f"{completed.stdout}\n{completed.stderr}"
     print(output)  # shown by pytest on failure, and with -s
     assert completed.returncode == 0, f"{script}.mjs failed:\n{output}\n{site.logs()}"
+    # Each WebSocket frame the page received matches its model (realtime/schemas.py).
+    for frame in json.loads(frames_file.read_text()):
+        decoded_frame(frame)
     result: dict[str, Any] = json.loads(result_file.read_text())
     return result
 

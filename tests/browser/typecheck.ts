@@ -4,12 +4,40 @@ import {
   ApiError,
   StreamClient,
   backoffDelay,
+  type ClientFrame,
   type ConnectionState,
   type DoneEvent,
   type Generation,
   type GenerationStream,
+  type ServerFrame,
   type StreamUpdate,
 } from "../../frontend-sample/client.js";
+
+// An app that speaks the WebSocket itself: frames narrow on `type`.
+export function onFrame(frame: ServerFrame, socket: { send(text: string): void }): string {
+  const reply = (next: ClientFrame): void => socket.send(JSON.stringify(next));
+  switch (frame.type) {
+    case "auth.ok":
+      reply({ type: "subscribe", id: "gen_x", after: 0, ref: frame.user });
+      return String(frame.expires_at);
+    case "error":
+      return `${frame.code} ${frame.retry_after ?? 0} ${frame.id ?? ""}`;
+    case "created":
+    case "turn":
+      return frame.generation.output;
+    case "delta":
+    case "reasoning":
+      return frame.text;
+    case "snapshot":
+      return frame.text + frame.reasoning;
+    case "done":
+      return `${frame.status} ${frame.finish_reason ?? ""} ${frame.error?.code ?? ""}`;
+    case "conversation_updated":
+      return frame.conversation.title;
+    default:
+      return frame.type;
+  }
+}
 
 declare function render(text: string): void;
 

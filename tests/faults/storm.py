@@ -30,6 +30,7 @@ from websockets.exceptions import ConnectionClosed
 from realtime.events import fold
 from tests.harness import Service, make_token
 from tests.tier_env import RUN_DIR
+from tests.wire import decoded_event, decoded_frame
 
 TERMINAL = ("completed", "failed", "cancelled")
 # A segment with nothing received for this long is given up and resumed elsewhere (SSE
@@ -227,7 +228,7 @@ class Storm:
         cut: int | None,
     ) -> None:
         await ws.send(json.dumps({"type": "auth", "token": token}))
-        reply = json.loads(await asyncio.wait_for(ws.recv(), CONNECT_TIMEOUT_S))
+        reply = decoded_frame(await asyncio.wait_for(ws.recv(), CONNECT_TIMEOUT_S))
         if reply.get("type") != "auth.ok":
             raise ConnectionError(f"auth: {reply}")
         after = followed.position
@@ -235,7 +236,7 @@ class Storm:
             json.dumps({"type": "subscribe", "id": followed.generation_id, "after": after})
         )
         while True:
-            frame = json.loads(await asyncio.wait_for(ws.recv(), SEGMENT_IDLE_S))
+            frame = decoded_frame(await asyncio.wait_for(ws.recv(), SEGMENT_IDLE_S))
             if frame["type"] == "subscribed":
                 continue
             if frame["type"] == "error":
@@ -266,7 +267,7 @@ class Storm:
             async for line in response.aiter_lines():
                 if not line.startswith("data: "):
                     continue
-                message = json.loads(line[6:])
+                message = decoded_event(line[6:])
                 out.append(message)
                 if message["type"] == "done" or (cut is not None and len(out) >= cut):
                     return

@@ -23,6 +23,7 @@ from websockets.sync.client import ClientConnection, connect
 from tests.conftest import create
 from tests.faults.conftest import FULL
 from tests.harness import Service, make_token
+from tests.wire import decoded_frame
 
 FUZZ_USER = "fuzzer"
 EXAMPLES = 1000 if FULL else 100
@@ -217,7 +218,7 @@ def read_until_pong(ws: ClientConnection, ref: str) -> list[dict[str, Any]]:
         text = ws.recv(timeout=15)
         assert isinstance(text, str), "the server sends text frames only"
         assert "Traceback" not in text
-        reply = json.loads(text)
+        reply = decoded_frame(text)
         assert isinstance(reply, dict) and "type" in reply, reply
         if reply["type"] == "error":
             assert reply["code"] in ERROR_CODES, reply
@@ -238,7 +239,7 @@ def test_websocket_frames_never_crash_the_connection_or_the_server(
     def session(sequence: list[str | bytes]) -> None:
         with connect(url, open_timeout=10, max_size=None) as ws:
             ws.send(json.dumps({"type": "auth", "token": token}))
-            assert json.loads(ws.recv(timeout=10))["type"] == "auth.ok"
+            assert decoded_frame(ws.recv(timeout=10))["type"] == "auth.ok"
             try:
                 for frame in sequence:
                     ws.send(frame)
@@ -261,7 +262,7 @@ def test_websocket_frames_never_crash_the_connection_or_the_server(
             # Anything but a good `auth` frame ends the session at once.
             with pytest.raises(ConnectionClosed):
                 while True:
-                    reply = json.loads(ws.recv(timeout=10))
+                    reply = decoded_frame(ws.recv(timeout=10))
                     assert reply["type"] == "error" and reply["code"] == "unauthorized", reply
             assert ws.close_code in ALLOWED_CLOSE_CODES, (ws.close_code, ws.close_reason)
 

@@ -59,20 +59,6 @@ def send(runner: Attempt, text: str) -> None:
     engine().call(go())
 
 
-def test_an_append_retried_after_its_reply_was_lost_counts_as_done() -> None:
-    generation = new_generation(unique("lost reply"))
-    gid = generation.id
-    assert event_log().fence(gid, 1) == 0
-    data = events.dumps(events.delta(gid, 1, "Hello"))
-
-    assert event_log().append(gid, 1, 1, "delta", data)
-    # The same append again, as a client that never saw the reply sends it.
-    assert event_log().append(gid, 1, 1, "delta", data)
-    # Another event with a seq already taken is refused.
-    assert not event_log().append(gid, 1, 1, "delta", events.dumps(events.delta(gid, 1, "x")))
-    assert logged_events(gid) == [events.delta(gid, 1, "Hello")]
-
-
 def test_runner_that_lost_its_fence_with_redis_restores_it_and_goes_on() -> None:
     runner = runner_with_two_deltas()
     gid = runner.generation_id

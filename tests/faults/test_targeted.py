@@ -27,13 +27,14 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from jobs.fake_openai import expected_text
 from realtime.events import fold
 from tests.conftest import wait_terminal
+from tests.fake_openai import expected_text
 from tests.faults.conftest import distributed_only
 from tests.faults.infra import DatabaseProxy, RedisServer, fault_cluster, wait_workers_ready
 from tests.faults.storm import check_segment
 from tests.harness import FakeLLM, Service, make_token, wait_until
+from tests.wire import decoded_frame
 
 pytestmark = [distributed_only, pytest.mark.timeout(300)]
 
@@ -135,12 +136,12 @@ class Subscriber(threading.Thread):
         url = self.cluster.url("/ws/v1", web=web).replace("http://", "ws://")
         async with connect(url, open_timeout=5) as ws:
             await ws.send(json.dumps({"type": "auth", "token": self.token}))
-            assert json.loads(await ws.recv())["type"] == "auth.ok"
+            assert decoded_frame(await ws.recv())["type"] == "auth.ok"
             await ws.send(
                 json.dumps({"type": "subscribe", "id": self.generation_id, "after": self.position})
             )
             while True:
-                frame = json.loads(await asyncio.wait_for(ws.recv(), 30))
+                frame = decoded_frame(await asyncio.wait_for(ws.recv(), 30))
                 if frame["type"] in ("subscribed",):
                     continue
                 out.append(frame)
@@ -465,10 +466,10 @@ async def arrival_times(
         try:
             async with connect(url, open_timeout=5) as ws:
                 await ws.send(json.dumps({"type": "auth", "token": make_token(username)}))
-                assert json.loads(await ws.recv())["type"] == "auth.ok"
+                assert decoded_frame(await ws.recv())["type"] == "auth.ok"
                 await ws.send(json.dumps({"type": "subscribe", "id": generation_id}))
                 while True:
-                    frame = json.loads(await asyncio.wait_for(ws.recv(), 30))
+                    frame = decoded_frame(await asyncio.wait_for(ws.recv(), 30))
                     if frame["type"] == "delta":
                         times.append(time.monotonic())
                     if frame["type"] == "done":
@@ -553,7 +554,7 @@ def test_rest_answers_503_unavailable_while_a_dependency_is_down(
 
 
 async def _frame(ws: Any, timeout_s: float = 15) -> dict[str, Any]:
-    frame: dict[str, Any] = json.loads(await asyncio.wait_for(ws.recv(), timeout_s))
+    frame: dict[str, Any] = decoded_frame(await asyncio.wait_for(ws.recv(), timeout_s))
     return frame
 
 

@@ -16,13 +16,13 @@ from typing import Any
 import pytest
 from pytest_django.fixtures import Settings
 
-from jobs.fake_openai import Behaviour, FakeOpenAI
+from tests.fake_openai import Behaviour, FakeOpenAI
 from tests.harness import FakeLLM, Service
 from tests.tier_env import FAKE_LLM_PORT
 
 
 class InProcessFakeLLM:
-    """jobs.fake_openai.FakeOpenAI on its own loop thread, on this process's provider port."""
+    """tests.fake_openai.FakeOpenAI on its own loop thread, on this process's provider port."""
 
     def __init__(self, port: int) -> None:
         self.port = port

@@ -15,6 +15,7 @@ from django.db.backends.utils import CursorWrapper
 from api.models import Generation
 from realtime.eventlog import event_log
 from tests.harness import Background, Service, messages, stream_events
+from tests.wire import check_event
 
 
 def unique(prompt: str) -> str:
@@ -66,9 +67,13 @@ def new_generation(prompt: str, **fields: Any) -> Generation:
 
 
 def logged_events(generation_id: str) -> list[dict[str, Any]]:
-    """The generation's replay buffer, decoded (in-process tests)."""
+    """The generation's replay buffer, decoded (in-process tests); each event checked against
+    its model (tests/wire.py)."""
     stored, _ = event_log().read_after_sync(generation_id, 0)
-    return [event.decoded() for event in stored]
+    decoded = [event.decoded() for event in stored]
+    for message in decoded:
+        check_event(message)
+    return decoded
 
 
 @contextmanager

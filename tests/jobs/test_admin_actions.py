@@ -14,9 +14,9 @@ from django.urls import reverse
 
 from api import services
 from api.models import Generation
-from jobs.fake_openai import expected_text
 from jobs.runner import Runner, run_generation_job
 from tests.api.admin_support import action, row
+from tests.fake_openai import expected_text
 from tests.harness import wait_until
 from tests.jobs.support import logged_events, unique
 from tests.tier_env import TIER

@@ -6,7 +6,7 @@ import time
 
 import openai
 
-from jobs.fake_openai import STAMP, expected_text, token_text
+from tests.fake_openai import STAMP, expected_text, token_text
 from tests.harness import FakeLLM
 
 

@@ -14,10 +14,10 @@ from django.conf import settings
 
 from api import services
 from api.models import FinishReason, Generation, Status
-from jobs.fake_openai import expected_text
 from jobs.runner import Runner, run_generation_job
 from realtime import events
 from realtime.publish import publish_event
+from tests.fake_openai import expected_text
 from tests.jobs.support import logged_events, new_generation, unique
 
 pytestmark = [

@@ -15,13 +15,13 @@ from django.utils import timezone
 from api import services
 from api.models import Generation
 from jobs import engine, runner
-from jobs.fake_openai import expected_text, token_text
 from jobs.runner import (
     COALESCE_INTERVAL_S,
     COALESCE_MAX_INTERVAL_S,
     coalesce_interval_s,
     run_generation_job,
 )
+from tests.fake_openai import expected_text, token_text
 from tests.jobs.support import all_statements, logged_events, new_generation, unique
 
 pytestmark = [

@@ -9,8 +9,8 @@ import time
 import pytest
 from pytest_django.fixtures import Settings
 
-from jobs.fake_openai import expected_text
 from jobs.runner import run_generation_job
+from tests.fake_openai import expected_text
 from tests.harness import wait_until
 from tests.jobs.conftest import InProcessFakeLLM
 from tests.jobs.support import new_generation, unique

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import httpx
 
-from jobs.fake_openai import expected_text
 from realtime.events import fold
 from tests.conftest import create, wait_terminal
+from tests.fake_openai import expected_text
 from tests.harness import FakeLLM, Service
 from tests.jobs.support import assert_gap_free, requests_with, unique, watch
 

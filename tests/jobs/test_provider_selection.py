@@ -8,8 +8,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from jobs.fake_openai import expected_text
 from tests.conftest import create, wait_terminal
+from tests.fake_openai import expected_text
 from tests.harness import PYTHON, ROOT, FakeLLM, Service
 from tests.jobs.support import requests_with, unique
 

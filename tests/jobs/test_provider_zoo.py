@@ -1,5 +1,5 @@
 """Every OpenAI-compatible server's stream and failure, end to end: the fake provider imitates
-each one (jobs/fake_openai.py, "the provider zoo"), the real SDK reads it through the real
+each one (tests/fake_openai.py, "the provider zoo"), the real SDK reads it through the real
 worker, and each test checks what a subscriber folded, the final row (status, finish_reason,
 error code, usage) and how many requests reached the provider."""
 
@@ -11,16 +11,16 @@ import os
 import shutil
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from jobs.fake_openai import answer_after_reasoning, expected_text, odd_text, reasoning_text
-from realtime.events import fold, fold_reasoning
+from realtime.events import fold
 from tests.conftest import create, wait_terminal
+from tests.fake_openai import answer_after_reasoning, expected_text, odd_text, reasoning_text
 from tests.harness import FakeLLM, Service, make_token
 from tests.jobs.support import requests_with, unique, watch
 from tests.realtime.wsclient import events_until_done, recv, send, session
@@ -37,6 +37,19 @@ ZOO_ENV = {
     # LM Studio refuses stream_options: off for its models only.
     "OPENAI_NO_STREAM_OPTIONS_MODELS": "local-*",
 }
+
+
+def fold_reasoning(messages: Iterable[dict[str, Any]], text: str = "") -> str:
+    """The reasoning a client that shows it ends up with (PROTOCOL §8)."""
+    for message in messages:
+        kind = message["type"]
+        if kind == "snapshot":
+            text = message.get("reasoning", "")
+        elif kind == "reasoning":
+            text += message["text"]
+        elif kind == "reset":
+            text = ""
+    return text
 
 
 @pytest.fixture(scope="module")

@@ -18,11 +18,11 @@ from django.conf import settings
 from api import services
 from api.models import Generation
 from jobs import engine
-from jobs.fake_openai import expected_text, token_text
 from jobs.runner import COALESCE_INTERVAL_S, Runner, run_generation_job
 from realtime import events
 from realtime.eventlog import event_log
 from realtime.events import fold
+from tests.fake_openai import expected_text, token_text
 from tests.jobs.support import all_statements, logged_events, new_generation, unique
 
 pytestmark = [

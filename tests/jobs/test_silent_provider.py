@@ -7,8 +7,8 @@ import time
 
 import httpx
 
-from jobs.fake_openai import expected_text
 from tests.conftest import create, wait_terminal
+from tests.fake_openai import expected_text
 from tests.harness import Service, messages, stream_events, wait_until
 from tests.jobs.support import unique
 

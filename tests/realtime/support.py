@@ -42,6 +42,7 @@ from realtime.live import LiveInbox, stored_event
 from realtime.publish import LiveSender, group_name, live_sender, publish_event
 from realtime.redis import sync_client
 from realtime.subscription import Subscription
+from tests.wire import check_event
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -158,7 +159,7 @@ class Worker:
     async def start(cls) -> Worker:
         """A generation that a worker has claimed: row running attempt 1, log fenced."""
         generation_id = await in_thread(_create_running_row)()
-        assert event_log().fence(generation_id, 1) == 0
+        assert event_log().take_fence(generation_id, 1) is None
         return cls(generation_id)
 
     def _publish(self, event: dict[str, Any]) -> None:
@@ -281,7 +282,7 @@ class Worker:
             with log._lock:
                 log._logs.pop(gid, None)
             if not expired:
-                log.fence(gid, self.attempt)
+                log.take_fence(gid, self.attempt)
 
 
 async def sync_live(
@@ -347,7 +348,11 @@ class Subscriber:
         return self.subscription.finished
 
     def messages(self) -> list[dict[str, Any]]:
-        return [event.decoded() for event in self.received]
+        """What the subscription sent, each event checked against its model."""
+        decoded = [event.decoded() for event in self.received]
+        for message in decoded:
+            check_event(message)
+        return decoded
 
     async def join(self) -> None:
         """Join the live group; return once it is in effect (a marker came back through it).

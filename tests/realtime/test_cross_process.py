@@ -16,10 +16,11 @@ import pytest
 import redis
 from websockets.asyncio.client import connect
 
-from jobs.fake_openai import expected_text
 from realtime.events import fold
+from tests.fake_openai import expected_text
 from tests.harness import FakeLLM, Service, make_token
 from tests.tier_env import TIER
+from tests.wire import decoded_event, decoded_frame
 
 pytestmark = pytest.mark.skipif(
     TIER != "distributed", reason="several web and worker processes need the distributed tier"
@@ -42,11 +43,11 @@ async def ws_segment(
     received: list[dict[str, Any]] = []
     async with connect(url) as ws:
         await ws.send(json.dumps({"type": "auth", "token": token}))
-        assert json.loads(await ws.recv())["type"] == "auth.ok"
+        assert decoded_frame(await ws.recv())["type"] == "auth.ok"
         await ws.send(json.dumps({"type": "subscribe", "id": generation_id, "after": after}))
         while True:
             try:
-                frame = json.loads(await asyncio.wait_for(ws.recv(), 30))
+                frame = decoded_frame(await asyncio.wait_for(ws.recv(), 30))
             except TimeoutError:
                 raise AssertionError(
                     f"WS {url} {generation_id} after={after} got {received}"
@@ -62,7 +63,7 @@ async def ws_segment(
 async def sse_lines(response: httpx.Response) -> AsyncIterator[dict[str, Any]]:
     async for line in response.aiter_lines():
         if line.startswith("data: "):
-            yield json.loads(line[6:])
+            yield decoded_event(line[6:])
 
 
 async def sse_segment(

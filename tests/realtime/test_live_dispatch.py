@@ -18,6 +18,7 @@ from channels.testing import WebsocketCommunicator
 from realtime.consumers import StreamConsumer
 from tests.harness import make_token
 from tests.realtime.support import Worker, tier_sender
+from tests.wire import decoded_frame
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -42,19 +43,19 @@ async def test_live_events_reach_the_client_without_a_database_hop_each(
         await communicator.send_to(
             text_data=json.dumps({"type": "auth", "token": make_token("alice")})
         )
-        assert json.loads(await communicator.receive_from(timeout=30))["type"] == "auth.ok"
+        assert decoded_frame(await communicator.receive_from(timeout=30))["type"] == "auth.ok"
         subscribe = {"type": "subscribe", "id": worker.generation_id}
         await communicator.send_to(text_data=json.dumps(subscribe))
         received: list[dict[str, Any]] = []
         while not any(frame.get("type") == "snapshot" for frame in received):
-            received.append(json.loads(await communicator.receive_from(timeout=30)))
+            received.append(decoded_frame(await communicator.receive_from(timeout=30)))
         hops_before_live = len(hops)
 
         for index in range(20):
             worker.delta(f"t{index} ")
         text = ""
         while text != worker.text:
-            frame = json.loads(await communicator.receive_from(timeout=30))
+            frame = decoded_frame(await communicator.receive_from(timeout=30))
             if frame["type"] == "delta":
                 text += frame["text"]
 

@@ -8,10 +8,9 @@ through the same exporter /metrics uses.
 from __future__ import annotations
 
 import pytest
-from prometheus_client import generate_latest
+from prometheus_client import REGISTRY, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from project.metrics import REGISTRY
 from tests.realtime.support import Harness, in_thread, install_manual_clock, tier_sender
 
 pytestmark = pytest.mark.django_db(transaction=True)

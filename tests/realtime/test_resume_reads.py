@@ -30,6 +30,7 @@ from realtime import consumers, events
 from realtime.consumers import StreamConsumer
 from realtime.eventlog import event_log
 from tests.harness import make_token
+from tests.wire import decoded_frame
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -73,13 +74,13 @@ async def test_websocket_subscribe_reads_the_row_once_for_the_owner_check_and_sn
         await communicator.send_to(
             text_data=json.dumps({"type": "auth", "token": make_token("resume-reads-ws")})
         )
-        assert json.loads(await communicator.receive_from(timeout=30))["type"] == "auth.ok"
+        assert decoded_frame(await communicator.receive_from(timeout=30))["type"] == "auth.ok"
         row_reads = _counting(monkeypatch, selectors, "row_state")
 
         await communicator.send_to(text_data=json.dumps({"type": "subscribe", "id": generation.id}))
         kinds: list[dict[str, Any]] = []
         while not kinds or kinds[-1]["type"] != "done":
-            kinds.append(json.loads(await communicator.receive_from(timeout=30)))
+            kinds.append(decoded_frame(await communicator.receive_from(timeout=30)))
     finally:
         await communicator.disconnect()
 
@@ -160,13 +161,13 @@ async def test_an_authenticated_connection_with_no_subscription_does_not_wake_ev
         await communicator.send_to(
             text_data=json.dumps({"type": "auth", "token": make_token("idle-ticks")})
         )
-        assert json.loads(await communicator.receive_from(timeout=30))["type"] == "auth.ok"
+        assert decoded_frame(await communicator.receive_from(timeout=30))["type"] == "auth.ok"
         clock = _CountingClock()
         monkeypatch.setattr(consumers, "time", clock)
         # Hundreds of ticks' worth of idling (at the patched tick); the connection answers.
         await asyncio.sleep(0.3)
         await communicator.send_to(text_data=json.dumps({"type": "ping", "ref": 1}))
-        assert json.loads(await communicator.receive_from(timeout=30))["type"] == "pong"
+        assert decoded_frame(await communicator.receive_from(timeout=30))["type"] == "pong"
     finally:
         await communicator.disconnect()
 
@@ -187,9 +188,9 @@ async def test_the_idle_timer_wakes_for_a_subscription_made_after_idling(
         await communicator.send_to(
             text_data=json.dumps({"type": "auth", "token": make_token("idle-then-subscribe")})
         )
-        assert json.loads(await communicator.receive_from(timeout=30))["type"] == "auth.ok"
+        assert decoded_frame(await communicator.receive_from(timeout=30))["type"] == "auth.ok"
         await communicator.send_to(text_data=json.dumps({"type": "subscribe", "id": generation.id}))
-        kinds = [json.loads(await communicator.receive_from(timeout=30))["type"] for _ in "ab"]
+        kinds = [decoded_frame(await communicator.receive_from(timeout=30))["type"] for _ in "ab"]
         assert kinds == ["subscribed", "snapshot"]
         # Written to the buffer only, as if its live message were lost: only the idle
         # timer's look at the buffer can deliver it.
@@ -197,7 +198,7 @@ async def test_the_idle_timer_wakes_for_a_subscription_made_after_idling(
         await sync_to_async(event_log().append)(
             generation.id, 1, 1, "delta", events.dumps(events.delta(generation.id, 1, "late"))
         )
-        delta = json.loads(await communicator.receive_from(timeout=30))
+        delta = decoded_frame(await communicator.receive_from(timeout=30))
     finally:
         await communicator.disconnect()
 

@@ -10,9 +10,9 @@ from typing import Any
 import httpx
 import pytest
 
-from jobs.fake_openai import expected_text
 from realtime.events import fold
 from tests.conftest import create, wait_terminal
+from tests.fake_openai import expected_text
 from tests.harness import Service, messages, stream_events
 from tests.realtime.wsclient import (
     UNKNOWN_GENERATION_ID,

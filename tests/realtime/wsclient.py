@@ -20,6 +20,7 @@ from websockets.exceptions import ConnectionClosed
 from tests.api.support import GENERATION_FIELDS as GENERATION_FIELDS
 from tests.api.support import UNKNOWN_GENERATION_ID as UNKNOWN_GENERATION_ID
 from tests.harness import Service, make_token
+from tests.wire import decoded_frame
 
 Message = dict[str, Any]
 
@@ -63,10 +64,8 @@ async def send(ws: ClientConnection, frame: Message) -> None:
 
 
 async def recv(ws: ClientConnection, timeout_s: float = RECV_TIMEOUT_S) -> Message:
-    raw = await asyncio.wait_for(ws.recv(), timeout_s)
-    assert isinstance(raw, str), f"expected a text frame, got {raw!r}"
-    message: Message = json.loads(raw)
-    return message
+    """The next frame, checked against its model (tests/wire.py)."""
+    return decoded_frame(await asyncio.wait_for(ws.recv(), timeout_s))
 
 
 async def recv_type(

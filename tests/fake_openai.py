@@ -1,6 +1,6 @@
 """A fake OpenAI-compatible chat completions server, for tests and benchmarks.
 
-Run it with ``python -m jobs.fake_openai --port 8901`` and point the service at it with
+Run it with ``python -m tests.fake_openai --port 8901`` and point the service at it with
 ``LLM_PROVIDER=openai OPENAI_BASE_URL=http://127.0.0.1:8901/v1 OPENAI_API_KEY=test``. It
 speaks enough HTTP/1.1 (keep-alive, chunked responses) for the official SDK, and streams
 ``chat.completion.chunk`` events exactly as the real API does, usage included on request.
@@ -433,6 +433,12 @@ class FakeOpenAI:
         finally:
             self.streaming -= 1
 
+    def answer(self, request: dict[str, Any], behaviour: Behaviour) -> list[str] | None:
+        """The streamed text's pieces, one per token, when a server of its own answers this
+        request with text of its own (tests.browser.fake_llm's canned answers); None: the
+        numbered words of ``token_text``, ``behaviour.tokens`` of them."""
+        return None
+
     async def _stream(
         self,
         request: dict[str, Any],
@@ -490,8 +496,10 @@ class FakeOpenAI:
         limit = int(request.get("max_tokens") or request.get("max_completion_tokens") or 10**9)
         if behaviour.ignore_max:
             limit = 10**9
-        count = min(behaviour.tokens, limit)
-        finish = "length" if behaviour.tokens > limit else "stop"
+        pieces = self.answer(request, behaviour)
+        available = behaviour.tokens if pieces is None else len(pieces)
+        count = min(available, limit)
+        finish = "length" if available > limit else "stop"
         if behaviour.finish:
             finish = behaviour.finish
         reasoning_field = behaviour.reasoning_field or (
@@ -538,7 +546,10 @@ class FakeOpenAI:
                 delay = started + index / behaviour.rate - time.monotonic()
                 if delay > 0:
                     await asyncio.sleep(delay)
-            text = odd_token_text(index) if behaviour.odd else token_text(index)
+            if pieces is not None:
+                text = pieces[index]
+            else:
+                text = odd_token_text(index) if behaviour.odd else token_text(index)
             if behaviour.stamp:
                 text = stamped(text, time.time())
             delta: dict[str, Any]
@@ -590,15 +601,16 @@ class FakeOpenAI:
         return True
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def main(server: type[FakeOpenAI] = FakeOpenAI, description: str = __doc__ or "") -> None:
+    """Serve `server` (this module's, or a subclass with answers of its own) until killed."""
+    parser = argparse.ArgumentParser(description=description.split("\n\n")[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8901)
     parser.add_argument("--tokens", type=int, default=50)
     parser.add_argument("--rate", type=float, default=0.0, help="tokens per second")
     parser.add_argument("--ttft", type=float, default=0.0, help="ms before the first token")
     args = parser.parse_args()
-    fake = FakeOpenAI(Behaviour(tokens=args.tokens, rate=args.rate, ttft=args.ttft))
+    fake = server(Behaviour(tokens=args.tokens, rate=args.rate, ttft=args.ttft))
 
     async def serve() -> None:
         port = await fake.start(args.host, args.port)

@@ -1,0 +1,197 @@
+"""The AsyncAPI 3.0 document of the WebSocket (/ws/v1) and SSE protocol, generated from the
+frame models of realtime/schemas.py and served at /api/v1/asyncapi.json.
+
+docs/asyncapi.json is this document, committed; `python -m realtime.asyncapi` writes it again
+after a model changed (a test fails until it is the same as what the service serves).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.views.decorators.csrf import csrf_exempt
+from pydantic.json_schema import models_json_schema
+
+from api.errors import ApiError, error_response
+from realtime import schemas
+
+SCHEMAS_REF = "#/components/schemas/{model}"
+COMMITTED_PATH = Path(__file__).resolve().parent.parent / "docs" / "asyncapi.json"
+
+# Each client frame and the frames that answer it (PROTOCOL §5; an `error` may answer any).
+REPLIES: dict[type[schemas.Frame], tuple[type[schemas.Frame], ...]] = {
+    schemas.AuthFrame: (schemas.AuthOkFrame, schemas.ErrorFrame),
+    schemas.GenerateFrame: (schemas.CreatedFrame, schemas.ErrorFrame),
+    schemas.SubscribeFrame: (schemas.SubscribedFrame, schemas.ErrorFrame),
+    schemas.UnsubscribeFrame: (schemas.UnsubscribedFrame, schemas.ErrorFrame),
+    schemas.CancelFrame: (schemas.AckFrame, schemas.ErrorFrame),
+    schemas.PingFrame: (schemas.PongFrame, schemas.ErrorFrame),
+    schemas.SubscribeConversationFrame: (
+        schemas.ConversationSubscribedFrame,
+        schemas.ErrorFrame,
+    ),
+    schemas.UnsubscribeConversationFrame: (
+        schemas.ConversationUnsubscribedFrame,
+        schemas.ErrorFrame,
+    ),
+}
+# What the server sends on its own: a subscription's events, a followed conversation's turns
+# and changes, and the error before a close it decided (token expired, account deactivated).
+PUSHED: tuple[type[schemas.Frame], ...] = (
+    *schemas.EVENT_MODELS,
+    schemas.TurnFrame,
+    schemas.ConversationUpdatedFrame,
+    schemas.ConversationDeletedFrame,
+    schemas.ErrorFrame,
+)
+
+WEBSOCKET_DESCRIPTION = """\
+One connection multiplexes any number of generations (PROTOCOL §5, docs/protocol.md). Every \
+frame is one JSON text frame; the first must be `auth` within WS_AUTH_TIMEOUT. Each client \
+frame may carry `ref`, echoed in its reply. Events carry the generation `id`.
+
+Close codes: 4401 unauthorized or token expired, 4408 no `auth` in time, 4008 slow consumer, \
+4429 too many connections for this user, 1003 a binary frame, 1009 a frame over 64 KiB, \
+1013 storage unreachable during the first `auth` (reconnect with backoff), 1001 server \
+shutting down."""
+
+SSE_DESCRIPTION = """\
+The events of one generation as Server-Sent Events (PROTOCOL §4): each is `id: <seq>`, \
+`event: <type>`, `data: <the event object below, on one line>`, then a blank line. `retry: \
+1000` is sent once and a `: ping` comment while idle. The position comes from Last-Event-ID, \
+else `?after=`, else 0; a position at or after `done` gets 204 No Content. Auth: \
+`Authorization: Bearer <JWT>`, or `?ticket=` from POST \
+/api/v1/generations/{generation_id}/ticket."""
+
+
+def _type_name(model: type[schemas.Frame]) -> str:
+    name: str = model.model_fields["type"].annotation.__args__[0]  # type: ignore[union-attr]
+    return name
+
+
+def _message(model: type[schemas.Frame]) -> dict[str, Any]:
+    summary = (model.__doc__ or "").strip().split("\n\n")[0].replace("\n", " ")
+    message: dict[str, Any] = {
+        "name": _type_name(model),
+        "title": _type_name(model),
+        "payload": {"$ref": SCHEMAS_REF.format(model=model.__name__)},
+    }
+    if summary:
+        message["summary"] = summary
+    return message
+
+
+def _refs(channel: str, models: tuple[type[schemas.Frame], ...]) -> list[dict[str, str]]:
+    return [{"$ref": f"#/channels/{channel}/messages/{_type_name(model)}"} for model in models]
+
+
+@cache
+def document() -> dict[str, Any]:
+    every_model = schemas.CLIENT_FRAME_MODELS + schemas.SERVER_FRAME_MODELS
+    _, definitions = models_json_schema(
+        [(model, "validation") for model in every_model], ref_template=SCHEMAS_REF
+    )
+    websocket_models = schemas.CLIENT_FRAME_MODELS + schemas.SERVER_FRAME_MODELS
+    operations: dict[str, Any] = {}
+    for request, replies in REPLIES.items():
+        operations[_type_name(request)] = {
+            "action": "receive",
+            "channel": {"$ref": "#/channels/websocket"},
+            "summary": (request.__doc__ or "").strip().split("\n\n")[0].replace("\n", " ")
+            or f"The `{_type_name(request)}` frame.",
+            "messages": _refs("websocket", (request,)),
+            "reply": {
+                "channel": {"$ref": "#/channels/websocket"},
+                "messages": _refs("websocket", replies),
+            },
+        }
+    operations["push"] = {
+        "action": "send",
+        "channel": {"$ref": "#/channels/websocket"},
+        "summary": "Events of the subscribed generations, turns and changes of the followed "
+        "conversations, and the error before a close the server decided.",
+        "messages": _refs("websocket", PUSHED),
+    }
+    operations["events"] = {
+        "action": "send",
+        "channel": {"$ref": "#/channels/events"},
+        "summary": "One generation's events, until `done`.",
+        "messages": _refs("events", schemas.EVENT_MODELS),
+    }
+    return {
+        "asyncapi": "3.0.0",
+        "info": {
+            "title": "LLM stream service: WebSocket and Server-Sent Events",
+            "version": "1.1.0",
+            "description": "The realtime half of the wire contract (docs/protocol.md), "
+            "generated from realtime/schemas.py. REST is described by the OpenAPI document.",
+        },
+        "defaultContentType": "application/json",
+        "servers": {
+            "websocket": {
+                "host": "{host}",
+                "protocol": "ws",
+                "description": "wss behind TLS.",
+                "variables": {"host": {"default": "localhost:8000"}},
+            },
+            "http": {
+                "host": "{host}",
+                "protocol": "http",
+                "description": "https behind TLS.",
+                "variables": {"host": {"default": "localhost:8000"}},
+            },
+        },
+        "channels": {
+            "websocket": {
+                "address": "/ws/v1",
+                "title": "WebSocket",
+                "description": WEBSOCKET_DESCRIPTION,
+                "servers": [{"$ref": "#/servers/websocket"}],
+                "messages": {
+                    _type_name(model): {"$ref": f"#/components/messages/{model.__name__}"}
+                    for model in websocket_models
+                },
+            },
+            "events": {
+                "address": "/api/v1/generations/{generation_id}/events",
+                "title": "Server-Sent Events",
+                "description": SSE_DESCRIPTION,
+                "servers": [{"$ref": "#/servers/http"}],
+                "parameters": {"generation_id": {"description": "The generation's id."}},
+                "messages": {
+                    _type_name(model): {"$ref": f"#/components/messages/{model.__name__}"}
+                    for model in schemas.EVENT_MODELS
+                },
+            },
+        },
+        "operations": operations,
+        "components": {
+            "schemas": definitions["$defs"],
+            "messages": {model.__name__: _message(model) for model in websocket_models},
+        },
+    }
+
+
+@csrf_exempt  # no cookie or token is used, so CSRF does not apply: a POST gets the JSON 405
+def asyncapi_view(request: HttpRequest) -> HttpResponse:
+    """Public, like the OpenAPI document: it describes the protocol, not anyone's data."""
+    if request.method not in ("GET", "HEAD"):
+        response = error_response(ApiError("method_not_allowed", "Use GET."))
+        response["Allow"] = "GET, HEAD"
+        return response
+    return JsonResponse(document(), json_dumps_params={"ensure_ascii": False})
+
+
+def render() -> str:
+    """The committed file's text."""
+    return json.dumps(document(), indent=2, ensure_ascii=False) + "\n"
+
+
+if __name__ == "__main__":
+    COMMITTED_PATH.write_text(render())
+    sys.stdout.write(f"wrote {COMMITTED_PATH}\n")

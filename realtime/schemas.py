@@ -1,0 +1,366 @@
+"""Every WebSocket frame and SSE event of the wire contract (PROTOCOL §3-5 and §8,
+docs/protocol.md) as a pydantic model, one per `type`.
+
+These models are the contract's single statement of the realtime shapes: the AsyncAPI document
+(realtime/asyncapi.py) is generated from their JSON schemas, frontend-sample/client.d.ts is
+checked against them, and the test suite validates every frame and event the service sends
+against them (tests/wire.py). The generation, usage, error and conversation objects inside
+them are api/schemas.py's.
+
+The models describe what this server sends and accepts, exactly: unknown keys are refused
+(`extra="forbid"`), so a field added to an emitted frame and not here fails a test. A client
+still ignores fields it does not know (PROTOCOL §8); that is its rule, not the server's.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
+
+from api.schemas import (
+    Conversation,
+    ErrorDetail,
+    FinishReasonName,
+    Generation,
+    GenerationCreateRequest,
+    GenerationError,
+    GenerationStatus,
+    Usage,
+)
+
+TerminalStatus = Literal["completed", "failed", "cancelled"]
+
+# `ref` is whatever JSON value the client put in its frame, echoed as it came (PROTOCOL §5).
+_REF_DESCRIPTION = "The client frame's `ref`, echoed as it came (null when it sent none)."
+
+
+class Frame(BaseModel):
+    """One JSON text frame (or SSE `data:` line). Fields listed in `absent_not_null` may be left
+    out but are never sent as null: the schema says so, and validation refuses a null."""
+
+    model_config = ConfigDict(extra="forbid")
+    absent_not_null: ClassVar[frozenset[str]] = frozenset()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _absent_rather_than_null(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            nulls = sorted(name for name in cls.absent_not_null if data.get(name, 0) is None)
+            if nulls:
+                raise ValueError(f"{', '.join(nulls)}: left out when there is none, never null")
+        return data
+
+
+def _omitted(description: str) -> Any:
+    """A field that may be absent but is never null: its schema is the non-null type only."""
+    return Field(
+        default=None,
+        description=description,
+        json_schema_extra=_drop_null,
+    )
+
+
+def _drop_null(schema: dict[str, Any]) -> None:
+    options = schema.pop("anyOf", None)
+    if options is not None:
+        (kept,) = [option for option in options if option.get("type") != "null"]
+        schema.update(kept)
+    schema.pop("default", None)
+
+
+# --- Events: the same JSON on the WebSocket and as SSE `data:` (PROTOCOL §3, §8) -------------
+
+
+class SnapshotEvent(Frame):
+    """Not a log event: the fold of events 1..seq, sent first on a subscription from 0, or when
+    the events after the client's position can no longer be replayed."""
+
+    type: Literal["snapshot"]
+    id: str
+    seq: int = Field(ge=0)
+    text: str = Field(description="The output of the current attempt through `seq`.")
+    reasoning: str = Field(description="The reasoning through `seq` (v1.1).")
+    status: GenerationStatus = Field(description="The row's status when it was read.")
+
+
+class DeltaEvent(Frame):
+    """Append `text` to the output."""
+
+    type: Literal["delta"]
+    id: str
+    seq: int = Field(ge=1)
+    text: str
+
+
+class ReasoningEvent(Frame):
+    """Append `text` to the reasoning, never to the output (v1.1; same seq space as delta)."""
+
+    type: Literal["reasoning"]
+    id: str
+    seq: int = Field(ge=1)
+    text: str
+
+
+class ResetEvent(Frame):
+    """A new attempt started after a failure: discard the text and the reasoning so far."""
+
+    type: Literal["reset"]
+    id: str
+    seq: int = Field(ge=1)
+    attempt: int = Field(ge=1)
+
+
+class DoneEvent(Frame):
+    """Terminal: nothing follows it."""
+
+    type: Literal["done"]
+    id: str
+    seq: int = Field(ge=1)
+    status: TerminalStatus
+    finish_reason: FinishReasonName | None
+    usage: Usage | None
+    error: GenerationError | None
+
+
+Event = Annotated[
+    SnapshotEvent | DeltaEvent | ReasoningEvent | ResetEvent | DoneEvent,
+    Field(discriminator="type"),
+]
+EVENT_MODELS: tuple[type[Frame], ...] = (
+    SnapshotEvent,
+    DeltaEvent,
+    ReasoningEvent,
+    ResetEvent,
+    DoneEvent,
+)
+
+
+# --- Frames the server sends besides events (PROTOCOL §5, docs/protocol.md) ------------------
+
+
+class AuthOkFrame(Frame):
+    """The reply to `auth` (the first and every renewal)."""
+
+    type: Literal["auth.ok"]
+    ref: Any = Field(description=_REF_DESCRIPTION)
+    user: str = Field(description="The username.")
+    expires_at: int = Field(description="The token's `exp`, in Unix seconds.")
+
+
+class ErrorFrame(ErrorDetail, Frame):
+    """A frame that could not be run, or the reason for the close that follows (4401, 4429).
+
+    `ref` is absent only from errors that answer no frame (`token_expired`, a deactivated
+    account); `id` is there when the frame named a generation."""
+
+    model_config = ConfigDict(extra="forbid")
+    absent_not_null = frozenset({"id", "retry_after"})
+
+    type: Literal["error"]
+    ref: Any = Field(default=None, description=_REF_DESCRIPTION)
+    id: str | None = _omitted("The generation the failed frame named.")
+    retry_after: int | None = _omitted("Seconds before trying again (429 codes, unavailable).")
+
+
+class CreatedFrame(Frame):
+    """The reply to `generate`; the connection is then subscribed to it from 0."""
+
+    type: Literal["created"]
+    ref: Any = Field(description=_REF_DESCRIPTION)
+    generation: Generation
+
+
+class SubscribedFrame(Frame):
+    """The reply to `subscribe`; the events follow."""
+
+    type: Literal["subscribed"]
+    ref: Any = Field(description=_REF_DESCRIPTION)
+    id: str
+
+
+class UnsubscribedFrame(Frame):
+    """The reply to `unsubscribe`; no event of that generation follows."""
+
+    type: Literal["unsubscribed"]
+    ref: Any = Field(description=_REF_DESCRIPTION)
+    id: str
+
+
+class AckFrame(Frame):
+    """The reply to `cancel` once the cancel is recorded; `done` (cancelled) follows."""
+
+    type: Literal["ack"]
+    ref: Any = Field(description=_REF_DESCRIPTION)
+    id: str
+
+
+class PongFrame(Frame):
+    """The reply to `ping`."""
+
+    type: Literal["pong"]
+    ref: Any = Field(description=_REF_DESCRIPTION)
+
+
+class ConversationSubscribedFrame(Frame):
+    """The reply to `subscribe_conversation`; `turn` frames follow."""
+
+    type: Literal["conversation_subscribed"]
+    ref: Any = Field(description=_REF_DESCRIPTION)
+    conversation_id: str
+
+
+class ConversationUnsubscribedFrame(Frame):
+    """The reply to `unsubscribe_conversation`."""
+
+    type: Literal["conversation_unsubscribed"]
+    ref: Any = Field(description=_REF_DESCRIPTION)
+    conversation_id: str
+
+
+class TurnFrame(Frame):
+    """A turn of a followed conversation: every one above `after`, then each new one."""
+
+    type: Literal["turn"]
+    conversation_id: str
+    seq: int = Field(ge=1, description="The turn's number in the conversation (branches count).")
+    generation: Generation
+
+
+class ConversationUpdatedFrame(Frame):
+    """A followed conversation was renamed or switched branch (best effort, never replayed)."""
+
+    type: Literal["conversation_updated"]
+    conversation_id: str
+    conversation: Conversation
+
+
+class ConversationDeletedFrame(Frame):
+    """A followed conversation was deleted; its subscription has ended."""
+
+    type: Literal["conversation_deleted"]
+    conversation_id: str
+
+
+CONTROL_FRAME_MODELS: tuple[type[Frame], ...] = (
+    AuthOkFrame,
+    ErrorFrame,
+    CreatedFrame,
+    SubscribedFrame,
+    UnsubscribedFrame,
+    AckFrame,
+    PongFrame,
+    ConversationSubscribedFrame,
+    ConversationUnsubscribedFrame,
+    TurnFrame,
+    ConversationUpdatedFrame,
+    ConversationDeletedFrame,
+)
+SERVER_FRAME_MODELS = EVENT_MODELS + CONTROL_FRAME_MODELS
+
+ServerFrame = Annotated[
+    SnapshotEvent
+    | DeltaEvent
+    | ReasoningEvent
+    | ResetEvent
+    | DoneEvent
+    | AuthOkFrame
+    | ErrorFrame
+    | CreatedFrame
+    | SubscribedFrame
+    | UnsubscribedFrame
+    | AckFrame
+    | PongFrame
+    | ConversationSubscribedFrame
+    | ConversationUnsubscribedFrame
+    | TurnFrame
+    | ConversationUpdatedFrame
+    | ConversationDeletedFrame,
+    Field(discriminator="type"),
+]
+
+
+# --- Frames the client sends (PROTOCOL §5); each may carry `ref` -----------------------------
+
+
+class ClientFrame(Frame):
+    ref: Any = Field(
+        default=None, description="Any JSON value; echoed in the reply (and in its error)."
+    )
+
+
+class AuthFrame(ClientFrame):
+    """The first frame (within WS_AUTH_TIMEOUT), and again with a fresh token to renew."""
+
+    type: Literal["auth"]
+    token: str = Field(description="A JWT (PROTOCOL §1).")
+
+
+class GenerateFrame(GenerationCreateRequest, ClientFrame):
+    """Start a generation (the body of `POST /generations`) and subscribe to it from 0."""
+
+    absent_not_null = frozenset({"idempotency_key"})
+
+    type: Literal["generate"]
+    idempotency_key: str | None = _omitted("As the Idempotency-Key header of REST.")
+
+
+class SubscribeFrame(ClientFrame):
+    type: Literal["subscribe"]
+    id: str
+    after: int | None = Field(
+        default=None, ge=0, le=2**53, description="The last seq the client has; 0 or absent: all."
+    )
+
+
+class UnsubscribeFrame(ClientFrame):
+    type: Literal["unsubscribe"]
+    id: str
+
+
+class CancelFrame(ClientFrame):
+    type: Literal["cancel"]
+    id: str
+
+
+class PingFrame(ClientFrame):
+    type: Literal["ping"]
+
+
+class SubscribeConversationFrame(ClientFrame):
+    type: Literal["subscribe_conversation"]
+    conversation_id: str
+    after: int | None = Field(default=None, ge=0, description="The last turn seq the client has.")
+
+
+class UnsubscribeConversationFrame(ClientFrame):
+    type: Literal["unsubscribe_conversation"]
+    conversation_id: str
+
+
+CLIENT_FRAME_MODELS: tuple[type[Frame], ...] = (
+    AuthFrame,
+    GenerateFrame,
+    SubscribeFrame,
+    UnsubscribeFrame,
+    CancelFrame,
+    PingFrame,
+    SubscribeConversationFrame,
+    UnsubscribeConversationFrame,
+)
+
+ClientFrameUnion = Annotated[
+    AuthFrame
+    | GenerateFrame
+    | SubscribeFrame
+    | UnsubscribeFrame
+    | CancelFrame
+    | PingFrame
+    | SubscribeConversationFrame
+    | UnsubscribeConversationFrame,
+    Field(discriminator="type"),
+]
+
+server_frame_adapter: TypeAdapter[Any] = TypeAdapter(ServerFrame)
+event_adapter: TypeAdapter[Any] = TypeAdapter(Event)
+client_frame_adapter: TypeAdapter[Any] = TypeAdapter(ClientFrameUnion)

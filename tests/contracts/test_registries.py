@@ -1,0 +1,127 @@
+"""What every registry of open connections (realtime.connections: the WebSocket connections
+for MAX_CONNECTIONS_PER_USER, the SSE streams for MAX_SSE_STREAMS_PER_USER; Memory and Redis
+backends of each) must do: count per user, refuse past the limit, free a slot on release.
+
+Each case runs against the four (tests/contracts/conftest.py). Not stated here, because only
+Redis has it: the entries of a crashed process expire after CONNECTION_TTL_S (the embedded
+registry dies with its process).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+
+from realtime.connections import (
+    ConnectionRegistry,
+    MemoryConnectionRegistry,
+    MemoryStreamRegistry,
+    RedisConnectionRegistry,
+    RedisStreamRegistry,
+)
+from tests.contracts.conftest import BACKENDS, close_async_redis
+
+KINDS = {
+    ("memory", "connections"): MemoryConnectionRegistry,
+    ("redis", "connections"): RedisConnectionRegistry,
+    ("memory", "streams"): MemoryStreamRegistry,
+    ("redis", "streams"): RedisStreamRegistry,
+}
+
+
+@pytest.fixture(
+    params=[(backend, kind) for backend in BACKENDS for kind in ("connections", "streams")],
+    ids=lambda param: "-".join(param),
+)
+async def registry(request: pytest.FixtureRequest) -> AsyncIterator[ConnectionRegistry]:
+    backend, _ = request.param
+    if backend == "redis":
+        request.getfixturevalue("project_redis_at")
+    yield KINDS[request.param]()
+    await close_async_redis()
+
+
+def new_user() -> int:
+    # Users unique to the test: the reserved Redis database outlives one test.
+    return uuid.uuid4().int % 2**31
+
+
+def ids(count: int) -> list[str]:
+    return [str(uuid.uuid4()) for _ in range(count)]
+
+
+async def test_adds_up_to_the_limit_then_refuses(registry: ConnectionRegistry) -> None:
+    user = new_user()
+    first, second, third = ids(3)
+
+    assert await registry.add(user, first, 2)
+    assert await registry.add(user, second, 2)
+    assert not await registry.add(user, third, 2)
+
+
+async def test_users_are_counted_apart(registry: ConnectionRegistry) -> None:
+    alice, bob = new_user(), new_user()
+    assert await registry.add(alice, ids(1)[0], 1)
+
+    assert not await registry.add(alice, ids(1)[0], 1)
+    assert await registry.add(bob, ids(1)[0], 1)
+
+
+async def test_removing_frees_a_slot(registry: ConnectionRegistry) -> None:
+    user = new_user()
+    first, second = ids(2)
+    assert await registry.add(user, first, 1)
+
+    await registry.remove(user, first)
+
+    assert await registry.add(user, second, 1)
+
+
+async def test_refresh_keeps_an_entry_and_never_brings_back_a_removed_one(
+    registry: ConnectionRegistry,
+) -> None:
+    user = new_user()
+    first, second, third = ids(3)
+    assert await registry.add(user, first, 2)
+    await registry.refresh(user, first)
+    assert await registry.add(user, second, 2)
+    assert not await registry.add(user, third, 2)
+
+    await registry.remove(user, second)
+    await registry.refresh(user, second)
+
+    assert await registry.add(user, third, 2)
+
+
+async def test_removing_what_is_not_there_is_harmless(registry: ConnectionRegistry) -> None:
+    user = new_user()
+    await registry.remove(user, ids(1)[0])
+
+    assert await registry.add(user, ids(1)[0], 1)
+
+
+@pytest.fixture(params=BACKENDS)
+async def streams(
+    request: pytest.FixtureRequest,
+) -> AsyncIterator[MemoryStreamRegistry | RedisStreamRegistry]:
+    if request.param == "redis":
+        request.getfixturevalue("project_redis_at")
+        yield RedisStreamRegistry()
+    else:
+        yield MemoryStreamRegistry()
+    await close_async_redis()
+
+
+async def test_stream_released_synchronously_frees_its_slot(
+    streams: MemoryStreamRegistry | RedisStreamRegistry,
+) -> None:
+    # A stream that never started is released from Django's response.close(), in a thread.
+    user = new_user()
+    first, second = ids(2)
+    assert await streams.add(user, first, 1)
+
+    streams.remove_now(user, first)
+
+    assert await streams.add(user, second, 1)
