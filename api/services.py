@@ -536,6 +536,89 @@ def generation_checkpoint(
     return True, True
 
 
+@dataclass(frozen=True)
+class Checkpoint:
+    """One running attempt's fold so far, as a checkpoint writes it."""
+
+    generation_id: str
+    attempt: int
+    output: str
+    reasoning: str
+    seq: int
+    completion_tokens: int
+
+
+# Rows per checkpoint statement: 6 parameters a row keeps a statement of this many rows well
+# inside SQLite's 32,766 bound variables and MySQL's packet size.
+CHECKPOINT_ROWS_PER_STATEMENT_MAX = 500
+
+
+def _checkpoint_many_sql(checkpoints: list[Checkpoint], now: datetime, *, uncancelled: bool) -> int:
+    """One UPDATE for every row of `checkpoints`, each fenced by its own attempt; how many rows
+    it matched (MySQL is connected with FOUND_ROWS, SQLite counts matches)."""
+    table = connection.ops.quote_name(Generation._meta.db_table)
+    params: list[Any] = []
+    assignments = []
+    columns: dict[str, list[Any]] = {
+        "output": [c.output for c in checkpoints],
+        "reasoning": [c.reasoning for c in checkpoints],
+        "seq": [c.seq for c in checkpoints],
+        "completion_tokens": [c.completion_tokens for c in checkpoints],
+    }
+    cases = " ".join("WHEN %s THEN %s" for _ in checkpoints)
+    for column, values in columns.items():
+        assignments.append(f"{column} = CASE id {cases} END")
+        for checkpoint, value in zip(checkpoints, values, strict=True):
+            params.extend((checkpoint.generation_id, value))
+    params.append(connection.ops.adapt_datetimefield_value(now))
+    fences = " OR ".join("(id = %s AND attempt = %s)" for _ in checkpoints)
+    for checkpoint in checkpoints:
+        params.extend((checkpoint.generation_id, checkpoint.attempt))
+    params.append(Status.RUNNING)
+    sql = (
+        f"UPDATE {table} SET {', '.join(assignments)}, heartbeat_at = %s"
+        f" WHERE ({fences}) AND status = %s"
+    )
+    if uncancelled:
+        sql += " AND NOT cancel_requested"
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return int(cursor.rowcount)
+
+
+def generation_checkpoint_many(checkpoints: list[Checkpoint]) -> dict[str, tuple[bool, bool]]:
+    """`generation_checkpoint` for every attempt a worker process runs, in one statement:
+    (still ours, cancel requested) by generation id.
+
+    One UPDATE carries every row, each fenced by its attempt and "not cancelled"; when it
+    matched them all (the common case) that answers both questions. Only when it matched
+    fewer does one SELECT tell superseded rows from cancelled ones, and one more UPDATE
+    stores the fold of the cancelled ones (their runner stops, and ends them from it)."""
+    results: dict[str, tuple[bool, bool]] = {}
+    now = timezone.now()
+    for start in range(0, len(checkpoints), CHECKPOINT_ROWS_PER_STATEMENT_MAX):
+        batch = checkpoints[start : start + CHECKPOINT_ROWS_PER_STATEMENT_MAX]
+        if _checkpoint_many_sql(batch, now, uncancelled=True) == len(batch):
+            results.update((c.generation_id, (True, False)) for c in batch)
+            continue
+        rows = {
+            generation_id: (attempt, status, cancel_requested)
+            for generation_id, attempt, status, cancel_requested in Generation.objects.filter(
+                pk__in=[c.generation_id for c in batch]
+            ).values_list("id", "attempt", "status", "cancel_requested")
+        }
+        cancelled = []
+        for checkpoint in batch:
+            attempt, status, cancel_requested = rows.get(checkpoint.generation_id, (0, "", False))
+            ours = attempt == checkpoint.attempt and status == Status.RUNNING
+            results[checkpoint.generation_id] = (ours, ours and cancel_requested)
+            if ours and cancel_requested:
+                cancelled.append(checkpoint)
+        if cancelled:
+            _checkpoint_many_sql(cancelled, now, uncancelled=False)
+    return results
+
+
 def generation_final_seq(generation_id: str, attempt: int) -> int | None:
     """The seq of `done` in the final row that `attempt` wrote; None if it wrote none."""
     final: int | None = (

@@ -8,9 +8,8 @@ from huey.contrib.djhuey import db_task, on_startup, signal
 from huey.signals import SIGNAL_INTERRUPTED
 
 from jobs.embedded import embedded_worker_alive
-from jobs.runner import housekeeping, run_generation_job
+from jobs.runner import housekeeping, run_generation_job, start_worker
 from project import metrics
-from realtime.eventlog import event_log
 
 
 @db_task()  # type: ignore[untyped-decorator]
@@ -22,8 +21,7 @@ def run_generation(generation_id: str) -> None:
 def start_housekeeping() -> None:
     # Every worker process beats for its own generations and reaps others' lost ones, even
     # before its first task, so a restarted fleet recovers generations left running.
-    housekeeping.start()
-    event_log().watch_cancels()
+    start_worker()
     # A run_huey process is scraped on a port of its own; the embedded worker's metrics are
     # already in its web process's /metrics.
     if not embedded_worker_alive():

@@ -24,6 +24,7 @@ from typing import Any
 import redis
 from django.conf import settings
 
+from project.retry import Backoff
 from realtime.redis import async_client, sync_client
 
 # At 25 deltas/s a 10-minute generation has 15,000 events; checkpoints every second keep the
@@ -107,6 +108,15 @@ class EventLog(ABC):
     @abstractmethod
     def cancel_requested(self, generation_id: str) -> bool:
         """Whether a cancel was asked for: cheap enough to ask after every chunk."""
+
+    def cancel_seen(self, generation_id: str) -> bool:
+        """Whether this process knows of a cancel of the generation, without any I/O (the
+        worker's event loop asks at every chunk)."""
+        return self.cancel_requested(generation_id)
+
+    def cancel_needs_read(self) -> bool:
+        """Whether `cancel_seen` may miss a cancel, so that `cancel_requested` must read it."""
+        return False
 
     def watch_cancels(self) -> None:  # noqa: B027  (only the Redis log needs a watcher)
         """Start receiving cancel requests in this process (a worker's, before it runs)."""
@@ -239,6 +249,12 @@ class RedisEventLog(EventLog):
         except redis.RedisError:
             return False
 
+    def cancel_seen(self, generation_id: str) -> bool:
+        return generation_id in self._cancelled_here
+
+    def cancel_needs_read(self) -> bool:
+        return not self._watcher_healthy.is_set()
+
     def watch_cancels(self) -> None:
         with self._watch_lock:
             if self._watcher is None:
@@ -248,13 +264,14 @@ class RedisEventLog(EventLog):
                 self._watcher.start()
 
     def _watch(self) -> None:
-        backoff_s = 0.1
+        # Forever: while it is down, attempts read the cancel key from Redis themselves.
+        backoff = Backoff(first_s=0.1, max_s=5.0)
         while True:
             try:
                 pubsub = sync_client().pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
                 pubsub.subscribe(CANCEL_CHANNEL)
                 self._watcher_healthy.set()
-                backoff_s = 0.1
+                backoff.reset()
                 while True:
                     message = pubsub.get_message(timeout=1.0)
                     if message and message["type"] == "message":
@@ -265,8 +282,7 @@ class RedisEventLog(EventLog):
             except Exception:
                 self._watcher_healthy.clear()
                 logger.warning("cancel watcher lost Redis; retrying", exc_info=True)
-                time.sleep(backoff_s)
-                backoff_s = min(backoff_s * 2, 5.0)
+                backoff.sleep()
 
 
 def _decode_entries(

@@ -17,6 +17,7 @@ from functools import cache
 from typing import Any
 
 from channels.layers import get_channel_layer
+from channels_redis.pubsub import RedisPubSubChannelLayer
 
 from project import metrics
 from realtime.eventlog import event_log
@@ -46,6 +47,8 @@ class LiveSender:
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._queues: list[asyncio.Queue[tuple[str, dict[str, Any]]]] = []
+        self._batches: list[list[tuple[str, dict[str, Any]]]] = []
+        self._batch_sender: asyncio.Task[None] | None = None
         self.sent = 0
         self.failed = 0
 
@@ -105,6 +108,68 @@ class LiveSender:
             return
         lane = self._queues[zlib.crc32(group.encode()) % _LANES]
         loop.call_soon_threadsafe(lane.put_nowait, (group, message))
+
+    def send_many(self, messages: list[tuple[str, dict[str, Any]]]) -> None:
+        """`send` for a batch (the worker's per-tick writer, jobs.engine): one hop to the
+        sending loop for all of them, none when called on that loop.
+
+        On the sending loop itself with the Redis pub/sub layer, the batch goes out as one
+        pipeline of PUBLISHes (what the layer's group_send sends, one round trip each, under
+        one lock for the whole process); batches keep their order, so every generation's
+        events reach the layer in seq order."""
+        loop = self._ensure_loop()
+        if loop is None or not self._queues:
+            return
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is not loop:
+            loop.call_soon_threadsafe(self._enqueue, messages)
+        elif isinstance(get_channel_layer(), RedisPubSubChannelLayer):
+            self._batches.append(messages)
+            if self._batch_sender is None or self._batch_sender.done():
+                self._batch_sender = loop.create_task(self._send_batches())
+        else:
+            self._enqueue(messages)
+
+    def _enqueue(self, messages: list[tuple[str, dict[str, Any]]]) -> None:
+        for group, message in messages:
+            self._queues[zlib.crc32(group.encode()) % _LANES].put_nowait((group, message))
+
+    async def _send_batches(self) -> None:
+        while self._batches:
+            messages = [message for batch in self._batches for message in batch]
+            self._batches.clear()
+            try:
+                await _publish_pipelined(messages)
+                self.sent += len(messages)
+            except Exception:
+                # Lost live messages are repaired from the buffer by every subscriber.
+                self.failed += len(messages)
+                logger.warning("live send of %d events failed", len(messages), exc_info=True)
+
+
+async def _publish_pipelined(messages: list[tuple[str, dict[str, Any]]]) -> None:
+    """What RedisPubSubChannelLayer.group_send does for each message (the same channel name,
+    serializer and shard: channels-redis is pinned to 4.3.0), as one pipeline per shard."""
+    layer = get_channel_layer()
+    assert isinstance(layer, RedisPubSubChannelLayer)
+    loop_layer = layer._get_layer()
+    by_shard: dict[Any, list[tuple[str, bytes]]] = {}
+    for group, message in messages:
+        channel = loop_layer._get_group_channel_name(group)
+        by_shard.setdefault(loop_layer._get_shard(channel), []).append(
+            (channel, layer.serialize(message))
+        )
+    for shard, publishes in by_shard.items():
+        # The shard's lock, as its own publish takes it: its connection is set up under it.
+        async with shard._lock:
+            shard._ensure_redis()
+            pipe = shard._redis.pipeline(transaction=False)
+            for channel, payload in publishes:
+                pipe.publish(channel, payload)
+            await pipe.execute()
 
 
 @cache

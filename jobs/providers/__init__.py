@@ -5,6 +5,7 @@ from jobs.providers.base import (
     Provider,
     ProviderError,
     ProviderRequest,
+    astream_with_retry,
     get_provider,
     stream_with_retry,
 )
@@ -14,6 +15,7 @@ __all__ = [
     "Provider",
     "ProviderError",
     "ProviderRequest",
+    "astream_with_retry",
     "get_provider",
     "stream_with_retry",
 ]

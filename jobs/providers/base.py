@@ -1,11 +1,12 @@
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import importlib
 import random
 import threading
 import time
-from collections.abc import Callable, Generator
+from collections.abc import AsyncGenerator, Callable, Generator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -141,6 +142,11 @@ class Provider(Protocol):
         """Yield chunks; closing the generator must close the provider's connection."""
         ...
 
+    def astream(self, request: ProviderRequest) -> AsyncGenerator[Chunk, None]:
+        """`stream` on an event loop (the worker's, jobs.engine): closing the generator, or
+        cancelling the task blocked in it, must close the provider's connection."""
+        ...
+
 
 # Retries before the first text: invisible to subscribers, so worth a few. After text has
 # been streamed, a failure becomes a new attempt (with `reset`) instead.
@@ -198,6 +204,50 @@ def stream_with_retry(
             raise
         finally:
             stream.close()
+        return
+
+
+async def astream_with_retry(
+    provider: Provider,
+    request: ProviderRequest,
+    *,
+    stop_requested: Callable[[], bool],
+) -> AsyncGenerator[Chunk, None]:
+    """`stream_with_retry` on an event loop: the same policy, with asyncio's sleep."""
+    retry = 0
+    while True:
+        stream = provider.astream(request)
+        held: list[Chunk] = []
+        try:
+            async for chunk in stream:
+                held.append(chunk)
+                if chunk.text or chunk.reasoning or chunk.finish_reason:
+                    break
+        except ProviderError as error:
+            await stream.aclose()
+            metrics.PROVIDER_ERRORS.labels(kind=error.kind).inc()
+            if error.permanent or retry >= PROVIDER_RETRIES or stop_requested():
+                raise
+            delay_s = backoff_s(retry)
+            if error.retry_after_s is not None:
+                if error.retry_after_s > RETRY_AFTER_MAX_S:
+                    raise
+                # The provider said when it will take the request: sooner is refused again.
+                delay_s = max(delay_s, error.retry_after_s)
+            await asyncio.sleep(delay_s)
+            retry += 1
+            continue
+        try:
+            for chunk in held:
+                yield chunk
+            async for chunk in stream:
+                yield chunk
+        except ProviderError as error:
+            # Mid-stream, after text: no retry here (the runner starts a new attempt).
+            metrics.PROVIDER_ERRORS.labels(kind=error.kind).inc()
+            raise
+        finally:
+            await stream.aclose()
         return
 
 

@@ -6,11 +6,12 @@ the curl session of the README work on a machine with no network and no account.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import random
 import re
 import time
-from collections.abc import Generator
+from collections.abc import AsyncGenerator, Generator
 
 from jobs.providers.base import Chunk, ProviderRequest, chat_messages
 
@@ -81,25 +82,37 @@ class DemoProvider:
         self.first_token_delay_s = first_token_delay_s
         self.tokens_per_s = tokens_per_s
 
-    def stream(self, request: ProviderRequest) -> Generator[Chunk, None, None]:
+    def _answer(self, request: ProviderRequest) -> tuple[list[str], str, dict[str, int]]:
         tokens = tokenize(compose_answer(request.prompt))
         finish_reason = "stop"
         if len(tokens) > request.max_tokens:
             tokens = tokens[: request.max_tokens]
             finish_reason = "length"
+        # Everything sent counts: the system prompt, a conversation's history, the prompt.
+        prompt_tokens = sum(len(tokenize(m["content"])) for m in chat_messages(request))
+        usage = {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": len(tokens),
+            "total_tokens": prompt_tokens + len(tokens),
+        }
+        return tokens, finish_reason, usage
+
+    def stream(self, request: ProviderRequest) -> Generator[Chunk, None, None]:
+        tokens, finish_reason, usage = self._answer(request)
         jitter = random.Random(len(request.prompt))
         time.sleep(self.first_token_delay_s)
         for index, token in enumerate(tokens):
             if index:
                 time.sleep(jitter.uniform(0.5, 1.5) / self.tokens_per_s)
             yield Chunk(text=token)
-        # Everything sent counts: the system prompt, a conversation's history, the prompt.
-        prompt_tokens = sum(len(tokenize(m["content"])) for m in chat_messages(request))
-        yield Chunk(
-            finish_reason=finish_reason,
-            usage={
-                "prompt_tokens": prompt_tokens,
-                "completion_tokens": len(tokens),
-                "total_tokens": prompt_tokens + len(tokens),
-            },
-        )
+        yield Chunk(finish_reason=finish_reason, usage=usage)
+
+    async def astream(self, request: ProviderRequest) -> AsyncGenerator[Chunk, None]:
+        tokens, finish_reason, usage = self._answer(request)
+        jitter = random.Random(len(request.prompt))
+        await asyncio.sleep(self.first_token_delay_s)
+        for index, token in enumerate(tokens):
+            if index:
+                await asyncio.sleep(jitter.uniform(0.5, 1.5) / self.tokens_per_s)
+            yield Chunk(text=token)
+        yield Chunk(finish_reason=finish_reason, usage=usage)

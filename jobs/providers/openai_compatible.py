@@ -8,6 +8,7 @@ of the same stream; the README's "Providers" section lists what each sends and h
 
 from __future__ import annotations
 
+import asyncio
 import codecs
 import email.utils
 import fnmatch
@@ -16,7 +17,8 @@ import logging
 import re
 import socket
 import time
-from collections.abc import Generator, Iterable, Iterator
+import weakref
+from collections.abc import AsyncGenerator, AsyncIterator, Generator, Iterable, Iterator
 from typing import Any
 
 import httpx2
@@ -214,20 +216,34 @@ class OpenAIProvider:
     name = "openai"
 
     def __init__(self) -> None:
-        self._client = openai.OpenAI(
-            api_key=settings.OPENAI_API_KEY or "not-needed",
-            base_url=settings.OPENAI_BASE_URL or None,
+        options: dict[str, Any] = {
+            "api_key": settings.OPENAI_API_KEY or "not-needed",
+            "base_url": settings.OPENAI_BASE_URL or None,
             # Never infinite: a silent provider must fail the attempt, not hold a worker. The
             # read timeout is the first byte's (a reasoning model may think for minutes, a
             # local server may be loading the model); the runner holds the stream to the
             # shorter PROVIDER_READ_TIMEOUT_S between chunks once text has come.
-            timeout=openai.Timeout(
+            "timeout": openai.Timeout(
                 max(settings.PROVIDER_FIRST_BYTE_TIMEOUT_S, settings.PROVIDER_READ_TIMEOUT_S),
                 connect=settings.PROVIDER_CONNECT_TIMEOUT_S,
             ),
             # One retry policy, ours (jobs.providers.base.stream_with_retry).
-            max_retries=0,
-        )
+            "max_retries": 0,
+        }
+        self._options = options
+        self._client = openai.OpenAI(**options)
+        # One asyncio client per event loop: its connection pool belongs to the loop it was
+        # first used on (the worker runs one loop, jobs.engine; tests may run others).
+        self._async_clients: weakref.WeakKeyDictionary[
+            asyncio.AbstractEventLoop, openai.AsyncOpenAI
+        ] = weakref.WeakKeyDictionary()
+
+    def _async_client(self) -> openai.AsyncOpenAI:
+        loop = asyncio.get_running_loop()
+        client = self._async_clients.get(loop)
+        if client is None:
+            client = self._async_clients[loop] = openai.AsyncOpenAI(**self._options)
+        return client
 
     def stream(self, request: ProviderRequest) -> Generator[Chunk, None, None]:
         parameters = request_parameters(request)
@@ -257,6 +273,31 @@ class OpenAIProvider:
             # for) after a cancel, or after the answer's end on a server that keeps it open.
             context.__exit__(None, None, None)
 
+    async def astream(self, request: ProviderRequest) -> AsyncGenerator[Chunk, None]:
+        """`stream` on the running event loop (jobs.engine). A cancel of the reading task
+        lands in the pending read, and closing the response closes the connection at once."""
+        parameters = request_parameters(request)
+        wants_usage = "stream_options" in parameters
+        try:
+            context = self._async_client().chat.completions.with_streaming_response.create(  # type: ignore[call-overload]
+                **parameters
+            )
+            response = await context.__aenter__()
+        except Exception as exc:
+            raise _error_from(exc) from exc
+        try:
+            body = response.iter_bytes()
+            if "text/event-stream" not in response.headers.get("content-type", ""):
+                body = _aevent_stream_or_raise(body)
+            async for chunk in aread_events(_asse_data(body), wants_usage):
+                yield chunk
+        except (GeneratorExit, ProviderError):
+            raise
+        except Exception as exc:
+            raise _error_from(exc) from exc
+        finally:
+            await context.__aexit__(None, None, None)
+
 
 def _cut(response: Any) -> None:
     """Shut the response's socket down, from another thread: the blocked read returns at once
@@ -271,28 +312,61 @@ def _cut(response: Any) -> None:
         pass  # already closed
 
 
-def read_events(events: Iterable[str], wants_usage: bool) -> Iterator[Chunk]:
-    """The chunks of a chat completions stream, from the `data` of its events."""
-    finished = False
-    for data in events:
+class ChunkReader:
+    """The chunks of a chat completions stream, from the `data` of its events, one at a time:
+    `feed` answers the chunks of one event and whether the stream has said all it will
+    (`done`); `end` is called when the body ended before that."""
+
+    def __init__(self, wants_usage: bool) -> None:
+        self._wants_usage = wants_usage
+        self._finished = False
+        self.done = False
+
+    def feed(self, data: str) -> Chunk | None:
         if data.strip() == "[DONE]":
-            if not finished:
-                # The end of the stream, said plainly; some servers never send a reason.
-                yield Chunk(finish_reason="stop")
-            return
+            self.done = True
+            # The end of the stream, said plainly; some servers never send a reason.
+            return None if self._finished else Chunk(finish_reason="stop")
         chunk = chunk_from(data)
-        if chunk.text or chunk.reasoning or chunk.finish_reason or chunk.usage:
-            yield chunk
-        finished = finished or chunk.finish_reason is not None
-        if finished and (chunk.usage is not None or not wants_usage):
+        self._finished = self._finished or chunk.finish_reason is not None
+        if self._finished and (chunk.usage is not None or not self._wants_usage):
             # Nothing more to read: stop now rather than wait for a server that holds the
             # connection open after its answer.
+            self.done = True
+        if chunk.text or chunk.reasoning or chunk.finish_reason or chunk.usage:
+            return chunk
+        return None
+
+    def end(self) -> None:
+        if not self._finished:
+            # The body ended without a finish reason: the server or a proxy cut it short.
+            raise ProviderError(
+                "the stream ended without a finish reason", permanent=False, kind="dropped"
+            )
+
+
+def read_events(events: Iterable[str], wants_usage: bool) -> Iterator[Chunk]:
+    """The chunks of a chat completions stream, from the `data` of its events."""
+    reader = ChunkReader(wants_usage)
+    for data in events:
+        chunk = reader.feed(data)
+        if chunk is not None:
+            yield chunk
+        if reader.done:
             return
-    if not finished:
-        # The body ended without a finish reason: the server or a proxy cut it short.
-        raise ProviderError(
-            "the stream ended without a finish reason", permanent=False, kind="dropped"
-        )
+    reader.end()
+
+
+async def aread_events(events: AsyncIterator[str], wants_usage: bool) -> AsyncIterator[Chunk]:
+    """`read_events` for an asyncio body."""
+    reader = ChunkReader(wants_usage)
+    async for data in events:
+        chunk = reader.feed(data)
+        if chunk is not None:
+            yield chunk
+        if reader.done:
+            return
+    reader.end()
 
 
 def _event_stream_or_raise(body: Iterator[bytes]) -> Iterator[bytes]:
@@ -317,30 +391,58 @@ def _raise_for_body(data: bytes, body: Iterable[bytes]) -> None:
         if len(data) > NON_STREAM_BODY_MAX_BYTES:
             break
         data += part
+    raise _body_error(data)
+
+
+async def _aevent_stream_or_raise(body: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """`_event_stream_or_raise` for an asyncio body."""
+    first = b""
+    async for part in body:
+        first += part
+        if first.strip():
+            break
+    if not first.lstrip().startswith((b"{", b"[")):
+        yield first
+        async for part in body:
+            yield part
+        return
+    async for part in body:
+        if len(first) > NON_STREAM_BODY_MAX_BYTES:
+            break
+        first += part
+    raise _body_error(first)
+
+
+def _body_error(data: bytes) -> ProviderError:
+    """The named failure of a 200 answer's body that is not an event stream."""
     try:
         payload = json.loads(data.decode("utf-8", "replace"))
     except ValueError:
-        raise _protocol_error(
-            "the provider answered with a body that is not an event stream"
-        ) from None
+        return _protocol_error("the provider answered with a body that is not an event stream")
     if isinstance(payload, dict) and payload.get("error"):
         status = payload["error"].get("code") if isinstance(payload["error"], dict) else None
-        raise error_for_status(status if isinstance(status, int) else 0, payload)
-    raise _protocol_error(
+        return error_for_status(status if isinstance(status, int) else 0, payload)
+    return _protocol_error(
         "the provider answered with a whole completion instead of a stream (stream=true ignored)"
     )
 
 
-def sse_lines(parts: Iterable[bytes]) -> Iterator[str]:
-    """The lines of an event stream: split on CR, LF or CRLF only (the SSE format's line ends).
+class SseLineSplitter:
+    """The lines of an event stream, fed as network reads arrive: split on CR, LF or CRLF
+    only (the SSE format's line ends).
 
     Not `str.splitlines`, which also splits on U+2028, U+2029, U+0085 and others that vLLM and
     llama.cpp send unescaped inside a JSON `data:` line. Decoded incrementally, so a
-    multi-byte character split across two network reads stays whole."""
-    decoder = codecs.getincrementaldecoder("utf-8")("replace")
-    pending = ""
-    for part in parts:
-        pending += decoder.decode(part)
+    multi-byte character split across two network reads stays whole. One parser for the
+    threaded and the asyncio reader alike."""
+
+    def __init__(self) -> None:
+        self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        self._pending = ""
+
+    def feed(self, part: bytes) -> list[str]:
+        pending = self._pending + self._decoder.decode(part)
+        lines: list[str] = []
         start = 0
         while True:
             cr = pending.find("\r", start)
@@ -348,40 +450,78 @@ def sse_lines(parts: Iterable[bytes]) -> Iterator[str]:
             if cr < 0 and lf < 0:
                 break
             if cr < 0 or (0 <= lf < cr):
-                yield pending[start:lf]
+                lines.append(pending[start:lf])
                 start = lf + 1
                 continue
             if cr == len(pending) - 1:
                 # A CR at the end of what has come: an LF may follow in the next read.
                 break
-            yield pending[start:cr]
+            lines.append(pending[start:cr])
             start = cr + 2 if pending[cr + 1] == "\n" else cr + 1
-        pending = pending[start:]
-    pending += decoder.decode(b"", final=True)
-    if pending.endswith("\r"):
-        pending = pending[:-1]
-        yield pending
-        pending = ""
-    if pending:
-        yield pending
+        self._pending = pending[start:]
+        return lines
+
+    def end(self) -> list[str]:
+        pending = self._pending + self._decoder.decode(b"", final=True)
+        self._pending = ""
+        if pending.endswith("\r"):
+            return [pending[:-1]]
+        return [pending] if pending else []
 
 
-def _sse_data(lines: Iterator[str]) -> Iterator[str]:
+def sse_lines(parts: Iterable[bytes]) -> Iterator[str]:
+    """The lines of an event stream (SseLineSplitter), from an iterable of network reads."""
+    splitter = SseLineSplitter()
+    for part in parts:
+        yield from splitter.feed(part)
+    yield from splitter.end()
+
+
+class SseDataCollector:
     """The `data` of each complete server-sent event (its data lines joined with newlines).
 
     An event not ended by a blank line when the body ends is dropped, as the SSE format says:
     it is a cut connection, not a message."""
-    data: list[str] = []
-    for line in lines:
+
+    def __init__(self) -> None:
+        self._data: list[str] = []
+
+    def line(self, line: str) -> str | None:
         if not line:
-            if data:
-                yield "\n".join(data)
-                data = []
+            if self._data:
+                data = "\n".join(self._data)
+                self._data = []
+                return data
         elif line.startswith("data:"):
             value = line[5:]
-            data.append(value[1:] if value.startswith(" ") else value)
+            self._data.append(value[1:] if value.startswith(" ") else value)
         # `event:`, `id:`, `retry:` and `:` comments (OpenRouter's keep-alives) carry nothing
         # a chat completion uses.
+        return None
+
+
+def _sse_data(lines: Iterator[str]) -> Iterator[str]:
+    """The `data` of each complete server-sent event (SseDataCollector)."""
+    collector = SseDataCollector()
+    for line in lines:
+        data = collector.line(line)
+        if data is not None:
+            yield data
+
+
+async def _asse_data(parts: AsyncIterator[bytes]) -> AsyncIterator[str]:
+    """The `data` of each complete server-sent event of an asyncio body."""
+    splitter = SseLineSplitter()
+    collector = SseDataCollector()
+    async for part in parts:
+        for line in splitter.feed(part):
+            data = collector.line(line)
+            if data is not None:
+                yield data
+    for line in splitter.end():
+        data = collector.line(line)
+        if data is not None:
+            yield data
 
 
 def _text_of(content: Any) -> str:

@@ -6,13 +6,15 @@ keys by having them deleted, as a restart without persistence would.
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import pytest
 
 from api import services
 from api.models import Generation, Status
-from jobs.runner import LostOwnership, Runner
+from jobs.engine import Attempt, engine
+from jobs.runner import LostOwnership
 from realtime import events
 from realtime.eventlog import RedisEventLog, event_log
 from realtime.redis import sync_client
@@ -32,15 +34,29 @@ def row(generation_id: str) -> dict[str, Any]:
     return dict(Generation.objects.values().get(pk=generation_id))
 
 
-def runner_with_two_deltas() -> Runner:
+def runner_with_two_deltas() -> Attempt:
+    """A claimed attempt on the worker's event loop (jobs.engine), with two deltas sent."""
     generation = new_generation(unique("redis loss"))
     claim = services.generation_claim(generation.id)
     assert claim is not None
-    runner = Runner(claim)
+
+    async def start() -> Attempt:
+        return Attempt(claim, engine=engine(), stopping=threading.Event())
+
+    runner: Attempt = engine().call(start())
     for text in ("Hello", " world"):
-        runner._add_text(text)
-        runner._flush()
+        send(runner, text)
     return runner
+
+
+def send(runner: Attempt, text: str) -> None:
+    """`text` as the attempt's next delta, sent at once."""
+
+    async def go() -> None:
+        await runner._add_text(text)
+        await runner._flush()
+
+    engine().call(go())
 
 
 def test_runner_that_lost_its_fence_with_redis_restores_it_and_goes_on() -> None:
@@ -48,8 +64,7 @@ def test_runner_that_lost_its_fence_with_redis_restores_it_and_goes_on() -> None
     gid = runner.generation_id
     lose_the_log(gid)
 
-    runner._add_text("!")
-    runner._flush()
+    send(runner, "!")
 
     # The row was checkpointed with everything sent so far, so that subscribers who saw
     # events the loss erased take its snapshot across the gap; the log goes on after it.
@@ -66,9 +81,8 @@ def test_runner_superseded_while_its_fence_was_lost_stops() -> None:
     assert services.generation_requeue(gid, runner.attempt, output="Hello", seq=1)
     before = row(gid)
 
-    runner._add_text("!")
     with pytest.raises(LostOwnership):
-        runner._flush()
+        send(runner, "!")
 
     assert row(gid) == before
     assert logged_events(gid) == []

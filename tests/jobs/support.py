@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import threading
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
+import pytest
 from django.contrib.auth import get_user_model
+from django.db.backends.utils import CursorWrapper
 
 from api.models import Generation
 from realtime.eventlog import event_log
@@ -70,3 +74,27 @@ def logged_events(generation_id: str) -> list[dict[str, Any]]:
     for message in decoded:
         check_event(message)
     return decoded
+
+
+@contextmanager
+def all_statements(threads: dict[str, set[int]] | None = None) -> Iterator[list[str]]:
+    """Every SQL statement that any thread of this process sends to the database meanwhile.
+
+    The worker runs a generation's database work on its engine's own threads and connections
+    (jobs.engine), which ``CaptureQueriesContext`` of the test's connection does not see; the
+    statements are recorded where every Django cursor sends them, and still run for real;
+    `threads` gets the threads that sent each statement."""
+    statements: list[str] = []
+    lock = threading.Lock()
+    original = CursorWrapper._execute  # type: ignore[attr-defined]
+
+    def recording(self: CursorWrapper, sql: str, params: Any, *args: Any) -> Any:
+        with lock:
+            statements.append(sql)
+            if threads is not None:
+                threads.setdefault(sql, set()).add(threading.get_ident())
+        return original(self, sql, params, *args)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(CursorWrapper, "_execute", recording)
+        yield statements

@@ -4,6 +4,7 @@ coalescing that widens with the generations a process runs."""
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
 import pytest
@@ -13,7 +14,7 @@ from django.utils import timezone
 
 from api import services
 from api.models import Generation
-from jobs import runner
+from jobs import engine, runner
 from jobs.runner import (
     COALESCE_INTERVAL_S,
     COALESCE_MAX_INTERVAL_S,
@@ -21,7 +22,7 @@ from jobs.runner import (
     run_generation_job,
 )
 from tests.fake_openai import expected_text, token_text
-from tests.jobs.support import logged_events, new_generation, unique
+from tests.jobs.support import all_statements, logged_events, new_generation, unique
 
 pytestmark = [
     pytest.mark.django_db(transaction=True),
@@ -114,3 +115,103 @@ def test_a_busy_process_sends_fewer_larger_deltas_and_still_the_first_token_at_o
     # At most one delta per widest interval (+1 for the first, +1 for the final flush):
     # half as many as an idle process sends.
     assert len(deltas) <= elapsed_s / COALESCE_MAX_INTERVAL_S + 2
+
+
+def _checkpoint(gid: str, attempt: int, text: str) -> services.Checkpoint:
+    return services.Checkpoint(
+        generation_id=gid,
+        attempt=attempt,
+        output=text,
+        reasoning="",
+        seq=len(text),
+        completion_tokens=len(text),
+    )
+
+
+def test_checkpoints_of_every_running_generation_are_one_statement_fenced_by_attempt() -> None:
+    running = [_claimed("[fake tokens=5]") for _ in range(5)]
+
+    with CaptureQueriesContext(connection) as queries:
+        results = services.generation_checkpoint_many(
+            [_checkpoint(gid, attempt, f"text of {gid}") for gid, attempt in running]
+        )
+
+    assert len(queries.captured_queries) == 1, queries.captured_queries
+    assert results == {gid: (True, False) for gid, _ in running}
+    rows = dict(
+        Generation.objects.filter(pk__in=[g for g, _ in running]).values_list("id", "output")
+    )
+    assert rows == {gid: f"text of {gid}" for gid, _ in running}
+
+
+def test_a_checkpoint_statement_tells_superseded_and_cancelled_rows_from_the_others() -> None:
+    (ours_id, ours), (cancelled_id, cancelled), (old_id, old) = (
+        _claimed("[fake tokens=5]") for _ in range(3)
+    )
+    Generation.objects.filter(pk=cancelled_id).update(cancel_requested=True)
+    assert services.generation_requeue(old_id, old)  # superseded: attempt + 1 is next
+
+    results = services.generation_checkpoint_many(
+        [
+            _checkpoint(ours_id, ours, "mine"),
+            _checkpoint(cancelled_id, cancelled, "cancelled fold"),
+            _checkpoint(old_id, old, "late write"),
+        ]
+    )
+
+    assert results == {
+        ours_id: (True, False),
+        cancelled_id: (True, True),
+        old_id: (False, False),
+    }
+    outputs = dict(
+        Generation.objects.filter(pk__in=[ours_id, cancelled_id, old_id]).values_list(
+            "id", "output"
+        )
+    )
+    # The cancelled one's fold is stored (its runner ends it from there); the superseded
+    # attempt's write changes nothing.
+    assert outputs == {ours_id: "mine", cancelled_id: "cancelled fold", old_id: ""}
+
+
+def test_generations_running_together_share_checkpoint_statements_and_connections() -> None:
+    generations = [new_generation(unique("[fake tokens=300 rate=150]")) for _ in range(6)]
+    idents: dict[str, set[int]] = {}
+    # Claimed one after another (SQLite's shared-cache test database refuses concurrent
+    # writers), then run together on the engine, as a worker's Huey threads would.
+    claims = [services.generation_claim(generation.id) for generation in generations]
+
+    def run(claim: services.Claim | None) -> None:
+        assert claim is not None
+        runner.Runner(claim).run()
+
+    with all_statements(threads=idents) as statements, ThreadPoolExecutor(len(claims)) as pool:
+        list(pool.map(run, claims))
+
+    for generation in generations:
+        generation.refresh_from_db()
+        assert generation.status == "completed"
+        assert generation.output == expected_text(300)
+    checkpoints = [sql for sql in statements if "CASE id WHEN" in sql]
+    print(f"\n{len(checkpoints)} checkpoint statements for {len(generations)} generations")
+    # Each generation is checkpointed at least once in a two-second stream; one statement
+    # carries several of them.
+    assert max(sql.count("WHEN") // 4 for sql in checkpoints) >= 2
+    assert len(checkpoints) < len(generations)
+    # Everything after the claims ran on the engine's few connections.
+    writers = {ident for sql in checkpoints for ident in idents[sql]}
+    assert 1 <= len(writers) <= engine.DATABASE_THREADS
+
+
+def test_the_huey_thread_holds_no_connection_while_its_generation_runs() -> None:
+    if connection.vendor == "sqlite":
+        pytest.skip("Django never closes the in-memory SQLite test database's connection")
+    generation = new_generation(unique("[fake tokens=20]"))
+    connection.ensure_connection()
+
+    run_generation_job(generation.id)
+
+    # Closed after the claim: the attempt's database work went through the engine's threads.
+    assert connection.connection is None
+    generation.refresh_from_db()
+    assert generation.output == expected_text(20)

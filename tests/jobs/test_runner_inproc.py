@@ -9,23 +9,21 @@ from __future__ import annotations
 import math
 import re
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
 from django.conf import settings
-from django.db import connection
-from django.test.utils import CaptureQueriesContext
 
 from api import services
 from api.models import Generation
-from jobs import runner
+from jobs import engine
 from jobs.runner import COALESCE_INTERVAL_S, Runner, run_generation_job
 from realtime import events
 from realtime.eventlog import event_log
 from realtime.events import fold
-from realtime.publish import publish_event
 from tests.fake_openai import expected_text, token_text
-from tests.jobs.support import logged_events, new_generation, unique
+from tests.jobs.support import all_statements, logged_events, new_generation, unique
 
 pytestmark = [
     pytest.mark.django_db(transaction=True),
@@ -41,20 +39,21 @@ def test_database_writes_per_generation_are_bounded_by_the_checkpoint_interval()
     generation = new_generation(unique("[fake tokens=500 rate=250]"))
 
     started = time.monotonic()
-    with CaptureQueriesContext(connection) as queries:
+    with all_statements() as statements:
         run_generation_job(generation.id)
     elapsed_s = time.monotonic() - started
 
-    writes = [q["sql"] for q in queries.captured_queries if GENERATION_WRITE.match(q["sql"])]
+    writes = [sql for sql in statements if GENERATION_WRITE.match(sql)]
     print(f"\n{len(writes)} writes to api_generation for 500 tokens in {elapsed_s:.2f} s")
     generation.refresh_from_db()
     assert generation.status == "completed"
     assert generation.output == expected_text(500)
     # Three writes happen once: the claim (queued -> running), started_at, and the final
-    # row. Checkpoints are at least CHECKPOINT_INTERVAL_S apart, measured from the runner's
+    # row. Checkpoints are at least CHECKPOINT_INTERVAL_S apart, measured from the attempt's
     # start, so there are at most floor(elapsed / interval) of them; a two-second stream has
-    # at least one. (Heartbeats come from the housekeeping thread, on another connection,
-    # every HEARTBEAT_TIMEOUT_S / 4: none in a stream this short.)
+    # at least one. They are counted on every connection of the process: the worker's
+    # engine writes them from its own database threads. (Heartbeats come from the
+    # housekeeping thread every HEARTBEAT_TIMEOUT_S / 4: none in a stream this short.)
     interval_s = settings.CHECKPOINT_INTERVAL_S
     assert 3 + 1 <= len(writes) <= 3 + math.floor(elapsed_s / interval_s), writes
     assert len(writes) * 50 < 500
@@ -97,20 +96,30 @@ def test_row_holds_the_final_output_before_done_is_published(
     generation = new_generation(unique(directive))
     rows_at_done: list[dict[str, Any]] = []
 
-    def publish_checking_row(generation_id: str, attempt: int, event: dict[str, Any]) -> bool:
-        # Read the row the moment the worker is about to publish `done`: a subscriber that
-        # sees `done` and then GETs the generation must find it complete.
-        if event["type"] == "done":
-            rows_at_done.append(
-                dict(
-                    Generation.objects.values("status", "output", "seq", "finish_reason", "usage")
-                    .filter(pk=generation_id)
-                    .get()
-                )
-            )
-        return publish_event(generation_id, attempt, event)
+    original_publish = engine.Writer.publish
 
-    monkeypatch.setattr(runner, "publish_event", publish_checking_row)
+    def publish_checking_row(
+        writer: engine.Writer, generation_id: str, attempt: int, event: dict[str, Any]
+    ) -> Any:
+        # Read the row the moment the worker is about to publish `done`: a subscriber that
+        # sees `done` and then GETs the generation must find it complete. (From a thread:
+        # the worker's event loop runs no database work itself.)
+        if event["type"] == "done":
+            with ThreadPoolExecutor(1) as reader:
+                rows_at_done.append(
+                    reader.submit(
+                        lambda: dict(
+                            Generation.objects.values(
+                                "status", "output", "seq", "finish_reason", "usage"
+                            )
+                            .filter(pk=generation_id)
+                            .get()
+                        )
+                    ).result()
+                )
+        return original_publish(writer, generation_id, attempt, event)
+
+    monkeypatch.setattr(engine.Writer, "publish", publish_checking_row)
 
     run_generation_job(generation.id)
 

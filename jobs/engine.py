@@ -1,0 +1,905 @@
+"""One asyncio event loop per worker process, running every generation of the process.
+
+A Huey worker thread claims a generation (jobs.runner.run_generation_job), hands the claim to
+this loop and waits for the attempt to end: the waiting thread costs no CPU. On the loop,
+each attempt is a task that reads its provider's stream (the SDK's asyncio client), and one
+``Writer`` per process batches what every attempt has due:
+
+- events: every append that is due in a loop iteration goes to Redis in ONE pipelined round
+  trip (the fenced append script once per event), then to the live channel layer; each
+  attempt awaits its own append's answer (False: its attempt was fenced off, it stops);
+- checkpoints: every attempt whose checkpoint is due is written by ONE statement per tick.
+
+Attempts flush coalesced text on shared boundaries of the coalescing interval, so that their
+appends meet in the same round trip. Database work (checkpoints, the final write, re-queue,
+hand-back, the conversation's history) runs on a small fixed pool of threads, each with its
+own Django connection: a worker holds ``DATABASE_THREADS`` connections (plus its
+housekeeping thread's) however many generations run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import math
+import threading
+from collections.abc import AsyncGenerator, Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import suppress
+from functools import cache, partial
+from typing import Any, TypeVar
+
+import redis
+from django.conf import settings
+from django.db import DatabaseError, connection
+
+from api import services
+from api.conversations import history_for
+from api.models import FinishReason, Status
+from jobs.providers import Chunk, ProviderError, ProviderRequest, astream_with_retry, get_provider
+from jobs.providers.base import RETRY_AFTER_MAX_S, backoff_s
+from jobs.providers.demo import tokenize
+from jobs.runner import (
+    COALESCE_MAX_BYTES,
+    FINAL_WRITE_RETRY_S,
+    IDLE_TICK_S,
+    REDIS_RETRY_S,
+    LostOwnership,
+    coalesce_interval_s,
+    housekeeping,
+)
+from project import metrics
+from project.retry import Backoff
+from realtime import events
+from realtime.eventlog import (
+    _APPEND_SCRIPT,
+    REPLAY_MAX_EVENTS,
+    REPLAY_TTL_AFTER_DONE_S,
+    REPLAY_TTL_WHILE_RUNNING_S,
+    RedisEventLog,
+    event_log,
+)
+from realtime.publish import group_name, live_sender
+from realtime.redis import async_client
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# Threads (each with its own database connection) for the database work of the generations
+# running in this process. Two: a checkpoint statement of every running generation and a
+# final write can go on at once, and a process never holds more connections than this
+# (plus the housekeeping thread's), where it held one per running generation.
+DATABASE_THREADS = 2
+# Checkpoints are written on ticks this many times per CHECKPOINT_INTERVAL_S; a generation
+# is in the tick's statement once CHECKPOINT_INTERVAL_S has passed since its last one, so
+# its checkpoints stay between one and 1.25 intervals apart, and one statement carries
+# about a quarter of the process's running generations.
+CHECKPOINT_TICKS_PER_INTERVAL = 4
+
+# A timer of the event loop may fire a little before its time (its clock and the selector's
+# timeout are rounded); a flush that early is on time.
+TIMER_SLACK_S = 0.002
+
+_TICK = object()  # the provider said nothing within the wait
+_END = object()  # the provider's stream ended
+
+
+def _finish_reason(reported: str | None) -> str:
+    """The row's finish reason for a completed answer: the provider's (PROTOCOL §8)."""
+    if reported in FinishReason.values:
+        return str(reported)
+    return FinishReason.STOP
+
+
+def _on_own_connection(function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """Run database work in one of the engine's threads, on that thread's connection, which
+    stays open for the next call; closed after a database error, so that the next call
+    connects afresh (the server restarted, or dropped it)."""
+    try:
+        return function(*args, **kwargs)
+    except DatabaseError:
+        with suppress(Exception):
+            connection.close()
+        raise
+
+
+class _Append:
+    __slots__ = ("attempt", "data", "future", "generation_id", "kind", "seq")
+
+    def __init__(
+        self,
+        generation_id: str,
+        attempt: int,
+        event: dict[str, Any],
+        future: asyncio.Future[bool],
+    ) -> None:
+        self.generation_id = generation_id
+        self.attempt = attempt
+        self.seq: int = event["seq"]
+        self.kind: str = event["type"]
+        self.data = events.dumps(event)
+        self.future = future
+
+
+class Writer:
+    """The process's one writer to the event log, the live layer and the checkpoints."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._loop = asyncio.get_running_loop()
+        self._appends: list[_Append] = []
+        self._appending = False
+        self._append_kick_scheduled = False
+        self._checkpoints: list[tuple[services.Checkpoint, asyncio.Future[tuple[bool, bool]]]] = []
+        self._checkpointing = False
+        self._attempts: set[Attempt] = set()
+        self._script_sha = hashlib.sha1(_APPEND_SCRIPT.encode()).hexdigest()
+        self._distributed = bool(settings.DISTRIBUTED)
+        self._ticker = self._loop.create_task(self._tick_checkpoints())
+
+    # -- events ----------------------------------------------------------------------------
+
+    def publish(
+        self, generation_id: str, attempt: int, event: dict[str, Any]
+    ) -> asyncio.Future[bool]:
+        """Append `event` to the generation's log and send it live, in this iteration's batch.
+
+        The future answers False, and nothing is sent live, when `attempt` has been fenced
+        off or the seq was already taken by other data: the attempt must stop."""
+        future: asyncio.Future[bool] = self._loop.create_future()
+        self._appends.append(_Append(generation_id, attempt, event, future))
+        if not self._append_kick_scheduled and not self._appending:
+            # Sent at the end of this loop iteration: every attempt whose flush came due on
+            # the same boundary has appended by then, and they share one round trip.
+            self._append_kick_scheduled = True
+            self._loop.call_soon(self._kick_appends)
+        return future
+
+    def _kick_appends(self) -> None:
+        self._append_kick_scheduled = False
+        if not self._appending and self._appends:
+            self._appending = True
+            self._loop.create_task(self._send_appends())
+
+    async def _send_appends(self) -> None:
+        try:
+            # What comes due while a batch is in flight goes in the next one, at once.
+            while self._appends:
+                batch, self._appends = self._appends, []
+                try:
+                    results = await self._append_batch(batch)
+                except Exception as error:
+                    for append in batch:
+                        if not append.future.done():
+                            append.future.set_exception(error)
+                    continue
+                live = []
+                for append, result in zip(batch, results, strict=True):
+                    if result:
+                        metrics.EVENTS_PUBLISHED.labels(type=append.kind).inc()
+                        live.append(
+                            (
+                                group_name(append.generation_id),
+                                {
+                                    "type": "gen.event",
+                                    "id": append.generation_id,
+                                    "seq": append.seq,
+                                    "kind": append.kind,
+                                    "data": append.data,
+                                },
+                            )
+                        )
+                if live:
+                    live_sender().send_many(live)
+                for append, result in zip(batch, results, strict=True):
+                    if not append.future.done():
+                        append.future.set_result(result)
+        finally:
+            self._appending = False
+
+    async def _append_batch(self, batch: list[_Append]) -> list[bool]:
+        if not self._distributed:
+            log = event_log()
+            return [log.append(a.generation_id, a.attempt, a.seq, a.kind, a.data) for a in batch]
+        client = async_client()
+        results: list[Any] = await self._pipeline(client, batch)
+        if any(isinstance(result, redis.exceptions.NoScriptError) for result in results):
+            # Redis restarted (or flushed its scripts): load it and send the batch again,
+            # which is harmless since an append retried with the same data counts as done.
+            await client.script_load(_APPEND_SCRIPT)
+            results = await self._pipeline(client, batch)
+        answers = []
+        for append, result in zip(batch, results, strict=True):
+            if isinstance(result, redis.ResponseError) and "equal or smaller" in str(result):
+                answers.append(await self._already_appended(client, append))
+            elif isinstance(result, Exception):
+                raise result
+            else:
+                answers.append(bool(result))
+        return answers
+
+    async def _pipeline(self, client: Any, batch: list[_Append]) -> list[Any]:
+        pipe = client.pipeline(transaction=False)
+        for a in batch:
+            ttl = REPLAY_TTL_AFTER_DONE_S if a.kind == "done" else REPLAY_TTL_WHILE_RUNNING_S
+            pipe.execute_command(
+                "EVALSHA",
+                self._script_sha,
+                2,
+                RedisEventLog._stream_key(a.generation_id),
+                RedisEventLog._fence_key(a.generation_id),
+                str(a.attempt),
+                str(a.seq),
+                a.data,
+                REPLAY_MAX_EVENTS,
+                ttl,
+                a.kind,
+            )
+        results: list[Any] = await pipe.execute(raise_on_error=False)
+        return results
+
+    @staticmethod
+    async def _already_appended(client: Any, append: _Append) -> bool:
+        # The seq is taken (the fence was checked first, so by this attempt). If by this very
+        # event, an earlier try of this append went through and only its reply was lost (a
+        # dropped connection): that is a success, not a lost ownership.
+        entry_id = f"0-{append.seq}"
+        stored = await client.xrange(
+            RedisEventLog._stream_key(append.generation_id), min=entry_id, max=entry_id
+        )
+        return bool(stored) and stored[0][1].get(b"d") == append.data.encode()
+
+    # -- checkpoints -----------------------------------------------------------------------
+
+    def register(self, attempt: Attempt) -> None:
+        self._attempts.add(attempt)
+
+    def unregister(self, attempt: Attempt) -> None:
+        self._attempts.discard(attempt)
+
+    def checkpoint(self, checkpoint: services.Checkpoint) -> asyncio.Future[tuple[bool, bool]]:
+        """Write `checkpoint` in the next statement: (still ours, cancel requested)."""
+        future: asyncio.Future[tuple[bool, bool]] = self._loop.create_future()
+        self._checkpoints.append((checkpoint, future))
+        if not self._checkpointing:
+            self._checkpointing = True
+            self._loop.create_task(self._write_checkpoints())
+        return future
+
+    async def _tick_checkpoints(self) -> None:
+        while True:
+            await asyncio.sleep(settings.CHECKPOINT_INTERVAL_S / CHECKPOINT_TICKS_PER_INTERVAL)
+            now = self._loop.time()
+            for attempt in list(self._attempts):
+                checkpoint = attempt.due_checkpoint(now)
+                if checkpoint is not None:
+                    attempt.checkpoint_in_flight = self.checkpoint(checkpoint)
+                    attempt.checkpoint_in_flight.add_done_callback(attempt.checkpointed)
+
+    async def _write_checkpoints(self) -> None:
+        try:
+            while self._checkpoints:
+                batch, self._checkpoints = self._checkpoints, []
+                try:
+                    results = await self._engine.database(
+                        services.generation_checkpoint_many, [c for c, _ in batch]
+                    )
+                except Exception as error:
+                    for _, future in batch:
+                        if not future.done():
+                            future.set_exception(error)
+                    continue
+                for checkpoint, future in batch:
+                    if not future.done():
+                        future.set_result(results[checkpoint.generation_id])
+        finally:
+            self._checkpointing = False
+
+
+class Attempt:
+    """One attempt of one generation, as a task on the engine's loop: provider stream ->
+    coalesced deltas -> event log + row."""
+
+    def __init__(self, claim: services.Claim, *, engine: Engine, stopping: threading.Event) -> None:
+        self.claim = claim
+        self.generation_id = claim.generation_id
+        self.attempt = claim.attempt
+        self.seq = claim.start_seq
+        self.text = ""
+        self.reasoning = ""
+        self.completion_tokens = 0
+        self.history: tuple[tuple[str, str], ...] = ()
+        self._engine = engine
+        self._writer = engine.writer
+        self._loop = asyncio.get_running_loop()
+        self.clock = self._loop.time
+        # The pending text's event type: `delta`, or `reasoning` (PROTOCOL §8). Both share
+        # the seq space, so a change of type flushes what waits first.
+        self._pending_kind = "delta"
+        self._pending: list[str] = []
+        self._pending_bytes = 0
+        self._last_flush = float("-inf")
+        # The fold that the log holds for certain (its last append answered): what a
+        # periodic checkpoint writes, never text whose append is still in flight.
+        self._published = (claim.start_seq, "", "")
+        self._last_checkpoint = self.clock()
+        self.checkpoint_in_flight: asyncio.Future[tuple[bool, bool]] | None = None
+        self._lost = False
+        self._cancel = False
+        self._cancel_checked_at = float("-inf")
+        self._cancel_read: asyncio.Task[None] | None = None
+        self._stopping = stopping
+        self.timer = metrics.AttemptTimer(
+            model=claim.model,
+            created_at=claim.created_at,
+            first_text_of_generation=claim.start_seq == 0,
+        )
+
+    # -- the writer's side -----------------------------------------------------------------
+
+    def due_checkpoint(self, now: float) -> services.Checkpoint | None:
+        """This attempt's periodic checkpoint, if one is due at `now` and none in flight."""
+        if now - self._last_checkpoint < settings.CHECKPOINT_INTERVAL_S:
+            return None
+        if self.checkpoint_in_flight is not None and not self.checkpoint_in_flight.done():
+            return None
+        self._last_checkpoint = now
+        seq, output, reasoning = self._published
+        return services.Checkpoint(
+            generation_id=self.generation_id,
+            attempt=self.attempt,
+            output=output,
+            reasoning=reasoning,
+            seq=seq,
+            completion_tokens=self._tokens_paid(),
+        )
+
+    def checkpointed(self, future: asyncio.Future[tuple[bool, bool]]) -> None:
+        error = future.exception()
+        if error is not None:
+            # A missed checkpoint costs only replay distance; the final write is retried.
+            logger.warning(
+                "generation %s: checkpoint failed (%s)", self.generation_id, type(error).__name__
+            )
+            return
+        ours, cancel = future.result()
+        self._lost = self._lost or not ours
+        self._cancel = self._cancel or cancel
+
+    # -- publishing ------------------------------------------------------------------------
+
+    async def _publish(self, event: dict[str, Any]) -> None:
+        # Through a Redis restart or a dropped connection: the provider's text waits in
+        # the attempt's queue meanwhile. Past REDIS_RETRY_S the attempt gives up (and hands
+        # the generation back).
+        backoff = Backoff(first_s=0.05, max_s=1.0, give_up_after_s=REDIS_RETRY_S, clock=self.clock)
+        while True:
+            try:
+                if await self._writer.publish(self.generation_id, self.attempt, event):
+                    return
+                log = event_log()
+                if await asyncio.to_thread(log.fence_holder, self.generation_id) is not None:
+                    raise LostOwnership(self.generation_id)
+                # No fence at all: Redis lost its data (a restart) under us. The database
+                # says whether this attempt still owns the generation; if it does, put the
+                # fence back and go on: subscribers that saw events the restart erased see a
+                # gap and take the row's snapshot, which this has just checkpointed.
+                if not await self._still_ours(final=event["type"] == "done"):
+                    raise LostOwnership(self.generation_id)
+                await asyncio.to_thread(log.restore_fence, self.generation_id, self.attempt)
+                logger.warning(
+                    "generation %s: the event log's fence was lost; restored for attempt %d",
+                    self.generation_id,
+                    self.attempt,
+                )
+                continue
+            except (redis.RedisError, DatabaseError) as error:
+                logger.warning(
+                    "generation %s: publishing seq %s failed (%s); retrying",
+                    self.generation_id,
+                    event["seq"],
+                    type(error).__name__,
+                )
+                if not await backoff.asleep():
+                    raise
+
+    async def _still_ours(self, *, final: bool) -> bool:
+        """Whether the row still belongs to this attempt, checkpointing the fold so far."""
+        if final:
+            # The final row is written before `done` is published; once terminal, no
+            # other attempt can start.
+            written = await self._engine.database(
+                services.generation_final_seq, self.generation_id, self.attempt
+            )
+            return written is not None and written >= self.seq
+        ours, cancel = await self._checkpoint_now()
+        self._cancel = self._cancel or cancel
+        return ours
+
+    def _checkpoint_now(self) -> asyncio.Future[tuple[bool, bool]]:
+        self._last_checkpoint = self.clock()
+        return self._writer.checkpoint(
+            services.Checkpoint(
+                generation_id=self.generation_id,
+                attempt=self.attempt,
+                output=self.text,
+                reasoning=self.reasoning,
+                seq=self.seq,
+                completion_tokens=self._tokens_paid(),
+            )
+        )
+
+    def _tokens_paid(self) -> int:
+        """This generation's completion tokens so far, earlier runs' included."""
+        return self.claim.earlier_completion_tokens + self.completion_tokens
+
+    async def _flush(self) -> None:
+        if not self._pending:
+            return
+        # The flush counts as made at the boundary it was due on, even when the loop's timer
+        # woke this a little early: the next one is then due on the next boundary, not at once.
+        self._last_flush = self.clock() + TIMER_SLACK_S
+        text = "".join(self._pending)
+        self._pending.clear()
+        self._pending_bytes = 0
+        self.seq += 1
+        if self._pending_kind == "reasoning":
+            self.reasoning += text
+            await self._publish(events.reasoning(self.generation_id, self.seq, text))
+        else:
+            self.text += text
+            await self._publish(events.delta(self.generation_id, self.seq, text))
+        self._published = (self.seq, self.text, self.reasoning)
+        self.timer.delta_published()
+
+    def _flush_due_at(self) -> float:
+        """When the pending text is to be sent: the first boundary of the coalescing interval
+        after the last flush. Boundaries are shared by every attempt of the process, so the
+        attempts with text waiting flush together, in one round trip to Redis."""
+        if self._last_flush == float("-inf"):
+            return self._last_flush
+        interval_s = coalesce_interval_s(housekeeping.running_count())
+        return (math.floor(self._last_flush / interval_s) + 1) * interval_s
+
+    async def _add_text(self, text: str, kind: str = "delta") -> None:
+        if kind != self._pending_kind:
+            await self._flush()
+            self._pending_kind = kind
+        self._pending.append(text)
+        self._pending_bytes += len(text)
+        if (
+            self.clock() + TIMER_SLACK_S >= self._flush_due_at()
+            or self._pending_bytes >= COALESCE_MAX_BYTES
+        ):
+            await self._flush()
+
+    def _cancel_requested(self) -> bool:
+        if self._cancel:
+            return True
+        log = event_log()
+        # The process's own record of cancels (the cancel watcher's set) costs no I/O, so it
+        # is read at every chunk. Only while the watcher has lost Redis is the flag read from
+        # Redis itself, off the loop and at most once per IDLE_TICK_S.
+        if log.cancel_seen(self.generation_id):
+            self._cancel = True
+            return True
+        now = self.clock()
+        if (
+            log.cancel_needs_read()
+            and now - self._cancel_checked_at >= IDLE_TICK_S
+            and (self._cancel_read is None or self._cancel_read.done())
+        ):
+            self._cancel_checked_at = now
+            self._cancel_read = self._loop.create_task(self._read_cancel())
+        return False
+
+    async def _read_cancel(self) -> None:
+        with suppress(Exception):
+            if await asyncio.to_thread(event_log().cancel_requested, self.generation_id):
+                self._cancel = True
+
+    async def _next(self, queue: asyncio.Queue[object]) -> object:
+        """The provider's next item, or _TICK when the wait is over first."""
+        if not queue.empty():
+            return queue.get_nowait()
+        deadline = self._flush_due_at() if self._pending else self.clock() + IDLE_TICK_S
+        try:
+            async with asyncio.timeout_at(deadline):
+                return await queue.get()
+        except TimeoutError:
+            return _TICK
+
+    # -- the attempt -----------------------------------------------------------------------
+
+    async def run(self) -> None:
+        self._writer.register(self)
+        try:
+            await self._run()
+        except LostOwnership:
+            logger.warning(
+                "generation %s: attempt %d superseded; stopping",
+                self.generation_id,
+                self.attempt,
+            )
+        except Exception:
+            # Redis or the database stayed away past every retry. Hand the generation back
+            # at once if the database lets us; if not, this process stops beating for it
+            # and the reaper re-queues it (or fails it, on the last attempt).
+            logger.exception(
+                "generation %s: attempt %d could not go on", self.generation_id, self.attempt
+            )
+            if self.attempt < settings.MAX_ATTEMPTS:
+                try:
+                    await self._quiesce()
+                    if await self._engine.database(
+                        services.generation_requeue,
+                        self.generation_id,
+                        self.attempt,
+                        output=self.text,
+                        seq=self.seq,
+                        reasoning=self.reasoning,
+                        completion_tokens=self._tokens_paid(),
+                    ):
+                        logger.warning("generation %s: re-queued", self.generation_id)
+                except Exception:
+                    logger.warning("generation %s: re-queue failed", self.generation_id)
+        finally:
+            self._writer.unregister(self)
+
+    async def _quiesce(self) -> None:
+        """Before a write that ends this attempt's hold on the row: no periodic checkpoint
+        of it may land after that write (a hand-back keeps the attempt number, so a late
+        checkpoint would match the row again)."""
+        self._writer.unregister(self)
+        if self.checkpoint_in_flight is not None:
+            with suppress(Exception):
+                await self.checkpoint_in_flight
+
+    async def _hand_back(self) -> None:
+        """The process is stopping: give the generation back to the queue, to be run again
+        from the start (a provider stream cannot be resumed) by another worker, with
+        `reset` first. A stop is not a failure: the attempt number stays."""
+        await self._quiesce()
+        if not await self._engine.database(
+            services.generation_hand_back,
+            self.generation_id,
+            self.attempt,
+            output=self.text,
+            seq=self.seq,
+            reasoning=self.reasoning,
+            completion_tokens=self._tokens_paid(),
+        ):
+            raise LostOwnership(self.generation_id)
+        logger.warning(
+            "generation %s: attempt %d handed back to the queue", self.generation_id, self.attempt
+        )
+
+    async def _run(self) -> None:
+        if self.attempt > 1 or self.claim.start_seq > 0:
+            # Subscribers may have text of an earlier run (a failed attempt, or one handed
+            # back on shutdown): they discard it.
+            self.seq += 1
+            await self._publish(events.reset(self.generation_id, self.seq, self.attempt))
+            self._published = (self.seq, self.text, self.reasoning)
+            try:
+                ours, cancel = await self._checkpoint_now()
+            except DatabaseError:
+                logger.warning("generation %s: checkpoint failed", self.generation_id)
+            else:
+                if not ours:
+                    raise LostOwnership(self.generation_id)
+                self._cancel = self._cancel or cancel
+        if self.claim.max_tokens <= 0:
+            # The daily quota has no room left for it: it ends as one that reached its cap
+            # does, and nothing reaches the provider.
+            await self._finish(
+                Status.COMPLETED, FinishReason.LENGTH, self._counted_usage(None), None
+            )
+            return
+        # A conversation's turn carries its ancestors' prompts and answers, cut to the
+        # model's context budget (api.conversations); counted in the usage's prompt tokens.
+        self.history = await self._engine.database(history_for, self.generation_id)
+        request = ProviderRequest(
+            model=self.claim.model,
+            prompt=self.claim.prompt,
+            system=self.claim.system,
+            max_tokens=self.claim.max_tokens,
+            temperature=self.claim.temperature,
+            history=self.history,
+        )
+        finish_reason: str | None = None
+        usage: dict[str, int] | None = None
+        # When the finish reason came (the grace for the usage chunk runs from it), and when
+        # the last chunk came once text had (the between-chunk timeout runs from it).
+        finished_at: float | None = None
+        last_chunk_at: float | None = None
+        self.timer.provider_started()
+        queue: asyncio.Queue[object] = asyncio.Queue()
+        reader = self._loop.create_task(
+            _read(
+                astream_with_retry(get_provider(), request, stop_requested=self._cancel_requested),
+                queue,
+            )
+        )
+        try:
+            while True:
+                if self._lost:
+                    raise LostOwnership(self.generation_id)
+                item = await self._next(queue)
+                if item is _TICK:
+                    # Nothing from the provider for a while: send what waits, notice a
+                    # cancel or a stop.
+                    if self._pending and self.clock() + TIMER_SLACK_S >= self._flush_due_at():
+                        await self._flush()
+                    if self._cancel_requested() or self._stopping.is_set():
+                        break
+                    now = self.clock()
+                    if finished_at is not None:
+                        if now - finished_at >= settings.PROVIDER_FINISH_GRACE_S:
+                            # The answer is complete; a server that holds the connection
+                            # open after it must not turn it into a timeout.
+                            break
+                    elif (
+                        last_chunk_at is not None
+                        and now - last_chunk_at > settings.PROVIDER_READ_TIMEOUT_S
+                    ):
+                        raise ProviderError(
+                            f"no chunk for {settings.PROVIDER_READ_TIMEOUT_S:g} s mid-stream",
+                            permanent=False,
+                            kind="timeout",
+                        )
+                    continue
+                if item is _END:
+                    break
+                if isinstance(item, BaseException):
+                    raise item
+                assert isinstance(item, Chunk)
+                if self._cancel_requested() or self._stopping.is_set():
+                    break
+                if item.text or item.reasoning:
+                    if self.completion_tokens >= self.claim.max_tokens:
+                        # Past the cap (max_tokens, or the daily quota's room): a provider
+                        # that does not honour max_tokens is cut here, its extra text unused.
+                        finish_reason = "length"
+                        break
+                    # Reasoning tokens are completion tokens too: providers bill them so.
+                    self.completion_tokens += 1
+                    self.timer.text()
+                    last_chunk_at = self.clock()
+                    if item.reasoning:
+                        await self._add_text(item.reasoning, "reasoning")
+                    if item.text:
+                        await self._add_text(item.text)
+                if item.finish_reason and finish_reason is None:
+                    finish_reason = item.finish_reason
+                    finished_at = self.clock()
+                if item.usage:
+                    usage = item.usage
+        except ProviderError as error:
+            await self._flush()
+            if self._cancel_requested():
+                # The retry loop gives up on a cancel; the user asked for a stop, and a
+                # failure of a stream they no longer wanted is not the provider's error.
+                await self._finish(
+                    Status.CANCELLED, FinishReason.CANCELLED, self._counted_usage(None), None
+                )
+            else:
+                await self._provider_failed(error)
+            return
+        finally:
+            # Cancelling the reader closes the provider's response, and its connection, at
+            # once (no more tokens are paid for), also one blocked in a silent read.
+            reader.cancel()
+            with suppress(BaseException):
+                await reader
+        await self._flush()
+        if self._lost:
+            raise LostOwnership(self.generation_id)
+        if self._cancel:
+            await self._finish(
+                Status.CANCELLED, FinishReason.CANCELLED, self._counted_usage(None), None
+            )
+            return
+        if self._stopping.is_set() and finish_reason is None:
+            await self._hand_back()
+            return
+        await self._finish(
+            Status.COMPLETED, _finish_reason(finish_reason), self._counted_usage(usage), None
+        )
+
+    def _counted_usage(self, usage: dict[str, int] | None) -> dict[str, int]:
+        """The provider's figures when it reported them, else our own count; plus the
+        completion tokens of earlier failed runs, which were paid for too."""
+        if usage is None:
+            prompt_tokens = len(tokenize(self.claim.prompt)) + len(
+                tokenize(self.claim.system or "")
+            )
+            prompt_tokens += sum(len(tokenize(content)) for _, content in self.history)
+            usage = {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": self.completion_tokens,
+                "total_tokens": prompt_tokens + self.completion_tokens,
+            }
+        earlier = self.claim.earlier_completion_tokens
+        if earlier:
+            usage = {
+                **usage,
+                "completion_tokens": usage["completion_tokens"] + earlier,
+                "total_tokens": usage["total_tokens"] + earlier,
+                "earlier_attempts_completion_tokens": earlier,
+            }
+        return usage
+
+    async def _provider_failed(self, error: ProviderError) -> None:
+        # The provider's own words go to the log (they carry no prompt), with the id.
+        logger.warning(
+            "generation %s: provider error %s (%s, permanent=%s) on attempt %d: %s",
+            self.generation_id,
+            error.code,
+            error.kind,
+            error.permanent,
+            self.attempt,
+            error.provider_message[:1000],
+        )
+        if (
+            not error.permanent
+            and (self.text or self.reasoning)
+            and self.attempt < settings.MAX_ATTEMPTS
+        ):
+            # Text was streamed, so a silent retry would double it: start a new attempt,
+            # which tells subscribers to discard the text so far (`reset`), after a back-off
+            # (or the provider's Retry-After) so that a struggling provider is not hit again
+            # at once.
+            delay_s = max(backoff_s(self.attempt), error.retry_after_s or 0.0)
+            await self._quiesce()
+            if await self._engine.database(
+                services.generation_requeue,
+                self.generation_id,
+                self.attempt,
+                output=self.text,
+                seq=self.seq,
+                reasoning=self.reasoning,
+                # What this attempt used is paid for: the next one counts it (its claim
+                # reads it from the row).
+                completion_tokens=self._tokens_paid(),
+                delay_s=min(delay_s, RETRY_AFTER_MAX_S),
+            ):
+                return
+            raise LostOwnership(self.generation_id)
+        await self._finish(
+            Status.FAILED, FinishReason.ERROR, self._counted_usage(None), error.client_error()
+        )
+
+    async def _finish(
+        self,
+        status: str,
+        finish_reason: str,
+        usage: dict[str, int] | None,
+        error: dict[str, Any] | None,
+    ) -> None:
+        await self._quiesce()
+        done_seq = self.seq + 1
+        # Nothing is published as done until the row holds the full output: the final write
+        # rides out a database outage of up to FINAL_WRITE_RETRY_S.
+        backoff = Backoff(
+            first_s=0.1, max_s=2.0, give_up_after_s=FINAL_WRITE_RETRY_S, clock=self.clock
+        )
+        while True:
+            try:
+                written = await self._engine.database(
+                    services.generation_finish,
+                    self.generation_id,
+                    self.attempt,
+                    status=status,
+                    output=self.text,
+                    seq=done_seq,
+                    finish_reason=finish_reason,
+                    usage=usage,
+                    error=error,
+                    reasoning=self.reasoning,
+                )
+                break
+            except DatabaseError:
+                if not await backoff.asleep():
+                    # The row still says running; the reaper will retry the generation.
+                    logger.error("generation %s: final write failed", self.generation_id)
+                    raise
+                logger.warning("generation %s: final write failed; retrying", self.generation_id)
+        if not written:
+            raise LostOwnership(self.generation_id)
+        self.timer.finished(status=status, finish_reason=finish_reason)
+        self.seq = done_seq
+        await self._publish(
+            events.done(
+                self.generation_id,
+                done_seq,
+                status=status,
+                finish_reason=finish_reason,
+                usage=usage,
+                error=error,
+            )
+        )
+
+
+async def _read(stream: AsyncGenerator[Chunk, None], queue: asyncio.Queue[object]) -> None:
+    """Move the provider's chunks to `queue` (then _END, or the error that ended it), so that
+    the attempt waits for them with a timeout without cancelling the read itself."""
+    try:
+        async for chunk in stream:
+            queue.put_nowait(chunk)
+        queue.put_nowait(_END)
+    except Exception as exc:
+        queue.put_nowait(exc)
+    finally:
+        await stream.aclose()
+
+
+class Engine:
+    """The worker process's event loop (in a thread of its own) and its database threads."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._database = ThreadPoolExecutor(
+            max_workers=DATABASE_THREADS, thread_name_prefix="engine-db"
+        )
+        self._writer: Writer | None = None
+
+    @property
+    def writer(self) -> Writer:
+        assert self._writer is not None
+        return self._writer
+
+    def start(self) -> asyncio.AbstractEventLoop:
+        with self._lock:
+            if self._loop is not None:
+                return self._loop
+            loop = asyncio.new_event_loop()
+            started: Future[None] = Future()
+
+            async def begin() -> None:
+                self._writer = Writer(self)
+                if settings.DISTRIBUTED:
+                    # Live sends go out from this loop, with the channel layer's pool on it;
+                    # in the embedded default they go to the web server's loop instead.
+                    await live_sender().bind_running_loop()
+
+            def run() -> None:
+                asyncio.set_event_loop(loop)
+                try:
+                    loop.run_until_complete(begin())
+                except BaseException as exc:
+                    started.set_exception(exc)
+                    return
+                started.set_result(None)
+                loop.run_forever()
+
+            threading.Thread(target=run, name="engine", daemon=True).start()
+            started.result()
+            self._loop = loop
+            return loop
+
+    def run_attempt(self, claim: services.Claim, *, stopping: threading.Event) -> None:
+        """Run the claimed attempt on the loop; the calling thread waits for its end."""
+        self.call(self._attempt(claim, stopping))
+
+    async def _attempt(self, claim: services.Claim, stopping: threading.Event) -> None:
+        await Attempt(claim, engine=self, stopping=stopping).run()
+
+    def call(self, coroutine: Any) -> Any:
+        """Run `coroutine` on the loop and wait for its result (tests, and the Huey thread)."""
+        return asyncio.run_coroutine_threadsafe(coroutine, self.start()).result()
+
+    async def database(self, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """`function(*args, **kwargs)` on one of the engine's database threads."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            self._database, partial(_on_own_connection, function, *args, **kwargs)
+        )
+
+
+@cache
+def engine() -> Engine:
+    return Engine()
