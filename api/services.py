@@ -11,7 +11,6 @@ import logging
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from functools import cache
 from typing import Any
 
 from django.contrib.auth import get_user_model
@@ -468,74 +467,6 @@ def _fenced(generation_id: str, attempt: int) -> Any:
     return Generation.objects.filter(pk=generation_id, attempt=attempt, status=Status.RUNNING)
 
 
-@cache
-def _checkpoint_statement() -> str:
-    table = connection.ops.quote_name(Generation._meta.db_table)
-    return (
-        f"UPDATE {table} SET output = %s, reasoning = %s, seq = %s, completion_tokens = %s,"
-        " heartbeat_at = %s WHERE id = %s AND attempt = %s AND status = %s"
-        " AND NOT cancel_requested"
-    )
-
-
-def _checkpoint_sql(
-    generation_id: str,
-    attempt: int,
-    output: str,
-    reasoning: str,
-    seq: int,
-    completion_tokens: int,
-    now: datetime,
-) -> bool:
-    """The checkpoint's common case as one prepared-once statement: the ORM spent more CPU
-    building this UPDATE (a filter, a compile) than the database spent running it, once a
-    second for every running generation. Whether it changed the row (fenced, not cancelled)."""
-    with connection.cursor() as cursor:
-        cursor.execute(
-            _checkpoint_statement(),
-            [
-                output,
-                reasoning,
-                seq,
-                completion_tokens,
-                connection.ops.adapt_datetimefield_value(now),
-                generation_id,
-                attempt,
-                Status.RUNNING,
-            ],
-        )
-        return bool(cursor.rowcount)
-
-
-def generation_checkpoint(
-    generation_id: str,
-    attempt: int,
-    *,
-    output: str,
-    seq: int,
-    completion_tokens: int,
-    reasoning: str = "",
-) -> tuple[bool, bool]:
-    """Persist the fold so far and the heartbeat: (still ours, cancel requested).
-
-    One statement in the common case (still ours, no cancel): the UPDATE's filter carries
-    "not cancelled", so a row it changed answers both questions. Only when it changed
-    nothing do two more statements tell a superseded attempt from a cancel."""
-    now = timezone.now()
-    if _checkpoint_sql(generation_id, attempt, output, reasoning, seq, completion_tokens, now):
-        return True, False
-    fields = {
-        "output": output,
-        "reasoning": reasoning,
-        "seq": seq,
-        "completion_tokens": completion_tokens,
-        "heartbeat_at": now,
-    }
-    if not _fenced(generation_id, attempt).update(**fields):
-        return False, False
-    return True, True
-
-
 @dataclass(frozen=True)
 class Checkpoint:
     """One running attempt's fold so far, as a checkpoint writes it."""
@@ -617,6 +548,20 @@ def generation_checkpoint_many(checkpoints: list[Checkpoint]) -> dict[str, tuple
         if cancelled:
             _checkpoint_many_sql(cancelled, now, uncancelled=False)
     return results
+
+
+def generation_checkpoint(
+    generation_id: str,
+    attempt: int,
+    *,
+    output: str,
+    seq: int,
+    completion_tokens: int,
+    reasoning: str = "",
+) -> tuple[bool, bool]:
+    """Persist one attempt's fold so far and its heartbeat: (still ours, cancel requested)."""
+    checkpoint = Checkpoint(generation_id, attempt, output, reasoning, seq, completion_tokens)
+    return generation_checkpoint_many([checkpoint])[generation_id]
 
 
 def generation_final_seq(generation_id: str, attempt: int) -> int | None:

@@ -100,6 +100,13 @@ EVENTS_PUBLISHED = _counter(
     ("type",),
     initial=("delta", "reset", "done"),
 )
+LIVE_SENDS = _counter(
+    "llm_live_sends",
+    "Live messages handed to the channel layer, by result (a failed one is repaired from the"
+    " replay buffer by its subscribers).",
+    ("result",),
+    initial=("sent", "failed"),
+)
 EVENTS_REPAIRED = _counter(
     "llm_events_repaired",
     "Events a subscriber took from the replay buffer to fill a gap in live delivery.",

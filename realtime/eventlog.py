@@ -67,10 +67,6 @@ class EventLog(ABC):
         or None when there is no buffer at all (never written, expired, or lost with Redis):
         then only the row says what subscribers may have seen, and not all of it."""
 
-    def fence(self, generation_id: str, attempt: int) -> int:
-        """`take_fence`, for callers to whom a missing buffer and an empty one are alike."""
-        return self.take_fence(generation_id, attempt) or 0
-
     @abstractmethod
     def fence_holder(self, generation_id: str) -> int | None:
         """The attempt the log is fenced to; None when the fence is gone (Redis lost it)."""
@@ -356,7 +352,9 @@ class MemoryEventLog(EventLog):
             if log is None or log.attempt != attempt:
                 return False
             if log.events and log.events[-1].seq >= seq:
-                return False
+                # The seq is taken: by this very event (a retried append) that is done, as in
+                # the Redis log; by another, this attempt has lost its place.
+                return any(e.seq == seq and e.data == data for e in reversed(log.events))
             log.events.append(StoredEvent(seq, kind, data))
             if len(log.events) > REPLAY_MAX_EVENTS:
                 del log.events[: len(log.events) - REPLAY_MAX_EVENTS]

@@ -49,8 +49,6 @@ class LiveSender:
         self._queues: list[asyncio.Queue[tuple[str, dict[str, Any]]]] = []
         self._batches: list[list[tuple[str, dict[str, Any]]]] = []
         self._batch_sender: asyncio.Task[None] | None = None
-        self.sent = 0
-        self.failed = 0
 
     async def bind_running_loop(self) -> None:
         """Deliver on the calling loop from now on (the embedded web server's)."""
@@ -96,10 +94,10 @@ class LiveSender:
             group, message = await queue.get()
             try:
                 await layer.group_send(group, message)
-                self.sent += 1
+                metrics.LIVE_SENDS.labels(result="sent").inc()
             except Exception:
                 # Lost live messages are repaired from the buffer by every subscriber.
-                self.failed += 1
+                metrics.LIVE_SENDS.labels(result="failed").inc()
                 logger.warning("live send to %s failed", group, exc_info=True)
 
     def send(self, group: str, message: dict[str, Any]) -> None:
@@ -143,10 +141,10 @@ class LiveSender:
             self._batches.clear()
             try:
                 await _publish_pipelined(messages)
-                self.sent += len(messages)
+                metrics.LIVE_SENDS.labels(result="sent").inc(len(messages))
             except Exception:
                 # Lost live messages are repaired from the buffer by every subscriber.
-                self.failed += len(messages)
+                metrics.LIVE_SENDS.labels(result="failed").inc(len(messages))
                 logger.warning("live send of %d events failed", len(messages), exc_info=True)
 
 

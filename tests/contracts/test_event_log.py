@@ -1,7 +1,6 @@
 """What every event log (realtime.eventlog: MemoryEventLog, RedisEventLog) must do.
 
-Each case runs against both backends (tests/contracts/conftest.py). Where the two differ
-today, the case says so and is marked as an expected failure of the one that differs.
+Each case runs against both backends (tests/contracts/conftest.py).
 
 Not stated, because the two answer differently today and neither answer is wrong for its
 mode: a buffer fenced but never appended to reads as missing from Redis (no stream key) and
@@ -144,19 +143,9 @@ def test_seqs_may_skip_but_never_go_back(log: EventLog) -> None:
     assert [event.seq for event in stored(log, generation_id)] == [1, 100_005]
 
 
-def test_repeating_the_last_append_exactly_counts_as_done(
-    log: EventLog, request: pytest.FixtureRequest
-) -> None:
+def test_repeating_the_last_append_exactly_counts_as_done(log: EventLog) -> None:
     # A client that never saw the reply (a dropped connection) sends the same append again
     # (realtime.redis retries a command on a new connection): that is a success, stored once.
-    if isinstance(log, MemoryEventLog):
-        request.applymarker(
-            pytest.mark.xfail(
-                strict=True,
-                reason="MemoryEventLog refuses the repeat (it cannot lose a reply, so nothing "
-                "in the embedded mode repeats an append)",
-            )
-        )
     generation_id = fenced_with(log, 1, [1])
 
     assert log.append(generation_id, 1, 1, "delta", data(1))

@@ -29,6 +29,7 @@ from django.conf import settings
 from hypothesis import HealthCheck, event, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
+from prometheus_client import REGISTRY
 
 from realtime.eventlog import StoredEvent
 from realtime.publish import LiveSender
@@ -81,6 +82,7 @@ class Lossy:
         self.stall = stall
         self._sender = sender
         self._queued = 0
+        self._handed_over_before = handed_over()
 
     def count_sends(self, monkeypatch: pytest.MonkeyPatch) -> None:
         real_send = self._sender.send
@@ -96,9 +98,17 @@ class Lossy:
         keeping or dropping it): the point at which a stall has cost what it will cost."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + SEND_TIMEOUT_S
-        while self._sender.sent + self._sender.failed < self._queued:
-            assert loop.time() < deadline, (self._sender.sent, self._queued)
+        while handed_over() - self._handed_over_before < self._queued:
+            assert loop.time() < deadline, (handed_over(), self._queued)
             await asyncio.sleep(0.001)
+
+
+def handed_over() -> float:
+    """Live messages the sender gave the layer (kept or dropped), from its exported counter."""
+    return sum(
+        REGISTRY.get_sample_value("llm_live_sends_total", {"result": result}) or 0.0
+        for result in ("sent", "failed")
+    )
 
 
 def capacity_one_layer() -> Any:
