@@ -125,7 +125,7 @@ def generation_create(
                 system=params.system,
             )
             _check_limits(user)
-            generation = Generation.objects.create(
+            generation = _create_turn(
                 user_id=user.pk,
                 model=params.model,
                 prompt=params.prompt,
@@ -135,17 +135,10 @@ def generation_create(
                 temperature=params.temperature,
                 idempotency_key=idempotency_key,
                 request_hash=_request_fingerprint(params, target) if idempotency_key else "",
-                conversation=placement.conversation,
+                conversation_id=placement.conversation.pk,
                 parent_id=placement.parent_id,
                 turn_index=placement.turn_index,
             )
-            turn_created(
-                conversation_id=placement.conversation.pk,
-                generation_id=generation.id,
-                turn_index=placement.turn_index,
-            )
-            # Enqueue only once the row is visible to the worker.
-            transaction.on_commit(lambda: _enqueue(generation.id))
     except IntegrityError:
         # A concurrent repeat won the unique (user, key) race after our first check.
         if not idempotency_key:
@@ -155,6 +148,22 @@ def generation_create(
             raise
         return existing, False
     return generation, True
+
+
+def _create_turn(
+    *, conversation_id: str | None, turn_index: int | None, **fields: Any
+) -> Generation:
+    """A new queued generation: its row, its place as its conversation's current turn, and
+    its task, enqueued only once the row is visible to the worker (after the commit)."""
+    generation = Generation.objects.create(
+        conversation_id=conversation_id, turn_index=turn_index, **fields
+    )
+    if conversation_id is not None and turn_index is not None:
+        turn_created(
+            conversation_id=conversation_id, generation_id=generation.id, turn_index=turn_index
+        )
+    transaction.on_commit(lambda: _enqueue(generation.id))
+    return generation
 
 
 def _check_limits(user: AbstractBaseUser, *, rate_limit: bool = True) -> None:
@@ -342,7 +351,7 @@ def generation_retry(*, generation_id: str) -> tuple[Generation, bool]:
         _check_limits(original.user, rate_limit=False)
         # A turn of a conversation is retried as a new branch beside it (same parent).
         turn_index = place_retry(original)
-        retry = Generation.objects.create(
+        retry = _create_turn(
             user_id=original.user_id,
             model=original.model,
             prompt=original.prompt,
@@ -354,13 +363,6 @@ def generation_retry(*, generation_id: str) -> tuple[Generation, bool]:
             parent_id=original.parent_id,
             turn_index=turn_index,
         )
-        if original.conversation_id is not None and turn_index is not None:
-            turn_created(
-                conversation_id=original.conversation_id,
-                generation_id=retry.id,
-                turn_index=turn_index,
-            )
-        transaction.on_commit(lambda: _enqueue(retry.id))
     logger.info("generation %s: retried as %s", original.pk, retry.pk)
     return retry, True
 

@@ -8,6 +8,7 @@ check every response against that document (tests/api/test_schemathesis.py).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import Annotated, Any
 
 from django.contrib.auth import authenticate as password_authenticate
@@ -82,9 +83,15 @@ def documented(
     }
 
 
-def _list_query(request: HttpRequest) -> None:
-    """A list endpoint takes `limit` and `cursor` only: another parameter is refused rather
-    than ignored (a typo must not silently return the default page)."""
+def _page(
+    request: HttpRequest,
+    list_rows: Callable[..., tuple[Sequence[Any], str | None]],
+    limit: int,
+    cursor: str | None,
+) -> HttpResponse:
+    """One page of the caller's rows, newest first (api.selectors.keyset_page). A list
+    endpoint takes `limit` and `cursor` only: another parameter is refused rather than ignored
+    (a typo must not silently return the default page)."""
     unknown = sorted(set(request.GET) - {"limit", "cursor"})
     if unknown:
         raise ApiError(
@@ -92,6 +99,8 @@ def _list_query(request: HttpRequest) -> None:
             "Unknown query parameters.",
             details={name: "Unknown parameter." for name in unknown},
         )
+    rows, next_cursor = list_rows(user=identity(request).user, limit=limit, cursor=cursor or None)
+    return json_response({"results": [row.to_dict() for row in rows], "next_cursor": next_cursor})
 
 
 def _ascii_digits(value: Any) -> Any:
@@ -194,11 +203,7 @@ def generation_create(
 def generation_list(
     request: HttpRequest, limit: Limit = LIST_LIMIT_DEFAULT, cursor: Cursor = None
 ) -> HttpResponse:
-    _list_query(request)
-    rows, next_cursor = selectors.generation_list(
-        user=identity(request).user, limit=limit, cursor=cursor or None
-    )
-    return json_response({"results": [row.to_dict() for row in rows], "next_cursor": next_cursor})
+    return _page(request, selectors.generation_list, limit, cursor)
 
 
 @generations.get(
@@ -299,11 +304,7 @@ def conversation_create(request: HttpRequest, body: ConversationCreateRequest) -
 def conversation_list(
     request: HttpRequest, limit: Limit = LIST_LIMIT_DEFAULT, cursor: Cursor = None
 ) -> HttpResponse:
-    _list_query(request)
-    rows, next_cursor = conversations.conversation_list(
-        user=identity(request).user, limit=limit, cursor=cursor or None
-    )
-    return json_response({"results": [row.to_dict() for row in rows], "next_cursor": next_cursor})
+    return _page(request, conversations.conversation_list, limit, cursor)
 
 
 @conversation_routes.get(

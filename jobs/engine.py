@@ -532,16 +532,7 @@ class Attempt:
             )
             if self.attempt < settings.MAX_ATTEMPTS:
                 try:
-                    await self._quiesce()
-                    if await self._engine.database(
-                        services.generation_requeue,
-                        self.generation_id,
-                        self.attempt,
-                        output=self.text,
-                        seq=self.seq,
-                        reasoning=self.reasoning,
-                        completion_tokens=self._tokens_paid(),
-                    ):
+                    if await self._give_back(services.generation_requeue):
                         logger.warning("generation %s: re-queued", self.generation_id)
                 except Exception:
                     logger.warning("generation %s: re-queue failed", self.generation_id)
@@ -557,20 +548,28 @@ class Attempt:
             with suppress(Exception):
                 await self.checkpoint_in_flight
 
-    async def _hand_back(self) -> None:
-        """The process is stopping: give the generation back to the queue, to be run again
-        from the start (a provider stream cannot be resumed) by another worker, with
-        `reset` first. A stop is not a failure: the attempt number stays."""
+    async def _give_back(self, give_back: Callable[..., bool], **options: Any) -> bool:
+        """Return the generation to the queue through `give_back` (a re-queue as the next
+        attempt, or a hand-back as this one) with the fold so far and the completion tokens
+        paid for, once this attempt's writes in flight have landed."""
         await self._quiesce()
-        if not await self._engine.database(
-            services.generation_hand_back,
+        given_back: bool = await self._engine.database(
+            give_back,
             self.generation_id,
             self.attempt,
             output=self.text,
             seq=self.seq,
             reasoning=self.reasoning,
             completion_tokens=self._tokens_paid(),
-        ):
+            **options,
+        )
+        return given_back
+
+    async def _hand_back(self) -> None:
+        """The process is stopping: give the generation back to the queue, to be run again
+        from the start (a provider stream cannot be resumed) by another worker, with
+        `reset` first. A stop is not a failure: the attempt number stays."""
+        if not await self._give_back(services.generation_hand_back):
             raise LostOwnership(self.generation_id)
         logger.warning(
             "generation %s: attempt %d handed back to the queue", self.generation_id, self.attempt
@@ -753,18 +752,10 @@ class Attempt:
             # (or the provider's Retry-After) so that a struggling provider is not hit again
             # at once.
             delay_s = max(backoff_s(self.attempt), error.retry_after_s or 0.0)
-            await self._quiesce()
-            if await self._engine.database(
-                services.generation_requeue,
-                self.generation_id,
-                self.attempt,
-                output=self.text,
-                seq=self.seq,
-                reasoning=self.reasoning,
-                # What this attempt used is paid for: the next one counts it (its claim
-                # reads it from the row).
-                completion_tokens=self._tokens_paid(),
-                delay_s=min(delay_s, RETRY_AFTER_MAX_S),
+            # What this attempt used is paid for: the next one counts it (its claim reads
+            # it from the row).
+            if await self._give_back(
+                services.generation_requeue, delay_s=min(delay_s, RETRY_AFTER_MAX_S)
             ):
                 return
             raise LostOwnership(self.generation_id)

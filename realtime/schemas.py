@@ -163,59 +163,61 @@ class ErrorFrame(ErrorDetail, Frame):
     retry_after: int | None = _omitted("Seconds before trying again (429 codes, unavailable).")
 
 
-class CreatedFrame(Frame):
+class Reply(Frame):
+    """A frame answering one of the client's (its `ref` echoed)."""
+
+    ref: Any = Field(description=_REF_DESCRIPTION)
+
+
+class GenerationReply(Reply):
+    id: str
+
+
+class ConversationReply(Reply):
+    conversation_id: str
+
+
+class CreatedFrame(Reply):
     """The reply to `generate`; the connection is then subscribed to it from 0."""
 
     type: Literal["created"]
-    ref: Any = Field(description=_REF_DESCRIPTION)
     generation: Generation
 
 
-class SubscribedFrame(Frame):
+class SubscribedFrame(GenerationReply):
     """The reply to `subscribe`; the events follow."""
 
     type: Literal["subscribed"]
-    ref: Any = Field(description=_REF_DESCRIPTION)
-    id: str
 
 
-class UnsubscribedFrame(Frame):
+class UnsubscribedFrame(GenerationReply):
     """The reply to `unsubscribe`; no event of that generation follows."""
 
     type: Literal["unsubscribed"]
-    ref: Any = Field(description=_REF_DESCRIPTION)
-    id: str
 
 
-class AckFrame(Frame):
+class AckFrame(GenerationReply):
     """The reply to `cancel` once the cancel is recorded; `done` (cancelled) follows."""
 
     type: Literal["ack"]
-    ref: Any = Field(description=_REF_DESCRIPTION)
-    id: str
 
 
-class PongFrame(Frame):
+class PongFrame(Reply):
     """The reply to `ping`."""
 
     type: Literal["pong"]
-    ref: Any = Field(description=_REF_DESCRIPTION)
 
 
-class ConversationSubscribedFrame(Frame):
+class ConversationSubscribedFrame(ConversationReply):
     """The reply to `subscribe_conversation`; `turn` frames follow."""
 
     type: Literal["conversation_subscribed"]
-    ref: Any = Field(description=_REF_DESCRIPTION)
-    conversation_id: str
 
 
-class ConversationUnsubscribedFrame(Frame):
+class ConversationUnsubscribedFrame(ConversationReply):
     """The reply to `unsubscribe_conversation`."""
 
     type: Literal["conversation_unsubscribed"]
-    ref: Any = Field(description=_REF_DESCRIPTION)
-    conversation_id: str
 
 
 class TurnFrame(Frame):

@@ -7,7 +7,6 @@ from jobs.providers.base import (
     ProviderRequest,
     astream_with_retry,
     get_provider,
-    stream_with_retry,
 )
 
 __all__ = [
@@ -17,5 +16,4 @@ __all__ = [
     "ProviderRequest",
     "astream_with_retry",
     "get_provider",
-    "stream_with_retry",
 ]

@@ -1,12 +1,10 @@
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import importlib
 import random
 import threading
-import time
-from collections.abc import AsyncGenerator, Callable, Generator
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -116,34 +114,11 @@ class ProviderError(Exception):
         return error
 
 
-# Where a provider registers how to cut its open connection from another thread. The stream is
-# read in a thread of its own (jobs.runner.ChunkPump), blocked in a socket read while the
-# provider is silent; closing the generator cannot interrupt that read, so a runner that
-# gives up on a silent stream (past the finish reason's grace, or the between-chunk timeout)
-# cuts the connection instead of leaving the thread and the connection to the read timeout.
-abort_hook: contextvars.ContextVar[Callable[[Callable[[], None] | None], None] | None] = (
-    contextvars.ContextVar("provider_abort_hook", default=None)
-)
-
-
-def on_abort(cut: Callable[[], None] | None) -> None:
-    """Called by a provider (in the reading thread) with how to cut its current connection,
-    and with None before it releases that connection (to its pool: cutting it then would cut
-    another request's)."""
-    register = abort_hook.get()
-    if register is not None:
-        register(cut)
-
-
 class Provider(Protocol):
     name: str
 
-    def stream(self, request: ProviderRequest) -> Generator[Chunk, None, None]:
-        """Yield chunks; closing the generator must close the provider's connection."""
-        ...
-
     def astream(self, request: ProviderRequest) -> AsyncGenerator[Chunk, None]:
-        """`stream` on an event loop (the worker's, jobs.engine): closing the generator, or
+        """Yield chunks on the worker's event loop (jobs.engine): closing the generator, or
         cancelling the task blocked in it, must close the provider's connection."""
         ...
 
@@ -164,56 +139,13 @@ def backoff_s(retry: int) -> float:
     return random.uniform(0, min(RETRY_MAX_S, RETRY_BASE_S * 2**retry))
 
 
-def stream_with_retry(
-    provider: Provider,
-    request: ProviderRequest,
-    *,
-    stop_requested: Callable[[], bool],
-    sleep: Callable[[float], None] = time.sleep,
-) -> Generator[Chunk, None, None]:
-    """The provider's stream, retried with backoff while it has produced no text yet."""
-    retry = 0
-    while True:
-        stream = provider.stream(request)
-        held: list[Chunk] = []
-        try:
-            for chunk in stream:
-                held.append(chunk)
-                if chunk.text or chunk.reasoning or chunk.finish_reason:
-                    break
-        except ProviderError as error:
-            stream.close()
-            metrics.PROVIDER_ERRORS.labels(kind=error.kind).inc()
-            if error.permanent or retry >= PROVIDER_RETRIES or stop_requested():
-                raise
-            delay_s = backoff_s(retry)
-            if error.retry_after_s is not None:
-                if error.retry_after_s > RETRY_AFTER_MAX_S:
-                    raise
-                # The provider said when it will take the request: sooner is refused again.
-                delay_s = max(delay_s, error.retry_after_s)
-            sleep(delay_s)
-            retry += 1
-            continue
-        try:
-            yield from held
-            yield from stream
-        except ProviderError as error:
-            # Mid-stream, after text: no retry here (the runner starts a new attempt).
-            metrics.PROVIDER_ERRORS.labels(kind=error.kind).inc()
-            raise
-        finally:
-            stream.close()
-        return
-
-
 async def astream_with_retry(
     provider: Provider,
     request: ProviderRequest,
     *,
     stop_requested: Callable[[], bool],
 ) -> AsyncGenerator[Chunk, None]:
-    """`stream_with_retry` on an event loop: the same policy, with asyncio's sleep."""
+    """The provider's stream, retried with backoff while it has produced no text yet."""
     retry = 0
     while True:
         stream = provider.astream(request)

@@ -10,8 +10,7 @@ import asyncio
 import hashlib
 import random
 import re
-import time
-from collections.abc import AsyncGenerator, Generator
+from collections.abc import AsyncGenerator
 
 from jobs.providers.base import Chunk, ProviderRequest, chat_messages
 
@@ -96,16 +95,6 @@ class DemoProvider:
             "total_tokens": prompt_tokens + len(tokens),
         }
         return tokens, finish_reason, usage
-
-    def stream(self, request: ProviderRequest) -> Generator[Chunk, None, None]:
-        tokens, finish_reason, usage = self._answer(request)
-        jitter = random.Random(len(request.prompt))
-        time.sleep(self.first_token_delay_s)
-        for index, token in enumerate(tokens):
-            if index:
-                time.sleep(jitter.uniform(0.5, 1.5) / self.tokens_per_s)
-            yield Chunk(text=token)
-        yield Chunk(finish_reason=finish_reason, usage=usage)
 
     async def astream(self, request: ProviderRequest) -> AsyncGenerator[Chunk, None]:
         tokens, finish_reason, usage = self._answer(request)

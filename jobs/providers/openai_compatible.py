@@ -15,10 +15,9 @@ import fnmatch
 import json
 import logging
 import re
-import socket
 import time
 import weakref
-from collections.abc import AsyncGenerator, AsyncIterator, Generator, Iterable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 import httpx2
@@ -38,7 +37,6 @@ from jobs.providers.base import (
     ProviderError,
     ProviderRequest,
     chat_messages,
-    on_abort,
 )
 
 logger = logging.getLogger(__name__)
@@ -227,11 +225,10 @@ class OpenAIProvider:
                 max(settings.PROVIDER_FIRST_BYTE_TIMEOUT_S, settings.PROVIDER_READ_TIMEOUT_S),
                 connect=settings.PROVIDER_CONNECT_TIMEOUT_S,
             ),
-            # One retry policy, ours (jobs.providers.base.stream_with_retry).
+            # One retry policy, ours (jobs.providers.base.astream_with_retry).
             "max_retries": 0,
         }
         self._options = options
-        self._client = openai.OpenAI(**options)
         # One asyncio client per event loop: its connection pool belongs to the loop it was
         # first used on (the worker runs one loop, jobs.engine; tests may run others).
         self._async_clients: weakref.WeakKeyDictionary[
@@ -245,37 +242,10 @@ class OpenAIProvider:
             client = self._async_clients[loop] = openai.AsyncOpenAI(**self._options)
         return client
 
-    def stream(self, request: ProviderRequest) -> Generator[Chunk, None, None]:
-        parameters = request_parameters(request)
-        wants_usage = "stream_options" in parameters
-        try:
-            # The SDK's typed chunk objects cost about half of a worker's CPU at 50 tokens/s
-            # per stream (bench/results/profile_worker.md), for the few fields read here.
-            context = self._client.chat.completions.with_streaming_response.create(  # type: ignore[call-overload]
-                **parameters
-            )
-            response = context.__enter__()
-        except Exception as exc:
-            raise _error_from(exc) from exc
-        on_abort(lambda: _cut(response))
-        try:
-            body = response.iter_bytes()
-            if "text/event-stream" not in response.headers.get("content-type", ""):
-                body = _event_stream_or_raise(body)
-            yield from read_events(_sse_data(sse_lines(body)), wants_usage)
-        except (GeneratorExit, ProviderError):
-            raise
-        except Exception as exc:
-            raise _error_from(exc) from exc
-        finally:
-            on_abort(None)
-            # Closing the response closes the connection: no more tokens are sent (or paid
-            # for) after a cancel, or after the answer's end on a server that keeps it open.
-            context.__exit__(None, None, None)
-
     async def astream(self, request: ProviderRequest) -> AsyncGenerator[Chunk, None]:
-        """`stream` on the running event loop (jobs.engine). A cancel of the reading task
-        lands in the pending read, and closing the response closes the connection at once."""
+        """The request's chunks, on the running event loop (jobs.engine). A cancel of the
+        reading task lands in the pending read, and closing the response closes the
+        connection at once."""
         parameters = request_parameters(request)
         wants_usage = "stream_options" in parameters
         try:
@@ -297,19 +267,6 @@ class OpenAIProvider:
             raise _error_from(exc) from exc
         finally:
             await context.__aexit__(None, None, None)
-
-
-def _cut(response: Any) -> None:
-    """Shut the response's socket down, from another thread: the blocked read returns at once
-    (a plain close of the file descriptor would not wake it on Linux)."""
-    stream = response.http_response.extensions.get("network_stream")
-    sock = stream.get_extra_info("socket") if stream is not None else None
-    if sock is None:
-        return
-    try:
-        sock.shutdown(socket.SHUT_RDWR)
-    except OSError:
-        pass  # already closed
 
 
 class ChunkReader:
@@ -345,20 +302,8 @@ class ChunkReader:
             )
 
 
-def read_events(events: Iterable[str], wants_usage: bool) -> Iterator[Chunk]:
-    """The chunks of a chat completions stream, from the `data` of its events."""
-    reader = ChunkReader(wants_usage)
-    for data in events:
-        chunk = reader.feed(data)
-        if chunk is not None:
-            yield chunk
-        if reader.done:
-            return
-    reader.end()
-
-
 async def aread_events(events: AsyncIterator[str], wants_usage: bool) -> AsyncIterator[Chunk]:
-    """`read_events` for an asyncio body."""
+    """The chunks of a chat completions stream, from the `data` of its events."""
     reader = ChunkReader(wants_usage)
     async for data in events:
         chunk = reader.feed(data)
@@ -369,33 +314,10 @@ async def aread_events(events: AsyncIterator[str], wants_usage: bool) -> AsyncIt
     reader.end()
 
 
-def _event_stream_or_raise(body: Iterator[bytes]) -> Iterator[bytes]:
-    """A 200 answer whose content type is not an event stream: read as one if it looks like
-    one (a proxy may rewrite the header); if it is JSON, a named failure at once."""
-    first = b""
-    for part in body:
-        first += part
-        if first.strip():
-            break
-    if not first.lstrip().startswith((b"{", b"[")):
-        yield first
-        yield from body
-        return
-    _raise_for_body(first, body)
-
-
-def _raise_for_body(data: bytes, body: Iterable[bytes]) -> None:
-    """A 200 answer that is not an event stream: an error object, or a whole completion from a
-    gateway that ignored stream=true. Either way a named failure, at once."""
-    for part in body:
-        if len(data) > NON_STREAM_BODY_MAX_BYTES:
-            break
-        data += part
-    raise _body_error(data)
-
-
 async def _aevent_stream_or_raise(body: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    """`_event_stream_or_raise` for an asyncio body."""
+    """A 200 answer whose content type is not an event stream: read as one if it looks like
+    one (a proxy may rewrite the header); if it is JSON (an error object, or a whole
+    completion from a gateway that ignored stream=true), a named failure at once."""
     first = b""
     async for part in body:
         first += part
@@ -469,14 +391,6 @@ class SseLineSplitter:
         return [pending] if pending else []
 
 
-def sse_lines(parts: Iterable[bytes]) -> Iterator[str]:
-    """The lines of an event stream (SseLineSplitter), from an iterable of network reads."""
-    splitter = SseLineSplitter()
-    for part in parts:
-        yield from splitter.feed(part)
-    yield from splitter.end()
-
-
 class SseDataCollector:
     """The `data` of each complete server-sent event (its data lines joined with newlines).
 
@@ -498,15 +412,6 @@ class SseDataCollector:
         # `event:`, `id:`, `retry:` and `:` comments (OpenRouter's keep-alives) carry nothing
         # a chat completion uses.
         return None
-
-
-def _sse_data(lines: Iterator[str]) -> Iterator[str]:
-    """The `data` of each complete server-sent event (SseDataCollector)."""
-    collector = SseDataCollector()
-    for line in lines:
-        data = collector.line(line)
-        if data is not None:
-            yield data
 
 
 async def _asse_data(parts: AsyncIterator[bytes]) -> AsyncIterator[str]:

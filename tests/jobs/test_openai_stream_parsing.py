@@ -3,10 +3,44 @@ the parts of the SSE format and of the chunk objects it relies on."""
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator, Iterable
+from typing import TypeVar
+
 import pytest
 
 from jobs.providers.base import Chunk, ProviderError
-from jobs.providers.openai_compatible import _sse_data, chunk_from, read_events, sse_lines
+from jobs.providers.openai_compatible import (
+    SseDataCollector,
+    SseLineSplitter,
+    _asse_data,
+    aread_events,
+    chunk_from,
+)
+
+T = TypeVar("T")
+
+
+async def _aiter(items: Iterable[T]) -> AsyncIterator[T]:
+    for item in items:
+        yield item
+
+
+def collected(items: AsyncIterator[T]) -> list[T]:
+    async def collect() -> list[T]:
+        return [item async for item in items]
+
+    return asyncio.run(collect())
+
+
+def read_events(events: Iterable[str], wants_usage: bool) -> list[Chunk]:
+    return collected(aread_events(_aiter(events), wants_usage))
+
+
+def sse_lines(parts: Iterable[bytes]) -> list[str]:
+    splitter = SseLineSplitter()
+    lines = [line for part in parts for line in splitter.feed(part)]
+    return lines + splitter.end()
 
 
 def test_sse_data_joins_data_lines_and_skips_comments_and_other_fields() -> None:
@@ -21,7 +55,11 @@ def test_sse_data_joins_data_lines_and_skips_comments_and_other_fields() -> None
         "data: [DONE]",
         "",
     ]
-    assert list(_sse_data(iter(lines))) == ['{"a":\n1}', "[DONE]"]
+    collector = SseDataCollector()
+    data = [collector.line(line) for line in lines]
+    assert [d for d in data if d is not None] == ['{"a":\n1}', "[DONE]"]
+    body = "\n".join([*lines, ""]).encode()
+    assert collected(_asse_data(_aiter([body]))) == ['{"a":\n1}', "[DONE]"]
 
 
 def testchunk_from_reads_text_finish_reason_and_usage() -> None:
