@@ -69,10 +69,13 @@ TARGET_STREAMS = 200
 # Huey threads per worker process: each running generation holds one thread, so two
 # workers need at least half the largest step each (the service's default is 64).
 HUEY_WORKERS = 260
+# The embedded default is one process for everything (PROTOCOL §7): it is stepped up to here.
+EMBEDDED_MAX_STREAMS = 100
 MYSQL_MAX_CONNECTIONS = 1200
 
 SYSTEMS = {
     "ours": "service (2 Daphne + 2 run_huey)",
+    "embedded": "service, embedded default (1 Daphne running its generations itself, SQLite)",
     "streams": "minimal Redis-streams SSE server",
     "naive": "naive seed design",
 }
@@ -174,6 +177,19 @@ def start_ours(fake: FakeLLM) -> System:
     )
 
 
+def start_embedded(fake: FakeLLM) -> System:
+    service = Service(
+        fake,
+        webs=1,
+        workers=0,
+        tier="embedded",
+        env={"HUEY_WORKERS": str(HUEY_WORKERS), "MAX_OUTPUT_TOKENS": "100000"},
+    ).start()
+    time.sleep(2)
+    webs = [p.pid for p in service.webs if p is not None]
+    return System("embedded", service.ports, {"daphne": webs}, service=service)
+
+
 def _spawn(name: str, args: list[str]) -> subprocess.Popen[bytes]:
     log = open(Path(RUN_DIR) / f"{name}.log", "ab")  # noqa: SIM115 (the child keeps it)
     return spawn(
@@ -264,7 +280,7 @@ def run_step(
         start_at=time.time() + 3,
         sse_share=sse_share
         if sse_share is not None
-        else (SSE_SHARE if system.name == "ours" else 1.0),
+        else (SSE_SHARE if system.name in loadgen.SERVICE_SYSTEMS else 1.0),
         cuts=cuts,
         jwt_secret=JWT_SECRET,
         seed=seed,
@@ -489,6 +505,8 @@ def run(results_dir: Path, quick: bool = False, argv: list[str] | None = None) -
                 if name == "ours":
                     result["ours_idle"] = idle_cpu(system, fake, 3.0 if quick else 10.0)
                 for index, streams in enumerate(steps):
+                    if name == "embedded" and streams > EMBEDDED_MAX_STREAMS:
+                        break
                     row = run_step(
                         system,
                         streams,
@@ -522,7 +540,7 @@ def run(results_dir: Path, quick: bool = False, argv: list[str] | None = None) -
                         json.dumps({k: v for k, v in row.items() if k != "db"}),
                         flush=True,
                     )
-                if system.service is not None:
+                if name == "ours" and system.service is not None:
                     save_metrics(system.service, results_dir / METRICS_SAMPLE)
             finally:
                 system.stop()
@@ -582,6 +600,8 @@ def save_metrics(service: Service, path: Path) -> None:
 def start_system(name: str, fake: FakeLLM) -> System:
     if name == "ours":
         return start_ours(fake)
+    if name == "embedded":
+        return start_embedded(fake)
     if name == "streams":
         return start_streams()
     return start_naive(fake)
@@ -594,7 +614,7 @@ def parse_args(argv: list[str], quick: bool) -> argparse.Namespace:
     parser.add_argument("--tokens", type=int, help="tokens per generation (at 50 tokens/s)")
     parser.add_argument("--ramp", type=float, help="seconds over which a step's streams start")
     parser.add_argument("--client-procs", type=int, default=2)
-    parser.add_argument("--systems", default=",".join(SYSTEMS), help="ours,streams,naive")
+    parser.add_argument("--systems", default=",".join(SYSTEMS), help="ours,embedded,streams,naive")
     parser.add_argument("--reconnect-clients", type=int)
     parser.add_argument("--reconnect-tokens", type=int)
     parser.add_argument("--per-token-streams", type=int)

@@ -45,11 +45,15 @@ SLOT_S = 0.1
 _TOKEN_END = re.compile(r"(?<=@\d{10}\.\d{6})")
 
 
+# The service itself (distributed and embedded): its clients may use the WebSocket.
+SERVICE_SYSTEMS = ("ours", "embedded")
+
+
 @dataclass
 class Plan:
     """What one load generator process does (picklable: it crosses a process boundary)."""
 
-    system: str  # "ours", "streams" or "naive"
+    system: str  # "ours", "embedded", "streams" or "naive"
     host: str
     ports: list[int]
     indices: list[int]  # which streams of the step this process runs
@@ -220,7 +224,7 @@ class Client:
         auth = {"Authorization": f"Bearer {self.token(index)}"}
         deadline_s = plan.ttft_ms / 1000 + plan.tokens / plan.rate + STREAM_GRACE_S
         try:
-            if plan.system == "ours" and not self.uses_sse(index):
+            if plan.system in SERVICE_SYSTEMS and not self.uses_sse(index):
                 generation_id = await asyncio.wait_for(
                     self.over_ws(index, port, stream), deadline_s
                 )

@@ -48,7 +48,9 @@ def capacity_markdown(result: dict[str, Any]) -> str:
         f"{config['ramp_s']:g} s; {config['client_processes']} load generator process(es). "
         f"Ours: 2 Daphne + 2 `run_huey` (HUEY_WORKERS={config['huey_workers_per_process']} "
         f"each), MySQL + Redis, {int(100 * (1 - config['sse_share_ours']))}% WebSocket / "
-        f"{int(100 * config['sse_share_ours'])}% SSE clients. Baselines: SSE clients only.",
+        f"{int(100 * config['sse_share_ours'])}% SSE clients. Embedded: the embedded default (one "
+        "Daphne that runs its generations itself, SQLite, in-memory log and layer; no Redis or "
+        "MariaDB), the same clients, stepped up to 100 streams. Baselines: SSE clients only.",
         "",
         "Latency is client receipt minus the provider's send time of a token (written into "
         "the token by the fake provider, `stamp=1`; the minimal streams server's producer "
@@ -127,20 +129,24 @@ def capacity_markdown(result: dict[str, Any]) -> str:
         )
     lines += ["", "Service next to the minimal streams server at the same stream counts:", ""]
     lines += [
-        "| streams | ours event p99 ms | streams p99 ms | ours CPU-s/1k | streams CPU-s/1k "
-        "| naive CPU-s/1k |",
-        "|---|---|---|---|---|---|",
+        "| streams | ours event p99 ms | embedded event p99 ms | streams p99 ms "
+        "| ours CPU-s/1k | embedded CPU-s/1k | streams CPU-s/1k | naive CPU-s/1k |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for streams in config["steps"]:
-        ours, base, naive = (_row(steps, s, streams) for s in ("ours", "streams", "naive"))
-        if not (ours or base or naive):
+        ours, embedded, base, naive = (
+            _row(steps, s, streams) for s in ("ours", "embedded", "streams", "naive")
+        )
+        if not (ours or embedded or base or naive):
             continue
         lines.append(
-            f"| {streams} | {_n(ours and ours['event_p99_ms'])} | "
-            f"{_n(base and base['event_p99_ms'])} | "
-            f"{_n(ours and ours['cpu_s_per_1k_tokens'], 3)} | "
-            f"{_n(base and base['cpu_s_per_1k_tokens'], 3)} | "
-            f"{_n(naive and naive['cpu_s_per_1k_tokens'], 3)} |"
+            f"| {streams} | {_n(ours and ours['event_p99_ms'])} "
+            f"| {_n(embedded and embedded['event_p99_ms'])} "
+            f"| {_n(base and base['event_p99_ms'])} "
+            f"| {_n(ours and ours['cpu_s_per_1k_tokens'], 3)} "
+            f"| {_n(embedded and embedded['cpu_s_per_1k_tokens'], 3)} "
+            f"| {_n(base and base['cpu_s_per_1k_tokens'], 3)} "
+            f"| {_n(naive and naive['cpu_s_per_1k_tokens'], 3)} |"
         )
     lines += ["", "## Reconnects: lost characters", ""]
     lines += [

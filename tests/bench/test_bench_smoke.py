@@ -40,20 +40,20 @@ def test_quick_capacity_run_loses_nothing_and_writes_its_report(tmp_path: Path) 
         env={**os.environ, "TEST_TIER": "distributed"},
         capture_output=True,
         text=True,
-        timeout=280,
+        timeout=420,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
     data = json.loads((tmp_path / "capacity.json").read_text())
     steps = {row["system"]: row for row in data["steps"]}
-    assert set(steps) == {"ours", "streams", "naive"}
-    for system in ("ours", "streams", "naive"):
+    assert set(steps) == {"ours", "embedded", "streams", "naive"}
+    for system in ("ours", "embedded", "streams", "naive"):
         row = steps[system]
         assert row["streams_failed"] == 0, row["errors"]
         assert row["streams_checked"] == row["streams"] == 5
         assert row["tokens_received"] == 5 * row["tokens_per_stream"]
     # The service and the streams server keep everything; the naive one promises nothing.
-    for system in ("ours", "streams"):
+    for system in ("ours", "embedded", "streams"):
         assert steps[system]["lost_chars"] == steps[system]["duplicated_chars"] == 0
         assert steps[system]["mismatched_streams"] == 0
     reconnects = {row["system"]: row for row in data["reconnects"]}
