@@ -58,7 +58,11 @@ NAME = "resume"
 TOKENS = 4000
 # MAX_OUTPUT_TOKENS's default: the running one asks for more than the fake will send.
 MAX_TOKENS = 4096
-TARGET_P50_MS = 10.0
+# Reconnect request -> first event, p50, on an idle service (the hot-path issue's target).
+TARGET_P50_MS = 5.0
+# The same with this many other streams running on the same service.
+BUSY_STREAMS = 50
+TARGET_P50_BUSY_MS = 20.0
 QUICK_RUNS = 3
 USER = "bench-resume"
 # Generous: a run on a loaded machine must not fail for slowness, only for wrong text.
@@ -499,6 +503,11 @@ def print_result(result: dict[str, Any]) -> None:
                 )
 
 
+def _setting(result: dict[str, Any]) -> str:
+    streams = result.get("background_streams") or 0
+    return str(result["tier"]) + (f", {streams} streams running" if streams else ", idle")
+
+
 def markdown(
     results: list[dict[str, Any]], baseline: dict[str, Any] | None, info: dict[str, Any], cmd: str
 ) -> str:
@@ -521,11 +530,14 @@ def markdown(
                 whole = row.get("whole")
                 target = ""
                 if state == "running" and kind in ("sse", "ws_subscribe"):
-                    met = "met" if stats["p50_ms"] < TARGET_P50_MS else "NOT met"
-                    target = f"< {TARGET_P50_MS:g} ({met})"
+                    bound = (
+                        TARGET_P50_BUSY_MS if result.get("background_streams") else TARGET_P50_MS
+                    )
+                    met = "met" if stats["p50_ms"] < bound else "NOT met"
+                    target = f"< {bound:g} ({met})"
                 rows.append(
                     [
-                        result["tier"],
+                        _setting(result),
                         "running, 4,000 tokens" if state == "running" else "completed (row)",
                         label,
                         f"**{stats['p50_ms']}**",
@@ -537,7 +549,7 @@ def markdown(
         floor = result["http_floor"]["first_byte"]
         rows.append(
             [
-                result["tier"],
+                _setting(result),
                 "(none)",
                 "for scale: a new connection and `GET /healthz` (no database, no Redis)",
                 floor["p50_ms"],
@@ -629,12 +641,16 @@ def run(results_dir: pathlib.Path, quick: bool) -> None:
     runs = QUICK_RUNS if quick else 30
     tier = TIER if quick else "both"
     results = [measure_service(name, runs) for name in tiers_for(tier)]
+    if not quick:
+        # The resume targets hold under load too: again with streams running meanwhile.
+        results += [measure_service(name, runs, BUSY_STREAMS) for name in tiers_for(tier)]
     baseline = measure_baseline(runs)
     write(
         results_dir,
         results,
         baseline,
-        command(f"bench.{NAME}", ["--tier", tier, "--runs", str(runs)]),
+        command(f"bench.{NAME}", ["--tier", tier, "--runs", str(runs)])
+        + ("" if quick else f" (then again with --background-streams {BUSY_STREAMS})"),
     )
 
 
