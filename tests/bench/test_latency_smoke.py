@@ -35,6 +35,8 @@ def test_ttft_quick_run_times_every_run_from_post_to_the_first_stamped_token(
     assert result["tier"] == TIER
     for span in ("post", "first", "provider_sent", "delivery", "direct"):
         assert result[span]["n"] == ttft_overhead.QUICK_RUNS
+    # The burst: every user's generation reached its first stamped text.
+    assert result["burst"]["users"] == result["burst"]["n"] == 5
 
 
 def test_resume_snapshots_carry_the_whole_4000_token_text_on_sse_and_websocket(
