@@ -9,10 +9,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
-from django.db import connection
 from django.db.models import Case, F, Q, QuerySet, Sum, When
 from django.db.models.functions import Greatest
 
@@ -65,18 +63,6 @@ def row_state(generation_id: str) -> RowState | None:
     return RowState(
         generation_id, user_id, status, seq, output, finish_reason, usage, error, reasoning
     )
-
-
-def _row_state_closing(generation_id: str) -> RowState | None:
-    try:
-        return row_state(generation_id)
-    finally:
-        # A subscriber may wait for minutes after this read: hold no connection meanwhile.
-        connection.close()
-
-
-async def arow_state(generation_id: str) -> RowState | None:
-    return await sync_to_async(_row_state_closing, thread_sensitive=False)(generation_id)
 
 
 def _encode_cursor(row: Any) -> str:

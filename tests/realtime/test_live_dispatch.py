@@ -2,7 +2,7 @@
 
 channels runs ``close_old_connections`` in a worker thread before every handler; the
 consumer skips it for live events (their handler reads the database only through
-``arow_state``, which closes its own connection). In process, on this run's tier: the real
+``realtime.db.read_row``, on threads that keep their own connections). In process, on this run's tier: the real
 database, buffer and channel layer; the hop is counted by wrapping the real function.
 """
 
