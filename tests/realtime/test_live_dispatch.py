@@ -2,8 +2,9 @@
 
 channels runs ``close_old_connections`` in a worker thread before every handler; the
 consumer skips it for live events (their handler reads the database only through
-``realtime.db.read_row``, on threads that keep their own connections). In process, on this run's tier: the real
-database, buffer and channel layer; the hop is counted by wrapping the real function.
+``realtime.db.read_row``, on threads that keep their own connections). In process, on this
+run's tier: the real database, buffer and channel layer; the hop is counted by wrapping the
+real function.
 """
 
 from __future__ import annotations
