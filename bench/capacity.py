@@ -152,42 +152,38 @@ def service_pids() -> dict[str, list[int]]:
 
 
 def start_ours(fake: FakeLLM) -> System:
-    service = Service(
+    return _start_service(
+        "ours",
         fake,
         webs=2,
         workers=2,
         tier="distributed",
         worker_metrics=True,
-        env={
-            "HUEY_WORKERS": str(HUEY_WORKERS),
-            "REDIS_MAX_CONNECTIONS": "1000",
-            "MAX_OUTPUT_TOKENS": "100000",
-        },
-    ).start()
-    # The workers are up when each has connected to the queue; give them a moment.
-    time.sleep(2)
-    webs = [p.pid for p in service.webs if p is not None]
-    workers = [p.pid for p in service.workers if p is not None]
-    return System(
-        "ours",
-        service.ports,
-        {"daphne": webs, "worker": workers, **service_pids()},
-        schema=service.db_name,
-        service=service,
+        env={"REDIS_MAX_CONNECTIONS": "1000"},
     )
 
 
 def start_embedded(fake: FakeLLM) -> System:
+    return _start_service("embedded", fake, webs=1, workers=0, tier="embedded", env={})
+
+
+def _start_service(name: str, fake: FakeLLM, *, env: dict[str, str], **options: Any) -> System:
     service = Service(
         fake,
-        webs=1,
-        workers=0,
-        tier="embedded",
-        env={"HUEY_WORKERS": str(HUEY_WORKERS), "MAX_OUTPUT_TOKENS": "100000"},
+        env={"HUEY_WORKERS": str(HUEY_WORKERS), "MAX_OUTPUT_TOKENS": "100000", **env},
+        **options,
     ).start()
+    # The workers are up when each has connected to the queue; give them a moment.
     time.sleep(2)
-    webs = [p.pid for p in service.webs if p is not None]
-    return System("embedded", service.ports, {"daphne": webs}, service=service)
+    groups = {
+        "daphne": [p.pid for p in service.webs if p is not None],
+        "worker": [p.pid for p in service.workers if p is not None],
+    }
+    if service.tier == "distributed":
+        groups.update(service_pids())
+    else:
+        del groups["worker"]  # the embedded default runs its generations in Daphne
+    return System(name, service.ports, groups, schema=service.db_name, service=service)
 
 
 def _spawn(name: str, args: list[str]) -> subprocess.Popen[bytes]:
