@@ -89,3 +89,11 @@ def hmac_token(payload: dict[str, Any], secret: bytes, alg: str = "HS256") -> st
 
 def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
+
+
+def fresh_rate_window(min_left_s: float = 20) -> None:
+    """Wait, if need be, until the one-minute rate window has `min_left_s` left, so that a
+    test's requests all fall in one window (api.ratelimit: fixed windows on the minute)."""
+    left = 60 - time.time() % 60
+    if left < min_left_s:
+        time.sleep(left + 0.2)

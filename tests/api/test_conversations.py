@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.api.support import UNKNOWN_GENERATION_ID, assert_error
+from tests.api.support import UNKNOWN_GENERATION_ID, assert_error, fresh_rate_window
 from tests.conftest import create, wait_terminal
 from tests.harness import FakeLLM, Service, wait_until
 from tests.tier_env import TIER
@@ -564,6 +564,7 @@ def test_requests_refused_for_their_conversation_fields_do_not_spend_the_rate_li
 ) -> None:
     limited = Service(fake_llm, env={"RATE_LIMIT_PER_MINUTE": "2"}).start()
     try:
+        fresh_rate_window()
         with limited.client("rita") as client:
             refused = [
                 client.post(

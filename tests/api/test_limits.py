@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.api.support import assert_error
+from tests.api.support import assert_error, fresh_rate_window
 from tests.conftest import create, wait_terminal
 from tests.fake_openai import expected_text
 from tests.harness import FakeLLM, Service, make_token, wait_until
@@ -64,14 +64,6 @@ def set_limits(service: Service, username: str, **limits: int) -> None:
         f"user, _ = get_user_model().objects.get_or_create(username={username!r})\n"
         f"UserLimits.objects.update_or_create(user=user, defaults={limits!r})\n"
     )
-
-
-def fresh_rate_window(min_left_s: float = 20) -> None:
-    """Wait, if need be, until the one-minute rate window has `min_left_s` left, so that a
-    test's requests all fall in one window (api.ratelimit: fixed windows on the minute)."""
-    left = 60 - time.time() % 60
-    if left < min_left_s:
-        time.sleep(left + 0.2)
 
 
 def post(

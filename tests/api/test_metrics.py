@@ -20,6 +20,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from websockets.sync.client import connect
 
+from tests.api.support import fresh_rate_window
 from tests.conftest import create, wait_terminal
 from tests.harness import FakeLLM, Service, make_token, stream_events, wait_until
 from tests.tier_env import TIER, free_port
@@ -210,6 +211,7 @@ def test_provider_errors_are_counted_by_kind_including_retried_ones(metered: Ser
 
 def test_rate_limit_rejections_are_counted_on_rest_and_websocket(metered: Service) -> None:
     username = user("hasty")
+    fresh_rate_window()
     before = scrape(metered)
     with metered.client(username) as client:
         for number in range(RATE_LIMIT_PER_MINUTE):
