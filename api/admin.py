@@ -1,7 +1,7 @@
 """The operators' admin: generations (find, inspect, cancel, retry) and per-user limits.
 
 Built for a table of millions of generations: every list filter and the ordering have an index
-(api.models), the list page counts at most COUNT_CAP_ROWS rows and never the whole table, and
+(core.models), the list page counts at most COUNT_CAP_ROWS rows and never the whole table, and
 no column costs a query per row. docs/operations.md describes each list, filter and action.
 """
 
@@ -25,11 +25,11 @@ from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 
 from api import services
-from api.errors import ApiError
-from api.ids import looks_like_generation_id
-from api.models import ACTIVE_STATUSES, Generation, Status, UserLimits
-from api.selectors import active_count, limits_for, start_of_day_utc, tokens_used_today
-from realtime.eventlog import event_log
+from core.errors import ApiError
+from core.ids import looks_like_generation_id
+from core.models import ACTIVE_STATUSES, Generation, Status, UserLimits
+from core.selectors import active_count, limits_for, start_of_day_utc, tokens_used_today
+from jobs.eventlog import event_log
 
 logger = logging.getLogger(__name__)
 
@@ -502,8 +502,8 @@ admin.site.register(User, UserWithLimitsAdmin)
 # --- Conversations (docs/protocol.md "Conversations") ---------------------------------------
 
 from api.conversations import conversation_remove, conversation_view  # noqa: E402
-from api.ids import looks_like_conversation_id  # noqa: E402
-from api.models import Conversation  # noqa: E402
+from core.ids import looks_like_conversation_id  # noqa: E402
+from core.models import Conversation  # noqa: E402
 
 
 @admin.register(Conversation)

@@ -8,7 +8,9 @@ logger = logging.getLogger("api.security")
 
 class ApiConfig(AppConfig):
     name = "api"
-    verbose_name = "Generations"
+    # "api" is the models' label (core.apps): this app holds the REST views and the admin.
+    label = "rest"
+    verbose_name = "REST API"
 
     def ready(self) -> None:
         if settings.JWT_PUBLIC_KEY and not settings.JWT_AUDIENCE:

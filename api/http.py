@@ -20,10 +20,10 @@ from ninja.errors import AuthenticationError, HttpError, ValidationError
 from ninja.parser import Parser
 from ninja.security import HttpBearer
 
-from api.errors import UNAVAILABLE_ERRORS, ApiError, error_response, unavailable
+from api.auth import Identity, authenticate_token, bearer_token
 from api.validation import field_errors
-from realtime.auth import Identity, authenticate_token, bearer_token
-from realtime.events import escape_line_breakers
+from core.errors import UNAVAILABLE_ERRORS, ApiError, error_response, unavailable
+from jobs.events import escape_line_breakers
 
 logger = logging.getLogger(__name__)
 
@@ -151,7 +151,7 @@ def _with_json_405(view: Callable[..., HttpResponse]) -> Callable[..., HttpRespo
 
 
 class LineSafeJSONEncoder(DjangoJSONEncoder):
-    """Django's encoder with U+2028, U+2029 and U+0085 escaped (realtime.events.dumps says
+    """Django's encoder with U+2028, U+2029 and U+0085 escaped (jobs.events.dumps says
     why): model output carries them, and a client splitting lines must not cut a value."""
 
     def encode(self, o: Any) -> str:

@@ -16,8 +16,8 @@ from collections.abc import Callable
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse
 
-from api.errors import ApiError, error_response
 from api.ratelimit import count_failure, retry_after_if_blocked
+from core.errors import ApiError, error_response
 
 
 def _account_key(username: str) -> str:

@@ -12,7 +12,7 @@ from functools import cache
 
 from django.conf import settings
 
-from realtime.redis import sync_client
+from core.redis import sync_client
 
 WINDOW_S = 60
 

@@ -18,7 +18,7 @@ from pydantic_core import PydanticCustomError
 GenerationStatus = Literal["queued", "running", "completed", "failed", "cancelled"]
 # PROTOCOL §8: as the provider reported it, plus ours (cancelled, error).
 FinishReasonName = Literal["stop", "length", "content_filter", "tool_calls", "cancelled", "error"]
-# The REST error vocabulary (api.errors.STATUS_BY_CODE), also used by WebSocket error frames.
+# The REST error vocabulary (core.errors.STATUS_BY_CODE), also used by WebSocket error frames.
 ErrorCode = Literal[
     "invalid_json",
     "invalid_request",
@@ -89,7 +89,7 @@ class GenerationError(WireModel):
 
 
 class Generation(WireModel):
-    """The generation object of PROTOCOL §2 (`api.models.Generation.to_dict`)."""
+    """The generation object of PROTOCOL §2 (`core.models.Generation.to_dict`)."""
 
     id: str = Field(examples=["gen_3kTMd9sXq2Lr8vNp4YwZ1a"])
     status: GenerationStatus
@@ -137,7 +137,7 @@ class ErrorBody(WireModel):
 
 
 class Conversation(WireModel):
-    """The conversation object without its turns (`api.models.Conversation.to_dict`)."""
+    """The conversation object without its turns (`core.models.Conversation.to_dict`)."""
 
     id: str = Field(examples=["conv_9aD2kLm0PqRsTuVwXyZ123"])
     title: str

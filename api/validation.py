@@ -12,8 +12,8 @@ from typing import Any
 from django.conf import settings
 from pydantic import ValidationError
 
-from api.errors import ApiError
 from api.schemas import GenerationCreateRequest
+from core.errors import ApiError
 
 # C0 controls but tab, newline and carriage return; DEL; C1 controls; and lone UTF-16
 # surrogates, which JSON can carry ("\ud800") but no UTF-8 database column can store.

@@ -18,8 +18,8 @@ from ninja.params import functions as param
 from pydantic import BeforeValidator
 from pydantic_core import PydanticCustomError
 
-from api import conversations, selectors, services
-from api.errors import ApiError
+from api import conversations, services
+from api.auth import issue_ticket, issue_token
 from api.http import (
     BearerAuth,
     JsonBodyParser,
@@ -43,7 +43,8 @@ from api.schemas import (
     TokenRequest,
 )
 from api.validation import generation_params, parse_idempotency_key
-from realtime.auth import issue_ticket, issue_token
+from core import selectors
+from core.errors import ApiError
 
 LIST_LIMIT_DEFAULT = 20
 LIST_LIMIT_MAX = 100
@@ -89,7 +90,7 @@ def _page(
     limit: int,
     cursor: str | None,
 ) -> HttpResponse:
-    """One page of the caller's rows, newest first (api.selectors.keyset_page). A list
+    """One page of the caller's rows, newest first (core.selectors.keyset_page). A list
     endpoint takes `limit` and `cursor` only: another parameter is refused rather than ignored
     (a typo must not silently return the default page)."""
     unknown = sorted(set(request.GET) - {"limit", "cursor"})

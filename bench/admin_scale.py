@@ -44,7 +44,7 @@ def _fill(rows: int) -> None:
     from django.contrib.auth import get_user_model
     from django.utils import timezone
 
-    from api.models import Generation
+    from core.models import Generation
 
     user_model = get_user_model()
     # Resumable: a run that was cut off goes on from the rows already there.
@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> None:
 
     call_command("migrate", verbosity=0)
     _fill(args.rows)
-    from api.models import Generation
+    from core.models import Generation
 
     some = Generation.objects.order_by("-created_at").values_list("id", flat=True).first()
     pages = [

@@ -25,7 +25,7 @@ import logging
 import math
 import threading
 from collections.abc import AsyncGenerator, Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
 from functools import cache, partial
 from typing import Any, TypeVar
@@ -34,9 +34,21 @@ import redis
 from django.conf import settings
 from django.db import DatabaseError, connection
 
-from api import services
-from api.conversations import history_for
-from api.models import FinishReason, Status
+from core import metrics
+from core.loops import start_loop_thread
+from core.models import FinishReason, Status
+from core.redis import async_client
+from core.retry import Backoff
+from jobs import events, writer
+from jobs.eventlog import (
+    _APPEND_SCRIPT,
+    REPLAY_MAX_EVENTS,
+    REPLAY_TTL_AFTER_DONE_S,
+    REPLAY_TTL_WHILE_RUNNING_S,
+    RedisEventLog,
+    event_log,
+)
+from jobs.history import history_for
 from jobs.providers import Chunk, ProviderError, ProviderRequest, astream_with_retry, get_provider
 from jobs.providers.base import RETRY_AFTER_MAX_S, backoff_s
 from jobs.providers.demo import tokenize
@@ -49,19 +61,7 @@ from jobs.runner import (
     coalesce_interval_s,
     housekeeping,
 )
-from project import metrics
-from project.retry import Backoff
-from realtime import events
-from realtime.eventlog import (
-    _APPEND_SCRIPT,
-    REPLAY_MAX_EVENTS,
-    REPLAY_TTL_AFTER_DONE_S,
-    REPLAY_TTL_WHILE_RUNNING_S,
-    RedisEventLog,
-    event_log,
-)
-from realtime.publish import group_name, live_sender
-from realtime.redis import async_client
+from jobs.writer import Checkpoint, Claim, group_name, live_sender
 
 logger = logging.getLogger(__name__)
 
@@ -132,7 +132,7 @@ class Writer:
         self._appends: list[_Append] = []
         self._appending = False
         self._append_kick_scheduled = False
-        self._checkpoints: list[tuple[services.Checkpoint, asyncio.Future[tuple[bool, bool]]]] = []
+        self._checkpoints: list[tuple[Checkpoint, asyncio.Future[tuple[bool, bool]]]] = []
         self._checkpointing = False
         self._attempts: set[Attempt] = set()
         self._script_sha = hashlib.sha1(_APPEND_SCRIPT.encode()).hexdigest()
@@ -259,7 +259,7 @@ class Writer:
     def unregister(self, attempt: Attempt) -> None:
         self._attempts.discard(attempt)
 
-    def checkpoint(self, checkpoint: services.Checkpoint) -> asyncio.Future[tuple[bool, bool]]:
+    def checkpoint(self, checkpoint: Checkpoint) -> asyncio.Future[tuple[bool, bool]]:
         """Write `checkpoint` in the next statement: (still ours, cancel requested)."""
         future: asyncio.Future[tuple[bool, bool]] = self._loop.create_future()
         self._checkpoints.append((checkpoint, future))
@@ -284,7 +284,7 @@ class Writer:
                 batch, self._checkpoints = self._checkpoints, []
                 try:
                     results = await self._engine.database(
-                        services.generation_checkpoint_many, [c for c, _ in batch]
+                        writer.generation_checkpoint_many, [c for c, _ in batch]
                     )
                 except Exception as error:
                     for _, future in batch:
@@ -302,7 +302,7 @@ class Attempt:
     """One attempt of one generation, as a task on the engine's loop: provider stream ->
     coalesced deltas -> event log + row."""
 
-    def __init__(self, claim: services.Claim, *, engine: Engine, stopping: threading.Event) -> None:
+    def __init__(self, claim: Claim, *, engine: Engine, stopping: threading.Event) -> None:
         self.claim = claim
         self.generation_id = claim.generation_id
         self.attempt = claim.attempt
@@ -339,7 +339,7 @@ class Attempt:
 
     # -- the writer's side -----------------------------------------------------------------
 
-    def due_checkpoint(self, now: float) -> services.Checkpoint | None:
+    def due_checkpoint(self, now: float) -> Checkpoint | None:
         """This attempt's periodic checkpoint, if one is due at `now` and none in flight."""
         if now - self._last_checkpoint < settings.CHECKPOINT_INTERVAL_S:
             return None
@@ -347,7 +347,7 @@ class Attempt:
             return None
         self._last_checkpoint = now
         seq, output, reasoning = self._published
-        return services.Checkpoint(
+        return Checkpoint(
             generation_id=self.generation_id,
             attempt=self.attempt,
             output=output,
@@ -411,7 +411,7 @@ class Attempt:
             # The final row is written before `done` is published; once terminal, no
             # other attempt can start.
             written = await self._engine.database(
-                services.generation_final_seq, self.generation_id, self.attempt
+                writer.generation_final_seq, self.generation_id, self.attempt
             )
             return written is not None and written >= self.seq
         ours, cancel = await self._checkpoint_now()
@@ -421,7 +421,7 @@ class Attempt:
     def _checkpoint_now(self) -> asyncio.Future[tuple[bool, bool]]:
         self._last_checkpoint = self.clock()
         return self._writer.checkpoint(
-            services.Checkpoint(
+            Checkpoint(
                 generation_id=self.generation_id,
                 attempt=self.attempt,
                 output=self.text,
@@ -532,7 +532,7 @@ class Attempt:
             )
             if self.attempt < settings.MAX_ATTEMPTS:
                 try:
-                    if await self._give_back(services.generation_requeue):
+                    if await self._give_back(writer.generation_requeue):
                         logger.warning("generation %s: re-queued", self.generation_id)
                 except Exception:
                     logger.warning("generation %s: re-queue failed", self.generation_id)
@@ -569,7 +569,7 @@ class Attempt:
         """The process is stopping: give the generation back to the queue, to be run again
         from the start (a provider stream cannot be resumed) by another worker, with
         `reset` first. A stop is not a failure: the attempt number stays."""
-        if not await self._give_back(services.generation_hand_back):
+        if not await self._give_back(writer.generation_hand_back):
             raise LostOwnership(self.generation_id)
         logger.warning(
             "generation %s: attempt %d handed back to the queue", self.generation_id, self.attempt
@@ -755,7 +755,7 @@ class Attempt:
             # What this attempt used is paid for: the next one counts it (its claim reads
             # it from the row).
             if await self._give_back(
-                services.generation_requeue, delay_s=min(delay_s, RETRY_AFTER_MAX_S)
+                writer.generation_requeue, delay_s=min(delay_s, RETRY_AFTER_MAX_S)
             ):
                 return
             raise LostOwnership(self.generation_id)
@@ -780,7 +780,7 @@ class Attempt:
         while True:
             try:
                 written = await self._engine.database(
-                    services.generation_finish,
+                    writer.generation_finish,
                     self.generation_id,
                     self.attempt,
                     status=status,
@@ -847,8 +847,6 @@ class Engine:
         with self._lock:
             if self._loop is not None:
                 return self._loop
-            loop = asyncio.new_event_loop()
-            started: Future[None] = Future()
 
             async def begin() -> None:
                 self._writer = Writer(self)
@@ -857,26 +855,14 @@ class Engine:
                     # in the embedded default they go to the web server's loop instead.
                     await live_sender().bind_running_loop()
 
-            def run() -> None:
-                asyncio.set_event_loop(loop)
-                try:
-                    loop.run_until_complete(begin())
-                except BaseException as exc:
-                    started.set_exception(exc)
-                    return
-                started.set_result(None)
-                loop.run_forever()
+            self._loop = start_loop_thread("engine", begin)
+            return self._loop
 
-            threading.Thread(target=run, name="engine", daemon=True).start()
-            started.result()
-            self._loop = loop
-            return loop
-
-    def run_attempt(self, claim: services.Claim, *, stopping: threading.Event) -> None:
+    def run_attempt(self, claim: Claim, *, stopping: threading.Event) -> None:
         """Run the claimed attempt on the loop; the calling thread waits for its end."""
         self.call(self._attempt(claim, stopping))
 
-    async def _attempt(self, claim: services.Claim, stopping: threading.Event) -> None:
+    async def _attempt(self, claim: Claim, stopping: threading.Event) -> None:
         await Attempt(claim, engine=self, stopping=stopping).run()
 
     def call(self, coroutine: Any) -> Any:

@@ -11,8 +11,8 @@ import time
 from django.conf import settings
 from django.db import DatabaseError, close_old_connections, connection
 
-from api import services
-from realtime.eventlog import event_log
+from jobs import reaper, writer
+from jobs.eventlog import event_log
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ class Runner:
     """Runs one claimed attempt on this process's event loop (jobs.engine) and waits for its
     end: the caller's thread (a Huey worker's) holds no database connection meanwhile."""
 
-    def __init__(self, claim: services.Claim, *, stopping: threading.Event | None = None) -> None:
+    def __init__(self, claim: writer.Claim, *, stopping: threading.Event | None = None) -> None:
         self.claim = claim
         self.generation_id = claim.generation_id
         self.attempt = claim.attempt
@@ -130,7 +130,7 @@ class Housekeeping:
             time.sleep(0.05)
         for generation_id, attempt in self.running().items():
             try:
-                if services.generation_requeue(generation_id, attempt):
+                if writer.generation_requeue(generation_id, attempt):
                     logger.warning(
                         "generation %s: attempt %d re-queued on shutdown", generation_id, attempt
                     )
@@ -145,7 +145,7 @@ class Housekeeping:
         while True:
             time.sleep(interval_s)
             try:
-                services.generation_heartbeat(self.running())
+                writer.generation_heartbeat(self.running())
                 now = time.monotonic()
                 if self._database_down:
                     self._database_down = False
@@ -155,7 +155,7 @@ class Housekeeping:
                     and now - self._database_back_at >= settings.HEARTBEAT_TIMEOUT_S
                 ):
                     next_reap = now + interval_s
-                    services.reap_stale(
+                    reaper.reap_stale(
                         heartbeat_timeout_s=settings.HEARTBEAT_TIMEOUT_S,
                         max_attempts=settings.MAX_ATTEMPTS,
                     )
@@ -210,7 +210,7 @@ def run_generation_job(generation_id: str) -> None:
     start_worker()
     with _claim_slots:
         try:
-            claim = services.generation_claim(generation_id)
+            claim = writer.generation_claim(generation_id)
         finally:
             # The attempt's database work runs on the engine's own few connections: this
             # thread's is closed for the whole of the wait, however many generations the

@@ -7,9 +7,9 @@ from typing import Any
 from huey.contrib.djhuey import db_task, on_startup, signal
 from huey.signals import SIGNAL_INTERRUPTED
 
+from core import metrics
 from jobs.embedded import embedded_worker_alive
 from jobs.runner import housekeeping, run_generation_job, start_worker
-from project import metrics
 
 
 @db_task()  # type: ignore[untyped-decorator]

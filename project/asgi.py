@@ -56,7 +56,7 @@ class Service:
             keep_live_receivers_listening()
         if not settings.DISTRIBUTED:
             from jobs.embedded import start_embedded_consumer
-            from realtime.publish import live_sender
+            from jobs.writer import live_sender
 
             await live_sender().bind_running_loop()
             start_embedded_consumer()

@@ -6,7 +6,7 @@ from django.conf import settings
 from django.db import connection
 from django.http import HttpRequest, JsonResponse
 
-from api.errors import ApiError
+from core.errors import ApiError
 
 
 def healthz(request: HttpRequest) -> JsonResponse:
@@ -22,7 +22,7 @@ def readyz(request: HttpRequest) -> JsonResponse:
     except Exception as exc:
         checks["database"] = f"error: {type(exc).__name__}"
     if settings.DISTRIBUTED:
-        from realtime.redis import sync_client
+        from core.redis import sync_client
 
         try:
             sync_client().ping()

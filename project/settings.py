@@ -18,7 +18,7 @@ from typing import Any
 
 import dj_database_url
 
-from project.env import (
+from core.env import (
     ConfigError,
     envbool,
     envchoice,
@@ -27,7 +27,7 @@ from project.env import (
     envlist,
     envstr,
 )
-from realtime.redis import async_retry_options  # no models: safe to import from settings
+from core.redis import async_retry_options  # no models: safe to import from settings
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(envstr("VAR_DIR", str(BASE_DIR / "var")))
@@ -79,6 +79,7 @@ INSTALLED_APPS = [
     "huey.contrib.djhuey",
     # django-ninja: its interactive API docs (templates and static files) at /api/v1/docs.
     "ninja",
+    "core",
     "api",
     "jobs",
     "realtime",
@@ -354,7 +355,7 @@ MAX_REQUEST_BYTES = 64 * 1024  # PROTOCOL §2: 413 above this
 # --- Conversations (docs/protocol.md "Conversations") ---------------------------------------
 
 
-from project.env import envintmap  # noqa: E402  (kept with the settings it reads)
+from core.env import envintmap  # noqa: E402  (kept with the settings it reads)
 
 # The input tokens (system prompt + history + new prompt, counted as the demo tokenizer
 # counts: about one per word) a turn may send the provider; the oldest turns are left out

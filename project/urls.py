@@ -5,11 +5,12 @@ from django.http import HttpRequest, HttpResponse
 from django.urls import include, path
 from django.views.decorators.csrf import csrf_exempt
 
-from api.errors import ApiError, error_response
 from api.http import json_method_not_allowed
 from api.login_throttle import throttled_admin_login
 from api.views import api
-from project import health, metrics, sample
+from core import metrics
+from core.errors import ApiError, error_response
+from project import health, sample
 from realtime import asyncapi
 from realtime.sse import generation_events
 

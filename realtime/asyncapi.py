@@ -17,7 +17,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from pydantic.json_schema import models_json_schema
 
-from api.errors import ApiError, error_response
+from core.errors import ApiError, error_response
 from realtime import schemas
 
 SCHEMAS_REF = "#/components/schemas/{model}"

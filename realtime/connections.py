@@ -13,7 +13,7 @@ from functools import cache
 
 from django.conf import settings
 
-from realtime.redis import async_client
+from core.redis import async_client
 
 CONNECTION_TTL_S = 90
 REFRESH_INTERVAL_S = 30
@@ -104,7 +104,7 @@ class RedisStreamRegistry(RedisConnectionRegistry):
         return f"llm:sse-streams:{user_id}"
 
     def remove_now(self, user_id: int, stream_id: str) -> None:
-        from realtime.redis import sync_client
+        from core.redis import sync_client
 
         sync_client().zrem(self._key(user_id), stream_id)
 

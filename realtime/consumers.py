@@ -22,6 +22,7 @@ from django.conf import settings
 from django.db import connection
 
 from api import services
+from api.auth import Identity, authenticate_token, user_is_active
 from api.conversations import (
     conversation_for_user,
     conversation_group,
@@ -29,16 +30,15 @@ from api.conversations import (
     parse_turn_target,
     turns_after,
 )
-from api.errors import UNAVAILABLE_ERRORS, ApiError, unavailable
-from api.ids import looks_like_generation_id
-from api.selectors import RowState, limits_for
 from api.validation import encodable, parse_generation_params, parse_idempotency_key
-from project import metrics
-from realtime.auth import Identity, authenticate_token, user_is_active
+from core import metrics
+from core.errors import UNAVAILABLE_ERRORS, ApiError, unavailable
+from core.ids import looks_like_generation_id
+from core.selectors import RowState, limits_for
+from jobs.eventlog import StoredEvent
+from jobs.events import dumps
 from realtime.connections import REFRESH_INTERVAL_S, connection_registry
 from realtime.db import read, read_row
-from realtime.eventlog import StoredEvent
-from realtime.events import dumps
 from realtime.frames import (
     CLOSE_AUTH_TIMEOUT,
     CLOSE_TOO_BIG,

@@ -22,8 +22,8 @@ from typing import ParamSpec, TypeVar
 
 from django.db import DatabaseError, InterfaceError, OperationalError, connection
 
-from api import selectors
-from api.selectors import RowState
+from core import selectors
+from core.selectors import RowState
 
 P = ParamSpec("P")
 R = TypeVar("R")

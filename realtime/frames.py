@@ -1,6 +1,6 @@
 """The WebSocket's close codes and error frames (PROTOCOL §5), in one place.
 
-The error codes and their messages are api.errors' (``ApiError``), shared with REST; this
+The error codes and their messages are core.errors' (``ApiError``), shared with REST; this
 module only says how the WebSocket carries them.
 """
 
@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from api.errors import ApiError
 from api.validation import encodable
-from realtime.events import dumps
+from core.errors import ApiError
+from jobs.events import dumps
 
 # RFC 6455 "going away": the server is shutting down (realtime/daphne_ext.py sends it).
 CLOSE_GOING_AWAY = 1001

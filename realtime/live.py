@@ -13,14 +13,17 @@ from typing import Any
 
 from channels.layers import get_channel_layer
 
-from realtime.eventlog import StoredEvent
-from realtime.publish import group_name
+from core.retry import Backoff
+from jobs.eventlog import StoredEvent
+from jobs.writer import group_name
 
 logger = logging.getLogger(__name__)
-# The worker's live message type (realtime/publish.py sends it to the group `gen.<id>`).
+# The worker's live message type (jobs/writer.py sends it to the group `gen.<id>`).
 GENERATION_EVENT = "gen.event"
-# After the layer failed a receive (Redis unreachable), wait this long before the next.
-READ_RETRY_S = 1.0
+# After the layer failed a receive (Redis unreachable), wait before the next: from a tenth of
+# a second, doubling while it keeps failing, to at most a second.
+READ_RETRY_FIRST_S = 0.1
+READ_RETRY_MAX_S = 1.0
 # Tasks that hold the pub/sub layer's receivers subscribed for the life of the process.
 _held: list[asyncio.Task[None]] = []
 
@@ -50,13 +53,14 @@ def keep_live_receivers_listening() -> list[asyncio.Task[None]]:
 
 
 async def _hold(layer: Any, channel: str) -> None:
+    backoff = Backoff(first_s=READ_RETRY_FIRST_S, max_s=READ_RETRY_MAX_S)
     while True:
         try:
             # Nothing is ever sent to this channel: the receive waits, subscribed, forever.
             await layer.receive(channel)
         except Exception:
             logger.warning("keeping the live receiver subscribed failed; retrying", exc_info=True)
-            await asyncio.sleep(1.0)
+            await backoff.asleep()
 
 
 def stored_event(message: dict[str, Any]) -> StoredEvent:
@@ -169,6 +173,7 @@ class LiveHub:
         return len(entry.watchers) if entry is not None else 0
 
     async def _read(self) -> None:
+        backoff = Backoff(first_s=READ_RETRY_FIRST_S, max_s=READ_RETRY_MAX_S)
         while True:
             try:
                 message = await self.layer.receive(self.channel)
@@ -176,8 +181,9 @@ class LiveHub:
                 raise
             except Exception:
                 logger.warning("reading the live channel failed; retrying", exc_info=True)
-                await asyncio.sleep(READ_RETRY_S)
+                await backoff.asleep()
                 continue
+            backoff.reset()
             await self.dispatch(message)
 
     async def dispatch(self, message: dict[str, Any]) -> None:

@@ -14,9 +14,9 @@ still ignores fields it does not know (PROTOCOL §8); that is its rule, not the 
 
 from __future__ import annotations
 
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from api.schemas import (
     Conversation,
@@ -123,10 +123,6 @@ class DoneEvent(Frame):
     error: GenerationError | None
 
 
-Event = Annotated[
-    SnapshotEvent | DeltaEvent | ReasoningEvent | ResetEvent | DoneEvent,
-    Field(discriminator="type"),
-]
 EVENT_MODELS: tuple[type[Frame], ...] = (
     SnapshotEvent,
     DeltaEvent,
@@ -260,27 +256,6 @@ CONTROL_FRAME_MODELS: tuple[type[Frame], ...] = (
 )
 SERVER_FRAME_MODELS = EVENT_MODELS + CONTROL_FRAME_MODELS
 
-ServerFrame = Annotated[
-    SnapshotEvent
-    | DeltaEvent
-    | ReasoningEvent
-    | ResetEvent
-    | DoneEvent
-    | AuthOkFrame
-    | ErrorFrame
-    | CreatedFrame
-    | SubscribedFrame
-    | UnsubscribedFrame
-    | AckFrame
-    | PongFrame
-    | ConversationSubscribedFrame
-    | ConversationUnsubscribedFrame
-    | TurnFrame
-    | ConversationUpdatedFrame
-    | ConversationDeletedFrame,
-    Field(discriminator="type"),
-]
-
 
 # --- Frames the client sends (PROTOCOL §5); each may carry `ref` -----------------------------
 
@@ -350,19 +325,3 @@ CLIENT_FRAME_MODELS: tuple[type[Frame], ...] = (
     SubscribeConversationFrame,
     UnsubscribeConversationFrame,
 )
-
-ClientFrameUnion = Annotated[
-    AuthFrame
-    | GenerateFrame
-    | SubscribeFrame
-    | UnsubscribeFrame
-    | CancelFrame
-    | PingFrame
-    | SubscribeConversationFrame
-    | UnsubscribeConversationFrame,
-    Field(discriminator="type"),
-]
-
-server_frame_adapter: TypeAdapter[Any] = TypeAdapter(ServerFrame)
-event_adapter: TypeAdapter[Any] = TypeAdapter(Event)
-client_frame_adapter: TypeAdapter[Any] = TypeAdapter(ClientFrameUnion)

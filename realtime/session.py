@@ -26,11 +26,11 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 
-from api.errors import UNAVAILABLE_ERRORS
-from api.selectors import RowState
-from realtime.eventlog import StoredEvent
+from core.errors import UNAVAILABLE_ERRORS
+from core.selectors import RowState
+from jobs.eventlog import StoredEvent
+from jobs.writer import group_name
 from realtime.live import LiveHub, live_hub
-from realtime.publish import group_name
 from realtime.subscription import Emit, GenerationNotFound, Subscription
 
 logger = logging.getLogger(__name__)

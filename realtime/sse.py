@@ -12,14 +12,14 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 
-from api.errors import UNAVAILABLE_ERRORS, ApiError, error_response, not_found, unavailable
-from api.ids import looks_like_generation_id
-from api.selectors import RowState, row_state
-from project import metrics
-from realtime.auth import authenticate_token, bearer_token, user_is_active, verify_ticket
+from api.auth import authenticate_token, bearer_token, user_is_active, verify_ticket
+from core import metrics
+from core.errors import UNAVAILABLE_ERRORS, ApiError, error_response, not_found, unavailable
+from core.ids import looks_like_generation_id
+from core.selectors import RowState, row_state
+from jobs.eventlog import StoredEvent
 from realtime.connections import REFRESH_INTERVAL_S, stream_registry
 from realtime.db import read, read_row
-from realtime.eventlog import StoredEvent
 from realtime.session import SubscriberSession
 from realtime.subscription import GenerationNotFound
 

@@ -19,11 +19,11 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 
-from api.selectors import RowState
-from project import metrics
-from realtime import events
+from core import metrics
+from core.selectors import RowState
+from jobs import events
+from jobs.eventlog import StoredEvent, event_log
 from realtime.db import read_row
-from realtime.eventlog import StoredEvent, event_log
 
 # With no live traffic, look at the buffer this often: a lost live message (even `done`)
 # is then at most this late.

@@ -10,11 +10,21 @@ the wrong type fails the test that received it, with the frame and what is wrong
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Annotated, Any, Union
 
-from pydantic import TypeAdapter, ValidationError
+from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 
-from realtime.schemas import event_adapter, server_frame_adapter
+from realtime.schemas import EVENT_MODELS, SERVER_FRAME_MODELS
+
+
+def _union_by_type(models: tuple[type[BaseModel], ...]) -> TypeAdapter[Any]:
+    """One of `models`, told apart by the `type` field."""
+    union: Any = Annotated[Union[models], Field(discriminator="type")]  # noqa: UP007
+    return TypeAdapter(union)
+
+
+server_frame_adapter = _union_by_type(SERVER_FRAME_MODELS)
+event_adapter = _union_by_type(EVENT_MODELS)
 
 
 def _check(adapter: TypeAdapter[Any], message: Any, what: str) -> Any:

@@ -10,7 +10,7 @@ from typing import Any, Protocol
 
 from django.conf import settings
 
-from project import metrics
+from core import metrics
 
 
 @dataclass(frozen=True)
@@ -21,7 +21,7 @@ class ProviderRequest:
     max_tokens: int
     temperature: float | None
     # A conversation's earlier turns, oldest first, as (role, content) pairs: "user" for a
-    # prompt, "assistant" for an answer. Built by the server (api.conversations.history_for),
+    # prompt, "assistant" for an answer. Built by the server (jobs.history.history_for),
     # already cut to the model's context budget; empty for a conversation's first turn.
     history: tuple[tuple[str, str], ...] = ()
 

@@ -8,7 +8,7 @@ from typing import Any
 from django.contrib.auth import get_user_model
 from django.test import Client
 
-from api.models import Generation
+from core.models import Generation
 
 CHANGELIST = "/admin/api/generation/"
 

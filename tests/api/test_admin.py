@@ -19,7 +19,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from api import admin as generation_admin
-from api.models import Generation, UserLimits
+from core.models import Generation, UserLimits
 from tests.api.admin_support import CHANGELIST, action, ids_on_page, row, user
 from tests.harness import make_token
 from tests.jobs.support import logged_events

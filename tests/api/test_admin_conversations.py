@@ -8,7 +8,7 @@ import re
 import pytest
 from django.test import Client
 
-from api.models import Conversation, Generation
+from core.models import Conversation, Generation
 from tests.api.admin_support import user
 
 pytestmark = [pytest.mark.django_db(transaction=True)]

@@ -8,10 +8,11 @@ from __future__ import annotations
 import pytest
 from pytest_django.fixtures import Settings as SettingsWrapper
 
-from api.conversations import conversation_delete, count_tokens, history_for
-from api.models import Conversation, Generation
-from realtime import events
-from realtime.eventlog import event_log
+from api.conversations import conversation_delete
+from core.models import Conversation, Generation
+from jobs import events
+from jobs.eventlog import event_log
+from jobs.history import count_tokens, history_for
 from tests.api.admin_support import user
 
 pytestmark = [pytest.mark.django_db(transaction=True)]

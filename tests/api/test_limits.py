@@ -60,7 +60,7 @@ def set_limits(service: Service, username: str, **limits: int) -> None:
     """Per-user overrides, written as an operator does (a UserLimits row)."""
     service.django(
         "from django.contrib.auth import get_user_model\n"
-        "from api.models import UserLimits\n"
+        "from core.models import UserLimits\n"
         f"user, _ = get_user_model().objects.get_or_create(username={username!r})\n"
         f"UserLimits.objects.update_or_create(user=user, defaults={limits!r})\n"
     )

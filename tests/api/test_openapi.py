@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from api import schemas
-from api.errors import STATUS_BY_CODE
+from core.errors import STATUS_BY_CODE
 from tests.api.support import assert_error
 from tests.conftest import create, wait_terminal
 from tests.harness import ROOT

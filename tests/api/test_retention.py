@@ -14,7 +14,7 @@ def backdate(service: Service, generation_id: str, days: int) -> None:
     service.django(
         "from datetime import timedelta\n"
         "from django.utils import timezone\n"
-        "from api.models import Generation\n"
+        "from core.models import Generation\n"
         f"Generation.objects.filter(pk={generation_id!r})"
         f".update(created_at=timezone.now() - timedelta(days={days}))"
     )

@@ -16,7 +16,7 @@ import pytest
 import redis
 from pytest_django.fixtures import Settings
 
-from realtime import redis as project_redis
+from core import redis as project_redis
 from tests.harness import _reserve_redis_db
 from tests.tier_env import REDIS_SERVER_URL, TIER
 
@@ -41,7 +41,7 @@ def project_redis_at(
     settings: Settings,
     monkeypatch: pytest.MonkeyPatch,
 ) -> Iterator[None]:
-    """The process's Redis clients (realtime.redis) connected to the reserved database."""
+    """The process's Redis clients (core.redis) connected to the reserved database."""
     settings.REDIS_URL = request.getfixturevalue("contract_redis_url")
     monkeypatch.setattr(project_redis, "_sync_client", None)
     monkeypatch.setattr(project_redis, "_async_clients", weakref.WeakKeyDictionary())

@@ -1,4 +1,4 @@
-"""What every event log (realtime.eventlog: MemoryEventLog, RedisEventLog) must do.
+"""What every event log (jobs.eventlog: MemoryEventLog, RedisEventLog) must do.
 
 Each case runs against both backends (tests/contracts/conftest.py).
 
@@ -17,7 +17,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from realtime.eventlog import (
+from core.redis import sync_client
+from jobs.eventlog import (
     CANCEL_FLAG_TTL_S,
     REPLAY_TTL_AFTER_DONE_S,
     REPLAY_TTL_WHILE_RUNNING_S,
@@ -26,7 +27,6 @@ from realtime.eventlog import (
     RedisEventLog,
     StoredEvent,
 )
-from realtime.redis import sync_client
 from tests.contracts.conftest import BACKENDS, close_async_redis
 
 # How far a remaining lifetime may be below the one just set: the seconds this test takes.
@@ -145,7 +145,7 @@ def test_seqs_may_skip_but_never_go_back(log: EventLog) -> None:
 
 def test_repeating_the_last_append_exactly_counts_as_done(log: EventLog) -> None:
     # A client that never saw the reply (a dropped connection) sends the same append again
-    # (realtime.redis retries a command on a new connection): that is a success, stored once.
+    # (core.redis retries a command on a new connection): that is a success, stored once.
     generation_id = fenced_with(log, 1, [1])
 
     assert log.append(generation_id, 1, 1, "delta", data(1))

@@ -27,7 +27,7 @@ import httpx
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from realtime.events import fold
+from jobs.events import fold
 from tests.harness import Service, make_token
 from tests.tier_env import RUN_DIR
 from tests.wire import decoded_event, decoded_frame

@@ -11,15 +11,14 @@ from typing import Any
 
 import pytest
 
-from api import services
-from api.models import Generation, Status
+from core.models import Generation, Status
+from core.redis import sync_client
+from jobs import events, writer
 from jobs.engine import Attempt, engine
+from jobs.eventlog import RedisEventLog, event_log
 from jobs.runner import LostOwnership
-from realtime import events
-from realtime.eventlog import RedisEventLog, event_log
-from realtime.redis import sync_client
 from tests.faults.conftest import distributed_only
-from tests.jobs.support import logged_events, new_generation, unique
+from tests.jobs.support import checkpoint, logged_events, new_generation, unique
 
 pytestmark = [distributed_only, pytest.mark.django_db(transaction=True)]
 
@@ -37,7 +36,7 @@ def row(generation_id: str) -> dict[str, Any]:
 def runner_with_two_deltas() -> Attempt:
     """A claimed attempt on the worker's event loop (jobs.engine), with two deltas sent."""
     generation = new_generation(unique("redis loss"))
-    claim = services.generation_claim(generation.id)
+    claim = writer.generation_claim(generation.id)
     assert claim is not None
 
     async def start() -> Attempt:
@@ -78,7 +77,7 @@ def test_runner_superseded_while_its_fence_was_lost_stops() -> None:
     gid = runner.generation_id
     lose_the_log(gid)
     # The reaper presumed it dead meanwhile and re-queued the generation.
-    assert services.generation_requeue(gid, runner.attempt, output="Hello", seq=1)
+    assert writer.generation_requeue(gid, runner.attempt, output="Hello", seq=1)
     before = row(gid)
 
     with pytest.raises(LostOwnership):
@@ -93,13 +92,14 @@ def test_claim_after_the_log_was_lost_numbers_above_anything_seen() -> None:
     runner = runner_with_two_deltas()
     gid = runner.generation_id
     # Checkpointed at 1; a subscriber has seen 2. Then the worker dies and Redis loses all.
-    assert services.generation_checkpoint(
-        gid, runner.attempt, output="Hello", seq=1, completion_tokens=1
-    ) == (True, False)
+    assert checkpoint(gid, runner.attempt, output="Hello", seq=1, completion_tokens=1) == (
+        True,
+        False,
+    )
     lose_the_log(gid)
-    assert services.generation_requeue(gid, runner.attempt, output="Hello", seq=1)
+    assert writer.generation_requeue(gid, runner.attempt, output="Hello", seq=1)
 
-    claim = services.generation_claim(gid)
+    claim = writer.generation_claim(gid)
 
     assert claim is not None and claim.attempt == 2
     assert claim.start_seq > 2 + 1000
@@ -108,7 +108,7 @@ def test_claim_after_the_log_was_lost_numbers_above_anything_seen() -> None:
 def test_claim_of_a_generation_that_never_published_starts_at_zero() -> None:
     generation = new_generation(unique("fresh"))
 
-    claim = services.generation_claim(generation.id)
+    claim = writer.generation_claim(generation.id)
 
     assert claim is not None and claim.start_seq == 0
 
@@ -127,7 +127,7 @@ def test_claim_with_redis_down_gives_the_generation_back_to_the_queue(
 
     monkeypatch.setattr(event_log(), "take_fence", unreachable)
     with pytest.raises(redis.ConnectionError):
-        services.generation_claim(generation.id)
+        writer.generation_claim(generation.id)
 
     # Queued again, same attempt: the reaper enqueues it once the queue is back.
     assert row(generation.id)["status"] == Status.QUEUED

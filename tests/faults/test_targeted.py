@@ -27,7 +27,7 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from realtime.events import fold
+from jobs.events import fold
 from tests.conftest import wait_terminal
 from tests.fake_openai import expected_text
 from tests.faults.conftest import distributed_only

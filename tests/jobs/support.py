@@ -12,8 +12,9 @@ import pytest
 from django.contrib.auth import get_user_model
 from django.db.backends.utils import CursorWrapper
 
-from api.models import Generation
-from realtime.eventlog import event_log
+from core.models import Generation
+from jobs import writer
+from jobs.eventlog import event_log
 from tests.harness import Background, Service, messages, stream_events
 from tests.wire import check_event
 
@@ -98,3 +99,18 @@ def all_statements(threads: dict[str, set[int]] | None = None) -> Iterator[list[
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(CursorWrapper, "_execute", recording)
         yield statements
+
+
+def checkpoint(
+    generation_id: str,
+    attempt: int,
+    *,
+    output: str,
+    seq: int,
+    completion_tokens: int,
+    reasoning: str = "",
+) -> tuple[bool, bool]:
+    """One attempt's checkpoint, as the worker's per-tick statement writes it: (still ours,
+    cancel requested)."""
+    one = writer.Checkpoint(generation_id, attempt, output, reasoning, seq, completion_tokens)
+    return writer.generation_checkpoint_many([one])[generation_id]

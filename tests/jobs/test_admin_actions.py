@@ -12,8 +12,8 @@ from django.db import connection
 from django.test import Client
 from django.urls import reverse
 
-from api import services
-from api.models import Generation
+from core.models import Generation
+from jobs import writer
 from jobs.runner import Runner, run_generation_job
 from tests.api.admin_support import action, row
 from tests.fake_openai import expected_text
@@ -63,7 +63,7 @@ def test_cancel_action_on_a_claimed_generation_stops_its_runner_at_the_first_chu
 ) -> None:
     # A worker holds it (running, its fence taken) but has not read from the provider yet.
     generation = row("alice", prompt=unique("[fake tokens=200 rate=20]"), max_tokens=1000)
-    claim = services.generation_claim(generation.pk)
+    claim = writer.generation_claim(generation.pk)
     assert claim is not None
 
     response = action(admin_client, "cancel_generations", generation.pk)

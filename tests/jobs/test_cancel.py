@@ -6,7 +6,7 @@ from typing import Any
 
 import httpx
 
-from realtime.events import fold
+from jobs.events import fold
 from tests.conftest import create, wait_terminal
 from tests.fake_openai import expected_text
 from tests.harness import FakeLLM, Service, messages, stream_events, wait_until

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from jobs.events import fold
 from jobs.providers.demo import compose_answer, tokenize
-from realtime.events import fold
 from tests.conftest import create, wait_terminal
 from tests.harness import FakeLLM, Service
 from tests.jobs.support import assert_gap_free, requests_with, unique, watch

@@ -12,13 +12,12 @@ from typing import Any
 import pytest
 from django.conf import settings
 
-from api import services
-from api.models import FinishReason, Generation, Status
+from core.models import FinishReason, Generation, Status
+from jobs import events, reaper, writer
 from jobs.runner import Runner, run_generation_job
-from realtime import events
-from realtime.publish import publish_event
+from jobs.writer import publish_event
 from tests.fake_openai import expected_text
-from tests.jobs.support import logged_events, new_generation, unique
+from tests.jobs.support import checkpoint, logged_events, new_generation, unique
 
 pytestmark = [
     pytest.mark.django_db(transaction=True),
@@ -34,32 +33,31 @@ def stream_two_deltas_and_die(generation_id: str, attempt: int) -> None:
     """What a worker leaves behind when killed between two checkpoints: "Hello" is in the
     row, " world" only in the log."""
     assert publish_event(generation_id, attempt, events.delta(generation_id, 1, "Hello"))
-    assert services.generation_checkpoint(
-        generation_id, attempt, output="Hello", seq=1, completion_tokens=1
-    ) == (True, False)
+    assert checkpoint(generation_id, attempt, output="Hello", seq=1, completion_tokens=1) == (
+        True,
+        False,
+    )
     assert publish_event(generation_id, attempt, events.delta(generation_id, 2, " world"))
 
 
 def test_writes_and_publishes_of_a_superseded_attempt_change_nothing() -> None:
     generation = new_generation(unique("fenced [fake tokens=30]"))
     gid = generation.id
-    first = services.generation_claim(gid)
+    first = writer.generation_claim(gid)
     assert first is not None and first.attempt == 1
     stream_two_deltas_and_die(gid, 1)
     # The reaper presumed attempt 1 dead; attempt 2 takes over and starts over.
-    assert services.generation_requeue(gid, 1, output="Hello", seq=1)
-    second = services.generation_claim(gid)
+    assert writer.generation_requeue(gid, 1, output="Hello", seq=1)
+    second = writer.generation_claim(gid)
     assert second is not None and second.attempt == 2 and second.start_seq == 2
     assert publish_event(gid, 2, events.reset(gid, 3, 2))
     assert publish_event(gid, 2, events.delta(gid, 4, "new"))
     row_before, log_before = row(gid), logged_events(gid)
 
     # Attempt 1 was only slow: it wakes up and carries on, with seqs that are still free.
-    assert services.generation_checkpoint(
-        gid, 1, output="Hello world!", seq=5, completion_tokens=3
-    ) == (False, False)
+    assert checkpoint(gid, 1, output="Hello world!", seq=5, completion_tokens=3) == (False, False)
     assert not publish_event(gid, 1, events.delta(gid, 5, "!"))
-    assert not services.generation_finish(
+    assert not writer.generation_finish(
         gid,
         1,
         status=Status.COMPLETED,
@@ -74,7 +72,7 @@ def test_writes_and_publishes_of_a_superseded_attempt_change_nothing() -> None:
         1,
         events.done(gid, 6, status="completed", finish_reason="stop", usage=None, error=None),
     )
-    assert not services.generation_requeue(gid, 1, output="Hello world!", seq=5)
+    assert not writer.generation_requeue(gid, 1, output="Hello world!", seq=5)
 
     assert row(gid) == row_before
     assert logged_events(gid) == log_before
@@ -84,10 +82,10 @@ def test_writes_and_publishes_of_a_superseded_attempt_change_nothing() -> None:
 def test_superseded_runner_stops_at_its_first_write_and_the_new_attempt_completes() -> None:
     generation = new_generation(unique("two runners [fake tokens=50]"))
     gid = generation.id
-    stale = services.generation_claim(gid)
+    stale = writer.generation_claim(gid)
     assert stale is not None
-    assert services.generation_requeue(gid, stale.attempt, output="", seq=0)
-    current = services.generation_claim(gid)
+    assert writer.generation_requeue(gid, stale.attempt, output="", seq=0)
+    current = writer.generation_claim(gid)
     assert current is not None
     row_before, log_before = row(gid), logged_events(gid)
 
@@ -108,7 +106,7 @@ def test_superseded_runner_stops_at_its_first_write_and_the_new_attempt_complete
 def test_reaper_requeues_a_stale_running_generation_as_the_next_attempt() -> None:
     generation = new_generation(unique("crash [fake tokens=40]"))
     gid = generation.id
-    assert services.generation_claim(gid) is not None
+    assert writer.generation_claim(gid) is not None
     stream_two_deltas_and_die(gid, 1)
     beat = row(gid)["heartbeat_at"]
     timeout_s = settings.HEARTBEAT_TIMEOUT_S
@@ -116,7 +114,7 @@ def test_reaper_requeues_a_stale_running_generation_as_the_next_attempt() -> Non
     # `now` is passed in, rather than heartbeats set in the past, so that no other reaper
     # (a housekeeping thread started before `inproc_worker` slowed it) reaps this row.
     def reap(seconds_since_beat: float) -> None:
-        services.reap_stale(
+        reaper.reap_stale(
             heartbeat_timeout_s=timeout_s,
             max_attempts=settings.MAX_ATTEMPTS,
             now=beat + timedelta(seconds=seconds_since_beat),
@@ -146,7 +144,7 @@ def test_reaper_fails_a_generation_lost_on_its_last_attempt_with_log_matching_ro
 ) -> None:
     generation = new_generation(unique("last crash"), attempt=settings.MAX_ATTEMPTS)
     gid = generation.id
-    claim = services.generation_claim(gid)
+    claim = writer.generation_claim(gid)
     assert claim is not None and claim.attempt == settings.MAX_ATTEMPTS
     stream_two_deltas_and_die(gid, claim.attempt)
     beat = row(gid)["heartbeat_at"]
@@ -157,9 +155,9 @@ def test_reaper_fails_a_generation_lost_on_its_last_attempt_with_log_matching_ro
             rows_at_done.append(row(generation_id))
         return publish_event(generation_id, attempt, event)
 
-    monkeypatch.setattr(services, "publish_event", publish_checking_row)
+    monkeypatch.setattr(writer, "publish_event", publish_checking_row)
 
-    services.reap_stale(
+    reaper.reap_stale(
         heartbeat_timeout_s=settings.HEARTBEAT_TIMEOUT_S,
         max_attempts=settings.MAX_ATTEMPTS,
         now=beat + timedelta(seconds=settings.HEARTBEAT_TIMEOUT_S + 1),
@@ -184,12 +182,12 @@ def test_reaper_fails_a_generation_lost_on_its_last_attempt_with_log_matching_ro
 def test_worker_failed_as_lost_cannot_append_after_the_reapers_done() -> None:
     generation = new_generation(unique("presumed dead"), attempt=settings.MAX_ATTEMPTS)
     gid = generation.id
-    claim = services.generation_claim(gid)
+    claim = writer.generation_claim(gid)
     assert claim is not None
     stream_two_deltas_and_die(gid, claim.attempt)
     beat = row(gid)["heartbeat_at"]
 
-    services.reap_stale(
+    reaper.reap_stale(
         heartbeat_timeout_s=settings.HEARTBEAT_TIMEOUT_S,
         max_attempts=settings.MAX_ATTEMPTS,
         now=beat + timedelta(seconds=settings.HEARTBEAT_TIMEOUT_S + 1),
@@ -210,19 +208,19 @@ def test_worker_that_wins_the_race_with_the_reaper_keeps_its_result_and_done(
 ) -> None:
     generation = new_generation(unique("just in time"), attempt=settings.MAX_ATTEMPTS)
     gid = generation.id
-    claim = services.generation_claim(gid)
+    claim = writer.generation_claim(gid)
     assert claim is not None
     stream_two_deltas_and_die(gid, claim.attempt)
     beat = row(gid)["heartbeat_at"]
     usage = {"prompt_tokens": 2, "completion_tokens": 2, "total_tokens": 4}
     done = events.done(gid, 3, status="completed", finish_reason="stop", usage=usage, error=None)
-    fail_lost = services._fail_lost
+    fail_lost = reaper._fail_lost
     worker_published: list[bool] = []
 
     def worker_finishes_first(generation_id: str, attempt: int, *, output: str, seq: int) -> bool:
         # The reaper has picked the row as stale; the worker, alive after all, writes its
         # final row before the reaper does...
-        assert services.generation_finish(
+        assert writer.generation_finish(
             gid,
             attempt,
             status=Status.COMPLETED,
@@ -237,9 +235,9 @@ def test_worker_that_wins_the_race_with_the_reaper_keeps_its_result_and_done(
         worker_published.append(publish_event(gid, attempt, done))
         return result
 
-    monkeypatch.setattr(services, "_fail_lost", worker_finishes_first)
+    monkeypatch.setattr(reaper, "_fail_lost", worker_finishes_first)
 
-    services.reap_stale(
+    reaper.reap_stale(
         heartbeat_timeout_s=settings.HEARTBEAT_TIMEOUT_S,
         max_attempts=settings.MAX_ATTEMPTS,
         now=beat + timedelta(seconds=settings.HEARTBEAT_TIMEOUT_S + 1),

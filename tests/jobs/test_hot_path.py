@@ -12,9 +12,8 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from api import services
-from api.models import Generation
-from jobs import engine, runner
+from core.models import Generation
+from jobs import engine, runner, writer
 from jobs.runner import (
     COALESCE_INTERVAL_S,
     COALESCE_MAX_INTERVAL_S,
@@ -22,7 +21,7 @@ from jobs.runner import (
     run_generation_job,
 )
 from tests.fake_openai import expected_text, token_text
-from tests.jobs.support import all_statements, logged_events, new_generation, unique
+from tests.jobs.support import all_statements, checkpoint, logged_events, new_generation, unique
 
 pytestmark = [
     pytest.mark.django_db(transaction=True),
@@ -32,7 +31,7 @@ pytestmark = [
 
 def _claimed(prompt: str) -> tuple[str, int]:
     generation = new_generation(unique(prompt))
-    claim = services.generation_claim(generation.id)
+    claim = writer.generation_claim(generation.id)
     assert claim is not None
     return generation.id, claim.attempt
 
@@ -41,7 +40,7 @@ def test_a_checkpoint_of_an_uncancelled_generation_is_one_statement() -> None:
     gid, attempt = _claimed("[fake tokens=5]")
 
     with CaptureQueriesContext(connection) as queries:
-        result = services.generation_checkpoint(
+        result = checkpoint(
             gid, attempt, output="Hello", seq=3, completion_tokens=2, reasoning="hm"
         )
 
@@ -55,15 +54,14 @@ def test_a_checkpoint_after_a_cancel_still_stores_the_fold_and_reports_the_cance
     gid, attempt = _claimed("[fake tokens=5]")
     Generation.objects.filter(pk=gid).update(cancel_requested=True)
 
-    assert services.generation_checkpoint(
-        gid, attempt, output="Hel", seq=2, completion_tokens=1
-    ) == (True, True)
+    assert checkpoint(gid, attempt, output="Hel", seq=2, completion_tokens=1) == (True, True)
     row = Generation.objects.get(pk=gid)
     assert (row.output, row.seq) == ("Hel", 2)
     # A superseded attempt neither writes nor hears of the cancel.
-    assert services.generation_checkpoint(
-        gid, attempt + 1, output="other", seq=9, completion_tokens=9
-    ) == (False, False)
+    assert checkpoint(gid, attempt + 1, output="other", seq=9, completion_tokens=9) == (
+        False,
+        False,
+    )
     assert Generation.objects.get(pk=gid).output == "Hel"
 
 
@@ -75,7 +73,7 @@ def test_heartbeats_of_every_running_generation_are_one_statement_fenced_by_atte
 
     with CaptureQueriesContext(connection) as queries:
         # The last one is listed with an attempt that is no longer its own.
-        services.generation_heartbeat({**running, stale_id: stale_attempt + 1})
+        writer.generation_heartbeat({**running, stale_id: stale_attempt + 1})
 
     assert len(queries.captured_queries) == 1, queries.captured_queries
     beats = dict(
@@ -117,8 +115,8 @@ def test_a_busy_process_sends_fewer_larger_deltas_and_still_the_first_token_at_o
     assert len(deltas) <= elapsed_s / COALESCE_MAX_INTERVAL_S + 2
 
 
-def _checkpoint(gid: str, attempt: int, text: str) -> services.Checkpoint:
-    return services.Checkpoint(
+def _checkpoint(gid: str, attempt: int, text: str) -> writer.Checkpoint:
+    return writer.Checkpoint(
         generation_id=gid,
         attempt=attempt,
         output=text,
@@ -132,7 +130,7 @@ def test_checkpoints_of_every_running_generation_are_one_statement_fenced_by_att
     running = [_claimed("[fake tokens=5]") for _ in range(5)]
 
     with CaptureQueriesContext(connection) as queries:
-        results = services.generation_checkpoint_many(
+        results = writer.generation_checkpoint_many(
             [_checkpoint(gid, attempt, f"text of {gid}") for gid, attempt in running]
         )
 
@@ -149,9 +147,9 @@ def test_a_checkpoint_statement_tells_superseded_and_cancelled_rows_from_the_oth
         _claimed("[fake tokens=5]") for _ in range(3)
     )
     Generation.objects.filter(pk=cancelled_id).update(cancel_requested=True)
-    assert services.generation_requeue(old_id, old)  # superseded: attempt + 1 is next
+    assert writer.generation_requeue(old_id, old)  # superseded: attempt + 1 is next
 
-    results = services.generation_checkpoint_many(
+    results = writer.generation_checkpoint_many(
         [
             _checkpoint(ours_id, ours, "mine"),
             _checkpoint(cancelled_id, cancelled, "cancelled fold"),
@@ -179,9 +177,9 @@ def test_generations_running_together_share_checkpoint_statements_and_connection
     idents: dict[str, set[int]] = {}
     # Claimed one after another (SQLite's shared-cache test database refuses concurrent
     # writers), then run together on the engine, as a worker's Huey threads would.
-    claims = [services.generation_claim(generation.id) for generation in generations]
+    claims = [writer.generation_claim(generation.id) for generation in generations]
 
-    def run(claim: services.Claim | None) -> None:
+    def run(claim: writer.Claim | None) -> None:
         assert claim is not None
         runner.Runner(claim).run()
 

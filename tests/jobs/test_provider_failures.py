@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import httpx
 
-from realtime.events import fold
+from jobs.events import fold
 from tests.conftest import create, wait_terminal
 from tests.fake_openai import expected_text
 from tests.harness import FakeLLM, Service

@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
-from realtime.events import fold
+from jobs.events import fold
 from tests.conftest import create, wait_terminal
 from tests.fake_openai import answer_after_reasoning, expected_text, odd_text, reasoning_text
 from tests.harness import FakeLLM, Service, make_token

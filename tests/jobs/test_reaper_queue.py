@@ -8,8 +8,8 @@ import pytest
 from django.conf import settings
 from django.utils import timezone
 
-from api import services
-from api.models import Generation, Status
+from core.models import Generation, Status
+from jobs import reaper
 from tests.jobs.support import new_generation, unique
 
 pytestmark = [
@@ -23,10 +23,10 @@ def test_a_long_queued_generation_is_enqueued_again_once_per_heartbeat_timeout()
     timeout_s = settings.HEARTBEAT_TIMEOUT_S
     later = timezone.now() + timedelta(seconds=timeout_s + 1)
 
-    first = services.reap_stale(heartbeat_timeout_s=timeout_s, max_attempts=3, now=later)
-    again = services.reap_stale(heartbeat_timeout_s=timeout_s, max_attempts=3, now=later)
+    first = reaper.reap_stale(heartbeat_timeout_s=timeout_s, max_attempts=3, now=later)
+    again = reaper.reap_stale(heartbeat_timeout_s=timeout_s, max_attempts=3, now=later)
     much_later = later + timedelta(seconds=timeout_s + 1)
-    third = services.reap_stale(heartbeat_timeout_s=timeout_s, max_attempts=3, now=much_later)
+    third = reaper.reap_stale(heartbeat_timeout_s=timeout_s, max_attempts=3, now=much_later)
 
     assert (first, again, third) == (1, 0, 1)
     row = Generation.objects.get(pk=generation.pk)

@@ -15,13 +15,11 @@ from typing import Any
 import pytest
 from django.conf import settings
 
-from api import services
-from api.models import Generation
-from jobs import engine
+from core.models import Generation
+from jobs import engine, events, writer
+from jobs.eventlog import event_log
+from jobs.events import fold
 from jobs.runner import COALESCE_INTERVAL_S, Runner, run_generation_job
-from realtime import events
-from realtime.eventlog import event_log
-from realtime.events import fold
 from tests.fake_openai import expected_text, token_text
 from tests.jobs.support import all_statements, logged_events, new_generation, unique
 
@@ -145,7 +143,7 @@ def test_cancel_while_the_provider_fails_before_any_text_ends_cancelled() -> Non
     # worker waits for its answer. The retry loop gives up because of the cancel, and the
     # generation must end as the user asked, not as a provider failure.
     generation = new_generation(unique("[fake tokens=50 fail=503x1]"))
-    claim = services.generation_claim(generation.id)
+    claim = writer.generation_claim(generation.id)
     assert claim is not None
     # What POST /cancel does to a running generation.
     Generation.objects.filter(pk=generation.id).update(cancel_requested=True)

@@ -1,8 +1,8 @@
 """One generation's event log and one subscriber to it, driven step by step in this process.
 
-The worker side (``Worker``) publishes and checkpoints the way jobs/runner.py does: every event
-through ``realtime.publish.publish_event`` (replay buffer first, then the live group), the row
-through ``api.services``. The subscriber side (``Subscriber``) runs
+The worker side (``Worker``) publishes and checkpoints the way jobs/engine.py does, through
+jobs/writer.py: every event through ``publish_event`` (replay buffer first, then the live
+group), the row through the fenced writes. The subscriber side (``Subscriber``) runs
 ``realtime.subscription.Subscription`` over a ``LiveInbox`` (a channel of its own) the way
 realtime/session.py does: join the generation's group first, then ``start``, then hand live
 messages to ``on_live`` and call ``catch_up(repairing=True)`` when idle.
@@ -35,16 +35,16 @@ from django.db import connection
 from django.utils import timezone
 from prometheus_client import REGISTRY
 
-from api import services
-from api.models import Generation, Status
-from api.selectors import RowState, row_state
-from realtime import events, publish
+from core.models import Generation, Status
+from core.redis import sync_client
+from core.selectors import RowState, row_state
+from jobs import events, writer
+from jobs.eventlog import MemoryEventLog, RedisEventLog, StoredEvent, event_log
+from jobs.writer import LiveSender, group_name, live_sender, publish_event
 from realtime import subscription as subscription_module
-from realtime.eventlog import MemoryEventLog, RedisEventLog, StoredEvent, event_log
 from realtime.live import stored_event
-from realtime.publish import LiveSender, group_name, live_sender, publish_event
-from realtime.redis import sync_client
 from realtime.subscription import Subscription
+from tests.jobs.support import checkpoint
 from tests.wire import check_event
 
 P = ParamSpec("P")
@@ -74,7 +74,7 @@ def in_thread(fn: Callable[P, R]) -> Callable[P, Coroutine[Any, Any, R]]:
 
 
 def repaired_total() -> float:
-    """The process's llm_events_repaired_total (project.metrics)."""
+    """The process's llm_events_repaired_total (core.metrics)."""
     return REGISTRY.get_sample_value("llm_events_repaired_total") or 0.0
 
 
@@ -107,7 +107,7 @@ async def bound_sender(monkeypatch: pytest.MonkeyPatch) -> LiveSender:
     """
     sender = LiveSender()
     await sender.bind_running_loop()
-    monkeypatch.setattr(publish, "live_sender", lambda: sender)
+    monkeypatch.setattr(writer, "live_sender", lambda: sender)
     return sender
 
 
@@ -140,7 +140,7 @@ def _create_running_row() -> str:
 
 
 def _requeue(generation_id: str, attempt: int, output: str, seq: int) -> None:
-    # services.generation_requeue, without its on_commit enqueue: this test is the worker.
+    # writer.generation_requeue, without its on_commit enqueue: this test is the worker.
     updated = Generation.objects.filter(
         pk=generation_id, attempt=attempt, status=Status.RUNNING
     ).update(status=Status.QUEUED, attempt=attempt + 1, output=output, seq=seq)
@@ -186,7 +186,7 @@ class Worker:
 
     async def checkpoint(self) -> None:
         """The row now holds the fold through the last published seq."""
-        ours, _ = await in_thread(services.generation_checkpoint)(
+        ours, _ = await in_thread(checkpoint)(
             self.generation_id,
             self.attempt,
             output=self.text,
@@ -198,12 +198,12 @@ class Worker:
     async def requeue_and_claim(self) -> None:
         """The attempt failed after streaming text: back to the queue, and claimed again.
 
-        As services.generation_requeue (without its enqueue: this test is the worker) and
-        services.generation_claim do: the row keeps the old attempt's fold, and the log is
+        As writer.generation_requeue (without its enqueue: this test is the worker) and
+        writer.generation_claim do: the row keeps the old attempt's fold, and the log is
         fenced for the new attempt, so the old one can append nothing more.
         """
         await in_thread(_requeue)(self.generation_id, self.attempt, self.text, self.seq)
-        claim = await in_thread(services.generation_claim)(self.generation_id)
+        claim = await in_thread(writer.generation_claim)(self.generation_id)
         assert claim is not None
         assert claim.attempt == self.attempt + 1
         # Never below what was published; above it when the log was lost with what was in it.
@@ -216,7 +216,7 @@ class Worker:
         fold (the last checkpoint, not what was published), then a worker claims it."""
         row = await read_row(self.generation_id)
         await in_thread(_requeue)(self.generation_id, self.attempt, row.output, row.seq)
-        claim = await in_thread(services.generation_claim)(self.generation_id)
+        claim = await in_thread(writer.generation_claim)(self.generation_id)
         assert claim is not None
         self.attempt = claim.attempt
         self.seq = claim.start_seq
@@ -242,7 +242,7 @@ class Worker:
         """
         done_seq = self.seq + 1
         usage = {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}
-        written = await in_thread(services.generation_finish)(
+        written = await in_thread(writer.generation_finish)(
             self.generation_id,
             self.attempt,
             status=Status.COMPLETED,

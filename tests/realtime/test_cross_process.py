@@ -16,7 +16,7 @@ import pytest
 import redis
 from websockets.asyncio.client import connect
 
-from realtime.events import fold
+from jobs.events import fold
 from tests.fake_openai import expected_text
 from tests.harness import FakeLLM, Service, make_token
 from tests.tier_env import TIER

@@ -22,12 +22,11 @@ import pytest
 from django.db import OperationalError
 from django.utils import timezone
 
-from api import services
+from jobs import events, reaper
+from jobs.eventlog import event_log
+from jobs.writer import publish_event
 from realtime import db as realtime_db
-from realtime import events
 from realtime import subscription as subscription_module
-from realtime.eventlog import event_log
-from realtime.publish import publish_event
 from realtime.subscription import IDLE_CHECK_S, QUIET_ROW_CHECK_S
 from tests.realtime.support import (
     Harness,
@@ -502,7 +501,7 @@ async def test_after_the_log_is_lost_seqs_a_client_has_seen_are_never_reused(
         worker.deltas(3, tag="new")
         await worker.finish()
     else:
-        touched = await in_thread(services.reap_stale)(
+        touched = await in_thread(reaper.reap_stale)(
             heartbeat_timeout_s=0, max_attempts=1, now=timezone.now() + timedelta(hours=1)
         )
         assert touched == 1

@@ -16,9 +16,9 @@ import pytest
 from channels.layers import get_channel_layer
 from channels.testing import WebsocketCommunicator
 
+from jobs.writer import group_name
 from realtime.consumers import StreamConsumer
 from realtime.live import live_hub
-from realtime.publish import group_name
 from tests.harness import make_token
 from tests.realtime.support import Worker, tier_sender
 

@@ -31,8 +31,8 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 from prometheus_client import REGISTRY
 
-from realtime.eventlog import StoredEvent
-from realtime.publish import LiveSender
+from jobs.eventlog import StoredEvent
+from jobs.writer import LiveSender
 from tests.realtime.support import (
     Harness,
     ManualClock,

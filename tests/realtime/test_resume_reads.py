@@ -23,11 +23,12 @@ from channels.testing import WebsocketCommunicator
 from django.contrib.auth import get_user_model
 from django.core.asgi import get_asgi_application
 
-from api import selectors
-from api.models import Generation, Status
-from realtime import consumers, events, sse
+from core import selectors
+from core.models import Generation, Status
+from jobs import events
+from jobs.eventlog import event_log
+from realtime import consumers, sse
 from realtime.consumers import StreamConsumer
-from realtime.eventlog import event_log
 from tests.harness import make_token
 from tests.wire import decoded_frame
 

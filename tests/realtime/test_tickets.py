@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
-from realtime.events import fold
+from jobs.events import fold
 from tests.conftest import create, wait_terminal
 from tests.fake_openai import expected_text
 from tests.harness import Service, messages, stream_events

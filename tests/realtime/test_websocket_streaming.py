@@ -17,7 +17,7 @@ import httpx
 import pytest
 from websockets.asyncio.client import ClientConnection
 
-from realtime.events import fold
+from jobs.events import fold
 from tests.fake_openai import expected_text
 from tests.harness import FakeLLM, Service, make_token, messages, stream_events
 from tests.realtime.wsclient import (

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from realtime import events
+from jobs import events
 from tests.wire import check_event, check_frame, check_sse_frame
 
 GENERATION_ID = "gen_" + "A" * 22
@@ -55,7 +55,7 @@ DONE = events.done(
     GENERATION_ID, 8, status="completed", finish_reason="stop", usage=USAGE, error=None
 )
 
-# One of each frame as the service writes it (the events by realtime/events.py itself).
+# One of each frame as the service writes it (the events by jobs/events.py itself).
 VALID_FRAMES: list[dict[str, Any]] = [
     SNAPSHOT,
     events.snapshot(GENERATION_ID, 4, "text", "running", "thought"),

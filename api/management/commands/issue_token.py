@@ -4,8 +4,8 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from api.errors import ApiError
-from realtime.auth import issue_token, user_for_username
+from api.auth import issue_token, user_for_username
+from core.errors import ApiError
 
 
 class Command(BaseCommand):

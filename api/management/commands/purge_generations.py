@@ -16,7 +16,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandParser
 from django.utils import timezone
 
-from api.models import TERMINAL_STATUSES, Generation
+from core.models import TERMINAL_STATUSES, Generation
 
 # Rows per DELETE: small enough that one statement holds its locks for milliseconds.
 BATCH_ROWS = 500
@@ -30,8 +30,8 @@ def discard_replay_buffers(generation_ids: list[str]) -> None:
     """
     if not settings.DISTRIBUTED or not generation_ids:
         return
-    from realtime.eventlog import RedisEventLog
-    from realtime.redis import sync_client
+    from core.redis import sync_client
+    from jobs.eventlog import RedisEventLog
 
     keys = []
     for generation_id in generation_ids:

@@ -13,7 +13,7 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import IntegrityError
 
-from api.errors import ApiError
+from core.errors import ApiError
 
 _TICKET_AUDIENCE = "generation-events-ticket"
 

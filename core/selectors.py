@@ -14,9 +14,9 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.db.models import Case, F, Q, QuerySet, Sum, When
 from django.db.models.functions import Greatest
 
-from api.errors import ApiError, not_found
-from api.ids import looks_like_generation_id
-from api.models import ACTIVE_STATUSES, TERMINAL_STATUSES, Generation, Status, UserLimits
+from core.errors import ApiError, not_found
+from core.ids import looks_like_generation_id
+from core.models import ACTIVE_STATUSES, TERMINAL_STATUSES, Generation, Status, UserLimits
 
 
 @dataclass(frozen=True)
@@ -158,7 +158,7 @@ def tokens_used_today(user_id: int) -> int:
 def tokens_committed_today(user_id: int, *, excluding: str | None = None) -> int:
     """What today's quota has no room for: the completion tokens of today's generations,
     each running one counted at its cap (what it may still use) rather than at its tokens so
-    far. A generation that starts gets at most the quota less this (services.generation_claim),
+    far. A generation that starts gets at most the quota less this (writer.generation_claim),
     so concurrent generations together never pass the quota."""
     query = Generation.objects.filter(user_id=user_id, created_at__gte=start_of_day_utc())
     if excluding is not None:

@@ -28,7 +28,7 @@ CONNECT_TIMEOUT_S = 2.0
 # out only by the next command sent on it, which would fail although Redis is back: such a
 # command is sent again on a new connection, twice at most, 50 then 100 ms later (the new
 # connection can be dropped too while a fault repeats). Appends to the event log are
-# idempotent (realtime.eventlog.RedisEventLog.append), so a retried one is harmless.
+# idempotent (jobs.eventlog.RedisEventLog.append), so a retried one is harmless.
 RETRY_ON_ERROR: list[type[Exception]] = [redis.ConnectionError]
 RETRIES = 2
 

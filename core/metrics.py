@@ -146,7 +146,7 @@ SSE_STREAMS_OPEN = Gauge(
 def _generation_gauges() -> Iterator[Metric]:
     from django.db.models import Count
 
-    from api.models import ACTIVE_STATUSES, Generation
+    from core.models import ACTIVE_STATUSES, Generation
 
     # Only the non-terminal statuses: a range scan of the (status, heartbeat_at) index over
     # the rows in flight, cheap at any table size. Terminal totals are the counter above; a
@@ -215,7 +215,7 @@ WEB_METRICS = WebMetrics()
 
 def metrics_view(request: HttpRequest) -> HttpResponse:
     """The Prometheus text format. Open like /healthz unless METRICS_TOKEN is set."""
-    from api.errors import ApiError, error_response
+    from core.errors import ApiError, error_response
 
     if request.method not in ("GET", "HEAD"):
         refused = error_response(ApiError("method_not_allowed", "Use GET."))

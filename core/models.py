@@ -5,7 +5,7 @@ from typing import Any
 from django.conf import settings
 from django.db import models
 
-from api.ids import CONVERSATION_ID_MAX_LENGTH, MAX_LENGTH, new_conversation_id, new_generation_id
+from core.ids import CONVERSATION_ID_MAX_LENGTH, MAX_LENGTH, new_conversation_id, new_generation_id
 
 
 class Status(models.TextChoices):
@@ -72,7 +72,7 @@ class Generation(models.Model):
     completion_tokens = models.PositiveIntegerField(default=0)
     # The completion tokens the running attempt may use: min(max_tokens, the user's daily
     # quota left when it started, less what other running generations reserved). While the
-    # generation runs, it counts toward the day's quota at this figure (api.selectors).
+    # generation runs, it counts toward the day's quota at this figure (core.selectors).
     token_cap = models.PositiveIntegerField(null=True, blank=True)
     cancel_requested = models.BooleanField(default=False)
     # An operator's retry of a failed generation is a new generation (api.services).

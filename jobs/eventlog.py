@@ -24,8 +24,8 @@ from typing import Any
 import redis
 from django.conf import settings
 
-from project.retry import Backoff
-from realtime.redis import async_client, sync_client
+from core.redis import async_client, sync_client
+from core.retry import Backoff
 
 # At 25 deltas/s a 10-minute generation has 15,000 events; checkpoints every second keep the
 # row within a few dozen of the head, so trimming never removes an event the row lacks.

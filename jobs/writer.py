@@ -1,0 +1,610 @@
+"""The write side of a generation, in one place: claim, fence, publish, checkpoint, finish,
+requeue, hand-back, heartbeats and ending a generation that no worker holds.
+
+Every write the worker makes is fenced: an UPDATE ... WHERE attempt = <its attempt> AND
+status = 'running', and every event it appends is fenced in the log by the same attempt, so
+a worker that was presumed dead and replaced changes nothing.
+
+Every event leaves the service through ``publish_event``: the replay buffer first, then the
+live group. The buffer write is synchronous and fenced by attempt, so the log is the truth;
+the live send is fire-and-forget, ordered per generation, and may be lost (a channel layer
+drops by design), which subscribers repair from the buffer.
+
+The reaper (jobs.reaper) and cancel (jobs.cancel) end generations through these functions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import zlib
+from dataclasses import dataclass
+from datetime import datetime
+from functools import cache
+from typing import Any
+
+from channels.layers import get_channel_layer
+from channels_redis.pubsub import RedisPubSubChannelLayer
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.db import connection, transaction
+from django.db.models import F, Q, Value
+from django.db.models.functions import Coalesce
+from django.utils import timezone
+
+from core import metrics
+from core.loops import start_loop_thread
+from core.models import TERMINAL_STATUSES, Generation, Status
+from core.selectors import limits_for, tokens_committed_today
+from jobs import events
+from jobs.eventlog import SEQ_GAP_AFTER_LOST_LOG, event_log
+
+logger = logging.getLogger(__name__)
+
+
+# --- Publishing ------------------------------------------------------------------------------
+
+# Live sends run on this many ordered lanes; a generation always uses the same lane, so
+# its events reach the layer in seq order while other generations go on in parallel.
+_LANES = 8
+
+
+def group_name(generation_id: str) -> str:
+    return f"gen.{generation_id}"
+
+
+class LiveSender:
+    """Forwards live events to the channel layer from any thread, on one long-lived loop.
+
+    A loop per call (``async_to_sync`` in a worker thread) would give channels_redis a new
+    connection pool per message (channels_redis issues 125 and 266); one loop keeps one.
+    In the embedded default the loop is the web server's own, because the in-memory layer
+    may only be touched from the loop its subscribers wait on.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._queues: list[asyncio.Queue[tuple[str, dict[str, Any]]]] = []
+        self._batches: list[list[tuple[str, dict[str, Any]]]] = []
+        self._batch_sender: asyncio.Task[None] | None = None
+
+    async def bind_running_loop(self) -> None:
+        """Deliver on the calling loop from now on (the embedded web server's)."""
+        with self._lock:
+            if self._loop is not None:
+                return
+            self._loop = asyncio.get_running_loop()
+        await self._start_lanes()
+
+    def _ensure_loop(self) -> asyncio.AbstractEventLoop | None:
+        with self._lock:
+            if self._loop is not None:
+                return self._loop
+            if not settings.DISTRIBUTED:
+                # The in-memory layer lives on the web loop; until the web server has bound
+                # it there is nobody to deliver to. The buffer has the event regardless.
+                return None
+            self._loop = start_loop_thread("live-sender", self._start_lanes)
+            return self._loop
+
+    async def _start_lanes(self) -> None:
+        self._queues = [asyncio.Queue() for _ in range(_LANES)]
+        for queue in self._queues:
+            asyncio.get_running_loop().create_task(self._drain(queue))
+
+    async def _drain(self, queue: asyncio.Queue[tuple[str, dict[str, Any]]]) -> None:
+        layer = get_channel_layer()
+        assert layer is not None
+        while True:
+            group, message = await queue.get()
+            try:
+                await layer.group_send(group, message)
+                metrics.LIVE_SENDS.labels(result="sent").inc()
+            except Exception:
+                # Lost live messages are repaired from the buffer by every subscriber.
+                metrics.LIVE_SENDS.labels(result="failed").inc()
+                logger.warning("live send to %s failed", group, exc_info=True)
+
+    def send(self, group: str, message: dict[str, Any]) -> None:
+        loop = self._ensure_loop()
+        if loop is None or not self._queues:
+            return
+        lane = self._queues[zlib.crc32(group.encode()) % _LANES]
+        loop.call_soon_threadsafe(lane.put_nowait, (group, message))
+
+    def send_many(self, messages: list[tuple[str, dict[str, Any]]]) -> None:
+        """`send` for a batch (the worker's per-tick writer, jobs.engine): one hop to the
+        sending loop for all of them, none when called on that loop.
+
+        On the sending loop itself with the Redis pub/sub layer, the batch goes out as one
+        pipeline of PUBLISHes (what the layer's group_send sends, one round trip each, under
+        one lock for the whole process); batches keep their order, so every generation's
+        events reach the layer in seq order."""
+        loop = self._ensure_loop()
+        if loop is None or not self._queues:
+            return
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is not loop:
+            loop.call_soon_threadsafe(self._put_on_lanes, messages)
+        elif isinstance(get_channel_layer(), RedisPubSubChannelLayer):
+            self._batches.append(messages)
+            if self._batch_sender is None or self._batch_sender.done():
+                self._batch_sender = loop.create_task(self._send_batches())
+        else:
+            self._put_on_lanes(messages)
+
+    def _put_on_lanes(self, messages: list[tuple[str, dict[str, Any]]]) -> None:
+        for group, message in messages:
+            self._queues[zlib.crc32(group.encode()) % _LANES].put_nowait((group, message))
+
+    async def _send_batches(self) -> None:
+        while self._batches:
+            messages = [message for batch in self._batches for message in batch]
+            self._batches.clear()
+            try:
+                await _publish_pipelined(messages)
+                metrics.LIVE_SENDS.labels(result="sent").inc(len(messages))
+            except Exception:
+                # Lost live messages are repaired from the buffer by every subscriber.
+                metrics.LIVE_SENDS.labels(result="failed").inc(len(messages))
+                logger.warning("live send of %d events failed", len(messages), exc_info=True)
+
+
+async def _publish_pipelined(messages: list[tuple[str, dict[str, Any]]]) -> None:
+    """What RedisPubSubChannelLayer.group_send does for each message (the same channel name,
+    serializer and shard: channels-redis is pinned to 4.3.0), as one pipeline per shard."""
+    layer = get_channel_layer()
+    assert isinstance(layer, RedisPubSubChannelLayer)
+    loop_layer = layer._get_layer()
+    by_shard: dict[Any, list[tuple[str, bytes]]] = {}
+    for group, message in messages:
+        channel = loop_layer._get_group_channel_name(group)
+        by_shard.setdefault(loop_layer._get_shard(channel), []).append(
+            (channel, layer.serialize(message))
+        )
+    for shard, publishes in by_shard.items():
+        # The shard's lock, as its own publish takes it: its connection is set up under it.
+        async with shard._lock:
+            shard._ensure_redis()
+            pipe = shard._redis.pipeline(transaction=False)
+            for channel, payload in publishes:
+                pipe.publish(channel, payload)
+            await pipe.execute()
+
+
+@cache
+def live_sender() -> LiveSender:
+    return LiveSender()
+
+
+def publish_event(generation_id: str, attempt: int, event: dict[str, Any]) -> bool:
+    """Append `event` to the generation's log and send it live.
+
+    Returns False, and sends nothing, when `attempt` has been superseded or the seq was
+    already written: the caller has lost ownership of the generation and must stop.
+    """
+    data = events.dumps(event)
+    kind, seq = event["type"], event["seq"]
+    if not event_log().append(generation_id, attempt, seq, kind, data):
+        return False
+    metrics.EVENTS_PUBLISHED.labels(type=kind).inc()
+    live_sender().send(
+        group_name(generation_id),
+        {
+            "type": "gen.event",
+            "id": generation_id,
+            "seq": seq,
+            "kind": kind,
+            "data": data,
+        },
+    )
+    return True
+
+
+# --- The queue -------------------------------------------------------------------------------
+
+
+def enqueue(generation_id: str, *, delay_s: float = 0.0) -> None:
+    """Put a queued generation on the task queue (`delay_s`: no sooner than that)."""
+    from jobs.tasks import run_generation
+
+    try:
+        if delay_s > 0:
+            run_generation.schedule((generation_id,), delay=delay_s)
+        else:
+            run_generation(generation_id)
+    except Exception:
+        # The row is committed and queued; the reaper re-enqueues queued generations that
+        # no worker has claimed, so a broken queue delays the generation but loses nothing.
+        logger.exception("enqueue failed for %s; the reaper will retry", generation_id)
+
+
+# --- The worker's writes, fenced by attempt ---------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Claim:
+    generation_id: str
+    attempt: int
+    start_seq: int  # the last seq already in the log; this attempt continues after it
+    model: str
+    prompt: str
+    system: str | None
+    max_tokens: int  # the cap for this attempt: the request's, or less if the quota is short
+    temperature: float | None
+    created_at: datetime | None = None  # for the time to first token (core.metrics)
+    # Completion tokens that earlier runs of this generation (failed attempts, a run handed
+    # back on shutdown) were paid for: they count toward the daily quota and the usage.
+    earlier_completion_tokens: int = 0
+
+
+def generation_claim(generation_id: str) -> Claim | None:
+    """Take a queued generation for this worker; None when cancelled or taken elsewhere."""
+    now = timezone.now()
+    with transaction.atomic():
+        updated = Generation.objects.filter(pk=generation_id, status=Status.QUEUED).update(
+            status=Status.RUNNING, heartbeat_at=now
+        )
+        if not updated:
+            return None
+        Generation.objects.filter(pk=generation_id).update(
+            started_at=Coalesce(F("started_at"), Value(now)),
+            token_cap=_token_cap(generation_id),
+        )
+    generation = Generation.objects.get(pk=generation_id)
+    try:
+        last_published = event_log().take_fence(generation_id, generation.attempt)
+    except Exception:
+        # Redis is unreachable: give the claim back rather than leave the row running with
+        # no worker (the reaper would take HEARTBEAT_TIMEOUT_S and an attempt to notice).
+        # The reaper re-enqueues it once the queue is back.
+        fenced(generation_id, generation.attempt).update(status=Status.QUEUED, heartbeat_at=now)
+        raise
+    # This attempt continues above any seq a subscriber may hold, so that after a lost log
+    # they see a gap, read the row (checkpointed right after this attempt's `reset`) and take
+    # its snapshot, instead of dropping this attempt's first events as duplicates.
+    last_published = _last_published_seq(
+        last_published, attempt=generation.attempt, row_seq=generation.seq
+    )
+    return Claim(
+        generation_id=generation_id,
+        attempt=generation.attempt,
+        start_seq=max(generation.seq, last_published),
+        model=generation.model,
+        prompt=generation.prompt,
+        system=generation.system,
+        # The cap, not the request's figure: the daily quota may leave less room.
+        max_tokens=generation.token_cap if generation.token_cap is not None else 0,
+        temperature=generation.temperature,
+        created_at=generation.created_at,
+        earlier_completion_tokens=generation.completion_tokens,
+    )
+
+
+def _last_published_seq(fenced: int | None, *, attempt: int, row_seq: int) -> int:
+    """The last seq published to the log, from what `take_fence` found (None: nothing).
+
+    Nothing found although an earlier attempt ran or the row was checkpointed means the log
+    was lost (Redis restarted) after events may have been published past the row's
+    checkpoint: subscribers may hold seqs up to there, so the answer is far above the row."""
+    if fenced is None and (attempt > 1 or row_seq > 0):
+        return row_seq + SEQ_GAP_AFTER_LOST_LOG
+    return fenced or 0
+
+
+def _token_cap(generation_id: str) -> int:
+    """The completion tokens the attempt being claimed may use, reserved against the user's
+    daily quota by writing it to the row in the claim's transaction.
+
+    The cap is min(max_tokens, quota - committed), where committed counts each other running
+    generation at its own cap (selectors.tokens_committed_today): first come, first served,
+    and concurrent generations never pass the quota together. Once a generation ends, only
+    the tokens it used count, and the rest of its reservation is free again.
+
+    Serialised per user: on MySQL by the user's row (as creates are); on SQLite by the
+    database's write lock, which the claim's UPDATE took before this reads anything."""
+    user_id, max_tokens, earlier_tokens = Generation.objects.values_list(
+        "user_id", "max_tokens", "completion_tokens"
+    ).get(pk=generation_id)
+    get_user_model().objects.select_for_update().filter(pk=user_id).first()
+    # `earlier_tokens`: what earlier runs of this generation used (0 on its first claim);
+    # they were paid for, so they leave the quota less room.
+    left = (
+        limits_for(user_id).tokens_per_day
+        - tokens_committed_today(user_id, excluding=generation_id)
+        - earlier_tokens
+    )
+    return max(0, min(max_tokens, left))
+
+
+def fenced(generation_id: str, attempt: int) -> Any:
+    return Generation.objects.filter(pk=generation_id, attempt=attempt, status=Status.RUNNING)
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """One running attempt's fold so far, as a checkpoint writes it."""
+
+    generation_id: str
+    attempt: int
+    output: str
+    reasoning: str
+    seq: int
+    completion_tokens: int
+
+
+# Rows per checkpoint statement: 6 parameters a row keeps a statement of this many rows well
+# inside SQLite's 32,766 bound variables and MySQL's packet size.
+CHECKPOINT_ROWS_PER_STATEMENT_MAX = 500
+
+
+def _checkpoint_many_sql(checkpoints: list[Checkpoint], now: datetime, *, uncancelled: bool) -> int:
+    """One UPDATE for every row of `checkpoints`, each fenced by its own attempt; how many rows
+    it matched (MySQL is connected with FOUND_ROWS, SQLite counts matches)."""
+    table = connection.ops.quote_name(Generation._meta.db_table)
+    params: list[Any] = []
+    assignments = []
+    columns: dict[str, list[Any]] = {
+        "output": [c.output for c in checkpoints],
+        "reasoning": [c.reasoning for c in checkpoints],
+        "seq": [c.seq for c in checkpoints],
+        "completion_tokens": [c.completion_tokens for c in checkpoints],
+    }
+    cases = " ".join("WHEN %s THEN %s" for _ in checkpoints)
+    for column, values in columns.items():
+        assignments.append(f"{column} = CASE id {cases} END")
+        for checkpoint, value in zip(checkpoints, values, strict=True):
+            params.extend((checkpoint.generation_id, value))
+    params.append(connection.ops.adapt_datetimefield_value(now))
+    fences = " OR ".join("(id = %s AND attempt = %s)" for _ in checkpoints)
+    for checkpoint in checkpoints:
+        params.extend((checkpoint.generation_id, checkpoint.attempt))
+    params.append(Status.RUNNING)
+    sql = (
+        f"UPDATE {table} SET {', '.join(assignments)}, heartbeat_at = %s"
+        f" WHERE ({fences}) AND status = %s"
+    )
+    if uncancelled:
+        sql += " AND NOT cancel_requested"
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return int(cursor.rowcount)
+
+
+def generation_checkpoint_many(checkpoints: list[Checkpoint]) -> dict[str, tuple[bool, bool]]:
+    """Persist the fold so far and the heartbeat of every attempt a worker process runs, in one
+    statement: (still ours, cancel requested) by generation id.
+
+    One UPDATE carries every row, each fenced by its attempt and "not cancelled"; when it
+    matched them all (the common case) that answers both questions. Only when it matched
+    fewer does one SELECT tell superseded rows from cancelled ones, and one more UPDATE
+    stores the fold of the cancelled ones (their runner stops, and ends them from it)."""
+    results: dict[str, tuple[bool, bool]] = {}
+    now = timezone.now()
+    for start in range(0, len(checkpoints), CHECKPOINT_ROWS_PER_STATEMENT_MAX):
+        batch = checkpoints[start : start + CHECKPOINT_ROWS_PER_STATEMENT_MAX]
+        if _checkpoint_many_sql(batch, now, uncancelled=True) == len(batch):
+            results.update((c.generation_id, (True, False)) for c in batch)
+            continue
+        rows = {
+            generation_id: (attempt, status, cancel_requested)
+            for generation_id, attempt, status, cancel_requested in Generation.objects.filter(
+                pk__in=[c.generation_id for c in batch]
+            ).values_list("id", "attempt", "status", "cancel_requested")
+        }
+        cancelled = []
+        for checkpoint in batch:
+            attempt, status, cancel_requested = rows.get(checkpoint.generation_id, (0, "", False))
+            ours = attempt == checkpoint.attempt and status == Status.RUNNING
+            results[checkpoint.generation_id] = (ours, ours and cancel_requested)
+            if ours and cancel_requested:
+                cancelled.append(checkpoint)
+        if cancelled:
+            _checkpoint_many_sql(cancelled, now, uncancelled=False)
+    return results
+
+
+def generation_final_seq(generation_id: str, attempt: int) -> int | None:
+    """The seq of `done` in the final row that `attempt` wrote; None if it wrote none."""
+    final: int | None = (
+        Generation.objects.filter(pk=generation_id, attempt=attempt, status__in=TERMINAL_STATUSES)
+        .values_list("seq", flat=True)
+        .first()
+    )
+    return final
+
+
+def generation_finish(
+    generation_id: str,
+    attempt: int,
+    *,
+    status: str,
+    output: str,
+    seq: int,
+    finish_reason: str,
+    usage: dict[str, int] | None,
+    error: dict[str, Any] | None,
+    reasoning: str = "",
+) -> bool:
+    """Write the final row; `seq` is that of the `done` event published after it."""
+    completion_tokens = usage["completion_tokens"] if usage else 0
+    updated = fenced(generation_id, attempt).update(
+        status=status,
+        output=output,
+        reasoning=reasoning,
+        seq=seq,
+        finish_reason=finish_reason,
+        usage=usage,
+        error=error,
+        completion_tokens=completion_tokens,
+        finished_at=timezone.now(),
+        heartbeat_at=timezone.now(),
+    )
+    return bool(updated)
+
+
+def generation_requeue(
+    generation_id: str,
+    attempt: int,
+    *,
+    output: str | None = None,
+    seq: int | None = None,
+    reasoning: str | None = None,
+    completion_tokens: int | None = None,
+    delay_s: float = 0.0,
+) -> bool:
+    """Hand a running attempt back to the queue as the next attempt (which sends `reset`).
+
+    Without `output` and `seq` the row keeps its last checkpoint (a hand-back on shutdown
+    for a runner that did not answer in time). `delay_s`: the next attempt starts no sooner
+    (a back-off after a provider failure mid-stream)."""
+    fold: dict[str, Any] = {} if output is None or seq is None else {"output": output, "seq": seq}
+    if reasoning is not None:
+        fold["reasoning"] = reasoning
+    if completion_tokens is not None:
+        fold["completion_tokens"] = completion_tokens
+    updated = fenced(generation_id, attempt).update(
+        status=Status.QUEUED,
+        attempt=F("attempt") + 1,
+        # For a queued row, heartbeat_at is when it was last enqueued (see reap_stale).
+        heartbeat_at=timezone.now(),
+        **fold,
+    )
+    if updated:
+        transaction.on_commit(lambda: enqueue(generation_id, delay_s=delay_s))
+    return bool(updated)
+
+
+def generation_hand_back(
+    generation_id: str,
+    attempt: int,
+    *,
+    output: str,
+    seq: int,
+    reasoning: str = "",
+    completion_tokens: int | None = None,
+) -> bool:
+    """Give a running generation back to the queue unfinished (its worker is stopping), as the
+    same attempt: a stop is not a failure, and does not use up MAX_ATTEMPTS.
+
+    Only for the runner itself, after its last write: it stops at once, so no write of the
+    attempt can follow, and the next claim of the same attempt number is alone. The next
+    run starts with `reset`, since subscribers have seen this one's text. The tokens this
+    run used were paid for: the next run counts them (`completion_tokens`)."""
+    tokens: dict[str, Any] = (
+        {} if completion_tokens is None else {"completion_tokens": completion_tokens}
+    )
+    updated = fenced(generation_id, attempt).update(
+        status=Status.QUEUED,
+        output=output,
+        reasoning=reasoning,
+        seq=seq,
+        heartbeat_at=timezone.now(),
+        **tokens,
+    )
+    if updated:
+        transaction.on_commit(lambda: enqueue(generation_id))
+    return bool(updated)
+
+
+def generation_heartbeat(running: dict[str, int]) -> None:
+    """Mark the attempts this process is running as alive, even while the provider is silent."""
+    if not running:
+        return
+    # One statement for every attempt running here, however many (each still fenced by its
+    # own attempt): a per-generation UPDATE cost a round trip per running generation.
+    fenced = Q()
+    for generation_id, attempt in running.items():
+        fenced |= Q(pk=generation_id, attempt=attempt)
+    Generation.objects.filter(fenced, status=Status.RUNNING).update(heartbeat_at=timezone.now())
+
+
+# --- Ending a generation no worker holds (cancel before a claim, the reaper) -----------------
+
+
+def terminate_without_worker(
+    rows: Any,
+    generation_id: str,
+    attempt: int,
+    *,
+    log_owner: int,
+    row_output: str,
+    row_seq: int,
+    status: str,
+    finish_reason: str,
+    error: dict[str, str] | None,
+) -> bool:
+    """End a generation that no live worker holds, keeping the log and the row in agreement.
+
+    Subscribers may have seen events past the row's last checkpoint (a worker died between
+    two checkpoints): the final output is the row's text plus those events. If the buffer can
+    no longer supply them, the output is the row's, and a gap before `done` makes every
+    subscriber replace its text with the row's snapshot.
+
+    The log is first fenced to `log_owner`, and read only then, so that nothing is appended
+    between the read and `done`, nor after it. Where a worker may still hold `attempt` (the
+    reaper only presumes it dead), `log_owner` is a number no worker holds.
+    """
+    # `done` goes above any seq a subscriber may hold: they find the gap unfillable, read
+    # the (then final) row, and end with its snapshot and `done`, whatever they had seen.
+    last_published = _last_published_seq(
+        event_log().take_fence(generation_id, log_owner), attempt=attempt, row_seq=row_seq
+    )
+    after_row, _ = event_log().read_after_sync(generation_id, row_seq)
+    head = max(row_seq, last_published)
+    if [event.seq for event in after_row] == list(range(row_seq + 1, head + 1)):
+        output = events.fold((event.decoded() for event in after_row), row_output)
+        done_seq = head + 1
+    else:
+        # The buffer can no longer name everything subscribers saw after the checkpoint (it
+        # was trimmed, or lost): the final output is the row's, and `done` skips a seq, so
+        # that every subscriber finds a gap it cannot fill, reads the final row and takes
+        # its snapshot before `done` (realtime.subscription), whatever it had seen.
+        output = row_output
+        done_seq = head + 2
+    updated = rows.update(
+        status=status,
+        finish_reason=finish_reason,
+        error=error,
+        seq=done_seq,
+        output=output,
+        finished_at=timezone.now(),
+        cancel_requested=status == Status.CANCELLED,
+    )
+    if not updated:
+        if log_owner != attempt:
+            publish_done_of_finished_row(generation_id, log_owner)
+        return False
+    metrics.GENERATIONS_FINISHED.labels(status=status, finish_reason=finish_reason).inc()
+    final = events.done(
+        generation_id,
+        done_seq,
+        status=status,
+        finish_reason=finish_reason,
+        usage=None,
+        error=error,
+    )
+    publish_event(generation_id, log_owner, final)
+    return True
+
+
+def publish_done_of_finished_row(generation_id: str, log_owner: int) -> None:
+    """The worker presumed dead wrote its final row first after all, but the fence may have
+    refused its `done`: publish it for it (refused in turn if the worker's got in first)."""
+    row = (
+        Generation.objects.filter(pk=generation_id)
+        .values_list("status", "seq", "finish_reason", "usage", "error")
+        .first()
+    )
+    if row is None or row[0] not in TERMINAL_STATUSES:
+        return
+    status, seq, finish_reason, usage, error = row
+    done = events.done(
+        generation_id, seq, status=status, finish_reason=finish_reason, usage=usage, error=error
+    )
+    publish_event(generation_id, log_owner, done)
