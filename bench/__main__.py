@@ -32,7 +32,14 @@ from bench import procstat
 
 ROOT = Path(__file__).resolve().parent.parent
 # In this order: the capacity run first, while the machine is freshest.
-MODULES = ["capacity", "profile_worker", "ttft_overhead", "resume", "idle_connections"]
+MODULES = [
+    "capacity",
+    "profile_worker",
+    "provider_read",
+    "ttft_overhead",
+    "resume",
+    "idle_connections",
+]
 
 
 def run_module(name: str, results_dir: Path, quick: bool) -> str:

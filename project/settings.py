@@ -334,6 +334,10 @@ OPENAI_MAX_TOKENS_MODELS = envlist("OPENAI_MAX_TOKENS_MODELS", [])
 # servers refuse the field. Off globally, or for the models matching a pattern.
 OPENAI_STREAM_OPTIONS = envbool("OPENAI_STREAM_OPTIONS", True)
 OPENAI_NO_STREAM_OPTIONS_MODELS = envlist("OPENAI_NO_STREAM_OPTIONS_MODELS", [])
+# The SDK's HTTP transport for the provider's stream. aiohttp reads a stream for about half
+# the CPU per token of httpx (bench/results/provider_read.md), the largest share of a
+# worker's time; httpx is the SDK's default, for a server or proxy that needs HTTP/2.
+OPENAI_HTTP_TRANSPORT = envchoice("OPENAI_HTTP_TRANSPORT", "aiohttp", ("aiohttp", "httpx"))
 
 ALLOWED_MODELS = envlist("ALLOWED_MODELS", ["gpt-4o-mini", "gpt-4o", "gpt-4.1-mini", "gpt-4.1"])
 DEFAULT_MODEL = envstr("DEFAULT_MODEL", ALLOWED_MODELS[0])

@@ -1,9 +1,10 @@
 """Any OpenAI-compatible chat completions server, through the official SDK.
 
-The SDK makes the request (auth, base URL, headers, timeouts, status errors); the stream's
-events are read here from the raw bytes. Every server this is pointed at (OpenAI, Azure,
-vLLM, llama.cpp, Ollama, LM Studio, OpenRouter, LiteLLM) speaks a slightly different dialect
-of the same stream; the README's "Providers" section lists what each sends and how it is read.
+The SDK makes the request (auth, base URL, headers, timeouts, status errors), over aiohttp or
+httpx (OPENAI_HTTP_TRANSPORT); the stream's events are read here from the raw bytes. Every
+server this is pointed at (OpenAI, Azure, vLLM, llama.cpp, Ollama, LM Studio, OpenRouter,
+LiteLLM) speaks a slightly different dialect of the same stream; the README's "Providers"
+section lists what each sends and how it is read.
 """
 
 from __future__ import annotations
@@ -239,7 +240,15 @@ class OpenAIProvider:
         loop = asyncio.get_running_loop()
         client = self._async_clients.get(loop)
         if client is None:
-            client = self._async_clients[loop] = openai.AsyncOpenAI(**self._options)
+            # OPENAI_HTTP_TRANSPORT: the SDK's aiohttp client, or (None) its default httpx one.
+            http_client = (
+                openai.DefaultAioHttpClient()
+                if settings.OPENAI_HTTP_TRANSPORT == "aiohttp"
+                else None
+            )
+            client = self._async_clients[loop] = openai.AsyncOpenAI(
+                **self._options, http_client=http_client
+            )
         return client
 
     async def astream(self, request: ProviderRequest) -> AsyncGenerator[Chunk, None]:
