@@ -30,15 +30,22 @@ from tests.tier_env import JWT_SECRET
 NAME = "profile_worker"
 # The stages a token passes through in a worker, by the function that enters each.
 STAGES = [
-    ("openai SDK: read and parse the provider's stream", "_streaming.py", "__stream__"),
-    ("provider adapter (jobs/providers)", "openai_compatible.py", "stream"),
-    ("runner: cancel check per chunk", "runner.py", "_cancel_requested"),
-    ("pump thread hand-off (queue get)", "runner.py", "get"),
-    ("runner: the attempt (all of it)", "runner.py", "_run"),
-    ("runner: publish (log append + live send)", "runner.py", "_publish"),
-    ("event log append (Redis)", "eventlog.py", "append"),
-    ("runner: checkpoint (MySQL)", "runner.py", "_checkpoint"),
-    ("live sender: channel layer group_send", "pubsub.py", "group_send"),
+    # Cumulative: a stage counts every call of its function, with what that call called.
+    ("provider stream: read and parse (jobs/providers)", "openai_compatible.py", "astream"),
+    (
+        "engine: log appends, one pipelined round trip per tick (Redis)",
+        "engine.py",
+        "_send_appends",
+    ),
+    ("engine: live sends, one PUBLISH pipeline per tick", "writer.py", "_send_batches"),
+    (
+        "engine: checkpoints, one statement per tick (MySQL)",
+        "writer.py",
+        "generation_checkpoint_many",
+    ),
+    ("housekeeping: heartbeats (MySQL)", "writer.py", "generation_heartbeat"),
+    ("Huey: idle threads asking for a task (BRPOP)", "storage.py", "dequeue"),
+    ("Huey: worker threads' start-up hook (once each)", "tasks.py", "start_housekeeping"),
 ]
 
 
