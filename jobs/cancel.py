@@ -4,8 +4,9 @@ closes the provider's stream and ends the generation itself."""
 
 from __future__ import annotations
 
+import time
+
 from core.models import FinishReason, Generation, Status
-from core.retry import Backoff
 from jobs.eventlog import event_log
 from jobs.writer import terminate_without_worker
 
@@ -29,10 +30,8 @@ def cancel(generation: Generation, *, wait_s: float = CANCEL_WAIT_S) -> Generati
         return generation
     Generation.objects.filter(pk=generation.pk, status=Status.RUNNING).update(cancel_requested=True)
     event_log().request_cancel(generation.pk)
-    if wait_s <= 0:
-        return generation
-    poll = Backoff(first_s=CANCEL_POLL_S, max_s=CANCEL_POLL_S, give_up_after_s=wait_s)
-    while poll.sleep():
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
         generation.refresh_from_db()
         if generation.is_terminal:
             break
@@ -40,6 +39,7 @@ def cancel(generation: Generation, *, wait_s: float = CANCEL_WAIT_S) -> Generati
         if generation.status == Status.QUEUED and cancel_queued(generation):
             generation.refresh_from_db()
             break
+        time.sleep(CANCEL_POLL_S)
     return generation
 
 

@@ -111,8 +111,7 @@ class LiveSender:
         loop = self._ensure_loop()
         if loop is None or not self._queues:
             return
-        lane = self._queues[zlib.crc32(group.encode()) % _LANES]
-        loop.call_soon_threadsafe(lane.put_nowait, (group, message))
+        loop.call_soon_threadsafe(self._lane(group).put_nowait, (group, message))
 
     def send_many(self, messages: list[tuple[str, dict[str, Any]]]) -> None:
         """`send` for a batch (the worker's per-tick writer, jobs.engine): one hop to the
@@ -138,9 +137,12 @@ class LiveSender:
         else:
             self._put_on_lanes(messages)
 
+    def _lane(self, group: str) -> asyncio.Queue[tuple[str, dict[str, Any]]]:
+        return self._queues[zlib.crc32(group.encode()) % _LANES]
+
     def _put_on_lanes(self, messages: list[tuple[str, dict[str, Any]]]) -> None:
         for group, message in messages:
-            self._queues[zlib.crc32(group.encode()) % _LANES].put_nowait((group, message))
+            self._lane(group).put_nowait((group, message))
 
     async def _send_batches(self) -> None:
         while self._batches:
@@ -518,10 +520,10 @@ def generation_heartbeat(running: dict[str, int]) -> None:
         return
     # One statement for every attempt running here, however many (each still fenced by its
     # own attempt): a per-generation UPDATE cost a round trip per running generation.
-    fenced = Q()
+    ours = Q()
     for generation_id, attempt in running.items():
-        fenced |= Q(pk=generation_id, attempt=attempt)
-    Generation.objects.filter(fenced, status=Status.RUNNING).update(heartbeat_at=timezone.now())
+        ours |= Q(pk=generation_id, attempt=attempt)
+    Generation.objects.filter(ours, status=Status.RUNNING).update(heartbeat_at=timezone.now())
 
 
 # --- Ending a generation no worker holds (cancel before a claim, the reaper) -----------------
@@ -578,7 +580,7 @@ def terminate_without_worker(
     )
     if not updated:
         if log_owner != attempt:
-            publish_done_of_finished_row(generation_id, log_owner)
+            _publish_done_of_finished_row(generation_id, log_owner)
         return False
     metrics.GENERATIONS_FINISHED.labels(status=status, finish_reason=finish_reason).inc()
     final = events.done(
@@ -593,7 +595,7 @@ def terminate_without_worker(
     return True
 
 
-def publish_done_of_finished_row(generation_id: str, log_owner: int) -> None:
+def _publish_done_of_finished_row(generation_id: str, log_owner: int) -> None:
     """The worker presumed dead wrote its final row first after all, but the fence may have
     refused its `done`: publish it for it (refused in turn if the worker's got in first)."""
     row = (
