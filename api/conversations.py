@@ -22,7 +22,7 @@ from core.errors import ApiError, not_found
 from core.ids import looks_like_conversation_id, looks_like_generation_id
 from core.models import ACTIVE_STATUSES, Conversation, Generation, Status
 from core.selectors import keyset_page
-from jobs.eventlog import event_log
+from jobs.eventlog import event_log, generation_now
 from jobs.history import check_prompt_fits
 from jobs.writer import live_sender
 
@@ -113,7 +113,7 @@ def conversation_view(conversation: Conversation) -> dict[str, Any]:
     ]
     return {
         **conversation.to_dict(),
-        "turns": [turn.to_dict() for turn in turns],
+        "turns": [generation_now(turn) for turn in turns],
         "current_path": current_path,
         "branches": branches,
     }

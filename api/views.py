@@ -45,6 +45,7 @@ from api.schemas import (
 from api.validation import generation_params, parse_idempotency_key
 from core import selectors
 from core.errors import ApiError
+from jobs.eventlog import generation_now
 
 LIST_LIMIT_DEFAULT = 20
 LIST_LIMIT_MAX = 100
@@ -89,6 +90,7 @@ def _page(
     list_rows: Callable[..., tuple[Sequence[Any], str | None]],
     limit: int,
     cursor: str | None,
+    body: Callable[[Any], dict[str, Any]] = lambda row: row.to_dict(),
 ) -> HttpResponse:
     """One page of the caller's rows, newest first (core.selectors.keyset_page). A list
     endpoint takes `limit` and `cursor` only: another parameter is refused rather than ignored
@@ -101,7 +103,7 @@ def _page(
             details={name: "Unknown parameter." for name in unknown},
         )
     rows, next_cursor = list_rows(user=identity(request).user, limit=limit, cursor=cursor or None)
-    return json_response({"results": [row.to_dict() for row in rows], "next_cursor": next_cursor})
+    return json_response({"results": [body(row) for row in rows], "next_cursor": next_cursor})
 
 
 def _ascii_digits(value: Any) -> Any:
@@ -190,7 +192,7 @@ def generation_create(
         ),
     )
     return json_response(
-        generation.to_dict(),
+        generation_now(generation),
         status=202 if created else 200,
         headers={"Location": f"/api/v1/generations/{generation.id}"},
     )
@@ -204,7 +206,7 @@ def generation_create(
 def generation_list(
     request: HttpRequest, limit: Limit = LIST_LIMIT_DEFAULT, cursor: Cursor = None
 ) -> HttpResponse:
-    return _page(request, selectors.generation_list, limit, cursor)
+    return _page(request, selectors.generation_list, limit, cursor, generation_now)
 
 
 @generations.get(
@@ -214,7 +216,7 @@ def generation_detail(request: HttpRequest, generation_id: str) -> HttpResponse:
     generation = selectors.generation_for_user(
         user=identity(request).user, generation_id=generation_id
     )
-    return json_response(generation.to_dict())
+    return json_response(generation_now(generation))
 
 
 @generations.post(
@@ -226,7 +228,7 @@ def generation_cancel(request: HttpRequest, generation_id: str) -> HttpResponse:
     generation = services.generation_cancel(
         user=identity(request).user, generation_id=generation_id
     )
-    return json_response(generation.to_dict())
+    return json_response(generation_now(generation))
 
 
 @generations.post(

@@ -39,11 +39,10 @@ STAGES = [
     ),
     ("engine: live sends, one PUBLISH pipeline per tick", "writer.py", "_send_batches"),
     (
-        "engine: checkpoints, one statement per tick (MySQL)",
+        "engine: checkpoints and heartbeats, one statement per tick (MySQL)",
         "writer.py",
         "generation_checkpoint_many",
     ),
-    ("housekeeping: heartbeats (MySQL)", "writer.py", "generation_heartbeat"),
     ("Huey: idle threads asking for a task (BRPOP)", "storage.py", "dequeue"),
     ("Huey: worker threads' start-up hook (once each)", "tasks.py", "start_housekeeping"),
 ]

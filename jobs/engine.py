@@ -77,6 +77,9 @@ DATABASE_THREADS = 2
 # its checkpoints stay between one and 1.25 intervals apart, and one statement carries
 # about a quarter of the process's running generations.
 CHECKPOINT_TICKS_PER_INTERVAL = 4
+# The row of a running attempt is its heartbeat (jobs.reaper): it is written at least this many
+# times per HEARTBEAT_TIMEOUT_S, by a checkpoint when text flows, else by one for that alone.
+HEARTBEATS_PER_TIMEOUT = 4
 
 # A timer of the event loop may fire a little before its time (its clock and the selector's
 # timeout are rounded); a flush that early is on time.
@@ -276,7 +279,9 @@ class Writer:
                 checkpoint = attempt.due_checkpoint(now)
                 if checkpoint is not None:
                     attempt.checkpoint_in_flight = self.checkpoint(checkpoint)
-                    attempt.checkpoint_in_flight.add_done_callback(attempt.checkpointed)
+                    attempt.checkpoint_in_flight.add_done_callback(
+                        partial(attempt.checkpointed, seq=checkpoint.seq)
+                    )
 
     async def _write_checkpoints(self) -> None:
         try:
@@ -324,7 +329,11 @@ class Attempt:
         # The fold that the log holds for certain (its last append answered): what a
         # periodic checkpoint writes, never text whose append is still in flight.
         self._published = (claim.start_seq, "", "")
+        # When the row was last written for this attempt (the claim, a checkpoint), and the
+        # seq it then held: a checkpoint is written only once the fold has moved on, or as a
+        # heartbeat when the row has not been written for a while (a silent provider).
         self._last_checkpoint = self.clock()
+        self._checkpointed_seq = claim.start_seq
         self.checkpoint_in_flight: asyncio.Future[tuple[bool, bool]] | None = None
         self._lost = False
         self._cancel = False
@@ -340,13 +349,19 @@ class Attempt:
     # -- the writer's side -----------------------------------------------------------------
 
     def due_checkpoint(self, now: float) -> Checkpoint | None:
-        """This attempt's periodic checkpoint, if one is due at `now` and none in flight."""
-        if now - self._last_checkpoint < settings.CHECKPOINT_INTERVAL_S:
+        """This attempt's periodic checkpoint, if one is due at `now` and none in flight: the
+        fold has moved on and CHECKPOINT_INTERVAL_S has passed, or the row has gone
+        unwritten for a heartbeat interval (HEARTBEAT_TIMEOUT_S / 4), whatever the fold."""
+        since_s = now - self._last_checkpoint
+        seq, output, reasoning = self._published
+        moved_on = seq != self._checkpointed_seq
+        if not (moved_on and since_s >= settings.CHECKPOINT_INTERVAL_S) and since_s < (
+            settings.HEARTBEAT_TIMEOUT_S / HEARTBEATS_PER_TIMEOUT
+        ):
             return None
         if self.checkpoint_in_flight is not None and not self.checkpoint_in_flight.done():
             return None
         self._last_checkpoint = now
-        seq, output, reasoning = self._published
         return Checkpoint(
             generation_id=self.generation_id,
             attempt=self.attempt,
@@ -356,7 +371,7 @@ class Attempt:
             completion_tokens=self._tokens_paid(),
         )
 
-    def checkpointed(self, future: asyncio.Future[tuple[bool, bool]]) -> None:
+    def checkpointed(self, future: asyncio.Future[tuple[bool, bool]], seq: int) -> None:
         error = future.exception()
         if error is not None:
             # A missed checkpoint costs only replay distance; the final write is retried.
@@ -365,6 +380,7 @@ class Attempt:
             )
             return
         ours, cancel = future.result()
+        self._checkpointed_seq = seq
         self._lost = self._lost or not ours
         self._cancel = self._cancel or cancel
 
@@ -420,7 +436,7 @@ class Attempt:
 
     def _checkpoint_now(self) -> asyncio.Future[tuple[bool, bool]]:
         self._last_checkpoint = self.clock()
-        return self._writer.checkpoint(
+        written = self._writer.checkpoint(
             Checkpoint(
                 generation_id=self.generation_id,
                 attempt=self.attempt,
@@ -430,6 +446,14 @@ class Attempt:
                 completion_tokens=self._tokens_paid(),
             )
         )
+        seq = self.seq
+
+        def checkpointed(future: asyncio.Future[tuple[bool, bool]]) -> None:
+            if not future.cancelled() and future.exception() is None:
+                self._checkpointed_seq = seq
+
+        written.add_done_callback(checkpointed)
+        return written
 
     def _tokens_paid(self) -> int:
         """This generation's completion tokens so far, earlier runs' included."""

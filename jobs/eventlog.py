@@ -24,11 +24,12 @@ from typing import Any
 import redis
 from django.conf import settings
 
+from core.models import Generation, Status
 from core.redis import async_client, sync_client
 from core.retry import Backoff
 
-# At 25 deltas/s a 10-minute generation has 15,000 events; checkpoints every second keep the
-# row within a few dozen of the head, so trimming never removes an event the row lacks.
+# At 25 deltas/s a 10-minute generation has 15,000 events; checkpoints every few seconds keep
+# the row within a few hundred of the head, so trimming never removes an event the row lacks.
 REPLAY_MAX_EVENTS = 20_000
 # Long enough for a client that lost its connection in the last seconds to resume without a
 # database read; after that the finished row answers every subscriber.
@@ -399,3 +400,30 @@ class MemoryEventLog(EventLog):
 @cache
 def event_log() -> EventLog:
     return RedisEventLog() if settings.DISTRIBUTED else MemoryEventLog()
+
+
+def generation_now(generation: Generation) -> dict[str, Any]:
+    """The generation object (PROTOCOL §2) as its readers would see it now: a running row's
+    checkpoint (at most CHECKPOINT_INTERVAL_S old) with the text logged after it folded in,
+    so that a REST read mid-stream shows the output so far, with an `output` and a `seq` that
+    agree (a subscription `after` that seq continues it exactly). The row as it is when it is
+    not running, or as far as the log follows on from its checkpoint without a gap (the log
+    may be trimmed, lost or unreachable)."""
+    body = generation.to_dict()
+    if generation.status != Status.RUNNING:
+        return body
+    try:
+        logged, _ = event_log().read_after_sync(generation.pk, generation.seq)
+    except redis.RedisError:
+        return body
+    for event in logged:
+        if event.seq != body["seq"] + 1 or event.kind == "done":
+            break
+        body["seq"] = event.seq
+        if event.kind == "reset":
+            body["output"] = body["reasoning"] = ""
+        elif event.kind == "delta":
+            body["output"] += event.decoded()["text"]
+        elif event.kind == "reasoning":
+            body["reasoning"] += event.decoded()["text"]
+    return body

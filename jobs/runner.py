@@ -1,6 +1,6 @@
 """A worker process's side of running generations: the Huey task's claim and hand-over to the
-event loop (jobs.engine), the coalescing policy, and housekeeping (heartbeats, the reaper,
-hand-back on shutdown)."""
+event loop (jobs.engine), the coalescing policy, and housekeeping (the reaper, hand-back on
+shutdown). Heartbeats are the engine's: its checkpoints write them (jobs.engine)."""
 
 from __future__ import annotations
 
@@ -79,8 +79,8 @@ class Runner:
 
 
 class Housekeeping:
-    """One thread per worker process: heartbeats for the attempts running here, and the
-    reaper that re-queues generations whose worker stopped beating (Huey has no acks).
+    """One thread per worker process: the reaper that re-queues generations whose worker
+    stopped beating (Huey has no acks), and the record of the attempts running here.
 
     It also hands this process's generations back to the queue when the process stops
     (``hand_back_all``), so that another worker continues them within seconds instead of
@@ -145,7 +145,9 @@ class Housekeeping:
         while True:
             time.sleep(interval_s)
             try:
-                writer.generation_heartbeat(self.running())
+                # Reaching the database at all: the outage (and its end) is noticed here
+                # even in the rounds that do not reap.
+                connection.ensure_connection()
                 now = time.monotonic()
                 if self._database_down:
                     self._database_down = False

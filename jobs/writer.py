@@ -1,5 +1,5 @@
 """The write side of a generation, in one place: claim, fence, publish, checkpoint, finish,
-requeue, hand-back, heartbeats and ending a generation that no worker holds.
+requeue, hand-back and ending a generation that no worker holds.
 
 Every write the worker makes is fenced: an UPDATE ... WHERE attempt = <its attempt> AND
 status = 'running', and every event it appends is fenced in the log by the same attempt, so
@@ -29,8 +29,7 @@ from channels_redis.pubsub import RedisPubSubChannelLayer
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import connection, transaction
-from django.db.models import F, Q, Value
-from django.db.models.functions import Coalesce
+from django.db.models import F
 from django.utils import timezone
 
 from core import metrics
@@ -246,19 +245,24 @@ class Claim:
 
 
 def generation_claim(generation_id: str) -> Claim | None:
-    """Take a queued generation for this worker; None when cancelled or taken elsewhere."""
+    """Take a queued generation for this worker; None when cancelled or taken elsewhere.
+
+    One row write: the row is locked and read, its quota reservation computed, and the claim
+    (running, heartbeat, start time, cap) written by a single UPDATE."""
     now = timezone.now()
     with transaction.atomic():
-        updated = Generation.objects.filter(pk=generation_id, status=Status.QUEUED).update(
-            status=Status.RUNNING, heartbeat_at=now
+        generation = (
+            Generation.objects.select_for_update()
+            .filter(pk=generation_id, status=Status.QUEUED)
+            .first()
         )
-        if not updated:
+        if generation is None:
             return None
-        Generation.objects.filter(pk=generation_id).update(
-            started_at=Coalesce(F("started_at"), Value(now)),
-            token_cap=_token_cap(generation_id),
-        )
-    generation = Generation.objects.get(pk=generation_id)
+        generation.status = Status.RUNNING
+        generation.heartbeat_at = now
+        generation.started_at = generation.started_at or now
+        generation.token_cap = _token_cap(generation)
+        generation.save(update_fields=["status", "heartbeat_at", "started_at", "token_cap"])
     try:
         last_published = event_log().take_fence(generation_id, generation.attempt)
     except Exception:
@@ -299,7 +303,7 @@ def _last_published_seq(fenced: int | None, *, attempt: int, row_seq: int) -> in
     return fenced or 0
 
 
-def _token_cap(generation_id: str) -> int:
+def _token_cap(generation: Generation) -> int:
     """The completion tokens the attempt being claimed may use, reserved against the user's
     daily quota by writing it to the row in the claim's transaction.
 
@@ -309,19 +313,18 @@ def _token_cap(generation_id: str) -> int:
     the tokens it used count, and the rest of its reservation is free again.
 
     Serialised per user: on MySQL by the user's row (as creates are); on SQLite by the
-    database's write lock, which the claim's UPDATE took before this reads anything."""
-    user_id, max_tokens, earlier_tokens = Generation.objects.values_list(
-        "user_id", "max_tokens", "completion_tokens"
-    ).get(pk=generation_id)
-    get_user_model().objects.select_for_update().filter(pk=user_id).first()
-    # `earlier_tokens`: what earlier runs of this generation used (0 on its first claim);
-    # they were paid for, so they leave the quota less room.
+    database's write lock, which every transaction takes at its start (IMMEDIATE)."""
+    get_user_model().objects.select_for_update().filter(pk=generation.user_id).values_list(
+        "pk", flat=True
+    ).first()
+    # The completion tokens of earlier runs of this generation (0 on its first claim) were
+    # paid for, so they leave the quota less room.
     left = (
-        limits_for(user_id).tokens_per_day
-        - tokens_committed_today(user_id, excluding=generation_id)
-        - earlier_tokens
+        limits_for(generation.user_id).tokens_per_day
+        - tokens_committed_today(generation.user_id, excluding=generation.pk)
+        - generation.completion_tokens
     )
-    return max(0, min(max_tokens, left))
+    return max(0, min(generation.max_tokens, left))
 
 
 def fenced(generation_id: str, attempt: int) -> Any:
@@ -512,18 +515,6 @@ def generation_hand_back(
     if updated:
         transaction.on_commit(lambda: enqueue(generation_id))
     return bool(updated)
-
-
-def generation_heartbeat(running: dict[str, int]) -> None:
-    """Mark the attempts this process is running as alive, even while the provider is silent."""
-    if not running:
-        return
-    # One statement for every attempt running here, however many (each still fenced by its
-    # own attempt): a per-generation UPDATE cost a round trip per running generation.
-    ours = Q()
-    for generation_id, attempt in running.items():
-        ours |= Q(pk=generation_id, attempt=attempt)
-    Generation.objects.filter(ours, status=Status.RUNNING).update(heartbeat_at=timezone.now())
 
 
 # --- Ending a generation no worker holds (cancel before a claim, the reaper) -----------------

@@ -383,7 +383,11 @@ MAX_TITLE_CHARS = 200  # the column's size; a default title is the first prompt,
 
 WS_AUTH_TIMEOUT = envfloat("WS_AUTH_TIMEOUT", 10.0, minimum=0.1)
 WS_MAX_BUFFER = envint("WS_MAX_BUFFER", 1024 * 1024, minimum=1024)
-CHECKPOINT_INTERVAL_S = envfloat("CHECKPOINT_INTERVAL_S", 1.0, minimum=0.05, maximum=60)
+# A running generation's row is written at most this often (and only once its text moved on):
+# the live log (Redis, or the web process's memory) carries every event between two
+# checkpoints, so a longer interval costs only how stale a running row's `output` reads over
+# REST, and how much of the log a reader or the reaper folds in after it (docs/scaling.md).
+CHECKPOINT_INTERVAL_S = envfloat("CHECKPOINT_INTERVAL_S", 4.0, minimum=0.05, maximum=60)
 HEARTBEAT_TIMEOUT_S = envfloat("HEARTBEAT_TIMEOUT_S", 30.0, minimum=1)
 MAX_ATTEMPTS = envint("MAX_ATTEMPTS", 3, minimum=1, maximum=20)
 TICKET_TTL_S = envint("TICKET_TTL_S", 300, minimum=1)

@@ -76,7 +76,7 @@ def inproc_fake_llm() -> Iterator[InProcessFakeLLM]:
 def inproc_worker(inproc_fake_llm: InProcessFakeLLM, settings: Settings) -> InProcessFakeLLM:
     """This process as a worker, for tests that call the runner and the reaper themselves.
 
-    ``run_generation_job`` starts the process's housekeeping thread, which beats and reaps
+    ``run_generation_job`` starts the process's housekeeping thread, which reaps
     every HEARTBEAT_TIMEOUT_S / 4, read once when it starts. An hour keeps it asleep for the
     whole run, so that the reaper runs only when a test calls it, and no query of that thread
     lands between tests, where pytest-django forbids them.

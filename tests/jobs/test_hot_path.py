@@ -1,16 +1,17 @@
-"""The worker's per-second costs: checkpoints and heartbeats as single statements, and
-coalescing that widens with the generations a process runs."""
+"""The worker's per-second costs: checkpoints of every running generation as one statement,
+written only when their fold moved on (or as a heartbeat), and coalescing that widens with
+the generations a process runs."""
 
 from __future__ import annotations
 
+import itertools
 import time
 from concurrent.futures import ThreadPoolExecutor
-from datetime import timedelta
 
 import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
-from django.utils import timezone
+from pytest_django.fixtures import Settings as SettingsWrapper
 
 from core.models import Generation
 from jobs import engine, runner, writer
@@ -65,22 +66,38 @@ def test_a_checkpoint_after_a_cancel_still_stores_the_fold_and_reports_the_cance
     assert Generation.objects.get(pk=gid).output == "Hel"
 
 
-def test_heartbeats_of_every_running_generation_are_one_statement_fenced_by_attempt() -> None:
-    running = dict(_claimed("[fake tokens=5]") for _ in range(3))
-    stale_id, stale_attempt = _claimed("[fake tokens=5]")
-    long_ago = timezone.now() - timedelta(hours=1)
-    Generation.objects.filter(pk__in=[*running, stale_id]).update(heartbeat_at=long_ago)
+def test_a_row_is_written_when_its_fold_moved_on_or_as_a_heartbeat_while_silent(
+    settings: SettingsWrapper,
+) -> None:
+    # The housekeeping thread reads its interval once, at its start: with the fixture's hour.
+    runner.start_worker()
+    settings.CHECKPOINT_INTERVAL_S = 0.1
+    settings.HEARTBEAT_TIMEOUT_S = 2.0  # a heartbeat at least every 0.5 s
+    # 1.6 s of silence before the first token, then 300 tokens over 2 s.
+    generation = new_generation(unique("[fake tokens=300 rate=150 ttft=1600]"))
+    written: list[tuple[float, str]] = []  # (when, the output written) of each checkpoint
+    original = writer.generation_checkpoint_many
 
-    with CaptureQueriesContext(connection) as queries:
-        # The last one is listed with an attempt that is no longer its own.
-        writer.generation_heartbeat({**running, stale_id: stale_attempt + 1})
+    def recording(checkpoints: list[writer.Checkpoint]) -> dict[str, tuple[bool, bool]]:
+        written.extend(
+            (time.monotonic(), c.output) for c in checkpoints if c.generation_id == generation.id
+        )
+        return original(checkpoints)
 
-    assert len(queries.captured_queries) == 1, queries.captured_queries
-    beats = dict(
-        Generation.objects.values_list("id", "heartbeat_at").filter(pk__in=[*running, stale_id])
-    )
-    assert all((beats[gid] or long_ago) > long_ago for gid in running)
-    assert beats[stale_id] == long_ago
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(writer, "generation_checkpoint_many", recording)
+        run_generation_job(generation.id)
+
+    generation.refresh_from_db()
+    assert generation.output == expected_text(300)
+    silent = [when for when, output in written if not output]
+    streaming = [when for when, output in written if output]
+    print(f"\n{len(silent)} writes in the silence, {len(streaming)} while streaming")
+    # Silent for 1.6 s: a heartbeat every 0.5 s (three), not a write every 0.1 s (sixteen).
+    assert 2 <= len(silent) <= 4, written
+    assert all(b - a >= 0.45 for a, b in itertools.pairwise(silent)), written
+    # Streaming for 2 s: its fold moves on, and it is written about every 0.1 s.
+    assert len(streaming) >= 8, written
 
 
 def test_coalescing_interval_widens_with_running_generations_up_to_its_ceiling() -> None:
@@ -91,8 +108,7 @@ def test_coalescing_interval_widens_with_running_generations_up_to_its_ceiling()
 
 
 def test_a_busy_process_sends_fewer_larger_deltas_and_still_the_first_token_at_once() -> None:
-    # 40 other generations running in this process (ids without rows: their heartbeats
-    # change nothing).
+    # 40 other generations running in this process, as the coalescing counts them.
     others = [f"gen_busy_{i}" for i in range(40)]
     for other in others:
         runner.housekeeping.track(other, 1)
@@ -172,7 +188,10 @@ def test_a_checkpoint_statement_tells_superseded_and_cancelled_rows_from_the_oth
     assert outputs == {ours_id: "mine", cancelled_id: "cancelled fold", old_id: ""}
 
 
-def test_generations_running_together_share_checkpoint_statements_and_connections() -> None:
+def test_generations_running_together_share_checkpoint_statements_and_connections(
+    settings: SettingsWrapper,
+) -> None:
+    settings.CHECKPOINT_INTERVAL_S = 0.5  # several checkpoints in a two-second stream
     generations = [new_generation(unique("[fake tokens=300 rate=150]")) for _ in range(6)]
     idents: dict[str, set[int]] = {}
     # Claimed one after another (SQLite's shared-cache test database refuses concurrent
@@ -192,7 +211,7 @@ def test_generations_running_together_share_checkpoint_statements_and_connection
         assert generation.output == expected_text(300)
     checkpoints = [sql for sql in statements if "CASE id WHEN" in sql]
     print(f"\n{len(checkpoints)} checkpoint statements for {len(generations)} generations")
-    # Each generation is checkpointed at least once in a two-second stream; one statement
+    # Each generation is checkpointed several times in a two-second stream; one statement
     # carries several of them.
     assert max(sql.count("WHEN") // 4 for sql in checkpoints) >= 2
     assert len(checkpoints) < len(generations)
