@@ -51,7 +51,16 @@ from bench.latency_report import (
     write_result,
 )
 from tests.fake_openai import expected_text
-from tests.harness import PYTHON, ROOT, FakeLLM, Service, make_token, spawn, wait_until
+from tests.harness import (
+    PYTHON,
+    ROOT,
+    FakeLLM,
+    Service,
+    make_token,
+    spawn,
+    stream_events,
+    wait_until,
+)
 from tests.tier_env import REDIS_SERVER_URL, TIER, free_port
 
 NAME = "resume"
@@ -224,8 +233,14 @@ class Resumer:
                 body: dict[str, Any] = response.json()
                 return body
 
-            # The running one is checkpointed within CHECKPOINT_INTERVAL_S of going quiet.
-            wait_until(lambda: row(running)["output"] == self.expected, timeout_s=120)
+            def snapshot_text(generation_id: str) -> str:
+                _, frames, _ = stream_events(client, generation_id, stop_after=1)
+                return str(frames[0]["data"].get("text", "")) if frames else ""
+
+            # The running one's row is checkpointed within CHECKPOINT_INTERVAL_S of going
+            # quiet: from then on a fresh subscriber's snapshot, which comes from the row,
+            # holds the whole text (a REST read has it sooner, from the log).
+            wait_until(lambda: snapshot_text(running) == self.expected, timeout_s=120)
             wait_until(lambda: row(completed)["status"] == "completed", timeout_s=120)
             if row(completed)["output"] != self.expected:
                 raise RuntimeError("the completed generation's output is not the fake's text")

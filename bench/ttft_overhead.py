@@ -122,15 +122,15 @@ def direct(provider: openai.OpenAI, run: int) -> float:
     raise RuntimeError("the provider sent no text")
 
 
-def burst(service: Service, users: int) -> list[float]:
+def burst(service: Service, users: int) -> list[dict[str, float]]:
     """`users` users, one generation each, their POSTs spread evenly over BURST_SPREAD_S:
-    seconds from each POST to its first text over SSE."""
+    each one's spans (`through_service`)."""
     clients = [service.client(f"burst{index}") for index in range(users)]
     start_at = time.perf_counter() + 0.5
 
-    def one(index: int) -> float:
+    def one(index: int) -> dict[str, float]:
         time.sleep(max(0.0, start_at + BURST_SPREAD_S * index / users - time.perf_counter()))
-        return through_service(clients[index], 1000 + index)["first"]
+        return through_service(clients[index], 1000 + index)
 
     try:
         with ThreadPoolExecutor(max_workers=users) as pool:
@@ -162,7 +162,7 @@ def measure(tier: str, runs: int, burst_users: int = BURST_USERS) -> dict[str, A
                     series[key].append(value)
                 series["direct"].append(direct(provider, run))
         provider.close()
-        burst_first = burst(service, burst_users)
+        burst_spans = burst(service, burst_users)
     finally:
         service.stop()
         fake.stop()
@@ -173,7 +173,14 @@ def measure(tier: str, runs: int, burst_users: int = BURST_USERS) -> dict[str, A
         "p50_ms": round(overhead_p50 * 1000, 2),
         "p95_ms": round(overhead_p95 * 1000, 2),
     }
-    result["burst"] = {"users": burst_users, **summary_ms(burst_first)}
+    result["burst"] = {
+        "users": burst_users,
+        **summary_ms([spans["first"] for spans in burst_spans]),
+        "spans": {
+            key: summary_ms([spans[key] for spans in burst_spans])
+            for key in ("post", "provider_sent", "delivery")
+        },
+    }
     result["tier"] = tier
     result["runs"] = runs
     return result
@@ -225,12 +232,15 @@ def markdown(results: list[dict[str, Any]], info: dict[str, Any], cmd: str) -> s
     for result in results:
         row = result["burst"]
         met = "met" if row["p50_ms"] <= TARGET_BURST_P50_MS else "NOT met"
+        spans = row.get("spans", {})
         bursts.append(
             [
                 result["tier"],
                 row["users"],
                 f"**{row['p50_ms']}**",
                 row["p95_ms"],
+                *(spans.get(key, {}).get("p50_ms", "") for key in ("post", "provider_sent")),
+                spans.get("delivery", {}).get("p50_ms", ""),
                 f"<= {TARGET_BURST_P50_MS:g} ({met})",
             ]
         )
@@ -263,7 +273,16 @@ def markdown(results: list[dict[str, Any]], info: dict[str, Any], cmd: str) -> s
             f"their POSTs spread evenly over {BURST_SPREAD_S:g} s, and read it over SSE; "
             "time from each POST to its first text:",
             table(
-                ["tier", "users", "p50 (ms)", "p95 (ms)", "target p50 (ms)"],
+                [
+                    "tier",
+                    "users",
+                    "p50 (ms)",
+                    "p95 (ms)",
+                    "POST -> 202 p50",
+                    "POST -> provider sends p50",
+                    "provider send -> receipt p50",
+                    "target p50 (ms)",
+                ],
                 bursts,
             ),
             "Where the time goes (the fake stamps each token with its send time):",
