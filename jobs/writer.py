@@ -247,22 +247,33 @@ class Claim:
 def generation_claim(generation_id: str) -> Claim | None:
     """Take a queued generation for this worker; None when cancelled or taken elsewhere.
 
-    One row write: the row is locked and read, its quota reservation computed, and the claim
-    (running, heartbeat, start time, cap) written by a single UPDATE."""
+    One row write: the row is read, its quota reservation computed under the user's row lock,
+    and the claim (running, heartbeat, start time, cap) written by a single UPDATE, fenced by
+    what was read. The user's row is locked before the generation's, as a create does: a
+    claim that locked the generation first could deadlock with a cancel of it."""
     now = timezone.now()
     with transaction.atomic():
-        generation = (
-            Generation.objects.select_for_update()
-            .filter(pk=generation_id, status=Status.QUEUED)
-            .first()
-        )
+        generation = Generation.objects.filter(pk=generation_id, status=Status.QUEUED).first()
         if generation is None:
             return None
-        generation.status = Status.RUNNING
-        generation.heartbeat_at = now
-        generation.started_at = generation.started_at or now
         generation.token_cap = _token_cap(generation)
-        generation.save(update_fields=["status", "heartbeat_at", "started_at", "token_cap"])
+        generation.started_at = generation.started_at or now
+        claimed = Generation.objects.filter(
+            pk=generation_id,
+            status=Status.QUEUED,
+            # Unchanged since the read: no other worker claimed and gave it back meanwhile
+            # (a hand-back keeps the attempt, and moves the seq and the tokens used).
+            attempt=generation.attempt,
+            completion_tokens=generation.completion_tokens,
+            seq=generation.seq,
+        ).update(
+            status=Status.RUNNING,
+            heartbeat_at=now,
+            started_at=generation.started_at,
+            token_cap=generation.token_cap,
+        )
+        if not claimed:
+            return None
     try:
         last_published = event_log().take_fence(generation_id, generation.attempt)
     except Exception:
@@ -312,8 +323,9 @@ def _token_cap(generation: Generation) -> int:
     and concurrent generations never pass the quota together. Once a generation ends, only
     the tokens it used count, and the rest of its reservation is free again.
 
-    Serialised per user: on MySQL by the user's row (as creates are); on SQLite by the
-    database's write lock, which every transaction takes at its start (IMMEDIATE)."""
+    Serialised per user: on MySQL by the user's row (as creates are), so that the sum below
+    sees every reservation committed before (READ COMMITTED); on SQLite by the database's
+    write lock, which every transaction takes at its start (IMMEDIATE)."""
     get_user_model().objects.select_for_update().filter(pk=generation.user_id).values_list(
         "pk", flat=True
     ).first()

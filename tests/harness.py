@@ -240,6 +240,30 @@ class Service:
             self.start_worker(index)
         return self
 
+    def stored_row(self, generation_id: str) -> dict[str, Any]:
+        """The generation's row as the database holds it: its last checkpoint, where a REST
+        read of a running generation folds in the text logged after it."""
+        sql = "SELECT status, seq, output FROM api_generation WHERE id = %s"
+        connection: Any
+        if self.tier == "distributed":
+            import MySQLdb
+
+            connection = MySQLdb.connect(
+                host="127.0.0.1", user="root", passwd="", port=3306, db=self.db_name
+            )
+        else:
+            import sqlite3
+
+            connection = sqlite3.connect(self.dir / "db.sqlite3")
+            sql = sql.replace("%s", "?")
+        try:
+            cursor = connection.cursor()
+            cursor.execute(sql, (generation_id,))
+            status, seq, output = cursor.fetchone()
+        finally:
+            connection.close()
+        return {"status": status, "seq": seq, "output": output}
+
     def _spawn(
         self, name: str, args: list[str], env: dict[str, str] | None = None
     ) -> subprocess.Popen[bytes]:

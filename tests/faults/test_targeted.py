@@ -228,10 +228,10 @@ def test_sigint_lets_a_generation_that_ends_within_the_grace_period_finish(
 # -- Redis loses the log --------------------------------------------------------------------
 
 
-def row_behind(client: httpx.Client, generation_id: str, subscriber: Subscriber) -> bool:
+def row_behind(cluster: Service, generation_id: str, subscriber: Subscriber) -> bool:
     """The subscriber has seen events that the row's last checkpoint does not include (and
     there was a checkpoint: a worker killed before its first one leaves an empty row)."""
-    row = get(client, generation_id)
+    row = cluster.stored_row(generation_id)
     return bool(
         row["status"] == "running" and row["seq"] > 0 and subscriber.position > row["seq"] + 2
     )
@@ -248,7 +248,7 @@ def test_log_lost_with_redis_then_worker_killed_next_attempt_seqs_are_new(
         ).json()
         gid = generation["id"]
         subscriber = follow(cluster, "lost-log", gid)
-        wait_until(lambda: row_behind(client, gid, subscriber), timeout_s=20, interval_s=0.01)
+        wait_until(lambda: row_behind(cluster, gid, subscriber), timeout_s=20, interval_s=0.01)
         index = worker_running(cluster, gid)
         seen = subscriber.position
 
@@ -302,7 +302,7 @@ def test_log_lost_with_redis_then_worker_killed_on_last_attempt_done_is_above_se
         ).json()
         gid = generation["id"]
         subscriber = follow(cluster, "lost-log-last", gid)
-        wait_until(lambda: row_behind(client, gid, subscriber), timeout_s=20, interval_s=0.01)
+        wait_until(lambda: row_behind(cluster, gid, subscriber), timeout_s=20, interval_s=0.01)
         seen = subscriber.position
 
         cluster.stop_process(cluster.workers[0], signal.SIGKILL)
