@@ -33,11 +33,10 @@ STAGES = [
     # Cumulative: a stage counts every call of its function, with what that call called.
     ("provider stream: read and parse (jobs/providers)", "openai_compatible.py", "astream"),
     (
-        "engine: log appends, one pipelined round trip per tick (Redis)",
+        "engine: log appends and live publishes, one script call per tick (Redis)",
         "engine.py",
         "_send_appends",
     ),
-    ("engine: live sends, one PUBLISH pipeline per tick", "writer.py", "_send_batches"),
     (
         "engine: checkpoints and heartbeats, one statement per tick (MySQL)",
         "writer.py",

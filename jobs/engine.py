@@ -5,9 +5,10 @@ this loop and waits for the attempt to end: the waiting thread costs no CPU. On 
 each attempt is a task that reads its provider's stream (the SDK's asyncio client), and one
 ``Writer`` per process batches what every attempt has due:
 
-- events: every append that is due in a loop iteration goes to Redis in ONE pipelined round
-  trip (the fenced append script once per event), then to the live channel layer; each
-  attempt awaits its own append's answer (False: its attempt was fenced off, it stops);
+- events: every append that is due in a loop iteration goes to Redis in ONE script call
+  (jobs.eventlog.BATCH_APPEND_SCRIPT), which appends each event to its log, fenced by its
+  attempt, and publishes it to its live channel; each attempt awaits its own append's
+  answer (False: its attempt was fenced off, it stops, and nothing of it was published);
 - checkpoints: every attempt whose checkpoint is due is written by ONE statement per tick.
 
 Attempts flush coalesced text on shared boundaries of the coalescing interval, so that their
@@ -41,7 +42,7 @@ from core.redis import async_client
 from core.retry import Backoff
 from jobs import events, writer
 from jobs.eventlog import (
-    _APPEND_SCRIPT,
+    BATCH_APPEND_SCRIPT,
     REPLAY_MAX_EVENTS,
     REPLAY_TTL_AFTER_DONE_S,
     REPLAY_TTL_WHILE_RUNNING_S,
@@ -61,7 +62,13 @@ from jobs.runner import (
     coalesce_interval_s,
     housekeeping,
 )
-from jobs.writer import Checkpoint, Claim, group_name, live_sender
+from jobs.writer import (
+    Checkpoint,
+    Claim,
+    live_message,
+    live_sender,
+    pubsub_encoder,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -138,7 +145,7 @@ class Writer:
         self._checkpoints: list[tuple[Checkpoint, asyncio.Future[tuple[bool, bool]]]] = []
         self._checkpointing = False
         self._attempts: set[Attempt] = set()
-        self._script_sha = hashlib.sha1(_APPEND_SCRIPT.encode()).hexdigest()
+        self._script_sha = hashlib.sha1(BATCH_APPEND_SCRIPT.encode()).hexdigest()
         self._distributed = bool(settings.DISTRIBUTED)
         self._ticker = self._loop.create_task(self._tick_checkpoints())
 
@@ -179,69 +186,62 @@ class Writer:
                             append.future.set_exception(error)
                     continue
                 live = []
-                for append, result in zip(batch, results, strict=True):
-                    if result:
+                for append, (appended, published) in zip(batch, results, strict=True):
+                    if appended:
                         metrics.EVENTS_PUBLISHED.labels(type=append.kind).inc()
+                    if appended and not published:
                         live.append(
-                            (
-                                group_name(append.generation_id),
-                                {
-                                    "type": "gen.event",
-                                    "id": append.generation_id,
-                                    "seq": append.seq,
-                                    "kind": append.kind,
-                                    "data": append.data,
-                                },
-                            )
+                            live_message(append.generation_id, append.seq, append.kind, append.data)
                         )
                 if live:
                     live_sender().send_many(live)
-                for append, result in zip(batch, results, strict=True):
+                for append, (appended, _) in zip(batch, results, strict=True):
                     if not append.future.done():
-                        append.future.set_result(result)
+                        append.future.set_result(appended)
         finally:
             self._appending = False
 
-    async def _append_batch(self, batch: list[_Append]) -> list[bool]:
+    async def _append_batch(self, batch: list[_Append]) -> list[tuple[bool, bool]]:
+        """(appended, published live) for each of `batch`: in the embedded default the log
+        appends and the live sends are the caller's; with Redis, one script call appends and
+        publishes them all."""
         if not self._distributed:
             log = event_log()
-            return [log.append(a.generation_id, a.attempt, a.seq, a.kind, a.data) for a in batch]
+            return [
+                (log.append(a.generation_id, a.attempt, a.seq, a.kind, a.data), False)
+                for a in batch
+            ]
         client = async_client()
-        results: list[Any] = await self._pipeline(client, batch)
-        if any(isinstance(result, redis.exceptions.NoScriptError) for result in results):
-            # Redis restarted (or flushed its scripts): load it and send the batch again,
-            # which is harmless since an append retried with the same data counts as done.
-            await client.script_load(_APPEND_SCRIPT)
-            results = await self._pipeline(client, batch)
-        answers = []
-        for append, result in zip(batch, results, strict=True):
-            if isinstance(result, redis.ResponseError) and "equal or smaller" in str(result):
-                answers.append(await self._already_appended(client, append))
-            elif isinstance(result, Exception):
-                raise result
+        try:
+            answers: list[int] = await self._call_script(client, batch)
+        except redis.exceptions.NoScriptError:
+            # Redis restarted (or flushed its scripts): nothing of the call ran. Load the
+            # script and send the batch again.
+            await client.script_load(BATCH_APPEND_SCRIPT)
+            answers = await self._call_script(client, batch)
+        results = []
+        for append, answer in zip(batch, answers, strict=True):
+            if answer == -1:
+                # Appended by an earlier try (only its reply was lost), or the seq is taken.
+                results.append((await self._already_appended(client, append), False))
             else:
-                answers.append(bool(result))
-        return answers
+                results.append((answer == 1, answer == 1))
+        return results
 
-    async def _pipeline(self, client: Any, batch: list[_Append]) -> list[Any]:
-        pipe = client.pipeline(transaction=False)
+    async def _call_script(self, client: Any, batch: list[_Append]) -> list[int]:
+        keys: list[str] = []
+        arguments: list[Any] = [REPLAY_MAX_EVENTS]
+        encode = pubsub_encoder()
         for a in batch:
-            ttl = REPLAY_TTL_AFTER_DONE_S if a.kind == "done" else REPLAY_TTL_WHILE_RUNNING_S
-            pipe.execute_command(
-                "EVALSHA",
-                self._script_sha,
-                2,
+            keys += (
                 RedisEventLog._stream_key(a.generation_id),
                 RedisEventLog._fence_key(a.generation_id),
-                str(a.attempt),
-                str(a.seq),
-                a.data,
-                REPLAY_MAX_EVENTS,
-                ttl,
-                a.kind,
             )
-        results: list[Any] = await pipe.execute(raise_on_error=False)
-        return results
+            channel, payload = encode(*live_message(a.generation_id, a.seq, a.kind, a.data))
+            ttl = REPLAY_TTL_AFTER_DONE_S if a.kind == "done" else REPLAY_TTL_WHILE_RUNNING_S
+            arguments += (a.attempt, a.seq, a.data, a.kind, ttl, channel, payload)
+        answers: list[int] = await client.evalsha(self._script_sha, len(keys), *keys, *arguments)
+        return answers
 
     @staticmethod
     async def _already_appended(client: Any, append: _Append) -> bool:

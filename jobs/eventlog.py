@@ -127,6 +127,37 @@ redis.call('EXPIRE', KEYS[2], ARGV[5])
 return 1
 """
 
+# The worker's per-tick batch (jobs.engine): every event due in one loop iteration, of any
+# generation, in ONE call. Each is fenced and appended as by _APPEND_SCRIPT and, once in the
+# log, published to its live channel in the same call: one round trip for the log and the
+# live layer together, and an attempt that is fenced off publishes nothing either.
+# KEYS: the stream and fence of each event. ARGV: the streams' MAXLEN, then seven per event:
+# attempt, seq, data, kind, TTL, live channel, live payload. Answers one number per event:
+# 1 appended and published, 0 fenced off, -1 the seq is taken (by this very event, when an
+# earlier try went through and only its reply was lost: the caller tells).
+BATCH_APPEND_SCRIPT = """
+local answers = {}
+for i = 1, #KEYS / 2 do
+  local stream, fence, at = KEYS[2 * i - 1], KEYS[2 * i], 1 + (i - 1) * 7
+  if redis.call('GET', fence) ~= ARGV[at + 1] then
+    answers[i] = 0
+  else
+    local added = redis.pcall(
+      'XADD', stream, 'MAXLEN', '~', ARGV[1], '0-' .. ARGV[at + 2],
+      'k', ARGV[at + 4], 'd', ARGV[at + 3])
+    if type(added) == 'table' and added.err then
+      answers[i] = -1
+    else
+      redis.call('EXPIRE', stream, ARGV[at + 5])
+      redis.call('EXPIRE', fence, ARGV[at + 5])
+      redis.call('PUBLISH', ARGV[at + 6], ARGV[at + 7])
+      answers[i] = 1
+    end
+  end
+end
+return answers
+"""
+
 
 class RedisEventLog(EventLog):
     def __init__(self) -> None:

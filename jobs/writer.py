@@ -19,6 +19,7 @@ import asyncio
 import logging
 import threading
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cache
@@ -66,8 +67,6 @@ class LiveSender:
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._queues: list[asyncio.Queue[tuple[str, dict[str, Any]]]] = []
-        self._batches: list[list[tuple[str, dict[str, Any]]]] = []
-        self._batch_sender: asyncio.Task[None] | None = None
 
     async def bind_running_loop(self) -> None:
         """Deliver on the calling loop from now on (the embedded web server's)."""
@@ -113,28 +112,12 @@ class LiveSender:
         loop.call_soon_threadsafe(self._lane(group).put_nowait, (group, message))
 
     def send_many(self, messages: list[tuple[str, dict[str, Any]]]) -> None:
-        """`send` for a batch (the worker's per-tick writer, jobs.engine): one hop to the
-        sending loop for all of them, none when called on that loop.
-
-        On the sending loop itself with the Redis pub/sub layer, the batch goes out as one
-        pipeline of PUBLISHes (what the layer's group_send sends, one round trip each, under
-        one lock for the whole process); batches keep their order, so every generation's
-        events reach the layer in seq order."""
+        """`send` for a batch (the embedded worker's per-tick writer, jobs.engine): one hop
+        to the sending loop for all of them."""
         loop = self._ensure_loop()
         if loop is None or not self._queues:
             return
-        try:
-            running = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
-        if running is not loop:
-            loop.call_soon_threadsafe(self._put_on_lanes, messages)
-        elif isinstance(get_channel_layer(), RedisPubSubChannelLayer):
-            self._batches.append(messages)
-            if self._batch_sender is None or self._batch_sender.done():
-                self._batch_sender = loop.create_task(self._send_batches())
-        else:
-            self._put_on_lanes(messages)
+        loop.call_soon_threadsafe(self._put_on_lanes, messages)
 
     def _lane(self, group: str) -> asyncio.Queue[tuple[str, dict[str, Any]]]:
         return self._queues[zlib.crc32(group.encode()) % _LANES]
@@ -143,39 +126,31 @@ class LiveSender:
         for group, message in messages:
             self._lane(group).put_nowait((group, message))
 
-    async def _send_batches(self) -> None:
-        while self._batches:
-            messages = [message for batch in self._batches for message in batch]
-            self._batches.clear()
-            try:
-                await _publish_pipelined(messages)
-                metrics.LIVE_SENDS.labels(result="sent").inc(len(messages))
-            except Exception:
-                # Lost live messages are repaired from the buffer by every subscriber.
-                metrics.LIVE_SENDS.labels(result="failed").inc(len(messages))
-                logger.warning("live send of %d events failed", len(messages), exc_info=True)
+
+def live_message(generation_id: str, seq: int, kind: str, data: str) -> tuple[str, dict[str, Any]]:
+    """The live layer's group and message for one logged event (realtime.live receives it)."""
+    return group_name(generation_id), {
+        "type": "gen.event",
+        "id": generation_id,
+        "seq": seq,
+        "kind": kind,
+        "data": data,
+    }
 
 
-async def _publish_pipelined(messages: list[tuple[str, dict[str, Any]]]) -> None:
-    """What RedisPubSubChannelLayer.group_send does for each message (the same channel name,
-    serializer and shard: channels-redis is pinned to 4.3.0), as one pipeline per shard."""
+def pubsub_encoder() -> Callable[[str, dict[str, Any]], tuple[str, bytes]]:
+    """What RedisPubSubChannelLayer.group_send would PUBLISH for a group's message: (channel,
+    payload), the same channel name and serializer (channels-redis is pinned to 4.3.0). For
+    the worker's batch script (jobs.eventlog.BATCH_APPEND_SCRIPT), which publishes it in the
+    same call as the append; the layer has one shard, the log's Redis (settings)."""
     layer = get_channel_layer()
     assert isinstance(layer, RedisPubSubChannelLayer)
-    loop_layer = layer._get_layer()
-    by_shard: dict[Any, list[tuple[str, bytes]]] = {}
-    for group, message in messages:
-        channel = loop_layer._get_group_channel_name(group)
-        by_shard.setdefault(loop_layer._get_shard(channel), []).append(
-            (channel, layer.serialize(message))
-        )
-    for shard, publishes in by_shard.items():
-        # The shard's lock, as its own publish takes it: its connection is set up under it.
-        async with shard._lock:
-            shard._ensure_redis()
-            pipe = shard._redis.pipeline(transaction=False)
-            for channel, payload in publishes:
-                pipe.publish(channel, payload)
-            await pipe.execute()
+    channel_name = layer._get_layer()._get_group_channel_name
+
+    def encode(group: str, message: dict[str, Any]) -> tuple[str, bytes]:
+        return channel_name(group), layer.serialize(message)
+
+    return encode
 
 
 @cache
@@ -194,16 +169,7 @@ def publish_event(generation_id: str, attempt: int, event: dict[str, Any]) -> bo
     if not event_log().append(generation_id, attempt, seq, kind, data):
         return False
     metrics.EVENTS_PUBLISHED.labels(type=kind).inc()
-    live_sender().send(
-        group_name(generation_id),
-        {
-            "type": "gen.event",
-            "id": generation_id,
-            "seq": seq,
-            "kind": kind,
-            "data": data,
-        },
-    )
+    live_sender().send(*live_message(generation_id, seq, kind, data))
     return True
 
 
