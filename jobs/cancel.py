@@ -54,6 +54,7 @@ def cancel_queued(generation: Generation) -> bool:
         # No worker has claimed this attempt; fencing the log to it shuts out earlier ones.
         log_owner=generation.attempt,
         row_output=generation.output,
+        row_reasoning=generation.reasoning,
         row_seq=generation.seq,
         status=Status.CANCELLED,
         finish_reason=FinishReason.CANCELLED,

@@ -27,6 +27,7 @@ from django.conf import settings
 from core.models import Generation, Status
 from core.redis import async_client, sync_client
 from core.retry import Backoff
+from jobs.events import fold_with_reasoning
 
 # At 25 deltas/s a 10-minute generation has 15,000 events; checkpoints every few seconds keep
 # the row within a few hundred of the head, so trimming never removes an event the row lacks.
@@ -447,14 +448,14 @@ def generation_now(generation: Generation) -> dict[str, Any]:
         logged, _ = event_log().read_after_sync(generation.pk, generation.seq)
     except redis.RedisError:
         return body
+    following: list[dict[str, Any]] = []
     for event in logged:
-        if event.seq != body["seq"] + 1 or event.kind == "done":
+        if event.seq != body["seq"] + len(following) + 1 or event.kind == "done":
             break
-        body["seq"] = event.seq
-        if event.kind == "reset":
-            body["output"] = body["reasoning"] = ""
-        elif event.kind == "delta":
-            body["output"] += event.decoded()["text"]
-        elif event.kind == "reasoning":
-            body["reasoning"] += event.decoded()["text"]
+        following.append(event.decoded())
+    if following:
+        body["output"], body["reasoning"] = fold_with_reasoning(
+            following, body["output"], body["reasoning"]
+        )
+        body["seq"] += len(following)
     return body

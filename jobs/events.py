@@ -74,12 +74,21 @@ def snapshot(
 
 def fold(messages: Iterable[dict[str, Any]], text: str = "") -> str:
     """What a client does with what it receives: the text it ends up showing."""
+    return fold_with_reasoning(messages, text)[0]
+
+
+def fold_with_reasoning(
+    messages: Iterable[dict[str, Any]], text: str = "", reasoning: str = ""
+) -> tuple[str, str]:
+    """`fold`, with the reasoning beside the text (PROTOCOL §8): (text, reasoning)."""
     for message in messages:
         kind = message["type"]
         if kind == "snapshot":
-            text = message["text"]
+            text, reasoning = message["text"], message.get("reasoning", "")
         elif kind == "delta":
             text += message["text"]
+        elif kind == "reasoning":
+            reasoning += message["text"]
         elif kind == "reset":
-            text = ""
-    return text
+            text = reasoning = ""
+    return text, reasoning

@@ -25,9 +25,9 @@ def reap_stale(
     stale_before = now - timedelta(seconds=heartbeat_timeout_s)
     touched = 0
     stale = Generation.objects.filter(status=Status.RUNNING, heartbeat_at__lt=stale_before)
-    for generation_id, attempt, seq, output in stale.values_list("id", "attempt", "seq", "output")[
-        :500
-    ]:
+    for generation_id, attempt, seq, output, reasoning in stale.values_list(
+        "id", "attempt", "seq", "output", "reasoning"
+    )[:500]:
         if attempt < max_attempts:
             if generation_requeue(generation_id, attempt, output=output, seq=seq):
                 logger.warning(
@@ -36,7 +36,7 @@ def reap_stale(
                     attempt + 1,
                 )
                 touched += 1
-        elif _fail_lost(generation_id, attempt, output=output, seq=seq):
+        elif _fail_lost(generation_id, attempt, output=output, reasoning=reasoning, seq=seq):
             touched += 1
     # Queued rows whose task may have been lost (enqueue failed, or a queue restart):
     # enqueueing again is harmless, because only one claim can win.
@@ -54,7 +54,7 @@ def reap_stale(
     return touched
 
 
-def _fail_lost(generation_id: str, attempt: int, *, output: str, seq: int) -> bool:
+def _fail_lost(generation_id: str, attempt: int, *, output: str, reasoning: str, seq: int) -> bool:
     logger.error(
         "generation %s: worker lost on the last attempt (%d); failed",
         generation_id,
@@ -68,6 +68,7 @@ def _fail_lost(generation_id: str, attempt: int, *, output: str, seq: int) -> bo
         # fence it out. No worker gets attempt + 1, since only a running row is re-queued.
         log_owner=attempt + 1,
         row_output=output,
+        row_reasoning=reasoning,
         row_seq=seq,
         status=Status.FAILED,
         finish_reason=FinishReason.ERROR,

@@ -505,6 +505,7 @@ def terminate_without_worker(
     *,
     log_owner: int,
     row_output: str,
+    row_reasoning: str,
     row_seq: int,
     status: str,
     finish_reason: str,
@@ -529,14 +530,16 @@ def terminate_without_worker(
     after_row, _ = event_log().read_after_sync(generation_id, row_seq)
     head = max(row_seq, last_published)
     if [event.seq for event in after_row] == list(range(row_seq + 1, head + 1)):
-        output = events.fold((event.decoded() for event in after_row), row_output)
+        output, reasoning = events.fold_with_reasoning(
+            (event.decoded() for event in after_row), row_output, row_reasoning
+        )
         done_seq = head + 1
     else:
         # The buffer can no longer name everything subscribers saw after the checkpoint (it
         # was trimmed, or lost): the final output is the row's, and `done` skips a seq, so
         # that every subscriber finds a gap it cannot fill, reads the final row and takes
         # its snapshot before `done` (realtime.subscription), whatever it had seen.
-        output = row_output
+        output, reasoning = row_output, row_reasoning
         done_seq = head + 2
     updated = rows.update(
         status=status,
@@ -544,6 +547,7 @@ def terminate_without_worker(
         error=error,
         seq=done_seq,
         output=output,
+        reasoning=reasoning,
         finished_at=timezone.now(),
         cancel_requested=status == Status.CANCELLED,
     )

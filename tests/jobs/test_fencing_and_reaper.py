@@ -179,6 +179,32 @@ def test_reaper_fails_a_generation_lost_on_its_last_attempt_with_log_matching_ro
     assert rows_at_done == [final]
 
 
+def test_reaper_folds_the_reasoning_logged_after_the_checkpoint_as_well_as_the_text() -> None:
+    generation = new_generation(unique("last crash, thinking"), attempt=settings.MAX_ATTEMPTS)
+    gid = generation.id
+    claim = writer.generation_claim(gid)
+    assert claim is not None
+    assert publish_event(gid, claim.attempt, events.reasoning(gid, 1, "Let me"))
+    assert checkpoint(
+        gid, claim.attempt, output="", reasoning="Let me", seq=1, completion_tokens=1
+    ) == (True, False)
+    # Past the row's last checkpoint: more reasoning, then text.
+    assert publish_event(gid, claim.attempt, events.reasoning(gid, 2, " think"))
+    assert publish_event(gid, claim.attempt, events.delta(gid, 3, "Hi"))
+    beat = row(gid)["heartbeat_at"]
+
+    reaper.reap_stale(
+        heartbeat_timeout_s=settings.HEARTBEAT_TIMEOUT_S,
+        max_attempts=settings.MAX_ATTEMPTS,
+        now=beat + timedelta(seconds=settings.HEARTBEAT_TIMEOUT_S + 1),
+    )
+
+    final = row(gid)
+    assert final["status"] == Status.FAILED
+    assert (final["output"], final["reasoning"]) == ("Hi", "Let me think")
+    assert events.fold_with_reasoning(logged_events(gid)) == ("Hi", "Let me think")
+
+
 def test_worker_failed_as_lost_cannot_append_after_the_reapers_done() -> None:
     generation = new_generation(unique("presumed dead"), attempt=settings.MAX_ATTEMPTS)
     gid = generation.id
@@ -217,7 +243,9 @@ def test_worker_that_wins_the_race_with_the_reaper_keeps_its_result_and_done(
     fail_lost = reaper._fail_lost
     worker_published: list[bool] = []
 
-    def worker_finishes_first(generation_id: str, attempt: int, *, output: str, seq: int) -> bool:
+    def worker_finishes_first(
+        generation_id: str, attempt: int, *, output: str, reasoning: str, seq: int
+    ) -> bool:
         # The reaper has picked the row as stale; the worker, alive after all, writes its
         # final row before the reaper does...
         assert writer.generation_finish(
@@ -230,7 +258,7 @@ def test_worker_that_wins_the_race_with_the_reaper_keeps_its_result_and_done(
             usage=usage,
             error=None,
         )
-        result = fail_lost(generation_id, attempt, output=output, seq=seq)
+        result = fail_lost(generation_id, attempt, output=output, reasoning=reasoning, seq=seq)
         # ...and publishes its `done` only after the reaper has been at the log.
         worker_published.append(publish_event(gid, attempt, done))
         return result
