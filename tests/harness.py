@@ -218,8 +218,9 @@ class Service:
         )
         self._logs: list[Any] = []
         self.worker_metrics_ports = [free_port() for _ in self.workers] if worker_metrics else []
-        # How many times each worker was started (a log of its own holds every start).
-        self.worker_starts = [0] * len(self.workers)
+        # Where each worker's log (one per worker, across its restarts) ended when it was
+        # last started: what follows is its newest process's.
+        self.worker_log_offsets = [0] * len(self.workers)
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -283,10 +284,11 @@ class Service:
         env = self.env
         if self.worker_metrics_ports:
             env = {**env, "WORKER_METRICS_PORT": str(self.worker_metrics_ports[index])}
+        log = self.dir / f"worker{index}.log"
+        self.worker_log_offsets[index] = log.stat().st_size if log.exists() else 0
         self.workers[index] = self._spawn(
             f"worker{index}", [PYTHON, "manage.py", "run_huey"], env=env
         )
-        self.worker_starts[index] += 1
 
     def _healthy(self, port: int) -> bool:
         try:

@@ -189,16 +189,18 @@ def alive(service: Service) -> dict[str, Any]:
 
 
 def wait_workers_ready(service: Service, timeout_s: float = 60) -> None:
-    """Until every worker process has started its consumer (the last start in its log)."""
+    """Until every worker process has started its consumer: its newest process logged the
+    start (one stopped while still starting, a storm's signal during its imports, never
+    will, and is not waited for)."""
 
     def ready() -> bool:
         for index, process in enumerate(service.workers):
             if process is None or process.poll() is not None:
                 return False
-            log = (service.dir / f"worker{index}.log").read_text(errors="replace")
-            starts = log.count("Huey consumer started")
-            if starts < service.worker_starts[index]:
-                return False
+            with (service.dir / f"worker{index}.log").open("rb") as log:
+                log.seek(service.worker_log_offsets[index])
+                if b"Huey consumer started" not in log.read():
+                    return False
         return True
 
     wait_until(ready, timeout_s=timeout_s, interval_s=0.2)
