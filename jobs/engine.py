@@ -380,9 +380,14 @@ class Attempt:
             )
             return
         ours, cancel = future.result()
-        self._checkpointed_seq = seq
+        self._row_written(future, seq)
         self._lost = self._lost or not ours
         self._cancel = self._cancel or cancel
+
+    def _row_written(self, future: asyncio.Future[tuple[bool, bool]], seq: int) -> None:
+        """A checkpoint of the fold through `seq` landed: the next is due once it moves on."""
+        if not future.cancelled() and future.exception() is None:
+            self._checkpointed_seq = seq
 
     # -- publishing ------------------------------------------------------------------------
 
@@ -446,13 +451,7 @@ class Attempt:
                 completion_tokens=self._tokens_paid(),
             )
         )
-        seq = self.seq
-
-        def checkpointed(future: asyncio.Future[tuple[bool, bool]]) -> None:
-            if not future.cancelled() and future.exception() is None:
-                self._checkpointed_seq = seq
-
-        written.add_done_callback(checkpointed)
+        written.add_done_callback(partial(self._row_written, seq=self.seq))
         return written
 
     def _tokens_paid(self) -> int:
