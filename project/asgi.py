@@ -13,23 +13,12 @@ django_asgi_app = get_asgi_application()
 
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from django.conf import settings  # noqa: E402
+from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
 
 from realtime import daphne_ext  # noqa: E402
 from realtime.routing import websocket_urlpatterns  # noqa: E402
 
 daphne_ext.install()
-
-
-def with_static_files(app: Any) -> Any:
-    """`app`, with STATIC_URL (the admin's CSS and JS) answered from the apps' static folders.
-
-    In every mode, DEBUG or not: without it the admin was unstyled (/static/admin/... 404).
-    Unknown files get the JSON 404 of every other URL. `collectstatic` (the Dockerfile runs
-    it) copies the same files to STATIC_ROOT for a proxy that prefers to serve them itself.
-    """
-    from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler
-
-    return ASGIStaticFilesHandler(app)
 
 
 class Service:
@@ -42,7 +31,10 @@ class Service:
     def __init__(self) -> None:
         self._router = ProtocolTypeRouter(
             {
-                "http": with_static_files(django_asgi_app),
+                # STATIC_URL (the admin's CSS and JS) in every mode, DEBUG or not: without it
+                # the admin was unstyled. Unknown files get the JSON 404 of every other URL;
+                # `collectstatic` (the Dockerfile) copies them to STATIC_ROOT for a proxy.
+                "http": ASGIStaticFilesHandler(django_asgi_app),
                 "websocket": URLRouter(websocket_urlpatterns),
             }
         )
@@ -54,7 +46,7 @@ class Service:
             from realtime.live import keep_live_receivers_listening
 
             keep_live_receivers_listening()
-        if not settings.DISTRIBUTED:
+        else:
             from jobs.embedded import start_embedded_consumer
             from jobs.writer import live_sender
 

@@ -24,6 +24,7 @@ from core.env import (
     envchoice,
     envfloat,
     envint,
+    envintmap,
     envlist,
     envstr,
 )
@@ -135,13 +136,11 @@ elif _database["ENGINE"] == "django.db.backends.mysql":
         # READ COMMITTED: after a duplicate-key error on an idempotency key, the next read
         # must see the row the winning transaction committed, which REPEATABLE READ hides.
         "isolation_level": "read committed",
-        # A database that drops packets (rather than refusing connections) would hold every
-        # new connection, /readyz's included, until the OS gave up minutes later.
+        # A database that drops packets (rather than refusing) would hold a new connection,
+        # /readyz's included, and a query on a connection gone silent, until TCP gave up
+        # (about 15 minutes). No statement here runs near 30 s; lock waits give up sooner
+        # (innodb_lock_wait_timeout applies first only if set below 30).
         "connect_timeout": 5,
-        # The same for a connection that goes silent mid-query (a network partition that
-        # drops packets): without these, a checkpoint or a request waits for TCP to give up,
-        # about 15 minutes. No statement of this service runs near 30 s; lock waits give up
-        # sooner (innodb_lock_wait_timeout applies first only if set below 30).
         "read_timeout": 30,
         "write_timeout": 30,
     }
@@ -172,10 +171,8 @@ if DISTRIBUTED:
                 "hosts": [
                     {
                         "address": REDIS_URL,
-                        # A subscribe or publish on a connection that Redis dropped (a
-                        # restart, CLIENT KILL) would fail although Redis is back, and the
-                        # WebSocket's subscribe with it: reconnect (re-subscribing the
-                        # layer's channels) and send it again instead.
+                        # Redis dropped the connection (a restart, CLIENT KILL): reconnect,
+                        # re-subscribe the layer's channels and send again, not fail.
                         **async_retry_options(),
                     }
                 ]
@@ -202,11 +199,10 @@ if DISTRIBUTED:
         "huey_class": "huey.RedisHuey",
         "name": "llm-generations",
         "immediate": False,  # djhuey would run tasks inline when DEBUG is on
-        # Every idle worker thread waits for a task in a BRPOP of this many seconds, then
-        # asks again. Huey's 1 s cost a worker with 260 threads and 50 streams 17% of its CPU
-        # (bench/results/profile_worker.md: 0.7 ms per empty BRPOP); 5 s costs a fifth of it.
-        # An enqueue wakes a waiting thread at once either way. The price: an idle thread may
-        # take up to this long to see a graceful stop (SIGINT), within the grace period.
+        # An idle worker thread waits for a task in a BRPOP of this many seconds. Huey's 1 s
+        # cost a worker with 260 threads 17% of its CPU (bench/results/profile_worker.md); an
+        # enqueue wakes a waiting thread at once either way, and an idle one sees a graceful
+        # stop (SIGINT) within this long, inside the grace period.
         "connection": {"url": REDIS_URL, "read_timeout": 5},
         "consumer": {
             "workers": HUEY_WORKERS,
@@ -239,7 +235,6 @@ else:
 
 JWT_SECRET = envstr("JWT_SECRET") or SECRET_KEY
 JWT_PUBLIC_KEY = envstr("JWT_PUBLIC_KEY").replace("\\n", "\n")
-# Signs tokens from /api/v1/auth/token and issue_token when asymmetric algorithms are used.
 JWT_PRIVATE_KEY = envstr("JWT_PRIVATE_KEY").replace("\\n", "\n")
 _JWT_ALLOWED_ALGORITHMS = (
     "HS256",
@@ -254,21 +249,19 @@ _JWT_ALLOWED_ALGORITHMS = (
 
 
 def _default_jwt_algorithms() -> list[str]:
-    if not JWT_PUBLIC_KEY:
-        return ["HS256"]
-    return (
-        ["ES256"] if "EC PUBLIC KEY" in JWT_PUBLIC_KEY or _is_ec_key(JWT_PUBLIC_KEY) else ["RS256"]
-    )
-
-
-def _is_ec_key(pem: str) -> bool:
+    """HS256 with a shared secret; with a public key, the algorithm of its family."""
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
+    if not JWT_PUBLIC_KEY:
+        return ["HS256"]
+    if "EC PUBLIC KEY" in JWT_PUBLIC_KEY:
+        return ["ES256"]
     try:
-        return isinstance(load_pem_public_key(pem.encode()), ec.EllipticCurvePublicKey)
+        key = load_pem_public_key(JWT_PUBLIC_KEY.encode())
     except ValueError:
         raise ConfigError("JWT_PUBLIC_KEY is not a PEM public key") from None
+    return ["ES256"] if isinstance(key, ec.EllipticCurvePublicKey) else ["RS256"]
 
 
 JWT_ALGORITHMS = envlist("JWT_ALGORITHMS", _default_jwt_algorithms())
@@ -302,14 +295,10 @@ if LLM_PROVIDER == "openai" and not OPENAI_API_KEY and not OPENAI_BASE_URL:
         "LLM_PROVIDER=openai needs OPENAI_API_KEY (for OpenAI itself) or OPENAI_BASE_URL "
         "(for another OpenAI-compatible server)"
     )
-# Seconds to wait for the provider's connection, and between two chunks of its stream.
 PROVIDER_CONNECT_TIMEOUT_S = envfloat("PROVIDER_CONNECT_TIMEOUT_S", 10.0, minimum=0.1)
 PROVIDER_READ_TIMEOUT_S = envfloat("PROVIDER_READ_TIMEOUT_S", 60.0, minimum=0.1)
-# --- Provider dialects and patience (README: "Providers") ---------------------------------
-
-# Seconds allowed to the first byte of an answer: a reasoning model may think for minutes,
-# and a local server may first load the model. PROVIDER_READ_TIMEOUT_S then holds between
-# chunks once text has come.
+# A reasoning model may think for minutes before its first byte, and a local server first load
+# the model; PROVIDER_READ_TIMEOUT_S holds between chunks once text has come.
 PROVIDER_FIRST_BYTE_TIMEOUT_S = envfloat("PROVIDER_FIRST_BYTE_TIMEOUT_S", 300.0, minimum=0.1)
 # Seconds to wait for the usage chunk after the finish reason, for a server that keeps the
 # connection open after its answer: the answer is complete, only the provider's count waits.
@@ -339,9 +328,8 @@ OPENAI_MAX_TOKENS_MODELS = envlist("OPENAI_MAX_TOKENS_MODELS", [])
 # servers refuse the field. Off globally, or for the models matching a pattern.
 OPENAI_STREAM_OPTIONS = envbool("OPENAI_STREAM_OPTIONS", True)
 OPENAI_NO_STREAM_OPTIONS_MODELS = envlist("OPENAI_NO_STREAM_OPTIONS_MODELS", [])
-# The SDK's HTTP transport for the provider's stream. aiohttp reads a stream for about half
-# the CPU per token of httpx (bench/results/provider_read.md), the largest share of a
-# worker's time; httpx is the SDK's default, for a server or proxy that needs HTTP/2.
+# aiohttp reads a stream for about half the CPU per token of httpx, a worker's largest cost
+# (bench/results/provider_read.md); httpx, the SDK's default, for a server that needs HTTP/2.
 OPENAI_HTTP_TRANSPORT = envchoice("OPENAI_HTTP_TRANSPORT", "aiohttp", ("aiohttp", "httpx"))
 
 ALLOWED_MODELS = envlist("ALLOWED_MODELS", ["gpt-4o-mini", "gpt-4o", "gpt-4.1-mini", "gpt-4.1"])
@@ -363,19 +351,14 @@ MAX_REQUEST_BYTES = 64 * 1024  # PROTOCOL §2: 413 above this
 
 # --- Conversations (docs/protocol.md "Conversations") ---------------------------------------
 
-
-from core.env import envintmap  # noqa: E402  (kept with the settings it reads)
-
-# The input tokens (system prompt + history + new prompt, counted as the demo tokenizer
-# counts: about one per word) a turn may send the provider; the oldest turns are left out
-# first. Per model: CONTEXT_BUDGETS overrides CONTEXT_BUDGET_TOKENS for the models it names.
+# Counted as the demo tokenizer counts (about one per word); CONTEXT_BUDGETS overrides it for
+# the models it names.
 CONTEXT_BUDGET_TOKENS = envint("CONTEXT_BUDGET_TOKENS", 16_000, minimum=1)
 CONTEXT_BUDGETS = envintmap("CONTEXT_BUDGETS", {})
 # Turns per conversation (regenerations and edits count): bounds the rows read to build one
 # turn's history, and the conversation view.
 MAX_CONVERSATION_TURNS = envint("MAX_CONVERSATION_TURNS", 200, minimum=1)
-# Characters of history (earlier prompts and answers) sent with one turn, whatever the token
-# estimate says: the hard bound on one provider request's size.
+# The hard bound on one provider request's size, whatever the token estimate says.
 MAX_HISTORY_CHARS = envint("MAX_HISTORY_CHARS", 200_000, minimum=1)
 MAX_TITLE_CHARS = 200  # the column's size; a default title is the first prompt, cut to 80
 
@@ -396,17 +379,13 @@ if HEARTBEAT_TIMEOUT_S <= 2 * CHECKPOINT_INTERVAL_S:
 
 # --- Operations ----------------------------------------------------------------------------
 
-# Set: GET /metrics requires "Authorization: Bearer <METRICS_TOKEN>". Unset: open, like
-# /healthz, for a scraper on a private network (the numbers name no user and no prompt).
+# Unset: /metrics is open like /healthz, for a scraper on a private network (the numbers name
+# no user and no prompt). The worker's port has no token (docs/metrics.md).
 METRICS_TOKEN = envstr("METRICS_TOKEN")
-# A `manage.py run_huey` process serves its own metrics over HTTP on this port (no token: bind
-# it on a private network); 0: not served. Several workers on one host need one port each.
-# The embedded worker's metrics are in the web process's /metrics.
 WORKER_METRICS_PORT = envint("WORKER_METRICS_PORT", 0, minimum=0, maximum=65535)
 
 # --- Django odds and ends --------------------------------------------------------------------
 
-AUTH_PASSWORD_VALIDATORS: list[dict[str, str]] = []
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
 USE_I18N = False
@@ -415,7 +394,6 @@ STATIC_URL = "static/"
 STATIC_ROOT = Path(envstr("STATIC_ROOT", str(VAR_DIR / "static")))
 
 LOG_LEVEL = envchoice("LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR"))
-# json (default): one JSON object per line with the generation id; plain: for a terminal.
 LOG_FORMAT = envchoice("LOG_FORMAT", "json", ("json", "plain"))
 LOGGING: dict[str, Any] = {
     "version": 1,
@@ -429,8 +407,15 @@ LOGGING: dict[str, Any] = {
     "loggers": {
         "django.request": {"level": "ERROR"},
         "daphne": {"level": "WARNING"},
-        "huey": {"level": "WARNING"},
+        # run_huey gives "huey" a plain-text handler of its own unless it has one, and its
+        # lines then reach the root's handler too: each printed twice, once not as JSON.
+        "huey": {"level": "WARNING", "handlers": ["stderr"], "propagate": False},
+        # The consumer's lifecycle lines (start, signals, shutdown) as run_huey always printed
+        # them; per-task lines stay off: the runner logs each attempt with the generation id.
+        "huey.consumer": {"level": "INFO"},
+        # The openai SDK's HTTP clients log every request at INFO ("HTTP Request: POST ...").
         "httpx": {"level": "WARNING"},
+        "httpx2": {"level": "WARNING"},
     },
 }
 
@@ -460,32 +445,27 @@ JWT_MAX_TTL_S = envint("JWT_MAX_TTL_S", 24 * 3600, minimum=60)
 if JWT_TTL_S > JWT_MAX_TTL_S:
     raise ConfigError(f"JWT_TTL_S={JWT_TTL_S} is more than JWT_MAX_TTL_S={JWT_MAX_TTL_S}")
 
-# Password sign-in (POST /api/v1/auth/token and /admin/login/): failed attempts per minute per
-# account and per client address, then 429 rate_limited until the minute ends (PROTOCOL §8).
+# Failed password sign-ins per minute (PROTOCOL §8; api.login_throttle).
 LOGIN_FAILURES_PER_ACCOUNT = envint("LOGIN_FAILURES_PER_ACCOUNT", 5, minimum=1)
 LOGIN_FAILURES_PER_ADDRESS = envint("LOGIN_FAILURES_PER_ADDRESS", 20, minimum=1)
-AUTH_PASSWORD_VALIDATORS = [
+AUTH_PASSWORD_VALIDATORS: list[dict[str, str]] = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
 
-# Event streams (PROTOCOL §8): SSE responses a user holds open at once, counted apart from
-# WebSocket connections (MAX_CONNECTIONS_PER_USER).
+# Counted apart from WebSocket connections (MAX_CONNECTIONS_PER_USER).
 MAX_SSE_STREAMS_PER_USER = envint("MAX_SSE_STREAMS_PER_USER", 20, minimum=1)
 # Generations one WebSocket follows at once: each costs a live group and buffer checks.
 MAX_SUBSCRIPTIONS_PER_CONNECTION = envint("MAX_SUBSCRIPTIONS_PER_CONNECTION", 100, minimum=1)
-# Frames one WebSocket may send per second (a burst of this many is allowed, refilled at this
-# rate); over it a frame gets error rate_limited and is not run. 2,000 subscribe frames in 6 s
+# In bursts of twice this many (realtime.consumers.frame_burst); 2,000 subscribe frames in 6 s
 # were 2,000 database reads.
 WS_FRAMES_PER_SECOND = envint("WS_FRAMES_PER_SECOND", 20, minimum=1)
-# A deactivated user's open WebSocket is closed (4401) within this many seconds.
 ACCOUNT_RECHECK_INTERVAL_S = envfloat("ACCOUNT_RECHECK_INTERVAL_S", 5.0, minimum=0.5)
 
-# Behind an HTTPS proxy: the proxy's header that says the request was HTTPS (e.g.
-# "X-Forwarded-Proto: https"), the origins the admin's forms are posted from (the CSRF origin
-# check compares them with what the browser sends), secure cookies and HSTS.
+# Behind an HTTPS proxy: its header that says the request was HTTPS, the origins the admin's
+# forms are posted from (the CSRF check compares them with the browser's), cookies and HSTS.
 SECURE_PROXY_SSL_HEADER_NAME = envstr("SECURE_PROXY_SSL_HEADER")
 if SECURE_PROXY_SSL_HEADER_NAME:
     _ssl_header, _, _ssl_value = SECURE_PROXY_SSL_HEADER_NAME.partition(":")
@@ -503,19 +483,3 @@ SECURE_COOKIES = envbool("SECURE_COOKIES", False)
 SESSION_COOKIE_SECURE = SECURE_COOKIES
 CSRF_COOKIE_SECURE = SECURE_COOKIES
 SECURE_HSTS_SECONDS = envint("SECURE_HSTS_SECONDS", 0, minimum=0)
-
-# Static files (the admin's CSS and JS) are served by Daphne in every mode, by project.asgi
-# (before the middleware: a sync-only static middleware such as WhiteNoise's would put every
-# async view, the SSE stream's included, behind a thread hop).
-# --- Provider and worker loggers (README "Logs") ---
-# The openai SDK 3.x makes its requests through httpx2, which logs every request at INFO
-# ("HTTP Request: POST ..."): one unlabelled line per generation attempt.
-LOGGING["loggers"]["httpx2"] = {"level": "WARNING"}
-# run_huey gives the "huey" logger a plain-text handler of its own unless it already has one,
-# and the lines then also reach the root's handler: each printed twice, once outside the
-# JSON format. With the root's handler here (and no propagation), it adds none.
-LOGGING["loggers"]["huey"] = {"level": "WARNING", "handlers": ["stderr"], "propagate": False}
-# The consumer's own lifecycle lines ("Huey consumer started with 64 threads...", signals,
-# shutdown) at INFO, as run_huey always printed them; per-task lines ("Executing ...") stay
-# off: the runner logs each attempt itself, with the generation id.
-LOGGING["loggers"]["huey.consumer"] = {"level": "INFO"}
