@@ -1,17 +1,10 @@
-"""Every metric of the service, as ordinary prometheus-client collectors (docs/metrics.md).
+"""Every metric of the service, as ordinary prometheus-client collectors (docs/metrics.md:
+which process serves which, and how Prometheus sums them).
 
-Each process records into its own collectors in prometheus-client's default registry and is
-scraped on its own, as Prometheus scrapes any fleet: a web (Daphne) process at
-``GET /metrics``, a ``manage.py run_huey`` worker on ``WORKER_METRICS_PORT``. Prometheus sums
-the targets (``sum without (instance)``). In the embedded default the worker's threads run in
-the web process, so its collectors show in that process's ``/metrics``.
-
-The gauges read from the source of truth at scrape time (generations by status from the
-database, the Huey queue's length) are the same from any process: only ``/metrics`` of the web
-processes shows them, so that a sum over workers does not count them again.
-
-Recording is an in-memory add under a lock (no I/O), so it cannot fail into a request or a
-generation; the label names are fixed in the one line that records each metric.
+The gauges read at scrape time from the source of truth (generations by status from the
+database, the Huey queue's length) are the same from any process: only a web process's
+``/metrics`` shows them, so that a sum over workers does not count them again. Recording is
+an in-memory add under a lock (no I/O), so it cannot fail into a request or a generation.
 """
 
 from __future__ import annotations
@@ -266,30 +259,24 @@ class AttemptTimer:
     """The worker's clock for one attempt of one generation (jobs.runner.Runner)."""
 
     def __init__(
-        self,
-        *,
-        model: str,
-        created_at: datetime | None,
-        first_text_of_generation: bool,
-        clock: Callable[[], float] = time.monotonic,
+        self, *, model: str, created_at: datetime | None, first_text_of_generation: bool
     ) -> None:
         self._model = model
         self._created_at = created_at
         # Only an attempt that starts from nothing published (normally the first) shows a
         # client its first text: a later attempt's would count the same wait twice.
         self._ttft_pending = first_text_of_generation and created_at is not None
-        self._clock = clock
-        self._provider_started_at = clock()
+        self._provider_started_at = time.monotonic()
         self._first_text_at: float | None = None
         self._last_text_at = 0.0
         self._texts = 0
 
     def provider_started(self) -> None:
-        self._provider_started_at = self._clock()
+        self._provider_started_at = time.monotonic()
 
     def text(self) -> None:
         """A chunk with text arrived from the provider."""
-        now = self._clock()
+        now = time.monotonic()
         self._texts += 1
         self._last_text_at = now
         if self._first_text_at is None:

@@ -57,12 +57,7 @@ def row_state(generation_id: str) -> RowState | None:
         )
         .first()
     )
-    if row is None:
-        return None
-    user_id, status, seq, output, finish_reason, usage, error, reasoning = row
-    return RowState(
-        generation_id, user_id, status, seq, output, finish_reason, usage, error, reasoning
-    )
+    return None if row is None else RowState(generation_id, *row)
 
 
 def _encode_cursor(row: Any) -> str:
@@ -75,21 +70,17 @@ def _decode_cursor(cursor: str, looks_like_id: Callable[[str], bool]) -> tuple[d
         padded = cursor + "=" * (-len(cursor) % 4)
         created, row_id = base64.urlsafe_b64decode(padded.encode()).decode().split("|")
         created_at = datetime.fromisoformat(created)
+        if created_at.tzinfo is None or not looks_like_id(row_id):
+            raise ValueError(cursor)
         # In UTC, as the database compares it: a time near year 1 or 9999 with an offset
         # overflows here rather than in the query (which was a 500).
-        created_at = created_at.astimezone(UTC) if created_at.tzinfo else created_at
+        created_at = created_at.astimezone(UTC)
     except (ValueError, binascii.Error, UnicodeDecodeError, OverflowError):
         raise ApiError(
             "invalid_request",
             "The cursor is not valid.",
             details={"cursor": "Not valid."},
         ) from None
-    if created_at.tzinfo is None or not looks_like_id(row_id):
-        raise ApiError(
-            "invalid_request",
-            "The cursor is not valid.",
-            details={"cursor": "Not valid."},
-        )
     return created_at, row_id
 
 
