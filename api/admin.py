@@ -8,6 +8,7 @@ no column costs a query per row. docs/operations.md describes each list, filter 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlencode
 
@@ -25,10 +26,13 @@ from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 
 from api import services
+from api.auth import exact_user
+from api.conversations import conversation_remove, conversation_view
 from core.errors import ApiError
-from core.ids import looks_like_generation_id
-from core.models import ACTIVE_STATUSES, Generation, Status, UserLimits
+from core.ids import looks_like_conversation_id, looks_like_generation_id
+from core.models import ACTIVE_STATUSES, Conversation, Generation, Status, UserLimits
 from core.selectors import active_count, limits_for, start_of_day_utc, tokens_used_today
+from jobs.cancel import cancel
 from jobs.eventlog import event_log
 
 logger = logging.getLogger(__name__)
@@ -39,6 +43,13 @@ logger = logging.getLogger(__name__)
 COUNT_CAP_ROWS = 10_000
 # An action on "all N selected across pages" touches at most this many rows per run.
 ACTION_MAX_ROWS = 1_000
+# The per-user overrides, in the order every page shows them.
+LIMIT_FIELDS = (
+    "rate_limit_per_minute",
+    "tokens_per_day",
+    "max_active_generations",
+    "max_connections",
+)
 
 
 class CappedCountPaginator(Paginator):  # type: ignore[type-arg]
@@ -48,8 +59,7 @@ class CappedCountPaginator(Paginator):  # type: ignore[type-arg]
     def count(self) -> int:
         # SELECT COUNT(*) FROM (SELECT ... LIMIT n): the database stops at n rows.
         rows: QuerySet[Any] = self.object_list  # type: ignore[assignment]
-        capped: int = rows.order_by()[:COUNT_CAP_ROWS].count()
-        return capped
+        return int(rows.order_by()[:COUNT_CAP_ROWS].count())
 
 
 class StatusFilter(admin.SimpleListFilter):
@@ -103,18 +113,15 @@ class UserFilter(admin.SimpleListFilter):
         value = self.value()
         if value is None:
             return queryset
-        candidates = get_user_model().objects.filter(username=value).values_list("pk", "username")
-        # Resolved first (one indexed lookup), so the list query needs no join; compared
-        # exactly here because MySQL's collation also matches ALICE and alíce.
-        user_ids = [pk for pk, username in candidates if username == value]
-        return queryset.filter(user_id__in=user_ids)
+        # Resolved first (one indexed lookup), so the list query needs no join; exactly,
+        # because MySQL's collation also matches ALICE and alíce.
+        user = exact_user(value)
+        return queryset.filter(user_id__in=[] if user is None else [user.pk])
 
 
-def _changelist_url(**params: str) -> str:
-    base = reverse("admin:api_generation_changelist")
-    # Encoded: a username may hold &, #, + or spaces, which would cut or change the filter.
-    query = urlencode(params)
-    return f"{base}?{query}" if query else base
+def _changelist_url(model_name: str = "generation", **params: str) -> str:
+    # Encoded: a username may hold &, #, + or spaces, which would cut or change the query.
+    return f"{reverse(f'admin:api_{model_name}_changelist')}?{urlencode(params)}"
 
 
 def _change_url(generation_id: str) -> str:
@@ -122,14 +129,16 @@ def _change_url(generation_id: str) -> str:
 
 
 class OwnedRowsAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
-    """The admin of rows that belong to a user, newest first. Its search: an id finds that
-    row, an exact username that user's rows (an indexed lookup, then the list runs along the
-    (user, created_at) index with no join), and any other text is looked for in `text_field`
-    (no index serves that: newest first until the page is full, counted up to
-    COUNT_CAP_ROWS)."""
+    """The admin of rows that belong to a user, newest first, created through the API only.
+    Its search: an id (`looks_like_id`) finds that row, an exact username that user's rows (an
+    indexed lookup, then the list runs along the (user, created_at) index with no join), and
+    any other text is looked for in `text_field` (no index serves that: newest first until the
+    page is full, counted up to COUNT_CAP_ROWS)."""
 
+    looks_like_id: staticmethod[[str], bool]
     text_field = ""
     ordering = ("-created_at", "-id")
+    list_per_page = 50
     # The users of a page come in one second query (prefetch), not in a join: with a join,
     # MySQL drives the query from the small users table and sorts every generation of every
     # user (2-3 s at 200,000 rows, bench/admin_scale.py); alone, the generations table is
@@ -142,19 +151,16 @@ class OwnedRowsAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
     # a filter for it.
     user_query = "q"
 
-    def looks_like_id(self, term: str) -> bool:
-        raise NotImplementedError
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False  # created through the API, with its validation
 
     @admin.display(description="user", ordering="user__username")
     def user_link(self, row: Any) -> SafeString:
         username = row.user.get_username()
         options = self.model._meta
-        changelist = reverse(f"admin:{options.app_label}_{options.model_name}_changelist")
-        # Encoded: a username may hold &, #, + or spaces, which would cut or change the query.
         return format_html(
-            '<a href="{}?{}" title="This user\'s {}">{}</a>',
-            changelist,
-            urlencode({self.user_query: username}),
+            '<a href="{}" title="This user\'s {}">{}</a>',
+            _changelist_url(options.model_name, **{self.user_query: username}),
             options.verbose_name_plural,
             username,
         )
@@ -197,7 +203,6 @@ class GenerationAdmin(OwnedRowsAdmin):
         "A generation id finds that generation; a username, that user's generations; any "
         "other text is looked for in the prompts."
     )
-    list_per_page = 50
     actions = ("cancel_generations", "retry_failed_generations")
     fieldsets = (
         (
@@ -252,14 +257,9 @@ class GenerationAdmin(OwnedRowsAdmin):
         "retries",
     )
 
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False  # generations are created through the API, with its validation
-
+    looks_like_id = staticmethod(looks_like_generation_id)
     text_field = "prompt"
     user_query = "user"  # the user filter (UserFilter) rather than a search
-
-    def looks_like_id(self, term: str) -> bool:
-        return looks_like_generation_id(term)
 
     @admin.display(description="events in the log")
     def event_log_length(self, generation: Generation) -> str:
@@ -287,18 +287,16 @@ class GenerationAdmin(OwnedRowsAdmin):
 
     @admin.action(description="Cancel the selected generations (queued or running)")
     def cancel_generations(self, request: HttpRequest, queryset: QuerySet[Any]) -> None:
-        """Through the API's cancel service: a queued one is cancelled at once, a running one's
+        """As the API cancels (jobs.cancel): a queued one is cancelled at once, a running one's
         worker stops within a chunk, and every subscriber gets `done` with status cancelled."""
-        active = queryset.filter(status__in=list(ACTIVE_STATUSES)).select_related("user")
+        active = queryset.filter(status__in=list(ACTIVE_STATUSES))
         cancelled: list[str] = []
         stopping: list[str] = []
         failed: list[str] = []
         for generation in active[:ACTION_MAX_ROWS]:
             try:
                 # wait_s=0: the page does not wait on the workers; the list shows the outcome.
-                result = services.generation_cancel(
-                    user=generation.user, generation_id=generation.pk, wait_s=0
-                )
+                result = cancel(generation, wait_s=0)
             except Exception:
                 logger.exception("generation %s: cancel from the admin failed", generation.pk)
                 failed.append(generation.pk)
@@ -390,36 +388,19 @@ class UserLimitsAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
     """Per-user overrides of PROTOCOL §6's limits (a blank field uses the setting), with the
     user's usage today. A change takes effect on the user's next request."""
 
-    list_display = (
-        "user",
-        "rate_limit_per_minute",
-        "tokens_per_day",
-        "max_active_generations",
-        "max_connections",
-        "tokens_today",
-        "active_now",
-        "generations_link",
-    )
+    list_display = ("user", *LIMIT_FIELDS, "tokens_today", "active_now", "generations_link")
     search_fields = ("user__username",)
     autocomplete_fields = ("user",)
     list_select_related = ("user",)
     show_full_result_count = False
     paginator = CappedCountPaginator
     ordering = ("user__username",)
-    fields = (
-        "user",
-        "rate_limit_per_minute",
-        "tokens_per_day",
-        "max_active_generations",
-        "max_connections",
-        "usage",
-    )
+    fields = ("user", *LIMIT_FIELDS, "usage")
     readonly_fields = ("usage",)
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Any]:
-        rows: QuerySet[Any] = super().get_queryset(request)
-        annotated: QuerySet[Any] = rows.annotate(**_usage_annotations())
-        return annotated
+        rows: QuerySet[Any] = super().get_queryset(request).annotate(**_usage_annotations())
+        return rows
 
     @admin.display(description="completion tokens today", ordering="tokens_today")
     def tokens_today(self, limits: Any) -> int:
@@ -462,12 +443,7 @@ class UserLimitsInline(admin.StackedInline):  # type: ignore[type-arg]
     can_delete = True
     extra = 0
     max_num = 1
-    fields = (
-        "rate_limit_per_minute",
-        "tokens_per_day",
-        "max_active_generations",
-        "max_connections",
-    )
+    fields = LIMIT_FIELDS
 
 
 User = get_user_model()
@@ -501,10 +477,6 @@ admin.site.register(User, UserWithLimitsAdmin)
 
 # --- Conversations (docs/protocol.md "Conversations") ---------------------------------------
 
-from api.conversations import conversation_remove, conversation_view  # noqa: E402
-from core.ids import looks_like_conversation_id  # noqa: E402
-from core.models import Conversation  # noqa: E402
-
 
 @admin.register(Conversation)
 class ConversationAdmin(OwnedRowsAdmin):
@@ -517,7 +489,6 @@ class ConversationAdmin(OwnedRowsAdmin):
         "A conversation id finds that conversation; a username, that user's conversations; any "
         "other text is looked for in the titles."
     )
-    list_per_page = 50
     fields = (
         "id",
         "user",
@@ -530,14 +501,8 @@ class ConversationAdmin(OwnedRowsAdmin):
         "turn_tree",
     )
     readonly_fields = (*(field.name for field in Conversation._meta.fields), "turn_tree")
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False  # conversations are created through the API
-
+    looks_like_id = staticmethod(looks_like_conversation_id)
     text_field = "title"
-
-    def looks_like_id(self, term: str) -> bool:
-        return looks_like_conversation_id(term)
 
     @admin.display(description="turns and branches")
     def turn_tree(self, conversation: Conversation) -> SafeString:
@@ -548,27 +513,24 @@ class ConversationAdmin(OwnedRowsAdmin):
         children: dict[str | None, list[dict[str, Any]]] = {}
         for turn in view["turns"]:
             children.setdefault(turn["parent_id"], []).append(turn)
-        lines: list[tuple[str, ...]] = []
 
-        def walk(parent_id: str | None, depth: int) -> None:
+        def walk(parent_id: str | None, depth: int) -> Iterator[tuple[str, ...]]:
             siblings = children.get(parent_id, [])
             for number, turn in enumerate(siblings, start=1):
                 branch = f"branch {number} of {len(siblings)} · " if len(siblings) > 1 else ""
-                lines.append(
-                    (
-                        str(depth * 2),
-                        "bold" if turn["id"] in current else "normal",
-                        _change_url(turn["id"]),
-                        turn["id"],
-                        branch,
-                        turn["status"],
-                        turn["prompt"][:80],
-                        turn["output"][:80],
-                    )
+                yield (
+                    str(depth * 2),
+                    "bold" if turn["id"] in current else "normal",
+                    _change_url(turn["id"]),
+                    turn["id"],
+                    branch,
+                    turn["status"],
+                    turn["prompt"][:80],
+                    turn["output"][:80],
                 )
-                walk(turn["id"], depth + 1)
+                yield from walk(turn["id"], depth + 1)
 
-        walk(None, 0)
+        lines = list(walk(None, 0))
         if not lines:
             return format_html("{}", "no turns yet")
         return format_html(

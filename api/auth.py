@@ -13,6 +13,7 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import IntegrityError
 
+from api.validation import encodable
 from core.errors import ApiError
 
 _TICKET_AUDIENCE = "generation-events-ticket"
@@ -27,10 +28,6 @@ class Identity:
 
 def _unauthorized(message: str = "Missing or invalid token.") -> ApiError:
     return ApiError("unauthorized", message)
-
-
-def _verification_key() -> str:
-    return settings.JWT_PUBLIC_KEY or settings.JWT_SECRET
 
 
 def decode_token(token: str) -> dict[str, Any]:
@@ -48,21 +45,19 @@ def decode_token(token: str) -> dict[str, Any]:
     try:
         claims: dict[str, Any] = jwt.decode(
             token,
-            _verification_key(),
+            settings.JWT_PUBLIC_KEY or settings.JWT_SECRET,
             algorithms=settings.JWT_ALGORITHMS,
             leeway=settings.JWT_LEEWAY_S,
             options=options,  # type: ignore[arg-type]
             **kwargs,
         )
     except jwt.ExpiredSignatureError:
-        raise ApiError("unauthorized", "The token has expired.") from None
+        raise _unauthorized("The token has expired.") from None
     except jwt.ImmatureSignatureError:
         raise _unauthorized("The token is not valid yet.") from None
-    except jwt.InvalidTokenError:
-        raise _unauthorized() from None
     except (jwt.PyJWTError, ValueError, TypeError):
-        # A header naming an allowed algorithm of another key family (ES256 with an RSA key
-        # when both are allowed): the key cannot verify it, so the token is simply invalid.
+        # ValueError, TypeError: a header naming an allowed algorithm of another key family
+        # (ES256 with an RSA key when both are allowed), which the key cannot verify.
         raise _unauthorized() from None
     if claims.get("aud") == _TICKET_AUDIENCE or claims.get("typ") == "ticket":
         raise _unauthorized()
@@ -91,9 +86,7 @@ def username_problem(username: str) -> str | None:
     would be stored as another (existing) name. Invisible and bidirectional-control characters
     are refused so that two accounts can never look the same in the admin or a log.
     """
-    try:
-        username.encode("utf-8")
-    except UnicodeEncodeError:
+    if not encodable(username):
         return "The username is not valid Unicode text."
     if any(unicodedata.category(char) in _REFUSED_USERNAME_CATEGORIES for char in username):
         return "The username contains invisible or control characters."
@@ -152,21 +145,15 @@ def bearer_token(header: str | None) -> str:
     return token.strip()
 
 
-def _signing_key_and_algorithm() -> tuple[str, str]:
+def issue_token(username: str, *, ttl_s: int | None = None) -> tuple[str, int]:
+    """A signed access token for `username` and its lifetime in seconds."""
     algorithm = settings.JWT_ALGORITHMS[0]
-    if algorithm.startswith("HS"):
-        return settings.JWT_SECRET, algorithm
-    if not settings.JWT_PRIVATE_KEY:
+    key = settings.JWT_SECRET if algorithm.startswith("HS") else settings.JWT_PRIVATE_KEY
+    if not key:
         raise ApiError(
             "unavailable",
             "This service verifies tokens from an identity provider and issues none.",
         )
-    return settings.JWT_PRIVATE_KEY, algorithm
-
-
-def issue_token(username: str, *, ttl_s: int | None = None) -> tuple[str, int]:
-    """A signed access token for `username` and its lifetime in seconds."""
-    key, algorithm = _signing_key_and_algorithm()
     ttl = ttl_s if ttl_s is not None else settings.JWT_TTL_S
     if not 1 <= ttl <= settings.JWT_MAX_TTL_S:
         raise ApiError(
@@ -219,7 +206,7 @@ def verify_ticket(ticket: str, *, generation_id: str) -> int:
             options={"require": ["exp", "gen", "uid"]},
         )
     except jwt.ExpiredSignatureError:
-        raise ApiError("unauthorized", "The ticket has expired.") from None
+        raise _unauthorized("The ticket has expired.") from None
     except jwt.InvalidTokenError:
         raise _unauthorized("The ticket is not valid.") from None
     if claims.get("typ") != "ticket":

@@ -1,9 +1,7 @@
 """Conversations: a user's multi-turn chats, each a tree of turns (docs/protocol.md).
 
-A turn is a generation with a parent (the turn it follows; None for a first turn). The
-history sent to the provider is built here, on the server, from the turn's ancestors: the
-conversation's system prompt, each ancestor's prompt and stored output, oldest first, then
-the new prompt; the oldest turns are left out first when the model's context budget is short.
+A turn is a generation with a parent (the turn it follows; None for a first turn); the
+history it is sent with is built from its ancestors by jobs.history.
 """
 
 from __future__ import annotations
@@ -75,14 +73,6 @@ def conversation_for_user(*, user: AbstractBaseUser, conversation_id: str) -> Co
         raise not_found("conversation") from None
 
 
-def _turn_rows(conversation_id: str) -> list[Generation]:
-    return list(
-        Generation.objects.filter(conversation_id=conversation_id).order_by("turn_index")[
-            : settings.MAX_CONVERSATION_TURNS
-        ]
-    )
-
-
 def _path_to(turn_id: str | None, by_id: dict[str, Generation]) -> list[Generation]:
     """The turns from the root to `turn_id`, oldest first."""
     path: list[Generation] = []
@@ -98,7 +88,7 @@ def _path_to(turn_id: str | None, by_id: dict[str, Generation]) -> list[Generati
 
 def conversation_view(conversation: Conversation) -> dict[str, Any]:
     """The conversation object with every turn, the current branch and the list of branches."""
-    turns = _turn_rows(conversation.id)
+    turns = turns_after(conversation.id, 0)
     by_id = {turn.id: turn for turn in turns}
     has_children = {turn.parent_id for turn in turns if turn.parent_id is not None}
     current_path = [turn.id for turn in _path_to(conversation.current_turn_id, by_id)]
@@ -139,7 +129,7 @@ def conversation_state(conversation_id: str) -> dict[str, Any] | None:
 
 
 def turns_after(conversation_id: str, after: int) -> list[Generation]:
-    """The conversation's turns numbered above `after` (the seq of `turn` events)."""
+    """The conversation's turns numbered above `after` (the seq of `turn` events; 0: all)."""
     return list(
         Generation.objects.filter(conversation_id=conversation_id, turn_index__gt=after).order_by(
             "turn_index"
@@ -239,24 +229,17 @@ def place_turn(
             "prompt once it has finished, or cancel it.",
             details={"parent_id": parent.id, "status": parent.status},
         )
-    if conversation.turn_count >= settings.MAX_CONVERSATION_TURNS:
-        raise ApiError(
-            "conversation_full",
-            f"A conversation holds at most {settings.MAX_CONVERSATION_TURNS} turns; start a "
-            "new one.",
-            details={"conversation_id": conversation.id},
-        )
+    # Counted before the prompt is checked: a refusal rolls the count back with
+    # generation_create's transaction.
+    turn_index = _next_turn_index(
+        conversation,
+        f"A conversation holds at most {settings.MAX_CONVERSATION_TURNS} turns; start a new one.",
+    )
     check_prompt_fits(model=model, system=conversation.system, prompt=prompt)
     if not conversation.title:
         Conversation.objects.filter(pk=conversation.pk).update(title=default_title(prompt))
-    # The user's row lock serialises this; the F() keeps the count right regardless.
-    Conversation.objects.filter(pk=conversation.pk).update(turn_count=F("turn_count") + 1)
-    conversation.refresh_from_db()
     return Placement(
-        conversation,
-        parent.id if parent is not None else None,
-        conversation.turn_count,
-        conversation.system,
+        conversation, parent.id if parent is not None else None, turn_index, conversation.system
     )
 
 
@@ -265,35 +248,38 @@ def place_retry(original: Generation) -> int | None:
     parent), or None when `original` is in no conversation. Under the user's row lock."""
     if original.conversation_id is None:
         return None
-    conversation = Conversation.objects.get(pk=original.conversation_id)
+    return _next_turn_index(
+        Conversation.objects.get(pk=original.conversation_id),
+        f"Its conversation holds {settings.MAX_CONVERSATION_TURNS} turns already.",
+    )
+
+
+def _next_turn_index(conversation: Conversation, full_message: str) -> int:
+    """Count a new turn of `conversation` and return its index; conversation_full at
+    MAX_CONVERSATION_TURNS."""
     if conversation.turn_count >= settings.MAX_CONVERSATION_TURNS:
         raise ApiError(
-            "conversation_full",
-            f"Its conversation holds {settings.MAX_CONVERSATION_TURNS} turns already.",
-            details={"conversation_id": conversation.id},
+            "conversation_full", full_message, details={"conversation_id": conversation.id}
         )
+    # The user's row lock serialises this; the F() keeps the count right regardless.
     Conversation.objects.filter(pk=conversation.pk).update(turn_count=F("turn_count") + 1)
     conversation.refresh_from_db()
     return conversation.turn_count
 
 
 def turn_created(*, conversation_id: str, generation_id: str, turn_index: int) -> None:
-    """The new turn becomes the conversation's current one, and its subscribers hear of it
-    once the transaction commits."""
+    """The new turn becomes the conversation's current one, and its WebSocket subscribers hear
+    of it once the transaction commits. Lossy like any live send: a subscriber that misses it
+    finds the turn on its next poll of the rows."""
     Conversation.objects.filter(pk=conversation_id).update(
         current_turn_id=generation_id, updated_at=timezone.now()
     )
-    transaction.on_commit(lambda: notify_turn(conversation_id, turn_index))
+    notice = {"type": "conv.turn", "seq": turn_index}
+    transaction.on_commit(lambda: _notify(conversation_id, notice))
 
 
 def conversation_group(conversation_id: str) -> str:
     return f"conv.{conversation_id}"
-
-
-def notify_turn(conversation_id: str, turn_index: int) -> None:
-    """Tell the conversation's WebSocket subscribers that turn `turn_index` exists. Lossy like
-    any live send: a subscriber that misses it finds the turn on its next poll of the rows."""
-    _notify(conversation_id, {"type": "conv.turn", "seq": turn_index})
 
 
 def notify_changed(conversation_id: str, *, deleted: bool = False) -> None:
@@ -357,17 +343,14 @@ def conversation_update(
 
 
 def conversation_delete(*, user: AbstractBaseUser, conversation_id: str) -> None:
-    """Remove the conversation, its generations and their replay buffers: what a user asking
-    for their data to be removed expects. A running turn is cancelled first, so that its
-    worker stops reading (and paying for) the provider's stream; its next write finds no row
-    and it stops (jobs.runner: LostOwnership)."""
-    conversation = conversation_for_user(user=user, conversation_id=conversation_id)
-    conversation_remove(conversation)
+    conversation_remove(conversation_for_user(user=user, conversation_id=conversation_id))
 
 
 def conversation_remove(conversation: Conversation) -> None:
-    """Delete a conversation, its generations and their replay buffers (the user's request
-    above, or an operator's in the admin)."""
+    """Delete a conversation, its generations and their replay buffers (a user's request, or
+    an operator's in the admin): what a user asking for their data to be removed expects. A
+    running turn is cancelled first, so that its worker stops reading (and paying for) the
+    provider's stream; its next write finds no row and it stops (jobs.runner: LostOwnership)."""
     with transaction.atomic():
         ids = list(
             Generation.objects.filter(conversation_id=conversation.pk).values_list("id", "status")

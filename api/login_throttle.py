@@ -1,10 +1,7 @@
-"""Throttling of password sign-in (PROTOCOL §8): failed attempts per account and per address.
-
-Both the token endpoint (POST /api/v1/auth/token) and the admin's login form use it, through
-the shared rate limiter (Redis in the distributed mode, so every web process counts the same
-failures). Only failures count; while an account or an address is over its limit, every
-attempt, right password or not, gets 429 rate_limited with Retry-After, so a guess cannot be
-confirmed during the wait.
+"""Throttling of password sign-in (PROTOCOL §8), for the token endpoint and the admin's login
+form: failed attempts per account and per address, counted by api.ratelimit (in Redis in the
+distributed mode, shared by every web process). While either is over its limit, every attempt,
+right password or not, gets 429 rate_limited, so a guess cannot be confirmed during the wait.
 """
 
 from __future__ import annotations

@@ -15,6 +15,8 @@ from django.conf import settings
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 from pydantic_core import PydanticCustomError
 
+from api.validation import encodable, sanitize_text
+
 GenerationStatus = Literal["queued", "running", "completed", "failed", "cancelled"]
 # PROTOCOL §8: as the provider reported it, plus ours (cancelled, error).
 FinishReasonName = Literal["stop", "length", "content_filter", "tool_calls", "cancelled", "error"]
@@ -54,9 +56,10 @@ class WireModel(BaseModel):
 
 
 class RequestModel(BaseModel):
-    """What a client sends: unknown fields are rejected (PROTOCOL §2: 400 invalid_request)."""
+    """What a client sends: unknown fields are rejected (PROTOCOL §2: 400 invalid_request), and
+    types are strict (a number is not a string, `true` is not an integer)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 # --- Shared response shapes ------------------------------------------------------------------
@@ -170,14 +173,8 @@ def _refuse(message: str) -> PydanticCustomError:
     return PydanticCustomError("invalid", message)
 
 
-def _sanitized(value: str) -> str:
-    from api.validation import sanitize_text
-
-    return sanitize_text(value)
-
-
 def _prompt(value: str) -> str:
-    prompt = _sanitized(value)
+    prompt = sanitize_text(value)
     if not prompt.strip():
         raise _refuse("Must not be empty.")
     return prompt
@@ -185,19 +182,17 @@ def _prompt(value: str) -> str:
 
 def _system(value: str | None) -> str | None:
     # Its length is prompt_too_long, a code of its own, checked after the field errors.
-    return None if value is None else _sanitized(value) or None
+    return None if value is None else sanitize_text(value) or None
 
 
 def _title(value: str) -> str:
-    title = " ".join(_sanitized(value).split())
+    title = " ".join(sanitize_text(value).split())
     if len(title) > settings.MAX_TITLE_CHARS:
         raise _refuse(f"At most {settings.MAX_TITLE_CHARS} characters.")
     return title
 
 
 def _encodable(value: str) -> str:
-    from api.validation import encodable
-
     if not encodable(value):
         raise _refuse("Text that is valid Unicode (no lone surrogates).")
     return value
@@ -218,8 +213,6 @@ class GenerationCreateRequest(RequestModel):
     depend on settings (the model allow-list, MAX_OUTPUT_TOKENS) are checked here too, and the
     lengths after sanitising by api.validation.generation_params (prompt_too_long, a code of
     its own). Absent and null optional fields both mean "the default"."""
-
-    model_config = ConfigDict(strict=True)
 
     prompt: Prompt = Field(description="1 to MAX_PROMPT_CHARS characters after sanitising.")
     model: str | None = Field(default=None, description="One of ALLOWED_MODELS.")
@@ -252,16 +245,12 @@ class GenerationCreateRequest(RequestModel):
 class ConversationCreateRequest(RequestModel):
     """The body of `POST /conversations`."""
 
-    model_config = ConfigDict(strict=True)
-
     title: Title = Field(default="", description="At most 200 characters; empty: the first prompt.")
     system: SystemPrompt = Field(default=None, description="At most MAX_SYSTEM_CHARS characters.")
 
 
 class ConversationUpdateRequest(RequestModel):
     """The body of `PATCH /conversations/{id}`: any of the fields; an absent one is unchanged."""
-
-    model_config = ConfigDict(strict=True)
 
     title: Title = Field(default="", description="Rename.")
     system: SystemPrompt = Field(default=None, description="For turns created from now on.")
@@ -272,8 +261,6 @@ class ConversationUpdateRequest(RequestModel):
 
 class TokenRequest(RequestModel):
     """The body of `POST /auth/token`."""
-
-    model_config = ConfigDict(strict=True)
 
     username: Credential = Field(min_length=1)
     password: Credential = Field(min_length=1)

@@ -47,8 +47,11 @@ def _request_fingerprint(params: GenerationParams, target: TurnTarget) -> str:
 
 
 def _idempotent_match(
-    user: AbstractBaseUser, key: str, params: GenerationParams, target: TurnTarget = NO_TARGET
+    user: AbstractBaseUser, key: str | None, params: GenerationParams, target: TurnTarget
 ) -> Generation | None:
+    """The generation an earlier request with `key` created, if any."""
+    if not key:
+        return None
     existing = Generation.objects.filter(user_id=user.pk, idempotency_key=key).first()
     if existing is None:
         return None
@@ -75,19 +78,17 @@ def generation_create(
 
     The generation is a turn of a conversation: the one `target` names, or a new one
     (api.conversations.place_turn)."""
-    if idempotency_key:
-        existing = _idempotent_match(user, idempotency_key, params, target)
-        if existing is not None:
-            return existing, False
+    existing = _idempotent_match(user, idempotency_key, params, target)
+    if existing is not None:
+        return existing, False
     try:
         with transaction.atomic():
             # Serialise this user's creates: the idempotency re-check, the rate limit and the
             # quotas below must see each other's effects, or concurrent requests race past.
             get_user_model().objects.select_for_update().filter(pk=user.pk).first()
-            if idempotency_key:
-                existing = _idempotent_match(user, idempotency_key, params, target)
-                if existing is not None:
-                    return existing, False
+            existing = _idempotent_match(user, idempotency_key, params, target)
+            if existing is not None:
+                return existing, False
             # Where the turn goes first: a request refused for its conversation fields (404,
             # 409, prompt_too_long) must not spend the rate limit. Its writes roll back with
             # the transaction when a limit refuses the request below.
@@ -115,8 +116,6 @@ def generation_create(
             )
     except IntegrityError:
         # A concurrent repeat won the unique (user, key) race after our first check.
-        if not idempotency_key:
-            raise
         existing = _idempotent_match(user, idempotency_key, params, target)
         if existing is None:
             raise

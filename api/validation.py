@@ -7,13 +7,15 @@ import json
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
 from pydantic import ValidationError
 
-from api.schemas import GenerationCreateRequest
 from core.errors import ApiError
+
+if TYPE_CHECKING:
+    from api.schemas import GenerationCreateRequest
 
 # C0 controls but tab, newline and carriage return; DEL; C1 controls; and lone UTF-16
 # surrogates, which JSON can carry ("\ud800") but no UTF-8 database column can store.
@@ -79,6 +81,8 @@ def parse_generation_params(
 ) -> GenerationParams:
     """Check a request given as parsed JSON (the WebSocket `generate` frame), whose
     `extra_fields` belong to the frame rather than the request."""
+    from api.schemas import GenerationCreateRequest
+
     if isinstance(data, dict):
         data = {name: value for name, value in data.items() if name not in extra_fields}
     try:
