@@ -51,37 +51,34 @@ def envbool(name: str, default: bool) -> bool:
 _Number = TypeVar("_Number", int, float)
 
 
-def _within(
-    number: _Number, minimum: _Number | None, maximum: _Number | None, text: str
-) -> _Number:
-    if (minimum is not None and number < minimum) or (maximum is not None and number > maximum):
-        raise ValueError(text)
-    return number
+def _bounded(
+    convert: Callable[[str], _Number], minimum: _Number | None, maximum: _Number | None
+) -> Callable[[str], _Number]:
+    def parse(value: str) -> _Number:
+        number = convert(value)
+        if number != number:  # NaN
+            raise ValueError(value)
+        if (minimum is not None and number < minimum) or (maximum is not None and number > maximum):
+            raise ValueError(value)
+        return number
+
+    return parse
 
 
 def envint(
     name: str, default: int, *, minimum: int | None = None, maximum: int | None = None
 ) -> int:
-    def parse(value: str) -> int:
-        return _within(int(value), minimum, maximum, value)
-
-    return _read(name, default, parse, _range_text("an integer", minimum, maximum))
+    return _read(
+        name, default, _bounded(int, minimum, maximum), _range_text("an integer", minimum, maximum)
+    )
 
 
 def envfloat(
-    name: str,
-    default: float,
-    *,
-    minimum: float | None = None,
-    maximum: float | None = None,
+    name: str, default: float, *, minimum: float | None = None, maximum: float | None = None
 ) -> float:
-    def parse(value: str) -> float:
-        number = float(value)
-        if number != number:  # NaN
-            raise ValueError(value)
-        return _within(number, minimum, maximum, value)
-
-    return _read(name, default, parse, _range_text("a number", minimum, maximum))
+    return _read(
+        name, default, _bounded(float, minimum, maximum), _range_text("a number", minimum, maximum)
+    )
 
 
 def envlist(name: str, default: list[str]) -> list[str]:

@@ -33,14 +33,10 @@ def discard_replay_buffers(generation_ids: list[str]) -> None:
     from core.redis import sync_client
     from jobs.eventlog import RedisEventLog
 
-    keys = []
-    for generation_id in generation_ids:
-        keys += [
-            RedisEventLog._stream_key(generation_id),
-            RedisEventLog._fence_key(generation_id),
-            RedisEventLog._cancel_key(generation_id),
-        ]
-    sync_client().delete(*keys)
+    key_of = (RedisEventLog._stream_key, RedisEventLog._fence_key, RedisEventLog._cancel_key)
+    sync_client().delete(
+        *(key(generation_id) for generation_id in generation_ids for key in key_of)
+    )
 
 
 class Command(BaseCommand):
