@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import time
 import uuid
 from typing import Any
@@ -108,6 +109,25 @@ class FrameError(Exception):
         self.generation_id = generation_id
 
 
+def _position(
+    frame: dict[str, Any], maximum: float = math.inf, generation_id: str | None = None
+) -> int:
+    """The frame's `after`: 0 when absent or null."""
+    after = frame.get("after")
+    if after is None:
+        return 0
+    if isinstance(after, bool) or not isinstance(after, int) or not 0 <= after <= maximum:
+        raise FrameError(
+            ApiError(
+                "invalid_request",
+                "after must be a non-negative integer.",
+                details={"after": "A non-negative integer."},
+            ),
+            generation_id,
+        )
+    return after
+
+
 def origin_allowed(scope: dict[str, Any]) -> bool:
     """A browser's Origin must be ours or listed; clients that send none are allowed."""
     headers = dict(scope.get("headers") or [])
@@ -144,16 +164,23 @@ class StreamConsumer(AsyncConsumer):  # type: ignore[misc]
         self.registered = False
         self.sessions: dict[str, SubscriberSession] = {}
         self.closed = False
+        self.counted_open = False  # in WEBSOCKETS_OPEN, once accepted
         self.tasks: list[asyncio.Task[None]] = []
+        self.expiry_task: asyncio.Task[None] | None = None
         self.frame_allowance = float(frame_burst())
         self.frame_allowance_at = time.monotonic()
+        # Followed conversations: each one's position, and its key in the process's live hub.
+        self.conversation_positions: dict[str, int] = {}
+        self.conversation_watches: dict[str, int] = {}
+        self.conversation_lock = asyncio.Lock()
+        self.conversation_poller: asyncio.Task[None] | None = None
+        self.notice_tasks: set[asyncio.Task[None]] = set()
         if not origin_allowed(self.scope):
             await self.send({"type": "websocket.close"})  # before accept: HTTP 403
             return
         await self.send({"type": "websocket.accept"})
         metrics.WEBSOCKETS_OPEN.inc()
-        self.counted_open = True  # decremented once, on disconnect
-        self.expiry_task: asyncio.Task[None] | None = None
+        self.counted_open = True
         self.tasks.append(asyncio.create_task(self._auth_deadline()))
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -189,19 +216,21 @@ class StreamConsumer(AsyncConsumer):  # type: ignore[misc]
 
     async def websocket_disconnect(self, message: dict[str, Any]) -> None:
         self.closed = True
-        if getattr(self, "counted_open", False):
-            self.counted_open = False
+        if self.counted_open:
             metrics.WEBSOCKETS_OPEN.dec()
-        for task in getattr(self, "tasks", []):
+        for task in self.tasks:
             task.cancel()
-        if getattr(self, "expiry_task", None) is not None:
-            self.expiry_task.cancel()  # type: ignore[union-attr]
-        for session in getattr(self, "sessions", {}).values():
+        if self.expiry_task is not None:
+            self.expiry_task.cancel()
+        for session in self.sessions.values():
             session.close()
-        if getattr(self, "registered", False) and self.identity is not None:
+        if self.registered and self.identity is not None:
             with contextlib.suppress(Exception):
                 await connection_registry().remove(self.identity.user.pk, self.connection_id)
-        self._leave_conversations()
+        for conversation_id in list(self.conversation_watches):
+            self._unwatch_conversation(conversation_id)
+        for task in self.notice_tasks:
+            task.cancel()
         raise StopConsumer()
 
     # -- frames in -------------------------------------------------------------------------
@@ -363,18 +392,7 @@ class StreamConsumer(AsyncConsumer):  # type: ignore[misc]
     async def _subscribe(self, frame: dict[str, Any], ref: Any) -> None:
         generation_id = self._generation_id(frame)
         self._ensure_subscription_room(generation_id)
-        after = frame.get("after", 0)
-        if after is None:
-            after = 0
-        if isinstance(after, bool) or not isinstance(after, int) or not 0 <= after <= MAX_SEQ:
-            raise FrameError(
-                ApiError(
-                    "invalid_request",
-                    "after must be a non-negative integer.",
-                    details={"after": "A non-negative integer."},
-                ),
-                generation_id,
-            )
+        after = _position(frame, MAX_SEQ, generation_id)
         row = await self._check_owner(generation_id)
         await self._send_json({"type": "subscribed", "ref": ref, "id": generation_id})
         if row.terminal and after >= row.seq:
@@ -513,16 +531,6 @@ class StreamConsumer(AsyncConsumer):  # type: ignore[misc]
     # every group send) says a turn exists, and the turns after the position are then read
     # from the database, so a lost notice costs only the poll interval, never a turn.
 
-    def _conversations(self) -> dict[str, int]:
-        if not hasattr(self, "conversation_positions"):
-            self.conversation_positions: dict[str, int] = {}
-            # The process's live hub keys of the conversations' groups this connection watches.
-            self.conversation_watches: dict[str, int] = {}
-            self.conversation_lock = asyncio.Lock()
-            self.conversation_poller: asyncio.Task[None] | None = None
-            self.notice_tasks: set[asyncio.Task[None]] = set()
-        return self.conversation_positions
-
     async def _watch_conversation(self, conversation_id: str) -> None:
         if conversation_id not in self.conversation_watches:
             key = await live_hub().watch(
@@ -534,7 +542,6 @@ class StreamConsumer(AsyncConsumer):  # type: ignore[misc]
                 self.conversation_watches[conversation_id] = key
 
     def _unwatch_conversation(self, conversation_id: str) -> None:
-        self._conversations()
         key = self.conversation_watches.pop(conversation_id, None)
         if key is not None:
             live_hub().unwatch(conversation_group(conversation_id), key)
@@ -542,12 +549,9 @@ class StreamConsumer(AsyncConsumer):  # type: ignore[misc]
     async def _on_conversation_notice(self, message: dict[str, Any]) -> None:
         """From the live hub, which must not wait on the database: the reads a notice
         causes run in a task of their own."""
-        handler = {"conv.turn": self.conv_turn, "conv.changed": self.conv_changed}.get(
-            str(message.get("type"))
-        )
-        if handler is None or self.closed:
+        if message.get("type") not in ("conv.turn", "conv.changed") or self.closed:
             return
-        task = asyncio.get_running_loop().create_task(handler(message))
+        task = asyncio.get_running_loop().create_task(self._conversation_notice(message))
         self.notice_tasks.add(task)
         task.add_done_callback(self.notice_tasks.discard)
 
@@ -566,18 +570,8 @@ class StreamConsumer(AsyncConsumer):  # type: ignore[misc]
     async def _subscribe_conversation(self, frame: dict[str, Any], ref: Any) -> None:
         assert self.identity is not None
         conversation_id = self._conversation_id(frame)
-        after = frame.get("after", 0)
-        if after is None:
-            after = 0
-        if isinstance(after, bool) or not isinstance(after, int) or after < 0:
-            raise FrameError(
-                ApiError(
-                    "invalid_request",
-                    "after must be a non-negative integer.",
-                    details={"after": "A non-negative integer."},
-                )
-            )
-        positions = self._conversations()
+        after = _position(frame)
+        positions = self.conversation_positions
         if conversation_id not in positions and len(positions) >= MAX_CONVERSATION_SUBSCRIPTIONS:
             raise FrameError(
                 ApiError(
@@ -608,20 +602,19 @@ class StreamConsumer(AsyncConsumer):  # type: ignore[misc]
 
     async def _unsubscribe_conversation(self, frame: dict[str, Any], ref: Any) -> None:
         conversation_id = self._conversation_id(frame)
-        async with self._conversations_lock():
-            self._conversations().pop(conversation_id, None)
-        self._unwatch_conversation(conversation_id)
+        await self._drop_conversation(conversation_id)
         await self._send_json(
             {"type": "conversation_unsubscribed", "ref": ref, "conversation_id": conversation_id}
         )
 
-    def _conversations_lock(self) -> asyncio.Lock:
-        self._conversations()
-        return self.conversation_lock
+    async def _drop_conversation(self, conversation_id: str) -> None:
+        async with self.conversation_lock:
+            self.conversation_positions.pop(conversation_id, None)
+        self._unwatch_conversation(conversation_id)
 
     async def _send_turns_after(self, conversation_id: str) -> None:
         """Send every turn above the subscription's position, in order (the lock is held)."""
-        positions = self._conversations()
+        positions = self.conversation_positions
         if conversation_id not in positions:
             return
         turns = await _closing(turns_after)(conversation_id, positions[conversation_id])
@@ -638,44 +631,36 @@ class StreamConsumer(AsyncConsumer):  # type: ignore[misc]
             )
             positions[conversation_id] = turn.turn_index
 
-    async def _poll_conversations(self) -> None:
-        """The repair of the lossy live path: look for turns no notice announced."""
-        while not self.closed:
-            await asyncio.sleep(CONVERSATION_POLL_S)
-            for conversation_id in list(self._conversations()):
-                try:
-                    async with self.conversation_lock:
-                        await self._send_turns_after(conversation_id)
-                except UNAVAILABLE_ERRORS as failure:
-                    logger.warning("turns of %s deferred: %r", conversation_id, failure)
-                except Exception:
-                    logger.warning("turns of %s failed", conversation_id, exc_info=True)
-
-    async def conv_turn(self, message: dict[str, Any]) -> None:
-        """A turn was created in a conversation this connection follows (any process)."""
-        conversation_id = message.get("conversation_id")
-        positions = self._conversations()
-        if self.closed or not isinstance(conversation_id, str) or conversation_id not in positions:
-            return
-        if int(message.get("seq", 0)) <= positions[conversation_id]:
-            return
+    async def _send_new_turns(self, conversation_id: str) -> None:
         try:
             async with self.conversation_lock:
                 await self._send_turns_after(conversation_id)
         except UNAVAILABLE_ERRORS as failure:
-            # The poller sends it once the database is back.
-            logger.warning("turn notice for %s deferred: %r", conversation_id, failure)
+            # The poller sends them once the database is back.
+            logger.warning("turns of %s deferred: %r", conversation_id, failure)
+        except Exception:
+            logger.warning("turns of %s failed", conversation_id, exc_info=True)
 
-    async def conv_changed(self, message: dict[str, Any]) -> None:
-        """A conversation this connection follows was renamed, switched branch or deleted."""
+    async def _poll_conversations(self) -> None:
+        """The repair of the lossy live path: look for turns no notice announced."""
+        while not self.closed:
+            await asyncio.sleep(CONVERSATION_POLL_S)
+            for conversation_id in list(self.conversation_positions):
+                await self._send_new_turns(conversation_id)
+
+    async def _conversation_notice(self, message: dict[str, Any]) -> None:
+        """A followed conversation has a new turn (created in any process), or was renamed,
+        switched branch or deleted."""
         conversation_id = message.get("conversation_id")
-        positions = self._conversations()
+        positions = self.conversation_positions
         if self.closed or not isinstance(conversation_id, str) or conversation_id not in positions:
             return
+        if message["type"] == "conv.turn":
+            if int(message.get("seq", 0)) > positions[conversation_id]:
+                await self._send_new_turns(conversation_id)
+            return
         if message.get("deleted"):
-            async with self.conversation_lock:
-                positions.pop(conversation_id, None)
-            self._unwatch_conversation(conversation_id)
+            await self._drop_conversation(conversation_id)
             await self._send_json(
                 {"type": "conversation_deleted", "conversation_id": conversation_id}
             )
@@ -693,9 +678,3 @@ class StreamConsumer(AsyncConsumer):  # type: ignore[misc]
                     "conversation": conversation,
                 }
             )
-
-    def _leave_conversations(self) -> None:
-        for conversation_id in list(getattr(self, "conversation_watches", {})):
-            self._unwatch_conversation(conversation_id)
-        for task in getattr(self, "notice_tasks", set()):
-            task.cancel()

@@ -58,10 +58,6 @@ class SubscriberSession:
         self._active_at = time.monotonic()
         self.ended = False
 
-    @property
-    def finished(self) -> bool:
-        return self.subscription.finished
-
     async def begin(self, row: RowState) -> None:
         """A fresh subscriber's snapshot from `row` at once, before the join and the buffer
         read (a resume's first frame waits for no round trip to Redis). A finished row also
@@ -179,7 +175,7 @@ class SubscriberSession:
             if self.ended:  # closed while joining
                 self.close()
                 return
-        await self._step(self.subscription.catch_up(repairing=True))
+        await self._step(self.subscription.catch_up())
         self._ready = True
         if not self._end_if_finished() and self._backlog:
             self._feed()

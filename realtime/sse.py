@@ -85,19 +85,12 @@ async def generation_events(
                 raise ApiError("unauthorized", "The ticket is not valid.")
             row = await read_row(generation_id)
         after = parse_position(request)
-        if not looks_like_generation_id(generation_id):
-            raise not_found()
+        # (No row for an id of the wrong shape: `_user_id_and_row` read none.)
         if row is None or row.user_id != user_id:
             raise not_found()
-    except ApiError as error:
-        return error_response(error)
-    except UNAVAILABLE_ERRORS as failure:
-        logger.warning("a dependency is unreachable in %s: %r", request.path, failure)
-        return error_response(unavailable())
-    if row.terminal and after >= row.seq:
-        # At or after `done`: tells EventSource to stop reconnecting.
-        return HttpResponse(status=204)
-    try:
+        if row.terminal and after >= row.seq:
+            # At or after `done`: tells EventSource to stop reconnecting.
+            return HttpResponse(status=204)
         slot = await StreamSlot.take(user_id)
     except ApiError as error:
         return error_response(error)
