@@ -33,7 +33,7 @@ from api.conversations import (
 )
 from api.validation import encodable, parse_generation_params, parse_idempotency_key
 from core import metrics
-from core.errors import UNAVAILABLE_ERRORS, ApiError, unavailable
+from core.errors import UNAVAILABLE_ERRORS, ApiError, not_found, unavailable
 from core.ids import looks_like_generation_id
 from core.selectors import RowState, limits_for
 from jobs.eventlog import StoredEvent
@@ -159,9 +159,9 @@ class StreamConsumer(AsyncConsumer):  # type: ignore[misc]
                 await send({"type": "websocket.close", "code": CLOSE_TRY_AGAIN_LATER})
 
     async def websocket_connect(self, message: dict[str, Any]) -> None:
+        # Set by the first `auth` once the connection is in the per-user registry.
         self.identity: Identity | None = None
         self.connection_id = uuid.uuid4().hex
-        self.registered = False
         self.sessions: dict[str, SubscriberSession] = {}
         self.closed = False
         self.counted_open = False  # in WEBSOCKETS_OPEN, once accepted
@@ -204,7 +204,7 @@ class StreamConsumer(AsyncConsumer):  # type: ignore[misc]
         sessions'), so an idle connection (a process holds thousands) sleeps in between."""
         while not self.closed:
             await asyncio.sleep(REFRESH_INTERVAL_S)
-            if self.registered and self.identity is not None and not self.closed:
+            if self.identity is not None and not self.closed:
                 with contextlib.suppress(Exception):
                     await connection_registry().refresh(self.identity.user.pk, self.connection_id)
 
@@ -224,7 +224,7 @@ class StreamConsumer(AsyncConsumer):  # type: ignore[misc]
             self.expiry_task.cancel()
         for session in self.sessions.values():
             session.close()
-        if self.registered and self.identity is not None:
+        if self.identity is not None:
             with contextlib.suppress(Exception):
                 await connection_registry().remove(self.identity.user.pk, self.connection_id)
         for conversation_id in list(self.conversation_watches):
@@ -248,8 +248,7 @@ class StreamConsumer(AsyncConsumer):  # type: ignore[misc]
         ref: Any = None
         frame: Any = None
         try:
-            if not self._frame_allowed():
-                raise FrameError(self._frame_rate_error())
+            self._count_frame()
             frame = parse_frame(text)
             if not isinstance(frame, dict):
                 raise FrameError(ApiError("invalid_request", "A frame must be a JSON object."))
@@ -264,13 +263,10 @@ class StreamConsumer(AsyncConsumer):  # type: ignore[misc]
                     )
                 )
             kind = frame.get("type")
-            if self.identity is None:
-                if kind != "auth":
-                    await self._close(CLOSE_UNAUTHORIZED)
-                    return
-                await self._auth(frame, ref)
+            if self.identity is None and kind != "auth":
+                await self._close(CLOSE_UNAUTHORIZED)
                 return
-            handler = {
+            handlers = {
                 "auth": self._auth,
                 "generate": self._generate,
                 "subscribe": self._subscribe,
@@ -279,16 +275,14 @@ class StreamConsumer(AsyncConsumer):  # type: ignore[misc]
                 "ping": self._ping,
                 "subscribe_conversation": self._subscribe_conversation,
                 "unsubscribe_conversation": self._unsubscribe_conversation,
-            }.get(kind if isinstance(kind, str) else "")
+            }
+            handler = handlers.get(kind if isinstance(kind, str) else "")
             if handler is None:
                 raise FrameError(
                     ApiError(
                         "invalid_request",
                         "Unknown frame type.",
-                        details={
-                            "type": "One of auth, generate, subscribe, unsubscribe, cancel, "
-                            "ping, subscribe_conversation, unsubscribe_conversation."
-                        },
+                        details={"type": f"One of {', '.join(handlers)}."},
                     )
                 )
             await handler(frame, ref)
@@ -296,10 +290,10 @@ class StreamConsumer(AsyncConsumer):  # type: ignore[misc]
             # The database or Redis is unreachable: not the client's fault and not a bug.
             logger.warning("a dependency is unreachable on the WebSocket: %r", failure)
             frame_id = frame.get("id") if isinstance(frame, dict) else None
-            await self._send_error(
-                unavailable(), ref, frame_id if isinstance(frame_id, str) else None
+            await self._send_json(
+                error_reply(unavailable(), ref, frame_id if isinstance(frame_id, str) else None)
             )
-            if not self.registered:
+            if self.identity is None:
                 await self._close(CLOSE_TRY_AGAIN_LATER)
         except (FrameError, ApiError) as failure:
             if self.identity is None:
@@ -307,23 +301,18 @@ class StreamConsumer(AsyncConsumer):  # type: ignore[misc]
                 # is "any other frame": close 4401 rather than wait out WS_AUTH_TIMEOUT.
                 await self._close(CLOSE_UNAUTHORIZED)
             elif isinstance(failure, FrameError):
-                await self._send_error(failure.error, ref, failure.generation_id)
+                await self._send_json(error_reply(failure.error, ref, failure.generation_id))
             else:
-                await self._send_error(failure, ref, None)
+                await self._send_json(error_reply(failure, ref))
         except Exception:
             # A frame no rule above foresaw: never a 1011 and a traceback for the client.
             logger.exception("unhandled error in a WebSocket frame")
             if self.identity is None:
                 await self._close(CLOSE_UNAUTHORIZED)
             else:
-                await self._send_error(
-                    ApiError("internal_error", "Something went wrong."),
-                    ref if echoable(ref) else None,
-                    None,
+                await self._send_json(
+                    error_reply(ApiError("internal_error", "Something went wrong."), ref)
                 )
-
-    async def _send_error(self, error: ApiError, ref: Any, generation_id: str | None) -> None:
-        await self._send_json(error_reply(error, ref, generation_id))
 
     async def _auth(self, frame: dict[str, Any], ref: Any) -> None:
         token = frame.get("token")
@@ -334,11 +323,10 @@ class StreamConsumer(AsyncConsumer):  # type: ignore[misc]
             if self.identity is not None and identity.user.pk != self.identity.user.pk:
                 raise ApiError("unauthorized", "The token is for another user.")
         except ApiError as error:
-            await self._send_error(ApiError("unauthorized", error.message), ref, None)
+            await self._send_json(error_reply(ApiError("unauthorized", error.message), ref))
             await self._close(CLOSE_UNAUTHORIZED)
             return
-        first = self.identity is None
-        if first:
+        if self.identity is None:
             limits = await read(limits_for, identity.user.pk)
             if not await connection_registry().add(
                 identity.user.pk, self.connection_id, limits.max_connections
@@ -350,7 +338,6 @@ class StreamConsumer(AsyncConsumer):  # type: ignore[misc]
                 metrics.REJECTIONS.labels(code="too_many_connections").inc()
                 await self._close(CLOSE_TOO_MANY_CONNECTIONS)
                 return
-            self.registered = True
             self.tasks.append(asyncio.create_task(self._refresh_registration()))
             self.tasks.append(asyncio.create_task(self._watch_account()))
         self.identity = identity
@@ -390,32 +377,25 @@ class StreamConsumer(AsyncConsumer):  # type: ignore[misc]
         return generation_id
 
     async def _subscribe(self, frame: dict[str, Any], ref: Any) -> None:
+        assert self.identity is not None
         generation_id = self._generation_id(frame)
         self._ensure_subscription_room(generation_id)
         after = _position(frame, MAX_SEQ, generation_id)
-        row = await self._check_owner(generation_id)
+        row = await read_row(generation_id) if looks_like_generation_id(generation_id) else None
+        if row is None or row.user_id != self.identity.user.pk:
+            raise FrameError(not_found(), generation_id)
         await self._send_json({"type": "subscribed", "ref": ref, "id": generation_id})
         if row.terminal and after >= row.seq:
-            await self._drop_subscription(generation_id)
+            self._drop_subscription(generation_id)
             return  # already has everything, `done` included
         # The owner check's row serves as the snapshot's: no second database read.
         await self._start_subscription(generation_id, after, row)
-
-    async def _check_owner(self, generation_id: str) -> RowState:
-        assert self.identity is not None
-        not_found = FrameError(ApiError("not_found", "No such generation."), generation_id)
-        if not looks_like_generation_id(generation_id):
-            raise not_found
-        row = await read_row(generation_id)
-        if row is None or row.user_id != self.identity.user.pk:
-            raise not_found
-        return row
 
     async def _start_subscription(
         self, generation_id: str, after: int, row: RowState | None = None
     ) -> None:
         """`row` may have been read before the join: the buffer covers everything after it."""
-        await self._drop_subscription(generation_id)
+        self._drop_subscription(generation_id)
 
         async def emit(event: StoredEvent) -> None:
             # A session's timer may be inside its catch-up while `unsubscribe` (or a new
@@ -434,16 +414,16 @@ class StreamConsumer(AsyncConsumer):  # type: ignore[misc]
             # events once storage is back, without having to ask again.
             await session.open(row, retry_join=True)
         except GenerationNotFound:
-            await self._drop_subscription(generation_id)
+            self._drop_subscription(generation_id)
 
-    async def _drop_subscription(self, generation_id: str) -> None:
+    def _drop_subscription(self, generation_id: str) -> None:
         session = self.sessions.pop(generation_id, None)
         if session is not None:
             session.close()
 
     async def _unsubscribe(self, frame: dict[str, Any], ref: Any) -> None:
         generation_id = self._generation_id(frame)
-        await self._drop_subscription(generation_id)
+        self._drop_subscription(generation_id)
         await self._send_json({"type": "unsubscribed", "ref": ref, "id": generation_id})
 
     async def _cancel(self, frame: dict[str, Any], ref: Any) -> None:
@@ -462,7 +442,7 @@ class StreamConsumer(AsyncConsumer):  # type: ignore[misc]
 
     # -- abuse limits: frame rate, subscriptions per connection, deactivated accounts -------
 
-    def _frame_allowed(self) -> bool:
+    def _count_frame(self) -> None:
         """A token bucket per connection: WS_FRAMES_PER_SECOND, bursts of frame_burst()."""
         now = time.monotonic()
         rate = settings.WS_FRAMES_PER_SECOND
@@ -472,18 +452,15 @@ class StreamConsumer(AsyncConsumer):  # type: ignore[misc]
         self.frame_allowance_at = now
         if self.frame_allowance < 1:
             metrics.REJECTIONS.labels(code="rate_limited").inc()
-            return False
+            raise FrameError(
+                ApiError(
+                    "rate_limited",
+                    f"Too many frames: at most {rate} per second on one connection; "
+                    "this frame was not processed.",
+                    retry_after_s=1,
+                )
+            )
         self.frame_allowance -= 1
-        return True
-
-    def _frame_rate_error(self) -> ApiError:
-        rate = settings.WS_FRAMES_PER_SECOND
-        return ApiError(
-            "rate_limited",
-            f"Too many frames: at most {rate} per second on one connection; "
-            "this frame was not processed.",
-            retry_after_s=1,
-        )
 
     def _ensure_subscription_room(self, generation_id: str | None) -> None:
         """Refuse a new subscription past MAX_SUBSCRIPTIONS_PER_CONNECTION (replacing an
@@ -580,13 +557,10 @@ class StreamConsumer(AsyncConsumer):  # type: ignore[misc]
                     details={"conversation_id": "Unsubscribe from another one first."},
                 )
             )
-        try:
-            await _closing(conversation_for_user)(
-                user=self.identity.user, conversation_id=conversation_id
-            )
-        except ApiError as error:
-            await self._send_error(error, ref, None)
-            return
+        # Not the user's: the ApiError is the reply.
+        await _closing(conversation_for_user)(
+            user=self.identity.user, conversation_id=conversation_id
+        )
         # Join first: a turn created between the read below and the join would be missed by
         # the live path (the poller would still find it, seconds later).
         await self._watch_conversation(conversation_id)
