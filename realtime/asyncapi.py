@@ -23,22 +23,16 @@ from realtime import schemas
 SCHEMAS_REF = "#/components/schemas/{model}"
 COMMITTED_PATH = Path(__file__).resolve().parent.parent / "docs" / "asyncapi.json"
 
-# Each client frame and the frames that answer it (PROTOCOL §5; an `error` may answer any).
-REPLIES: dict[type[schemas.Frame], tuple[type[schemas.Frame], ...]] = {
-    schemas.AuthFrame: (schemas.AuthOkFrame, schemas.ErrorFrame),
-    schemas.GenerateFrame: (schemas.CreatedFrame, schemas.ErrorFrame),
-    schemas.SubscribeFrame: (schemas.SubscribedFrame, schemas.ErrorFrame),
-    schemas.UnsubscribeFrame: (schemas.UnsubscribedFrame, schemas.ErrorFrame),
-    schemas.CancelFrame: (schemas.AckFrame, schemas.ErrorFrame),
-    schemas.PingFrame: (schemas.PongFrame, schemas.ErrorFrame),
-    schemas.SubscribeConversationFrame: (
-        schemas.ConversationSubscribedFrame,
-        schemas.ErrorFrame,
-    ),
-    schemas.UnsubscribeConversationFrame: (
-        schemas.ConversationUnsubscribedFrame,
-        schemas.ErrorFrame,
-    ),
+# Each client frame and the frame that answers it (PROTOCOL §5); an `error` may answer any.
+REPLIES: dict[type[schemas.Frame], type[schemas.Frame]] = {
+    schemas.AuthFrame: schemas.AuthOkFrame,
+    schemas.GenerateFrame: schemas.CreatedFrame,
+    schemas.SubscribeFrame: schemas.SubscribedFrame,
+    schemas.UnsubscribeFrame: schemas.UnsubscribedFrame,
+    schemas.CancelFrame: schemas.AckFrame,
+    schemas.PingFrame: schemas.PongFrame,
+    schemas.SubscribeConversationFrame: schemas.ConversationSubscribedFrame,
+    schemas.UnsubscribeConversationFrame: schemas.ConversationUnsubscribedFrame,
 }
 # What the server sends on its own: a subscription's events, a followed conversation's turns
 # and changes, and the error before a close it decided (token expired, account deactivated).
@@ -74,8 +68,12 @@ def _type_name(model: type[schemas.Frame]) -> str:
     return name
 
 
+def _summary(model: type[schemas.Frame]) -> str:
+    return (model.__doc__ or "").strip().split("\n\n")[0].replace("\n", " ")
+
+
 def _message(model: type[schemas.Frame]) -> dict[str, Any]:
-    summary = (model.__doc__ or "").strip().split("\n\n")[0].replace("\n", " ")
+    summary = _summary(model)
     message: dict[str, Any] = {
         "name": _type_name(model),
         "title": _type_name(model),
@@ -90,24 +88,37 @@ def _refs(channel: str, models: tuple[type[schemas.Frame], ...]) -> list[dict[st
     return [{"$ref": f"#/channels/{channel}/messages/{_type_name(model)}"} for model in models]
 
 
+def _messages(models: tuple[type[schemas.Frame], ...]) -> dict[str, Any]:
+    return {
+        _type_name(model): {"$ref": f"#/components/messages/{model.__name__}"} for model in models
+    }
+
+
+def _server(protocol: str, description: str) -> dict[str, Any]:
+    return {
+        "host": "{host}",
+        "protocol": protocol,
+        "description": description,
+        "variables": {"host": {"default": "localhost:8000"}},
+    }
+
+
 @cache
 def document() -> dict[str, Any]:
-    every_model = schemas.CLIENT_FRAME_MODELS + schemas.SERVER_FRAME_MODELS
-    _, definitions = models_json_schema(
-        [(model, "validation") for model in every_model], ref_template=SCHEMAS_REF
-    )
     websocket_models = schemas.CLIENT_FRAME_MODELS + schemas.SERVER_FRAME_MODELS
+    _, definitions = models_json_schema(
+        [(model, "validation") for model in websocket_models], ref_template=SCHEMAS_REF
+    )
     operations: dict[str, Any] = {}
-    for request, replies in REPLIES.items():
+    for request, reply in REPLIES.items():
         operations[_type_name(request)] = {
             "action": "receive",
             "channel": {"$ref": "#/channels/websocket"},
-            "summary": (request.__doc__ or "").strip().split("\n\n")[0].replace("\n", " ")
-            or f"The `{_type_name(request)}` frame.",
+            "summary": _summary(request) or f"The `{_type_name(request)}` frame.",
             "messages": _refs("websocket", (request,)),
             "reply": {
                 "channel": {"$ref": "#/channels/websocket"},
-                "messages": _refs("websocket", replies),
+                "messages": _refs("websocket", (reply, schemas.ErrorFrame)),
             },
         }
     operations["push"] = {
@@ -133,18 +144,8 @@ def document() -> dict[str, Any]:
         },
         "defaultContentType": "application/json",
         "servers": {
-            "websocket": {
-                "host": "{host}",
-                "protocol": "ws",
-                "description": "wss behind TLS.",
-                "variables": {"host": {"default": "localhost:8000"}},
-            },
-            "http": {
-                "host": "{host}",
-                "protocol": "http",
-                "description": "https behind TLS.",
-                "variables": {"host": {"default": "localhost:8000"}},
-            },
+            "websocket": _server("ws", "wss behind TLS."),
+            "http": _server("http", "https behind TLS."),
         },
         "channels": {
             "websocket": {
@@ -152,10 +153,7 @@ def document() -> dict[str, Any]:
                 "title": "WebSocket",
                 "description": WEBSOCKET_DESCRIPTION,
                 "servers": [{"$ref": "#/servers/websocket"}],
-                "messages": {
-                    _type_name(model): {"$ref": f"#/components/messages/{model.__name__}"}
-                    for model in websocket_models
-                },
+                "messages": _messages(websocket_models),
             },
             "events": {
                 "address": "/api/v1/generations/{generation_id}/events",
@@ -163,10 +161,7 @@ def document() -> dict[str, Any]:
                 "description": SSE_DESCRIPTION,
                 "servers": [{"$ref": "#/servers/http"}],
                 "parameters": {"generation_id": {"description": "The generation's id."}},
-                "messages": {
-                    _type_name(model): {"$ref": f"#/components/messages/{model.__name__}"}
-                    for model in schemas.EVENT_MODELS
-                },
+                "messages": _messages(schemas.EVENT_MODELS),
             },
         },
         "operations": operations,

@@ -78,6 +78,9 @@ class MemoryConnectionRegistry(ConnectionRegistry):
         return None
 
     async def remove(self, user_id: int, connection_id: str) -> None:
+        self.remove_now(user_id, connection_id)
+
+    def remove_now(self, user_id: int, connection_id: str) -> None:
         with self._lock:
             current = self._by_user.get(user_id)
             if current is not None:
@@ -109,16 +112,6 @@ class RedisStreamRegistry(RedisConnectionRegistry):
         sync_client().zrem(self._key(user_id), stream_id)
 
 
-class MemoryStreamRegistry(MemoryConnectionRegistry):
-    def remove_now(self, user_id: int, stream_id: str) -> None:
-        with self._lock:
-            current = self._by_user.get(user_id)
-            if current is not None:
-                current.discard(stream_id)
-                if not current:
-                    del self._by_user[user_id]
-
-
 @cache
-def stream_registry() -> RedisStreamRegistry | MemoryStreamRegistry:
-    return RedisStreamRegistry() if settings.DISTRIBUTED else MemoryStreamRegistry()
+def stream_registry() -> RedisStreamRegistry | MemoryConnectionRegistry:
+    return RedisStreamRegistry() if settings.DISTRIBUTED else MemoryConnectionRegistry()

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import time
 import uuid
 from typing import Any
@@ -32,7 +33,7 @@ from api.conversations import (
 )
 from api.validation import encodable, parse_generation_params, parse_idempotency_key
 from core import metrics
-from core.errors import UNAVAILABLE_ERRORS, ApiError, unavailable
+from core.errors import UNAVAILABLE_ERRORS, ApiError, not_found, unavailable
 from core.ids import looks_like_generation_id
 from core.selectors import RowState, limits_for
 from jobs.eventlog import StoredEvent
@@ -108,6 +109,25 @@ class FrameError(Exception):
         self.generation_id = generation_id
 
 
+def _position(
+    frame: dict[str, Any], maximum: float = math.inf, generation_id: str | None = None
+) -> int:
+    """The frame's `after`: 0 when absent or null."""
+    after = frame.get("after")
+    if after is None:
+        return 0
+    if isinstance(after, bool) or not isinstance(after, int) or not 0 <= after <= maximum:
+        raise FrameError(
+            ApiError(
+                "invalid_request",
+                "after must be a non-negative integer.",
+                details={"after": "A non-negative integer."},
+            ),
+            generation_id,
+        )
+    return after
+
+
 def origin_allowed(scope: dict[str, Any]) -> bool:
     """A browser's Origin must be ours or listed; clients that send none are allowed."""
     headers = dict(scope.get("headers") or [])
@@ -139,21 +159,28 @@ class StreamConsumer(AsyncConsumer):  # type: ignore[misc]
                 await send({"type": "websocket.close", "code": CLOSE_TRY_AGAIN_LATER})
 
     async def websocket_connect(self, message: dict[str, Any]) -> None:
+        # Set by the first `auth` once the connection is in the per-user registry.
         self.identity: Identity | None = None
         self.connection_id = uuid.uuid4().hex
-        self.registered = False
         self.sessions: dict[str, SubscriberSession] = {}
         self.closed = False
+        self.counted_open = False  # in WEBSOCKETS_OPEN, once accepted
         self.tasks: list[asyncio.Task[None]] = []
+        self.expiry_task: asyncio.Task[None] | None = None
         self.frame_allowance = float(frame_burst())
         self.frame_allowance_at = time.monotonic()
+        # Followed conversations: each one's position, and its key in the process's live hub.
+        self.conversation_positions: dict[str, int] = {}
+        self.conversation_watches: dict[str, int] = {}
+        self.conversation_lock = asyncio.Lock()
+        self.conversation_poller: asyncio.Task[None] | None = None
+        self.notice_tasks: set[asyncio.Task[None]] = set()
         if not origin_allowed(self.scope):
             await self.send({"type": "websocket.close"})  # before accept: HTTP 403
             return
         await self.send({"type": "websocket.accept"})
         metrics.WEBSOCKETS_OPEN.inc()
-        self.counted_open = True  # decremented once, on disconnect
-        self.expiry_task: asyncio.Task[None] | None = None
+        self.counted_open = True
         self.tasks.append(asyncio.create_task(self._auth_deadline()))
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -177,7 +204,7 @@ class StreamConsumer(AsyncConsumer):  # type: ignore[misc]
         sessions'), so an idle connection (a process holds thousands) sleeps in between."""
         while not self.closed:
             await asyncio.sleep(REFRESH_INTERVAL_S)
-            if self.registered and self.identity is not None and not self.closed:
+            if self.identity is not None and not self.closed:
                 with contextlib.suppress(Exception):
                     await connection_registry().refresh(self.identity.user.pk, self.connection_id)
 
@@ -189,19 +216,21 @@ class StreamConsumer(AsyncConsumer):  # type: ignore[misc]
 
     async def websocket_disconnect(self, message: dict[str, Any]) -> None:
         self.closed = True
-        if getattr(self, "counted_open", False):
-            self.counted_open = False
+        if self.counted_open:
             metrics.WEBSOCKETS_OPEN.dec()
-        for task in getattr(self, "tasks", []):
+        for task in self.tasks:
             task.cancel()
-        if getattr(self, "expiry_task", None) is not None:
-            self.expiry_task.cancel()  # type: ignore[union-attr]
-        for session in getattr(self, "sessions", {}).values():
+        if self.expiry_task is not None:
+            self.expiry_task.cancel()
+        for session in self.sessions.values():
             session.close()
-        if getattr(self, "registered", False) and self.identity is not None:
+        if self.identity is not None:
             with contextlib.suppress(Exception):
                 await connection_registry().remove(self.identity.user.pk, self.connection_id)
-        self._leave_conversations()
+        for conversation_id in list(self.conversation_watches):
+            self._unwatch_conversation(conversation_id)
+        for task in self.notice_tasks:
+            task.cancel()
         raise StopConsumer()
 
     # -- frames in -------------------------------------------------------------------------
@@ -219,8 +248,7 @@ class StreamConsumer(AsyncConsumer):  # type: ignore[misc]
         ref: Any = None
         frame: Any = None
         try:
-            if not self._frame_allowed():
-                raise FrameError(self._frame_rate_error())
+            self._count_frame()
             frame = parse_frame(text)
             if not isinstance(frame, dict):
                 raise FrameError(ApiError("invalid_request", "A frame must be a JSON object."))
@@ -235,13 +263,10 @@ class StreamConsumer(AsyncConsumer):  # type: ignore[misc]
                     )
                 )
             kind = frame.get("type")
-            if self.identity is None:
-                if kind != "auth":
-                    await self._close(CLOSE_UNAUTHORIZED)
-                    return
-                await self._auth(frame, ref)
+            if self.identity is None and kind != "auth":
+                await self._close(CLOSE_UNAUTHORIZED)
                 return
-            handler = {
+            handlers = {
                 "auth": self._auth,
                 "generate": self._generate,
                 "subscribe": self._subscribe,
@@ -250,16 +275,14 @@ class StreamConsumer(AsyncConsumer):  # type: ignore[misc]
                 "ping": self._ping,
                 "subscribe_conversation": self._subscribe_conversation,
                 "unsubscribe_conversation": self._unsubscribe_conversation,
-            }.get(kind if isinstance(kind, str) else "")
+            }
+            handler = handlers.get(kind if isinstance(kind, str) else "")
             if handler is None:
                 raise FrameError(
                     ApiError(
                         "invalid_request",
                         "Unknown frame type.",
-                        details={
-                            "type": "One of auth, generate, subscribe, unsubscribe, cancel, "
-                            "ping, subscribe_conversation, unsubscribe_conversation."
-                        },
+                        details={"type": f"One of {', '.join(handlers)}."},
                     )
                 )
             await handler(frame, ref)
@@ -267,10 +290,10 @@ class StreamConsumer(AsyncConsumer):  # type: ignore[misc]
             # The database or Redis is unreachable: not the client's fault and not a bug.
             logger.warning("a dependency is unreachable on the WebSocket: %r", failure)
             frame_id = frame.get("id") if isinstance(frame, dict) else None
-            await self._send_error(
-                unavailable(), ref, frame_id if isinstance(frame_id, str) else None
+            await self._send_json(
+                error_reply(unavailable(), ref, frame_id if isinstance(frame_id, str) else None)
             )
-            if not self.registered:
+            if self.identity is None:
                 await self._close(CLOSE_TRY_AGAIN_LATER)
         except (FrameError, ApiError) as failure:
             if self.identity is None:
@@ -278,23 +301,18 @@ class StreamConsumer(AsyncConsumer):  # type: ignore[misc]
                 # is "any other frame": close 4401 rather than wait out WS_AUTH_TIMEOUT.
                 await self._close(CLOSE_UNAUTHORIZED)
             elif isinstance(failure, FrameError):
-                await self._send_error(failure.error, ref, failure.generation_id)
+                await self._send_json(error_reply(failure.error, ref, failure.generation_id))
             else:
-                await self._send_error(failure, ref, None)
+                await self._send_json(error_reply(failure, ref))
         except Exception:
             # A frame no rule above foresaw: never a 1011 and a traceback for the client.
             logger.exception("unhandled error in a WebSocket frame")
             if self.identity is None:
                 await self._close(CLOSE_UNAUTHORIZED)
             else:
-                await self._send_error(
-                    ApiError("internal_error", "Something went wrong."),
-                    ref if echoable(ref) else None,
-                    None,
+                await self._send_json(
+                    error_reply(ApiError("internal_error", "Something went wrong."), ref)
                 )
-
-    async def _send_error(self, error: ApiError, ref: Any, generation_id: str | None) -> None:
-        await self._send_json(error_reply(error, ref, generation_id))
 
     async def _auth(self, frame: dict[str, Any], ref: Any) -> None:
         token = frame.get("token")
@@ -305,11 +323,10 @@ class StreamConsumer(AsyncConsumer):  # type: ignore[misc]
             if self.identity is not None and identity.user.pk != self.identity.user.pk:
                 raise ApiError("unauthorized", "The token is for another user.")
         except ApiError as error:
-            await self._send_error(ApiError("unauthorized", error.message), ref, None)
+            await self._send_json(error_reply(ApiError("unauthorized", error.message), ref))
             await self._close(CLOSE_UNAUTHORIZED)
             return
-        first = self.identity is None
-        if first:
+        if self.identity is None:
             limits = await read(limits_for, identity.user.pk)
             if not await connection_registry().add(
                 identity.user.pk, self.connection_id, limits.max_connections
@@ -321,7 +338,6 @@ class StreamConsumer(AsyncConsumer):  # type: ignore[misc]
                 metrics.REJECTIONS.labels(code="too_many_connections").inc()
                 await self._close(CLOSE_TOO_MANY_CONNECTIONS)
                 return
-            self.registered = True
             self.tasks.append(asyncio.create_task(self._refresh_registration()))
             self.tasks.append(asyncio.create_task(self._watch_account()))
         self.identity = identity
@@ -361,43 +377,25 @@ class StreamConsumer(AsyncConsumer):  # type: ignore[misc]
         return generation_id
 
     async def _subscribe(self, frame: dict[str, Any], ref: Any) -> None:
+        assert self.identity is not None
         generation_id = self._generation_id(frame)
         self._ensure_subscription_room(generation_id)
-        after = frame.get("after", 0)
-        if after is None:
-            after = 0
-        if isinstance(after, bool) or not isinstance(after, int) or not 0 <= after <= MAX_SEQ:
-            raise FrameError(
-                ApiError(
-                    "invalid_request",
-                    "after must be a non-negative integer.",
-                    details={"after": "A non-negative integer."},
-                ),
-                generation_id,
-            )
-        row = await self._check_owner(generation_id)
+        after = _position(frame, MAX_SEQ, generation_id)
+        row = await read_row(generation_id) if looks_like_generation_id(generation_id) else None
+        if row is None or row.user_id != self.identity.user.pk:
+            raise FrameError(not_found(), generation_id)
         await self._send_json({"type": "subscribed", "ref": ref, "id": generation_id})
         if row.terminal and after >= row.seq:
-            await self._drop_subscription(generation_id)
+            self._drop_subscription(generation_id)
             return  # already has everything, `done` included
         # The owner check's row serves as the snapshot's: no second database read.
         await self._start_subscription(generation_id, after, row)
-
-    async def _check_owner(self, generation_id: str) -> RowState:
-        assert self.identity is not None
-        not_found = FrameError(ApiError("not_found", "No such generation."), generation_id)
-        if not looks_like_generation_id(generation_id):
-            raise not_found
-        row = await read_row(generation_id)
-        if row is None or row.user_id != self.identity.user.pk:
-            raise not_found
-        return row
 
     async def _start_subscription(
         self, generation_id: str, after: int, row: RowState | None = None
     ) -> None:
         """`row` may have been read before the join: the buffer covers everything after it."""
-        await self._drop_subscription(generation_id)
+        self._drop_subscription(generation_id)
 
         async def emit(event: StoredEvent) -> None:
             # A session's timer may be inside its catch-up while `unsubscribe` (or a new
@@ -416,16 +414,16 @@ class StreamConsumer(AsyncConsumer):  # type: ignore[misc]
             # events once storage is back, without having to ask again.
             await session.open(row, retry_join=True)
         except GenerationNotFound:
-            await self._drop_subscription(generation_id)
+            self._drop_subscription(generation_id)
 
-    async def _drop_subscription(self, generation_id: str) -> None:
+    def _drop_subscription(self, generation_id: str) -> None:
         session = self.sessions.pop(generation_id, None)
         if session is not None:
             session.close()
 
     async def _unsubscribe(self, frame: dict[str, Any], ref: Any) -> None:
         generation_id = self._generation_id(frame)
-        await self._drop_subscription(generation_id)
+        self._drop_subscription(generation_id)
         await self._send_json({"type": "unsubscribed", "ref": ref, "id": generation_id})
 
     async def _cancel(self, frame: dict[str, Any], ref: Any) -> None:
@@ -444,7 +442,7 @@ class StreamConsumer(AsyncConsumer):  # type: ignore[misc]
 
     # -- abuse limits: frame rate, subscriptions per connection, deactivated accounts -------
 
-    def _frame_allowed(self) -> bool:
+    def _count_frame(self) -> None:
         """A token bucket per connection: WS_FRAMES_PER_SECOND, bursts of frame_burst()."""
         now = time.monotonic()
         rate = settings.WS_FRAMES_PER_SECOND
@@ -454,18 +452,15 @@ class StreamConsumer(AsyncConsumer):  # type: ignore[misc]
         self.frame_allowance_at = now
         if self.frame_allowance < 1:
             metrics.REJECTIONS.labels(code="rate_limited").inc()
-            return False
+            raise FrameError(
+                ApiError(
+                    "rate_limited",
+                    f"Too many frames: at most {rate} per second on one connection; "
+                    "this frame was not processed.",
+                    retry_after_s=1,
+                )
+            )
         self.frame_allowance -= 1
-        return True
-
-    def _frame_rate_error(self) -> ApiError:
-        rate = settings.WS_FRAMES_PER_SECOND
-        return ApiError(
-            "rate_limited",
-            f"Too many frames: at most {rate} per second on one connection; "
-            "this frame was not processed.",
-            retry_after_s=1,
-        )
 
     def _ensure_subscription_room(self, generation_id: str | None) -> None:
         """Refuse a new subscription past MAX_SUBSCRIPTIONS_PER_CONNECTION (replacing an
@@ -513,16 +508,6 @@ class StreamConsumer(AsyncConsumer):  # type: ignore[misc]
     # every group send) says a turn exists, and the turns after the position are then read
     # from the database, so a lost notice costs only the poll interval, never a turn.
 
-    def _conversations(self) -> dict[str, int]:
-        if not hasattr(self, "conversation_positions"):
-            self.conversation_positions: dict[str, int] = {}
-            # The process's live hub keys of the conversations' groups this connection watches.
-            self.conversation_watches: dict[str, int] = {}
-            self.conversation_lock = asyncio.Lock()
-            self.conversation_poller: asyncio.Task[None] | None = None
-            self.notice_tasks: set[asyncio.Task[None]] = set()
-        return self.conversation_positions
-
     async def _watch_conversation(self, conversation_id: str) -> None:
         if conversation_id not in self.conversation_watches:
             key = await live_hub().watch(
@@ -534,7 +519,6 @@ class StreamConsumer(AsyncConsumer):  # type: ignore[misc]
                 self.conversation_watches[conversation_id] = key
 
     def _unwatch_conversation(self, conversation_id: str) -> None:
-        self._conversations()
         key = self.conversation_watches.pop(conversation_id, None)
         if key is not None:
             live_hub().unwatch(conversation_group(conversation_id), key)
@@ -542,12 +526,9 @@ class StreamConsumer(AsyncConsumer):  # type: ignore[misc]
     async def _on_conversation_notice(self, message: dict[str, Any]) -> None:
         """From the live hub, which must not wait on the database: the reads a notice
         causes run in a task of their own."""
-        handler = {"conv.turn": self.conv_turn, "conv.changed": self.conv_changed}.get(
-            str(message.get("type"))
-        )
-        if handler is None or self.closed:
+        if message.get("type") not in ("conv.turn", "conv.changed") or self.closed:
             return
-        task = asyncio.get_running_loop().create_task(handler(message))
+        task = asyncio.get_running_loop().create_task(self._conversation_notice(message))
         self.notice_tasks.add(task)
         task.add_done_callback(self.notice_tasks.discard)
 
@@ -566,18 +547,8 @@ class StreamConsumer(AsyncConsumer):  # type: ignore[misc]
     async def _subscribe_conversation(self, frame: dict[str, Any], ref: Any) -> None:
         assert self.identity is not None
         conversation_id = self._conversation_id(frame)
-        after = frame.get("after", 0)
-        if after is None:
-            after = 0
-        if isinstance(after, bool) or not isinstance(after, int) or after < 0:
-            raise FrameError(
-                ApiError(
-                    "invalid_request",
-                    "after must be a non-negative integer.",
-                    details={"after": "A non-negative integer."},
-                )
-            )
-        positions = self._conversations()
+        after = _position(frame)
+        positions = self.conversation_positions
         if conversation_id not in positions and len(positions) >= MAX_CONVERSATION_SUBSCRIPTIONS:
             raise FrameError(
                 ApiError(
@@ -586,13 +557,10 @@ class StreamConsumer(AsyncConsumer):  # type: ignore[misc]
                     details={"conversation_id": "Unsubscribe from another one first."},
                 )
             )
-        try:
-            await _closing(conversation_for_user)(
-                user=self.identity.user, conversation_id=conversation_id
-            )
-        except ApiError as error:
-            await self._send_error(error, ref, None)
-            return
+        # Not the user's: the ApiError is the reply.
+        await _closing(conversation_for_user)(
+            user=self.identity.user, conversation_id=conversation_id
+        )
         # Join first: a turn created between the read below and the join would be missed by
         # the live path (the poller would still find it, seconds later).
         await self._watch_conversation(conversation_id)
@@ -608,20 +576,19 @@ class StreamConsumer(AsyncConsumer):  # type: ignore[misc]
 
     async def _unsubscribe_conversation(self, frame: dict[str, Any], ref: Any) -> None:
         conversation_id = self._conversation_id(frame)
-        async with self._conversations_lock():
-            self._conversations().pop(conversation_id, None)
-        self._unwatch_conversation(conversation_id)
+        await self._drop_conversation(conversation_id)
         await self._send_json(
             {"type": "conversation_unsubscribed", "ref": ref, "conversation_id": conversation_id}
         )
 
-    def _conversations_lock(self) -> asyncio.Lock:
-        self._conversations()
-        return self.conversation_lock
+    async def _drop_conversation(self, conversation_id: str) -> None:
+        async with self.conversation_lock:
+            self.conversation_positions.pop(conversation_id, None)
+        self._unwatch_conversation(conversation_id)
 
     async def _send_turns_after(self, conversation_id: str) -> None:
         """Send every turn above the subscription's position, in order (the lock is held)."""
-        positions = self._conversations()
+        positions = self.conversation_positions
         if conversation_id not in positions:
             return
         turns = await _closing(turns_after)(conversation_id, positions[conversation_id])
@@ -638,44 +605,36 @@ class StreamConsumer(AsyncConsumer):  # type: ignore[misc]
             )
             positions[conversation_id] = turn.turn_index
 
-    async def _poll_conversations(self) -> None:
-        """The repair of the lossy live path: look for turns no notice announced."""
-        while not self.closed:
-            await asyncio.sleep(CONVERSATION_POLL_S)
-            for conversation_id in list(self._conversations()):
-                try:
-                    async with self.conversation_lock:
-                        await self._send_turns_after(conversation_id)
-                except UNAVAILABLE_ERRORS as failure:
-                    logger.warning("turns of %s deferred: %r", conversation_id, failure)
-                except Exception:
-                    logger.warning("turns of %s failed", conversation_id, exc_info=True)
-
-    async def conv_turn(self, message: dict[str, Any]) -> None:
-        """A turn was created in a conversation this connection follows (any process)."""
-        conversation_id = message.get("conversation_id")
-        positions = self._conversations()
-        if self.closed or not isinstance(conversation_id, str) or conversation_id not in positions:
-            return
-        if int(message.get("seq", 0)) <= positions[conversation_id]:
-            return
+    async def _send_new_turns(self, conversation_id: str) -> None:
         try:
             async with self.conversation_lock:
                 await self._send_turns_after(conversation_id)
         except UNAVAILABLE_ERRORS as failure:
-            # The poller sends it once the database is back.
-            logger.warning("turn notice for %s deferred: %r", conversation_id, failure)
+            # The poller sends them once the database is back.
+            logger.warning("turns of %s deferred: %r", conversation_id, failure)
+        except Exception:
+            logger.warning("turns of %s failed", conversation_id, exc_info=True)
 
-    async def conv_changed(self, message: dict[str, Any]) -> None:
-        """A conversation this connection follows was renamed, switched branch or deleted."""
+    async def _poll_conversations(self) -> None:
+        """The repair of the lossy live path: look for turns no notice announced."""
+        while not self.closed:
+            await asyncio.sleep(CONVERSATION_POLL_S)
+            for conversation_id in list(self.conversation_positions):
+                await self._send_new_turns(conversation_id)
+
+    async def _conversation_notice(self, message: dict[str, Any]) -> None:
+        """A followed conversation has a new turn (created in any process), or was renamed,
+        switched branch or deleted."""
         conversation_id = message.get("conversation_id")
-        positions = self._conversations()
+        positions = self.conversation_positions
         if self.closed or not isinstance(conversation_id, str) or conversation_id not in positions:
             return
+        if message["type"] == "conv.turn":
+            if int(message.get("seq", 0)) > positions[conversation_id]:
+                await self._send_new_turns(conversation_id)
+            return
         if message.get("deleted"):
-            async with self.conversation_lock:
-                positions.pop(conversation_id, None)
-            self._unwatch_conversation(conversation_id)
+            await self._drop_conversation(conversation_id)
             await self._send_json(
                 {"type": "conversation_deleted", "conversation_id": conversation_id}
             )
@@ -693,9 +652,3 @@ class StreamConsumer(AsyncConsumer):  # type: ignore[misc]
                     "conversation": conversation,
                 }
             )
-
-    def _leave_conversations(self) -> None:
-        for conversation_id in list(getattr(self, "conversation_watches", {})):
-            self._unwatch_conversation(conversation_id)
-        for task in getattr(self, "notice_tasks", set()):
-            task.cancel()

@@ -32,6 +32,7 @@ from urllib.parse import unquote_plus
 
 from django.conf import settings
 
+from core.errors import ApiError
 from realtime.frames import CLOSE_GOING_AWAY, CLOSE_SLOW_CONSUMER, ENDPOINT_CLOSE_CODES
 
 logger = logging.getLogger(__name__)
@@ -79,15 +80,11 @@ def install() -> None:
         original_open(self)
 
     def server_send(self: Any, content: Any, binary: bool = False) -> None:
-        if getattr(self, "_slow_closed", False):
-            return
         if self.state in (self.STATE_CLOSING, self.STATE_CLOSED):
-            # The client has gone (or the close handshake started) while this frame was on
-            # its way from the consumer: there is no one to send it to. Autobahn would raise
+            # Gone or closing (a slow consumer's close included): autobahn would raise
             # "Attempt to send on a closed protocol" and Daphne log it as an error.
             return
         if pending_bytes(self.transport) > settings.WS_MAX_BUFFER:
-            self._slow_closed = True
             logger.warning("closing slow WebSocket consumer %s", self.client_addr)
             self.closeHandshakeTimeout = SLOW_CLOSE_HANDSHAKE_S
             self.sendClose(code=CLOSE_SLOW_CONSUMER, reason="slow consumer")
@@ -139,15 +136,8 @@ def install() -> None:
 
 
 def _payload_too_large_response() -> bytes:
-    body = json.dumps(
-        {
-            "error": {
-                "code": "payload_too_large",
-                "message": "The request body is larger than 64 KiB.",
-                "details": {},
-            }
-        }
-    ).encode()
+    error = ApiError("payload_too_large", "The request body is larger than 64 KiB.")
+    body = json.dumps(error.body()).encode()
     head = (
         "HTTP/1.1 413 Payload Too Large\r\n"
         "Content-Type: application/json\r\n"

@@ -177,8 +177,6 @@ class LiveHub:
         while True:
             try:
                 message = await self.layer.receive(self.channel)
-            except asyncio.CancelledError:
-                raise
             except Exception:
                 logger.warning("reading the live channel failed; retrying", exc_info=True)
                 await backoff.asleep()

@@ -14,9 +14,9 @@ still ignores fields it does not know (PROTOCOL §8); that is its rule, not the 
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 from api.schemas import (
     Conversation,
@@ -36,37 +36,19 @@ _REF_DESCRIPTION = "The client frame's `ref`, echoed as it came (null when it se
 
 
 class Frame(BaseModel):
-    """One JSON text frame (or SSE `data:` line). Fields listed in `absent_not_null` may be left
-    out but are never sent as null: the schema says so, and validation refuses a null."""
+    """One JSON text frame (or SSE `data:` line)."""
 
     model_config = ConfigDict(extra="forbid")
-    absent_not_null: ClassVar[frozenset[str]] = frozenset()
-
-    @model_validator(mode="before")
-    @classmethod
-    def _absent_rather_than_null(cls, data: Any) -> Any:
-        if isinstance(data, dict):
-            nulls = sorted(name for name in cls.absent_not_null if data.get(name, 0) is None)
-            if nulls:
-                raise ValueError(f"{', '.join(nulls)}: left out when there is none, never null")
-        return data
 
 
 def _omitted(description: str) -> Any:
-    """A field that may be absent but is never null: its schema is the non-null type only."""
-    return Field(
-        default=None,
-        description=description,
-        json_schema_extra=_drop_null,
-    )
+    """A field that may be left out but is never sent as null: typed without None (so that
+    validation refuses a null), its default (None, when absent) kept out of the schema."""
+    return Field(default=None, description=description, json_schema_extra=_drop_default)
 
 
-def _drop_null(schema: dict[str, Any]) -> None:
-    options = schema.pop("anyOf", None)
-    if options is not None:
-        (kept,) = [option for option in options if option.get("type") != "null"]
-        schema.update(kept)
-    schema.pop("default", None)
+def _drop_default(schema: dict[str, Any]) -> None:
+    del schema["default"]
 
 
 # --- Events: the same JSON on the WebSocket and as SSE `data:` (PROTOCOL §3, §8) -------------
@@ -150,13 +132,10 @@ class ErrorFrame(ErrorDetail, Frame):
     `ref` is absent only from errors that answer no frame (`token_expired`, a deactivated
     account); `id` is there when the frame named a generation."""
 
-    model_config = ConfigDict(extra="forbid")
-    absent_not_null = frozenset({"id", "retry_after"})
-
     type: Literal["error"]
     ref: Any = Field(default=None, description=_REF_DESCRIPTION)
-    id: str | None = _omitted("The generation the failed frame named.")
-    retry_after: int | None = _omitted("Seconds before trying again (429 codes, unavailable).")
+    id: str = _omitted("The generation the failed frame named.")
+    retry_after: int = _omitted("Seconds before trying again (429 codes, unavailable).")
 
 
 class Reply(Frame):
@@ -276,10 +255,8 @@ class AuthFrame(ClientFrame):
 class GenerateFrame(GenerationCreateRequest, ClientFrame):
     """Start a generation (the body of `POST /generations`) and subscribe to it from 0."""
 
-    absent_not_null = frozenset({"idempotency_key"})
-
     type: Literal["generate"]
-    idempotency_key: str | None = _omitted("As the Idempotency-Key header of REST.")
+    idempotency_key: str = _omitted("As the Idempotency-Key header of REST.")
 
 
 class SubscribeFrame(ClientFrame):

@@ -1,21 +1,13 @@
-"""One subscriber's session with one generation, the same for the WebSocket and SSE.
+"""One subscriber's session with one generation, the same for the WebSocket and SSE: the
+transports keep only their framing (docs/design.md, "Subscribing without a gap").
 
-The transports keep only their framing (realtime/consumers.py, realtime/sse.py); a session
-owns the rest of a subscription's life:
-
-- joining the live source (the process's ``LiveHub``) *before* reading the row or the buffer:
-  whatever is published after a read then reaches the session live (or is lost by the layer,
-  and repaired from the buffer);
-- the first reads, through its ``Subscription`` (the merge of row, buffer and live events);
-- live events handed over by the hub: the next seq goes straight out, in the hub's own call;
-  anything else (a gap, an event during the first reads) waits in a backlog that a task of
-  the session feeds to the merge, so that one subscriber's repair never holds up the
-  process's other subscribers;
-- the idle timer: a look at the buffer after ``next_check_in()`` seconds without live traffic
-  (2 s; 0.25 s while a gap waits), one sleep per quiet period, not a wake-up per event;
-- outages: a step that finds the database or Redis unreachable is left for the next check,
-  the session stays open (and a join that failed is tried again there);
-- leaving: the hub takes the process out of the group with its last local subscriber.
+A session joins the live source (the process's ``LiveHub``) *before* it reads the row or the
+buffer, so whatever is published after a read reaches it live (or is lost by the layer, and
+repaired from the buffer). The hub's call sends the next seq straight away; anything else (a
+gap, an event during the first reads) waits in a backlog that a task of the session feeds to
+the merge, so that one subscriber's repair never holds up the process's others. The idle
+timer sleeps once per quiet period, not per event. A step that finds the database or Redis
+unreachable is left for the next check (a failed join too), and the session stays open.
 """
 
 from __future__ import annotations
@@ -58,10 +50,6 @@ class SubscriberSession:
         self._active_at = time.monotonic()
         self.ended = False
 
-    @property
-    def finished(self) -> bool:
-        return self.subscription.finished
-
     async def begin(self, row: RowState) -> None:
         """A fresh subscriber's snapshot from `row` at once, before the join and the buffer
         read (a resume's first frame waits for no round trip to Redis). A finished row also
@@ -77,7 +65,6 @@ class SubscriberSession:
         Raises GenerationNotFound, and a failed join's error unless `retry_join` (then the
         idle timer joins once storage is back, and catches up).
         """
-        subscription = self.subscription
         if row is not None:
             await self.begin(row)
         if self.ended:
@@ -90,7 +77,7 @@ class SubscriberSession:
             logger.warning("subscription to %s deferred: %r", self.generation_id, failure)
         else:
             try:
-                await subscription.start(row)
+                await self.subscription.start(row)
             except GenerationNotFound:
                 self.close()
                 raise
@@ -179,7 +166,7 @@ class SubscriberSession:
             if self.ended:  # closed while joining
                 self.close()
                 return
-        await self._step(self.subscription.catch_up(repairing=True))
+        await self._step(self.subscription.catch_up())
         self._ready = True
         if not self._end_if_finished() and self._backlog:
             self._feed()

@@ -43,14 +43,13 @@ def _user_id_and_row(header: str | None, generation_id: str) -> tuple[int, RowSt
 
 
 def parse_position(request: HttpRequest) -> int:
-    raw = request.headers.get("Last-Event-ID")
     source = "Last-Event-ID"
-    if raw is None or raw.strip() == "":
-        raw = request.GET.get("after")
+    raw = (request.headers.get(source) or "").strip()
+    if not raw:
         source = "after"
-    if raw is None or raw.strip() == "":
+        raw = (request.GET.get(source) or "").strip()
+    if not raw:
         return 0
-    raw = raw.strip()
     if not raw.isdigit() or len(raw) > 12:
         raise ApiError(
             "invalid_request",
@@ -85,19 +84,12 @@ async def generation_events(
                 raise ApiError("unauthorized", "The ticket is not valid.")
             row = await read_row(generation_id)
         after = parse_position(request)
-        if not looks_like_generation_id(generation_id):
-            raise not_found()
+        # (No row for an id of the wrong shape: `_user_id_and_row` read none.)
         if row is None or row.user_id != user_id:
             raise not_found()
-    except ApiError as error:
-        return error_response(error)
-    except UNAVAILABLE_ERRORS as failure:
-        logger.warning("a dependency is unreachable in %s: %r", request.path, failure)
-        return error_response(unavailable())
-    if row.terminal and after >= row.seq:
-        # At or after `done`: tells EventSource to stop reconnecting.
-        return HttpResponse(status=204)
-    try:
+        if row.terminal and after >= row.seq:
+            # At or after `done`: tells EventSource to stop reconnecting.
+            return HttpResponse(status=204)
         slot = await StreamSlot.take(user_id)
     except ApiError as error:
         return error_response(error)
@@ -131,13 +123,9 @@ class StreamSlot:
             raise ApiError(
                 "too_many_streams",
                 f"At most {limit} event streams per user are open at once.",
-                # Streams end when their generation does: a client retries after a while.
                 retry_after_s=STREAM_RETRY_AFTER_S,
             )
         return slot
-
-    async def refresh(self) -> None:
-        await stream_registry().refresh(self.user_id, self.stream_id)
 
     def release(self) -> None:
         """Idempotent: from the stream's end and from the response's close."""
@@ -149,31 +137,6 @@ class StreamSlot:
         except UNAVAILABLE_ERRORS as failure:
             # The entry expires by itself after CONNECTION_TTL_S.
             logger.warning("releasing an event stream slot failed: %r", failure)
-
-
-class _PingTimer:
-    """Wakes a stream that has written nothing for PING_INTERVAL_S."""
-
-    def __init__(self, wake: asyncio.Event) -> None:
-        self._wake = wake
-        self._handle: asyncio.TimerHandle | None = None
-
-    def due(self, last_write: float) -> bool:
-        return time.monotonic() - last_write >= PING_INTERVAL_S
-
-    def arm(self, last_write: float) -> None:
-        if self._handle is None:
-            delay_s = max(0.0, PING_INTERVAL_S - (time.monotonic() - last_write))
-            self._handle = asyncio.get_running_loop().call_later(delay_s, self._fire)
-
-    def _fire(self) -> None:
-        self._handle = None
-        self._wake.set()
-
-    def cancel(self) -> None:
-        if self._handle is not None:
-            self._handle.cancel()
-            self._handle = None
 
 
 async def _stream(
@@ -188,6 +151,10 @@ async def _stream(
         wake.set()
 
     session = SubscriberSession(generation_id, after, emit, wake.set)
+    loop = asyncio.get_running_loop()
+    # Wakes a stream that has written nothing for PING_INTERVAL_S: one timer per quiet
+    # period, re-armed once it has fired, rather than a timeout per wait (per event).
+    ping: asyncio.TimerHandle | None = None
     metrics.SSE_STREAMS_OPEN.inc()
     try:
         # The snapshot goes out before the join (it needs nothing from the live source).
@@ -199,41 +166,39 @@ async def _stream(
             # with Last-Event-ID and loses nothing.
             await session.open(retry_join=False)
         last_write = last_refresh = time.monotonic()
-        # One timer per quiet PING_INTERVAL_S, re-armed when it finds a write since, rather
-        # than a timeout per wait (per event).
-        ping = _PingTimer(wake)
-        try:
-            while True:
-                if out:
-                    chunk = "".join(out)
-                    out.clear()
-                    yield chunk
-                    last_write = time.monotonic()
-                if session.ended:
-                    return
-                if last_write - last_refresh > REFRESH_INTERVAL_S:
-                    last_refresh = last_write
-                    try:
-                        await slot.refresh()
-                    except UNAVAILABLE_ERRORS as failure:
-                        logger.warning(
-                            "event stream slot of %s not refreshed: %r", generation_id, failure
-                        )
-                wake.clear()
-                if out or session.ended:
-                    continue
-                ping.arm(last_write)
-                await wake.wait()
-                if not out and not session.ended and ping.due(last_write):
-                    yield ": ping\n\n"
-                    last_write = time.monotonic()
-        finally:
-            ping.cancel()
+        while True:
+            if out:
+                chunk = "".join(out)
+                out.clear()
+                yield chunk
+                last_write = time.monotonic()
+            if session.ended:
+                return
+            if last_write - last_refresh > REFRESH_INTERVAL_S:
+                last_refresh = last_write
+                try:
+                    await stream_registry().refresh(slot.user_id, slot.stream_id)
+                except UNAVAILABLE_ERRORS as failure:
+                    logger.warning(
+                        "event stream slot of %s not refreshed: %r", generation_id, failure
+                    )
+            wake.clear()
+            if out or session.ended:
+                continue
+            if ping is None or ping.when() <= loop.time():
+                delay_s = max(0.0, PING_INTERVAL_S - (time.monotonic() - last_write))
+                ping = loop.call_later(delay_s, wake.set)
+            await wake.wait()
+            if not out and not session.ended and time.monotonic() - last_write >= PING_INTERVAL_S:
+                yield ": ping\n\n"
+                last_write = time.monotonic()
     except GenerationNotFound:
         return
     except UNAVAILABLE_ERRORS as failure:
         logger.warning("event stream of %s ended: %r", generation_id, failure)
     finally:
+        if ping is not None:
+            ping.cancel()
         metrics.SSE_STREAMS_OPEN.dec()
         session.close()
         # Also released by the response's close(), should this be cancelled.

@@ -50,7 +50,8 @@ class Subscription:
     def __init__(self, generation_id: str, after: int, emit: Emit) -> None:
         self.generation_id = generation_id
         self.last_seq = max(0, after)
-        self._fresh = after <= 0
+        # Nothing sent yet and no position given: the first thing out is a snapshot.
+        self.fresh = after <= 0
         self._emit = emit
         self._pending: dict[int, StoredEvent] = {}
         self._last_row_check = 0.0
@@ -66,11 +67,6 @@ class Subscription:
 
     def next_check_in(self) -> float:
         return REPAIR_RETRY_S if self._pending else IDLE_CHECK_S
-
-    @property
-    def fresh(self) -> bool:
-        """Nothing sent yet and no position given: the first thing out is a snapshot."""
-        return self._fresh
 
     def takes_now(self, event: StoredEvent) -> bool:
         """Whether `on_live(event)` just sends it: the next seq, nothing waiting, no merge
@@ -96,20 +92,17 @@ class Subscription:
         the join: it needs nothing from the live source, and the buffer read of ``start``,
         after the join, covers everything after the row's seq."""
         async with self._lock:
-            if self._fresh:
+            if self.fresh:
                 await self._from_row(row, force_snapshot=True)
                 if self.finished:
                     self.started = True
 
     async def _start(self, row: RowState | None) -> None:
-        if self._fresh:
+        if self.fresh:
             if row is None:
                 row = await self._read_row()
             await self._from_row(row, force_snapshot=True)
-            if self.finished:
-                self.started = True
-                return
-        await self._catch_up()
+        await self._catch_up()  # nothing to do once `done` is out
         self.started = True
 
     async def on_live(self, event: StoredEvent) -> None:
@@ -120,16 +113,17 @@ class Subscription:
                 await self._send(event)
                 return
             self._pending[event.seq] = event
-            await self._advance(repairing=True)
+            await self._advance()
 
-    async def catch_up(self, *, repairing: bool = False) -> None:
-        """Send whatever the buffer (or, failing that, the row) has beyond the last seq."""
+    async def catch_up(self) -> None:
+        """Repair: send whatever the buffer (or, failing that, the row) has beyond the last
+        seq that live delivery did not bring."""
         async with self._lock:
-            await self._advance(repairing=repairing)
+            await self._advance()
 
-    async def _advance(self, *, repairing: bool) -> None:
+    async def _advance(self) -> None:
         if self.started:
-            await self._catch_up(repairing=repairing)
+            await self._catch_up(repairing=True)
         else:
             # A start that storage interrupted: finish it (from a fresh row) first.
             await self._start(None)
@@ -138,15 +132,7 @@ class Subscription:
         if self.finished:
             return
         stored, exists = await event_log().read_after(self.generation_id, self.last_seq)
-        for event in stored:
-            if event.seq != self.last_seq + 1:
-                break
-            if repairing and event.seq not in self._pending:
-                metrics.EVENTS_REPAIRED.inc()
-            await self._send(event)
-            if self.finished:
-                return
-        await self._drain_pending()
+        await self._send_in_order(stored, repairing=repairing)
         if self.finished:
             return
         gap = bool(self._pending) or (bool(stored) and stored[0].seq > self.last_seq + 1)
@@ -161,13 +147,18 @@ class Subscription:
             await self._from_row(await self._read_row(), force_snapshot=False)
             if not self.finished:
                 stored, _ = await event_log().read_after(self.generation_id, self.last_seq)
-                for event in stored:
-                    if event.seq != self.last_seq + 1:
-                        break
-                    await self._send(event)
-                    if self.finished:
-                        return
-                await self._drain_pending()
+                await self._send_in_order(stored, repairing=False)
+
+    async def _send_in_order(self, stored: list[StoredEvent], *, repairing: bool) -> None:
+        """Send the buffer's events that follow the last seq without a gap, then whatever
+        waits in `_pending` after them."""
+        for event in stored:
+            if self.finished or event.seq != self.last_seq + 1:
+                break
+            if repairing and event.seq not in self._pending:
+                metrics.EVENTS_REPAIRED.inc()
+            await self._send(event)
+        await self._drain_pending()
 
     async def _read_row(self) -> RowState:
         row = await read_row(self.generation_id)
@@ -197,10 +188,10 @@ class Subscription:
         if force_snapshot or row.seq > self.last_seq:
             await self._send_snapshot(row.seq, row.output, row.status, row.reasoning)
 
-    async def _send_snapshot(self, seq: int, text: str, status: str, reasoning: str = "") -> None:
+    async def _send_snapshot(self, seq: int, text: str, status: str, reasoning: str) -> None:
         snap = events.snapshot(self.generation_id, seq, text, status, reasoning)
         self.last_seq = seq
-        self._fresh = False
+        self.fresh = False
         for stale in [s for s in self._pending if s <= seq]:
             del self._pending[stale]
         await self._emit(StoredEvent(seq, "snapshot", events.dumps(snap)))

@@ -17,7 +17,6 @@ import pytest
 from realtime.connections import (
     ConnectionRegistry,
     MemoryConnectionRegistry,
-    MemoryStreamRegistry,
     RedisConnectionRegistry,
     RedisStreamRegistry,
 )
@@ -26,7 +25,7 @@ from tests.contracts.conftest import BACKENDS, close_async_redis
 KINDS = {
     ("memory", "connections"): MemoryConnectionRegistry,
     ("redis", "connections"): RedisConnectionRegistry,
-    ("memory", "streams"): MemoryStreamRegistry,
+    ("memory", "streams"): MemoryConnectionRegistry,
     ("redis", "streams"): RedisStreamRegistry,
 }
 
@@ -105,17 +104,17 @@ async def test_removing_what_is_not_there_is_harmless(registry: ConnectionRegist
 @pytest.fixture(params=BACKENDS)
 async def streams(
     request: pytest.FixtureRequest,
-) -> AsyncIterator[MemoryStreamRegistry | RedisStreamRegistry]:
+) -> AsyncIterator[MemoryConnectionRegistry | RedisStreamRegistry]:
     if request.param == "redis":
         request.getfixturevalue("project_redis_at")
         yield RedisStreamRegistry()
     else:
-        yield MemoryStreamRegistry()
+        yield MemoryConnectionRegistry()
     await close_async_redis()
 
 
 async def test_stream_released_synchronously_frees_its_slot(
-    streams: MemoryStreamRegistry | RedisStreamRegistry,
+    streams: MemoryConnectionRegistry | RedisStreamRegistry,
 ) -> None:
     # A stream that never started is released from Django's response.close(), in a thread.
     user = new_user()

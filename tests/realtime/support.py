@@ -5,7 +5,7 @@ jobs/writer.py: every event through ``publish_event`` (replay buffer first, then
 group), the row through the fenced writes. The subscriber side (``Subscriber``) runs
 ``realtime.subscription.Subscription`` over a ``LiveInbox`` (a channel of its own) the way
 realtime/session.py does: join the generation's group first, then ``start``, then hand live
-messages to ``on_live`` and call ``catch_up(repairing=True)`` when idle.
+messages to ``on_live`` and call ``catch_up()`` when idle.
 
 Nothing here is mocked: the database, the replay buffer and the channel layer are those of the
 run's tier (tests/tier_env.py). Two things are made deterministic rather than left to timing:
@@ -448,7 +448,7 @@ class Subscriber:
         """What the transport does after next_check_in() seconds without live traffic."""
         self.clock.advance(self.subscription.next_check_in())
         self.idle_checks += 1
-        await self.subscription.catch_up(repairing=True)
+        await self.subscription.catch_up()
 
     async def run_until_finished(self, *, max_idle_checks: int = 20) -> None:
         """The transport's loop: live messages as they come, the idle check when none do."""
