@@ -93,11 +93,9 @@ def assemble(
         "## Machine",
         "",
     ]
-    for key, value in procstat.machine().items():
-        lines.append(f"- {key}: {value}")
+    lines += [f"- {key}: {value}" for key, value in procstat.machine().items()]
     lines += ["", "## Versions", ""]
-    for key, value in procstat.versions().items():
-        lines.append(f"- {key}: {value}")
+    lines += [f"- {key}: {value}" for key, value in procstat.versions().items()]
     lines += [
         "",
         "## Machine load",
@@ -109,8 +107,7 @@ def assemble(
         "## Benchmarks",
         "",
     ]
-    for name, outcome in outcomes.items():
-        lines.append(f"- `{name}`: {outcome}")
+    lines += [f"- `{name}`: {outcome}" for name, outcome in outcomes.items()]
     for name in outcomes:
         path = results_dir / f"{name}.md"
         if path.exists():

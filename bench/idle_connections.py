@@ -16,11 +16,9 @@ divided by the connections. Also the Daphne process's CPU while they sit idle.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import multiprocessing
-import os
 import pathlib
 import time
 from multiprocessing.connection import Connection
@@ -28,13 +26,8 @@ from typing import Any
 
 import websockets
 
-from bench.latency_report import (
-    command,
-    load_line,
-    machine,
-    table,
-    write_result,
-)
+from bench.latency_report import command, load_line, parser, table, tiers_for, write_tiers
+from bench.procstat import cpu_s
 from tests.harness import FakeLLM, Service, make_token
 from tests.tier_env import TIER
 
@@ -50,7 +43,6 @@ IN_FLIGHT = 100
 IDLE_CPU_WINDOW_S = 10.0
 SETTLE_S = 3.0
 QUICK_IDLE_S = 1.0
-_TICKS_PER_S = os.sysconf("SC_CLK_TCK")
 
 
 def vm_rss_kb(pid: int) -> int:
@@ -60,12 +52,14 @@ def vm_rss_kb(pid: int) -> int:
     raise RuntimeError(f"no VmRSS for {pid}")
 
 
-def cpu_s(pid: int) -> float:
-    fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / _TICKS_PER_S
-
-
 # -- the client processes ------------------------------------------------------------------
+
+
+async def _auth(ws: Any, token: str) -> None:
+    await ws.send(json.dumps({"type": "auth", "token": token}))
+    reply = json.loads(await asyncio.wait_for(ws.recv(), 120))
+    if reply.get("type") != "auth.ok":
+        raise RuntimeError(f"auth refused: {reply}")
 
 
 async def _client_main(
@@ -80,10 +74,7 @@ async def _client_main(
     async def open_one(semaphore: asyncio.Semaphore, token: str) -> float:
         async with semaphore:
             ws = await websockets.connect(url, open_timeout=120, ping_interval=None)
-            await ws.send(json.dumps({"type": "auth", "token": token}))
-            reply = json.loads(await asyncio.wait_for(ws.recv(), 120))
-            if reply.get("type") != "auth.ok":
-                raise RuntimeError(f"auth refused: {reply}")
+            await _auth(ws, token)
             sockets.append(ws)
             return time.time()
 
@@ -192,10 +183,7 @@ def _warm_users(url: str, tokens: list[str]) -> None:
     async def go() -> None:
         for token in tokens:
             async with websockets.connect(url, ping_interval=None) as ws:
-                await ws.send(json.dumps({"type": "auth", "token": token}))
-                reply = json.loads(await ws.recv())
-                if reply.get("type") != "auth.ok":
-                    raise RuntimeError(f"auth refused: {reply}")
+                await _auth(ws, token)
 
     asyncio.run(go())
 
@@ -319,57 +307,42 @@ def markdown(results: list[dict[str, Any]], info: dict[str, Any], cmd: str) -> s
     )
 
 
-def tiers_for(choice: str) -> list[str]:
-    return ["embedded", "distributed"] if choice == "both" else [choice]
-
-
-def _accept_count(connections: int) -> int:
-    return min(ACCEPT_CONNECTIONS, connections)
+def write(results_dir: pathlib.Path, results: list[dict[str, Any]], cmd: str) -> None:
+    write_tiers(
+        results_dir,
+        NAME,
+        markdown,
+        results,
+        cmd,
+        target_kb_per_connection=TARGET_KB_PER_CONNECTION,
+    )
 
 
 def run(results_dir: pathlib.Path, quick: bool) -> None:
     """Both tiers; `quick`: a couple of hundred connections on the TEST_TIER one only, with
     short idle windows, to see that it works."""
     connections = QUICK_CONNECTIONS if quick else FULL_CONNECTIONS
-    accept = _accept_count(connections // 2 if quick else connections)
+    accept = min(ACCEPT_CONNECTIONS, connections // 2 if quick else connections)
     tier = TIER if quick else "both"
     results = [
         measure(name, connections, accept, idle_s=QUICK_IDLE_S if quick else IDLE_CPU_WINDOW_S)
         for name in tiers_for(tier)
     ]
-    info = machine()
     cmd = command(f"bench.{NAME}", ["--tier", tier, "--connections", str(connections)])
-    write_result(
-        results_dir,
-        NAME,
-        markdown(results, info, cmd),
-        {"target_kb_per_connection": TARGET_KB_PER_CONNECTION, "machine": info, "tiers": results},
-    )
+    write(results_dir, results, cmd)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
-    parser.add_argument("--connections", type=int, default=FULL_CONNECTIONS)
-    parser.add_argument("--tier", choices=["embedded", "distributed", "both"], default=TIER)
-    parser.add_argument("--results", type=pathlib.Path, help="also write the .md/.json here")
-    args = parser.parse_args()
+    args_parser = parser(__doc__, "also write the .md/.json here")
+    args_parser.add_argument("--connections", type=int, default=FULL_CONNECTIONS)
+    args = args_parser.parse_args()
     results = []
     for tier in tiers_for(args.tier):
-        result = measure(tier, args.connections, _accept_count(args.connections))
+        result = measure(tier, args.connections, min(ACCEPT_CONNECTIONS, args.connections))
         print_result(result)
         results.append(result)
     if args.results is not None:
-        info = machine()
-        write_result(
-            args.results,
-            NAME,
-            markdown(results, info, command(f"bench.{NAME}")),
-            {
-                "target_kb_per_connection": TARGET_KB_PER_CONNECTION,
-                "machine": info,
-                "tiers": results,
-            },
-        )
+        write(args.results, results, command(f"bench.{NAME}"))
 
 
 if __name__ == "__main__":

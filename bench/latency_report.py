@@ -3,14 +3,18 @@ the machine's load, and writing a result as `<name>.md` (a report section) and `
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
 import platform
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from tests.tier_env import TIER
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -60,6 +64,32 @@ def write_result(
     md_path.write_text(markdown.rstrip() + "\n")
     json_path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
     return md_path, json_path
+
+
+def write_tiers(
+    results_dir: Path,
+    name: str,
+    markdown: Callable[[list[dict[str, Any]], dict[str, Any], str], str],
+    results: list[dict[str, Any]],
+    cmd: str,
+    **targets: Any,
+) -> None:
+    """A result per tier: `<name>.md` from `markdown` and the JSON of the targets and tiers."""
+    info = machine()
+    data = {**targets, "machine": info, "tiers": results}
+    write_result(results_dir, name, markdown(results, info, cmd), data)
+
+
+def tiers_for(choice: str) -> list[str]:
+    return ["embedded", "distributed"] if choice == "both" else [choice]
+
+
+def parser(doc: str | None, results_help: str) -> argparse.ArgumentParser:
+    """The options every latency benchmark takes; the caller adds its own."""
+    parser = argparse.ArgumentParser(description=(doc or "").split("\n\n")[0])
+    parser.add_argument("--tier", choices=["embedded", "distributed", "both"], default=TIER)
+    parser.add_argument("--results", type=Path, help=results_help)
+    return parser
 
 
 def table(header: list[str], rows: list[list[Any]]) -> str:

@@ -17,6 +17,7 @@ client library's per-line overhead would make the load generator the bottleneck.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import multiprocessing
 import queue
@@ -26,6 +27,7 @@ import resource
 import time
 from array import array
 from collections import Counter
+from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -136,6 +138,24 @@ class Stream:
             self.done = True
 
 
+@contextlib.asynccontextmanager
+async def sse_response(
+    host: str, port: int, path: str, headers: dict[str, str], head_timeout_s: float | None = None
+) -> AsyncIterator[tuple[asyncio.StreamReader, int, bool]]:
+    """`GET path` for an event stream on a new connection: (its reader, the status, whether
+    the body is chunked)."""
+    reader, writer = await asyncio.open_connection(host, port, limit=READ_LIMIT_BYTES)
+    try:
+        lines = [f"GET {path} HTTP/1.1", f"Host: {host}:{port}", "Accept: text/event-stream"]
+        lines += [f"{name}: {value}" for name, value in headers.items()]
+        writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
+        raw = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), head_timeout_s)
+        head = raw.decode("latin-1")
+        yield reader, int(head.split(" ", 2)[1]), "transfer-encoding: chunked" in head.lower()
+    finally:
+        writer.close()
+
+
 async def read_sse(
     host: str,
     port: int,
@@ -146,19 +166,12 @@ async def read_sse(
 ) -> bool:
     """Apply one SSE response's events to `stream`. Returns False when it cut the connection
     itself at `cut_at` (wall clock), True when the response ended."""
-    reader, writer = await asyncio.open_connection(host, port, limit=READ_LIMIT_BYTES)
-    try:
-        lines = [f"GET {path} HTTP/1.1", f"Host: {host}:{port}", "Accept: text/event-stream"]
-        lines += [f"{name}: {value}" for name, value in headers.items()]
-        writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
-        head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1")
-        status = int(head.split(" ", 2)[1])
+    async with sse_response(host, port, path, headers) as (reader, status, chunked):
         if status == 204:
             stream.done = True
             return True
         if status != 200:
             raise RuntimeError(f"events: HTTP {status}")
-        chunked = "transfer-encoding: chunked" in head.lower()
         buffer = b""
         while True:
             if cut_at is not None and time.time() >= cut_at:
@@ -180,8 +193,6 @@ async def read_sse(
                         stream.apply(json.loads(line[5:]))
                 if stream.done:
                     return True
-    finally:
-        writer.close()
 
 
 class Client:
