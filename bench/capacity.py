@@ -48,15 +48,7 @@ import redis
 from bench import loadgen, procstat
 from bench.latency_report import percentile
 from bench.procstat import mysql
-from tests.harness import (
-    PYTHON,
-    ROOT,
-    FakeLLM,
-    Service,
-    _reserve_redis_db,
-    spawn,
-    wait_until,
-)
+from tests.harness import PYTHON, ROOT, FakeLLM, Service, _reserve_redis_db, spawn, wait_until
 from tests.tier_env import JWT_SECRET, REDIS_SERVER_URL, RUN_DIR, free_port
 
 NAME = "capacity"
@@ -89,12 +81,11 @@ SYSTEMS = {
 def db_counts(schema: str) -> dict[str, int]:
     """Rows changed per table of one database (MariaDB's userstat TABLE_STATISTICS, exact per
     schema), and the server-wide statement counters (which include other clients)."""
-    counts: dict[str, int] = {}
-    for table, changed in mysql(
+    rows = mysql(
         "SELECT TABLE_NAME, ROWS_CHANGED FROM information_schema.TABLE_STATISTICS "
         f"WHERE TABLE_SCHEMA = '{schema}'"
-    ):
-        counts[f"rows_changed.{table}"] = int(changed)
+    )
+    counts = {f"rows_changed.{table}": int(changed) for table, changed in rows}
     for name, value in mysql("SHOW GLOBAL STATUS"):
         if name in ("Com_insert", "Com_update", "Com_select"):
             counts[f"global.{name}"] = int(value)

@@ -26,7 +26,7 @@ from typing import Any
 
 import websockets
 
-from bench.latency_report import command, load_line, parser, table, tiers_for, write_tiers
+from bench.latency_report import command, parser, section, table, tiers_for, write_tiers
 from bench.procstat import cpu_s
 from tests.harness import FakeLLM, Service, make_token
 from tests.tier_env import TIER
@@ -134,11 +134,9 @@ class Clients:
         """Open `total` connections across the processes at once; (seconds from the common
         start to the last auth.ok, connections opened, errors)."""
         start_at = time.time() + 1.0
-        counts = [total // len(self.pipes)] * len(self.pipes)
-        for index in range(total % len(self.pipes)):
-            counts[index] += 1
-        for pipe, count in zip(self.pipes, counts, strict=True):
-            pipe.send(("open", count, start_at))
+        shares = len(self.pipes)
+        for index, pipe in enumerate(self.pipes):
+            pipe.send(("open", total // shares + (index < total % shares), start_at))
         last = start_at
         opened = 0
         errors: list[str] = []
@@ -279,42 +277,35 @@ def markdown(results: list[dict[str, Any]], info: dict[str, Any], cmd: str) -> s
             ]
         )
     first = results[0]
-    return "\n\n".join(
-        [
-            "## Idle WebSocket connections",
-            f"`{cmd}`",
-            f"{first['client_processes']} client processes (asyncio + websockets) open "
-            f"authenticated connections for {first['users']} users "
-            f"(`MAX_CONNECTIONS_PER_USER={first['max_connections_per_user']}` by env, so the "
-            "per-user cap is not what is measured), up to "
-            f"{IN_FLIGHT} in flight per process. Memory is the Daphne process's VmRSS before "
-            "and after; every connection was then checked with a ping.",
-            table(
-                [
-                    "tier",
-                    "connections open",
-                    "answering a ping after idling",
-                    "Daphne RSS (MB)",
-                    "KB per connection",
-                    "target (KB)",
-                    f"accept {ACCEPT_CONNECTIONS:,} (s)",
-                    "Daphne CPU while idle",
-                ],
-                rows,
-            ),
-            load_line(info),
-        ]
+    return section(
+        "Idle WebSocket connections",
+        cmd,
+        info,
+        f"{first['client_processes']} client processes (asyncio + websockets) open "
+        f"authenticated connections for {first['users']} users "
+        f"(`MAX_CONNECTIONS_PER_USER={first['max_connections_per_user']}` by env, so the "
+        "per-user cap is not what is measured), up to "
+        f"{IN_FLIGHT} in flight per process. Memory is the Daphne process's VmRSS before "
+        "and after; every connection was then checked with a ping.",
+        table(
+            [
+                "tier",
+                "connections open",
+                "answering a ping after idling",
+                "Daphne RSS (MB)",
+                "KB per connection",
+                "target (KB)",
+                f"accept {ACCEPT_CONNECTIONS:,} (s)",
+                "Daphne CPU while idle",
+            ],
+            rows,
+        ),
     )
 
 
 def write(results_dir: pathlib.Path, results: list[dict[str, Any]], cmd: str) -> None:
     write_tiers(
-        results_dir,
-        NAME,
-        markdown,
-        results,
-        cmd,
-        target_kb_per_connection=TARGET_KB_PER_CONNECTION,
+        results_dir, NAME, markdown, results, cmd, target_kb_per_connection=TARGET_KB_PER_CONNECTION
     )
 
 

@@ -98,9 +98,12 @@ def table(header: list[str], rows: list[list[Any]]) -> str:
     return "\n".join(lines)
 
 
-def load_line(info: dict[str, Any]) -> str:
+def section(title: str, cmd: str, info: dict[str, Any], *parts: str) -> str:
+    """A report section: its title, the command that reproduces it, `parts`, and the machine
+    it ran on."""
     load = info["load_average"]
-    return (
+    machine_line = (
         f"Machine: {info['cpus']} CPUs, load average {load[0]} / {load[1]} / {load[2]} "
         f"(1/5/15 min) at {info['at']}; Python {info['python']}."
     )
+    return "\n\n".join([f"## {title}", f"`{cmd}`", *parts, machine_line])

@@ -157,12 +157,7 @@ async def sse_response(
 
 
 async def read_sse(
-    host: str,
-    port: int,
-    path: str,
-    headers: dict[str, str],
-    stream: Stream,
-    cut_at: float | None,
+    host: str, port: int, path: str, headers: dict[str, str], stream: Stream, cut_at: float | None
 ) -> bool:
     """Apply one SSE response's events to `stream`. Returns False when it cut the connection
     itself at `cut_at` (wall clock), True when the response ended."""
@@ -217,32 +212,24 @@ class Client:
             f"[fake tokens={plan.tokens} rate={plan.rate:g} ttft={plan.ttft_ms} stamp=1]"
         )
 
-    def base(self, index: int) -> tuple[int, str]:
-        port = self.plan.ports[index % len(self.plan.ports)]
-        return port, f"http://{self.plan.host}:{port}"
-
-    def uses_sse(self, index: int) -> bool:
-        share = self.plan.sse_share
-        return int((index + 1) * share) != int(index * share)
-
     async def run_one(self, index: int) -> None:
         plan = self.plan
         await asyncio.sleep(
             max(0.0, plan.start_at + plan.ramp_s * index / plan.streams - time.time())
         )
         stream = Stream(self.outcome, self.event_lat, self.token_lat)
-        port, base = self.base(index)
+        port = plan.ports[index % len(plan.ports)]
+        base = f"http://{plan.host}:{port}"
         auth = {"Authorization": f"Bearer {self.token(index)}"}
         deadline_s = plan.ttft_ms / 1000 + plan.tokens / plan.rate + STREAM_GRACE_S
+        # The share of SSE clients, spread evenly over the indices.
+        sse = int((index + 1) * plan.sse_share) != int(index * plan.sse_share)
         try:
-            if plan.system in SERVICE_SYSTEMS and not self.uses_sse(index):
-                generation_id = await asyncio.wait_for(
-                    self.over_ws(index, port, stream), deadline_s
-                )
+            if plan.system in SERVICE_SYSTEMS and not sse:
+                follow = self.over_ws(index, port, stream)
             else:
-                generation_id = await asyncio.wait_for(
-                    self.over_sse(index, port, base, auth, stream), deadline_s
-                )
+                follow = self.over_sse(index, port, base, auth, stream)
+            generation_id = await asyncio.wait_for(follow, deadline_s)
             reply = await self.http.get(f"{base}/api/v1/generations/{generation_id}", headers=auth)
             reply.raise_for_status()
             self.compare(stream.text, reply.json()["output"])

@@ -28,7 +28,7 @@ import django
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
 
-from bench.latency_report import command, load_line, machine, table, write_result
+from bench.latency_report import command, machine, section, table, write_result
 from tests.harness import FakeLLM
 
 NAME = "provider_read"
@@ -84,16 +84,11 @@ def markdown(rounds: list[dict[str, Any]], info: dict[str, Any], cmd: str) -> st
         mine = [r["cpu_ms_per_token"] for r in rounds if r["transport"] == transport]
         median = round(statistics.median(mine), 4)
         rows.append([transport, len(mine), median, min(mine), max(mine)])
-    return "\n\n".join(
-        [
-            "## Provider read: CPU per token by HTTP transport",
-            f"`{cmd}`",
-            table(
-                ["transport", "rounds", "CPU ms/token (median)", "min", "max"],
-                rows,
-            ),
-            load_line(info),
-        ]
+    return section(
+        "Provider read: CPU per token by HTTP transport",
+        cmd,
+        info,
+        table(["transport", "rounds", "CPU ms/token (median)", "min", "max"], rows),
     )
 
 

@@ -250,10 +250,9 @@ def _database(result: dict[str, Any]) -> list[str]:
             f"| {db.get('global.Com_insert', 0)} | {db.get('global.Com_select', 0)} "
             f"| {mysql_cpu:.1f} | {share:.0%} | {row.get('mysql_threads_connected_max', '-')} |"
         )
-    ours = next(
-        (r for r in steps if r["system"] == "ours" and r["streams"] == TARGET_STREAMS), None
+    ours = _row(steps, "ours", TARGET_STREAMS) or next(
+        (r for r in steps if r["system"] == "ours"), None
     )
-    ours = ours or next((r for r in steps if r["system"] == "ours"), None)
     per_token = result.get("write_per_token")
     if ours and per_token:
         mine = _writes_per_generation(ours, "api_generation")

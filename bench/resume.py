@@ -41,9 +41,9 @@ import websockets
 from bench import loadgen
 from bench.latency_report import (
     command,
-    load_line,
     machine,
     parser,
+    section,
     summary_ms,
     table,
     tiers_for,
@@ -488,29 +488,27 @@ def markdown(
                 "",
             ]
         )
-    return "\n\n".join(
-        [
-            "## Resume",
-            f"`{cmd}`",
-            "A 4,000-token generation held running by the fake provider (`hang=4000`), and a "
-            "completed 4,000-token one whose snapshot is read from the database row. Each "
-            "row is the p50 over the runs (one warm-up run not counted); every snapshot's text "
-            "was checked against the fake's output.",
-            table(
-                [
-                    "tier",
-                    "generation",
-                    "measured",
-                    "p50 (ms)",
-                    "p95 (ms)",
-                    "whole frame / replay p50 (ms)",
-                    "target p50 (ms)",
-                ],
-                rows,
-            ),
-            NOTE,
-            load_line(info),
-        ]
+    return section(
+        "Resume",
+        cmd,
+        info,
+        "A 4,000-token generation held running by the fake provider (`hang=4000`), and a "
+        "completed 4,000-token one whose snapshot is read from the database row. Each "
+        "row is the p50 over the runs (one warm-up run not counted); every snapshot's text "
+        "was checked against the fake's output.",
+        table(
+            [
+                "tier",
+                "generation",
+                "measured",
+                "p50 (ms)",
+                "p95 (ms)",
+                "whole frame / replay p50 (ms)",
+                "target p50 (ms)",
+            ],
+            rows,
+        ),
+        NOTE,
     )
 
 

@@ -27,9 +27,9 @@ import openai
 
 from bench.latency_report import (
     command,
-    load_line,
     parser,
     percentile,
+    section,
     summary_ms,
     table,
     tiers_for,
@@ -243,53 +243,50 @@ def markdown(results: list[dict[str, Any]], info: dict[str, Any], cmd: str) -> s
                 f"<= {TARGET_BURST_P50_MS:g} ({met})",
             ]
         )
-    breakdown: list[list[Any]] = []
-    for result in results:
-        for key, label in ROWS:
-            breakdown.append(
-                [result["tier"], label.strip(), result[key]["p50_ms"], result[key]["p95_ms"]]
-            )
-    return "\n\n".join(
-        [
-            "## Time to first token overhead",
-            f"`{cmd}`",
-            f"Prompt directive `{DIRECTIVE}`: the fake streams at once; each run is one "
-            "generation created by `POST /api/v1/generations` and read over SSE, against "
-            "the same request sent to the fake with the OpenAI SDK, interleaved.",
-            table(
-                [
-                    "tier",
-                    "runs",
-                    "service p50 (ms)",
-                    "provider alone p50 (ms)",
-                    "overhead p50 (ms)",
-                    "overhead p95 (ms)",
-                    "target p50 (ms)",
-                ],
-                rows,
-            ),
-            f"Under load: {BURST_USERS} users (quick run: fewer) each create one generation, "
-            f"their POSTs spread evenly over {BURST_SPREAD_S:g} s, and read it over SSE "
-            f"(directive `{BURST_DIRECTIVE}`); time from each POST to its first text, and "
-            "its spans:",
-            table(
-                [
-                    "tier",
-                    "users",
-                    "p50 (ms)",
-                    "p95 (ms)",
-                    "POST -> 202 p50",
-                    "POST -> provider sends p50",
-                    "provider send -> receipt p50",
-                    "target p50 (ms)",
-                ],
-                bursts,
-            ),
-            "Where the time goes (the fake stamps each token with its send time):",
-            table(["tier", "span", "p50 (ms)", "p95 (ms)"], breakdown),
-            NOTE,
-            load_line(info),
-        ]
+    breakdown = [
+        [result["tier"], label.strip(), result[key]["p50_ms"], result[key]["p95_ms"]]
+        for result in results
+        for key, label in ROWS
+    ]
+    return section(
+        "Time to first token overhead",
+        cmd,
+        info,
+        f"Prompt directive `{DIRECTIVE}`: the fake streams at once; each run is one "
+        "generation created by `POST /api/v1/generations` and read over SSE, against "
+        "the same request sent to the fake with the OpenAI SDK, interleaved.",
+        table(
+            [
+                "tier",
+                "runs",
+                "service p50 (ms)",
+                "provider alone p50 (ms)",
+                "overhead p50 (ms)",
+                "overhead p95 (ms)",
+                "target p50 (ms)",
+            ],
+            rows,
+        ),
+        f"Under load: {BURST_USERS} users (quick run: fewer) each create one generation, "
+        f"their POSTs spread evenly over {BURST_SPREAD_S:g} s, and read it over SSE "
+        f"(directive `{BURST_DIRECTIVE}`); time from each POST to its first text, and "
+        "its spans:",
+        table(
+            [
+                "tier",
+                "users",
+                "p50 (ms)",
+                "p95 (ms)",
+                "POST -> 202 p50",
+                "POST -> provider sends p50",
+                "provider send -> receipt p50",
+                "target p50 (ms)",
+            ],
+            bursts,
+        ),
+        "Where the time goes (the fake stamps each token with its send time):",
+        table(["tier", "span", "p50 (ms)", "p95 (ms)"], breakdown),
+        NOTE,
     )
 
 
