@@ -269,13 +269,12 @@ def run_step(
         system.name, system.ports, streams, tokens, ramp_s, seed, cuts=cuts, sse_share=sse_share
     )
     db_before = db_counts(system.schema) if system.schema else {}
-    meter = procstat.CpuMeter({**system.cpu_groups, "provider": [fake.process.pid]})
-    meter.start()
+    cpu_used = procstat.cpu_meter({**system.cpu_groups, "provider": [fake.process.pid]})
     started = time.time()
     with connections_peak() as connections:
         outcomes = loadgen.run(plan, client_procs)
     wall_s = time.time() - started
-    used = meter.stop()
+    used = cpu_used()
     db_after = db_counts(system.schema) if system.schema else {}
     db = {name: value - db_before.get(name, 0) for name, value in db_after.items()}
     row = summarise(system, plan, outcomes, used, wall_s, db)
@@ -425,10 +424,9 @@ def channel_layer_alone(groups: list[int], messages: int) -> list[dict[str, Any]
 
 def idle_cpu(system: System, fake: FakeLLM, seconds: float) -> dict[str, Any]:
     """The service's CPU with no client at all: its fixed cost (queue polling, housekeeping)."""
-    meter = procstat.CpuMeter({**system.cpu_groups, "provider": [fake.process.pid]})
-    meter.start()
+    cpu_used = procstat.cpu_meter({**system.cpu_groups, "provider": [fake.process.pid]})
     time.sleep(seconds)
-    used = meter.stop()
+    used = cpu_used()
     return {
         "seconds": seconds,
         "cpu_s": {name: round(value, 2) for name, value in used.items()},

@@ -103,7 +103,7 @@ async def _client_main(
                     alive += 1
                 except Exception:
                     pass
-            pipe.send(("alive", alive, len(sockets)))
+            pipe.send(("alive", alive))
         elif kind == "close":
             await asyncio.gather(*(ws.close() for ws in sockets), return_exceptions=True)
             pipe.send(("closed",))
@@ -149,15 +149,11 @@ class Clients:
                 errors += [f"{failed} failed, e.g. {sample[0]}"]
         return last - start_at, opened, errors
 
-    def alive(self) -> tuple[int, int]:
+    def alive(self) -> int:
+        """The connections, in every process, that answered a ping."""
         for pipe in self.pipes:
             pipe.send(("check",))
-        alive = held = 0
-        for pipe in self.pipes:
-            _, count, total = pipe.recv()
-            alive += count
-            held += total
-        return alive, held
+        return sum(pipe.recv()[1] for pipe in self.pipes)
 
     def close(self) -> None:
         for pipe in self.pipes:
@@ -216,7 +212,7 @@ def measure(
         cpu_before = cpu_s(pid)
         time.sleep(idle_s)
         idle_cpu = (cpu_s(pid) - cpu_before) / idle_s
-        alive, _held = clients.alive()
+        alive = clients.alive()
         opened = opened_first + opened_rest
         return {
             "tier": tier,

@@ -6,6 +6,7 @@ import os
 import platform
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -70,26 +71,20 @@ def mysql_pids() -> list[int]:
         return pids_named("mariadbd", "mysqld")
 
 
-class CpuMeter:
-    """CPU seconds used by named groups of processes between `start` and `stop`."""
+def cpu_meter(groups: dict[str, list[int]]) -> Callable[[], dict[str, float]]:
+    """Starts metering named groups of processes: the function returned gives the CPU
+    seconds each group has used since."""
+    start = {pid: cpu_s(pid) for pids in groups.values() for pid in pids}
 
-    def __init__(self, groups: dict[str, list[int]]) -> None:
-        self.groups = groups
-        self._start: dict[int, float] = {}
-
-    def _read(self) -> dict[int, float]:
-        return {pid: cpu_s(pid) for pids in self.groups.values() for pid in pids}
-
-    def start(self) -> None:
-        self._start = self._read()
-
-    def stop(self) -> dict[str, float]:
-        end = self._read()
+    def used() -> dict[str, float]:
+        end = {pid: cpu_s(pid) for pid in start}
         # A process that ended meanwhile reads 0: it counts for nothing, not for minus.
         return {
-            name: sum(max(0.0, end[pid] - self._start[pid]) for pid in pids)
-            for name, pids in self.groups.items()
+            name: sum(max(0.0, end[pid] - start[pid]) for pid in pids)
+            for name, pids in groups.items()
         }
+
+    return used
 
 
 def loadavg() -> str:
