@@ -364,10 +364,7 @@ def measure_service(tier: str, runs: int, background_streams: int = 0) -> dict[s
     finally:
         service.stop()
         fake.stop()
-    result["tier"] = tier
-    result["runs"] = runs
-    result["background_streams"] = background_streams
-    return result
+    return {**result, "tier": tier, "runs": runs, "background_streams": background_streams}
 
 
 def measure_baseline(runs: int) -> dict[str, Any]:

@@ -182,9 +182,7 @@ def measure(tier: str, runs: int, burst_users: int = BURST_USERS) -> dict[str, A
             for key in ("post", "provider_sent", "delivery")
         },
     }
-    result["tier"] = tier
-    result["runs"] = runs
-    return result
+    return {**result, "tier": tier, "runs": runs}
 
 
 ROWS = [
