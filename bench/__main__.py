@@ -15,7 +15,6 @@ import argparse
 import contextlib
 import datetime
 import importlib
-import inspect
 import io
 import os
 import signal
@@ -57,12 +56,12 @@ def run_module(name: str, results_dir: Path, quick: bool) -> str:
         if quick:
             return "skipped in --quick (it has no quick mode)"
         output = io.StringIO()
-        takes_argv = bool(inspect.signature(module.main).parameters)
         saved = sys.argv
+        # No arguments: main() parses the empty sys.argv[1:] (a main(argv) defaults to it).
         sys.argv = [f"bench.{name}"]
         try:
             with contextlib.redirect_stdout(output):
-                module.main([]) if takes_argv else module.main()
+                module.main()
         finally:
             sys.argv = saved
         target = results_dir / f"{name}.md"
@@ -93,11 +92,9 @@ def assemble(
         "## Machine",
         "",
     ]
-    for key, value in procstat.machine().items():
-        lines.append(f"- {key}: {value}")
+    lines += [f"- {key}: {value}" for key, value in procstat.machine().items()]
     lines += ["", "## Versions", ""]
-    for key, value in procstat.versions().items():
-        lines.append(f"- {key}: {value}")
+    lines += [f"- {key}: {value}" for key, value in procstat.versions().items()]
     lines += [
         "",
         "## Machine load",
@@ -109,8 +106,7 @@ def assemble(
         "## Benchmarks",
         "",
     ]
-    for name, outcome in outcomes.items():
-        lines.append(f"- `{name}`: {outcome}")
+    lines += [f"- `{name}`: {outcome}" for name, outcome in outcomes.items()]
     for name in outcomes:
         path = results_dir / f"{name}.md"
         if path.exists():

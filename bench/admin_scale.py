@@ -19,6 +19,8 @@ import time
 from datetime import timedelta
 from typing import Any
 
+from bench.procstat import mysql
+
 DATABASE = "llm_admin_scale"
 USERS = 1_000
 BATCH = 5_000
@@ -30,11 +32,7 @@ def _setup_django() -> None:
     os.environ.setdefault("SECRET_KEY", "bench-admin-scale-0123456789abcdef0123456789")
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
     os.environ.setdefault("LOG_LEVEL", "WARNING")
-    import MySQLdb
-
-    conn = MySQLdb.connect(host="127.0.0.1", user="root", passwd="", port=3306)
-    conn.cursor().execute(f"CREATE DATABASE IF NOT EXISTS {DATABASE} CHARACTER SET utf8mb4")
-    conn.close()
+    mysql(f"CREATE DATABASE IF NOT EXISTS {DATABASE} CHARACTER SET utf8mb4")
     import django
 
     django.setup()
@@ -166,13 +164,10 @@ def main(argv: list[str] | None = None) -> None:
             f"{result['slowest_ms']:.0f} | {result['result_count']} | {plan} |"
         )
     if not args.keep:
-        import MySQLdb
         from django.db import connection
 
         connection.close()
-        conn = MySQLdb.connect(host="127.0.0.1", user="root", passwd="", port=3306)
-        conn.cursor().execute(f"DROP DATABASE IF EXISTS {DATABASE}")
-        conn.close()
+        mysql(f"DROP DATABASE IF EXISTS {DATABASE}")
 
 
 def _days_ago(days: int) -> str:

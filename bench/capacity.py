@@ -24,14 +24,17 @@ else that used them during the step (other test runs), which the report states.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,15 +46,9 @@ import MySQLdb
 import redis
 
 from bench import loadgen, procstat
-from tests.harness import (
-    PYTHON,
-    ROOT,
-    FakeLLM,
-    Service,
-    _reserve_redis_db,
-    spawn,
-    wait_until,
-)
+from bench.latency_report import percentile
+from bench.procstat import mysql
+from tests.harness import PYTHON, ROOT, FakeLLM, Service, _reserve_redis_db, spawn, wait_until
 from tests.tier_env import JWT_SECRET, REDIS_SERVER_URL, RUN_DIR, free_port
 
 NAME = "capacity"
@@ -81,48 +78,18 @@ SYSTEMS = {
 }
 
 
-def percentile(values: list[float], q: float) -> float | None:
-    """Nearest-rank percentile: a value that was measured, never an interpolation."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(q / 100 * len(ordered)) - 1)]
-
-
-def mysql(sql: str) -> list[tuple[Any, ...]]:
-    conn = MySQLdb.connect(host="127.0.0.1", user="root", passwd="", port=3306)
-    try:
-        cursor = conn.cursor()
-        cursor.execute(sql)
-        return list(cursor.fetchall())
-    finally:
-        conn.close()
-
-
-class DbCounters:
+def db_counts(schema: str) -> dict[str, int]:
     """Rows changed per table of one database (MariaDB's userstat TABLE_STATISTICS, exact per
     schema), and the server-wide statement counters (which include other clients)."""
-
-    GLOBAL = ("Com_insert", "Com_update", "Com_select")
-
-    def __init__(self, schema: str) -> None:
-        self.schema = schema
-
-    def read(self) -> dict[str, int]:
-        counts: dict[str, int] = {}
-        for table, changed in mysql(
-            "SELECT TABLE_NAME, ROWS_CHANGED FROM information_schema.TABLE_STATISTICS "
-            f"WHERE TABLE_SCHEMA = '{self.schema}'"
-        ):
-            counts[f"rows_changed.{table}"] = int(changed)
-        for name, value in mysql("SHOW GLOBAL STATUS"):
-            if name in self.GLOBAL:
-                counts[f"global.{name}"] = int(value)
-        return counts
-
-    @staticmethod
-    def delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
-        return {name: value - before.get(name, 0) for name, value in after.items()}
+    rows = mysql(
+        "SELECT TABLE_NAME, ROWS_CHANGED FROM information_schema.TABLE_STATISTICS "
+        f"WHERE TABLE_SCHEMA = '{schema}'"
+    )
+    counts = {f"rows_changed.{table}": int(changed) for table, changed in rows}
+    for name, value in mysql("SHOW GLOBAL STATUS"):
+        if name in ("Com_insert", "Com_update", "Com_select"):
+            counts[f"global.{name}"] = int(value)
+    return counts
 
 
 @dataclass
@@ -151,20 +118,22 @@ def service_pids() -> dict[str, list[int]]:
     return {"redis": procstat.redis_pids(), "mysql": procstat.mysql_pids()}
 
 
-def start_ours(fake: FakeLLM) -> System:
-    return _start_service(
-        "ours",
-        fake,
-        webs=2,
-        workers=2,
-        tier="distributed",
-        worker_metrics=True,
-        env={"REDIS_MAX_CONNECTIONS": "1000"},
-    )
-
-
-def start_embedded(fake: FakeLLM) -> System:
-    return _start_service("embedded", fake, webs=1, workers=0, tier="embedded", env={})
+def start_system(name: str, fake: FakeLLM) -> System:
+    if name == "ours":
+        return _start_service(
+            "ours",
+            fake,
+            webs=2,
+            workers=2,
+            tier="distributed",
+            worker_metrics=True,
+            env={"REDIS_MAX_CONNECTIONS": "1000"},
+        )
+    if name == "embedded":
+        return _start_service("embedded", fake, webs=1, workers=0, tier="embedded", env={})
+    if name == "streams":
+        return start_streams()
+    return start_naive(fake)
 
 
 def _start_service(name: str, fake: FakeLLM, *, env: dict[str, str], **options: Any) -> System:
@@ -186,67 +155,100 @@ def _start_service(name: str, fake: FakeLLM, *, env: dict[str, str], **options: 
     return System(name, service.ports, groups, schema=service.db_name, service=service)
 
 
-def _spawn(name: str, args: list[str]) -> subprocess.Popen[bytes]:
-    log = open(Path(RUN_DIR) / f"{name}.log", "ab")  # noqa: SIM115 (the child keeps it)
-    return spawn(
-        [PYTHON, "-m", *args], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ)
-    )
-
-
-def _listening(port: int) -> bool:
-    import socket
-
-    with socket.socket() as sock:
-        return sock.connect_ex(("127.0.0.1", port)) == 0
-
-
-def start_streams() -> System:
+def _start_baseline(
+    name: str,
+    module: str,
+    roles: Callable[[str, int], dict[str, list[str]]],
+    groups: dict[str, list[int]],
+    schema: str = "",
+) -> System:
+    """A baseline's processes, one per role (its arguments, given the Redis URL and port),
+    on a Redis database of its own; up once the port listens."""
     db, lock = _reserve_redis_db()
     url = f"{REDIS_SERVER_URL}/{db}"
     redis.Redis.from_url(url).flushdb()
     port = free_port()
-    server = _spawn(
-        "streams-server",
-        ["bench.baselines.streams_sse", "server", "--port", str(port), "--redis", url],
-    )
-    producer = _spawn(
-        "streams-producer", ["bench.baselines.streams_sse", "producer", "--redis", url]
-    )
-    wait_until(lambda: _listening(port), timeout_s=20)
+    processes = {}
+    for role, args in roles(url, port).items():
+        log = open(Path(RUN_DIR) / f"{name}-{role}.log", "ab")  # noqa: SIM115 (the child keeps it)
+        processes[role] = spawn(
+            [PYTHON, "-m", f"bench.baselines.{module}", role, *args],
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=dict(os.environ),
+        )
+
+    def listening() -> bool:
+        with socket.socket() as sock:
+            return sock.connect_ex(("127.0.0.1", port)) == 0
+
+    wait_until(listening, timeout_s=20)
     return System(
-        "streams",
+        name,
         [port],
-        {"server": [server.pid], "producer": [producer.pid], "redis": procstat.redis_pids()},
-        processes=[server, producer],
+        {**{role: [process.pid] for role, process in processes.items()}, **groups},
+        schema=schema,
+        processes=list(processes.values()),
         redis_lock=lock,
     )
+
+
+def start_streams() -> System:
+    def roles(url: str, port: int) -> dict[str, list[str]]:
+        return {"server": ["--port", str(port), "--redis", url], "producer": ["--redis", url]}
+
+    return _start_baseline("streams", "streams_sse", roles, {"redis": procstat.redis_pids()})
 
 
 def start_naive(fake: FakeLLM, *, write_per_token: bool = False) -> System:
     from bench.baselines.naive import create_schema
 
-    db, lock = _reserve_redis_db()
-    url = f"{REDIS_SERVER_URL}/{db}"
-    redis.Redis.from_url(url).flushdb()
     schema = f"bench_naive_{os.getpid()}_{int(write_per_token)}"
     mysql(f"DROP DATABASE IF EXISTS {schema}")
     create_schema(schema)
-    port = free_port()
-    common = ["--redis", url, "--database", schema]
-    web = _spawn("naive-web", ["bench.baselines.naive", "web", "--port", str(port), *common])
     extra = ["--write-per-token"] if write_per_token else []
-    worker = _spawn(
-        "naive-worker",
-        ["bench.baselines.naive", "worker", *common, "--provider", fake.url + "/v1", *extra],
-    )
-    wait_until(lambda: _listening(port), timeout_s=20)
-    return System(
-        "naive",
-        [port],
-        {"web": [web.pid], "worker": [worker.pid], **service_pids()},
-        schema=schema,
-        processes=[web, worker],
-        redis_lock=lock,
+
+    def roles(url: str, port: int) -> dict[str, list[str]]:
+        common = ["--redis", url, "--database", schema]
+        return {
+            "web": ["--port", str(port), *common],
+            "worker": [*common, "--provider", fake.url + "/v1", *extra],
+        }
+
+    return _start_baseline("naive", "naive", roles, service_pids(), schema)
+
+
+def make_plan(
+    system: str,
+    ports: list[int],
+    streams: int,
+    tokens: int,
+    ramp_s: float,
+    seed: int,
+    *,
+    cuts: int = 0,
+    sse_share: float | None = None,
+) -> loadgen.Plan:
+    """A step's streams, starting in 3 s; the service's clients are SSE_SHARE on SSE, the
+    baselines' all on SSE, unless `sse_share` says."""
+    if sse_share is None:
+        sse_share = SSE_SHARE if system in loadgen.SERVICE_SYSTEMS else 1.0
+    return loadgen.Plan(
+        system=system,
+        host="127.0.0.1",
+        ports=ports,
+        indices=list(range(streams)),
+        streams=streams,
+        tokens=tokens,
+        rate=RATE_TOK_S,
+        ttft_ms=TTFT_MS,
+        ramp_s=ramp_s,
+        start_at=time.time() + 3,
+        sse_share=sse_share,
+        cuts=cuts,
+        jwt_secret=JWT_SECRET,
+        seed=seed,
     )
 
 
@@ -263,64 +265,43 @@ def run_step(
     seed: int = 0,
 ) -> dict[str, Any]:
     """One step: `streams` concurrent generations of `tokens` tokens at RATE_TOK_S."""
-    plan = loadgen.Plan(
-        system=system.name,
-        host="127.0.0.1",
-        ports=system.ports,
-        indices=list(range(streams)),
-        streams=streams,
-        tokens=tokens,
-        rate=RATE_TOK_S,
-        ttft_ms=TTFT_MS,
-        ramp_s=ramp_s,
-        start_at=time.time() + 3,
-        sse_share=sse_share
-        if sse_share is not None
-        else (SSE_SHARE if system.name in loadgen.SERVICE_SYSTEMS else 1.0),
-        cuts=cuts,
-        jwt_secret=JWT_SECRET,
-        seed=seed,
+    plan = make_plan(
+        system.name, system.ports, streams, tokens, ramp_s, seed, cuts=cuts, sse_share=sse_share
     )
-    counters = DbCounters(system.schema) if system.schema else None
-    db_before = counters.read() if counters else {}
-    meter = procstat.CpuMeter({**system.cpu_groups, "provider": [fake.process.pid]})
-    meter.start()
+    db_before = db_counts(system.schema) if system.schema else {}
+    cpu_used = procstat.cpu_meter({**system.cpu_groups, "provider": [fake.process.pid]})
     started = time.time()
-    with ConnectionsWatch() as connections:
+    with connections_peak() as connections:
         outcomes = loadgen.run(plan, client_procs)
     wall_s = time.time() - started
-    used = meter.stop()
-    db = DbCounters.delta(db_before, counters.read()) if counters else {}
+    used = cpu_used()
+    db_after = db_counts(system.schema) if system.schema else {}
+    db = {name: value - db_before.get(name, 0) for name, value in db_after.items()}
     row = summarise(system, plan, outcomes, used, wall_s, db)
-    row["mysql_threads_connected_max"] = connections.peak
+    row["mysql_threads_connected_max"] = connections[0]
     return row
 
 
-class ConnectionsWatch:
-    """The peak of MariaDB's Threads_connected (server-wide) while the block runs."""
+@contextlib.contextmanager
+def connections_peak() -> Iterator[list[int]]:
+    """The peak of MariaDB's Threads_connected (server-wide) while the block runs, read every
+    second: the list's one item."""
+    peak = [0]
+    stop = threading.Event()
 
-    INTERVAL_S = 1.0
-
-    def __init__(self) -> None:
-        self.peak = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._watch, daemon=True)
-
-    def _watch(self) -> None:
-        while not self._stop.wait(self.INTERVAL_S):
+    def watch() -> None:
+        while not stop.wait(1.0):
             try:
                 rows = mysql("SHOW GLOBAL STATUS LIKE 'Threads_connected'")
-                self.peak = max(self.peak, int(rows[0][1]))
+                peak[0] = max(peak[0], int(rows[0][1]))
             except MySQLdb.Error:
                 continue
 
-    def __enter__(self) -> ConnectionsWatch:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    yield peak
+    stop.set()
+    thread.join()
 
 
 def summarise(
@@ -353,10 +334,9 @@ def summarise(
         delivered = tokens / max(window_s, 1e-9)
     else:
         delivered = 0.0
-    service_groups = [g for g in system.cpu_groups]
-    service_cpu = sum(used[g] for g in service_groups)
+    service_cpu = sum(used[g] for g in system.cpu_groups)
     loadgen_cpu = sum(o["cpu_s"] for o in outcomes)
-    p50, p99 = percentile(event_lat, 50), percentile(event_lat, 99)
+    p99 = percentile(event_lat, 99) if event_lat else None
     failed = sum(o["failed"] for o in outcomes)
     offered = plan.streams * plan.rate
     lagged = (
@@ -373,10 +353,10 @@ def summarise(
         "steady_window_s": round(window_s, 2),
         "tokens_received": tokens,
         "events_received": sum(o["events"] for o in outcomes),
-        "event_p50_ms": None if p50 is None else round(1000 * p50, 1),
-        "event_p99_ms": None if p99 is None else round(1000 * p99, 1),
-        "token_p50_ms": _ms(percentile(token_lat, 50)),
-        "token_p99_ms": _ms(percentile(token_lat, 99)),
+        "event_p50_ms": _ms(event_lat, 50),
+        "event_p99_ms": _ms(event_lat, 99),
+        "token_p50_ms": _ms(token_lat, 50),
+        "token_p99_ms": _ms(token_lat, 99),
         "streams_checked": sum(o["streams"] for o in outcomes),
         "streams_failed": failed,
         "errors": [e for o in outcomes for e in o["errors"]][:10],
@@ -396,8 +376,8 @@ def summarise(
     }
 
 
-def _ms(value: float | None) -> float | None:
-    return None if value is None else round(1000 * value, 1)
+def _ms(values: list[float], q: float) -> float | None:
+    return round(1000 * percentile(values, q), 1) if values else None
 
 
 def redis_round_trips(count: int) -> dict[str, Any]:
@@ -420,8 +400,8 @@ def redis_round_trips(count: int) -> dict[str, Any]:
             samples.append(time.perf_counter() - started)
         found[name] = {
             "count": count,
-            "p50_us": round(1e6 * (percentile(samples, 50) or 0), 1),
-            "p99_us": round(1e6 * (percentile(samples, 99) or 0), 1),
+            "p50_us": round(1e6 * percentile(samples, 50), 1),
+            "p99_us": round(1e6 * percentile(samples, 99), 1),
         }
     client.delete("bench:rtt")
     return found
@@ -444,10 +424,9 @@ def channel_layer_alone(groups: list[int], messages: int) -> list[dict[str, Any]
 
 def idle_cpu(system: System, fake: FakeLLM, seconds: float) -> dict[str, Any]:
     """The service's CPU with no client at all: its fixed cost (queue polling, housekeeping)."""
-    meter = procstat.CpuMeter({**system.cpu_groups, "provider": [fake.process.pid]})
-    meter.start()
+    cpu_used = procstat.cpu_meter({**system.cpu_groups, "provider": [fake.process.pid]})
     time.sleep(seconds)
-    used = meter.stop()
+    used = cpu_used()
     return {
         "seconds": seconds,
         "cpu_s": {name: round(value, 2) for name, value in used.items()},
@@ -455,19 +434,14 @@ def idle_cpu(system: System, fake: FakeLLM, seconds: float) -> dict[str, Any]:
     }
 
 
-def enable_table_statistics() -> str:
-    """Turns on MariaDB's per-table row counters; returns the setting to restore."""
-    previous = str(mysql("SELECT @@GLOBAL.userstat")[0][0])
-    mysql("SET GLOBAL userstat = 1")
-    return previous
-
-
 def run(results_dir: Path, quick: bool = False, argv: list[str] | None = None) -> dict[str, Any]:
     """The whole capacity benchmark; writes capacity.md, capacity.json and PNGs."""
     args = parse_args(argv or [], quick)
     results_dir.mkdir(parents=True, exist_ok=True)
     steps = [int(s) for s in args.steps.split(",")]
-    restore_userstat = enable_table_statistics()
+    # MariaDB's per-table row counters, for db_counts.
+    restore_userstat = str(mysql("SELECT @@GLOBAL.userstat")[0][0])
+    mysql("SET GLOBAL userstat = 1")
     restore_max_conn = int(mysql("SELECT @@GLOBAL.max_connections")[0][0])
     if restore_max_conn < MYSQL_MAX_CONNECTIONS:
         # Each running generation holds a database connection in its worker thread.
@@ -492,6 +466,14 @@ def run(results_dir: Path, quick: bool = False, argv: list[str] | None = None) -
         "steps": [],
     }
     fake = FakeLLM()
+
+    def short_step(system: System, streams: int, **options: Any) -> dict[str, Any]:
+        """A step of the reconnect test's length, from one client process."""
+        tokens = args.reconnect_tokens
+        return run_step(
+            system, streams, tokens=tokens, ramp_s=1.0, client_procs=1, fake=fake, **options
+        )
+
     try:
         result["redis_rtt"] = redis_round_trips(200 if quick else 2000)
         print("redis round trips", result["redis_rtt"], flush=True)
@@ -513,29 +495,15 @@ def run(results_dir: Path, quick: bool = False, argv: list[str] | None = None) -
                         seed=index,
                     )
                     result["steps"].append(row)
-                    print(json.dumps({k: v for k, v in row.items() if k != "db"}), flush=True)
+                    _print_row(row)
                     # Steps up to the target's count run even after a lag, so that the
                     # target is always measured; past it, the first lag ends the stepping.
                     if row["lagged"] and streams >= TARGET_STREAMS:
                         break
                 if name in ("ours", "naive"):
-                    row = run_step(
-                        system,
-                        args.reconnect_clients,
-                        tokens=args.reconnect_tokens,
-                        ramp_s=1.0,
-                        client_procs=1,
-                        fake=fake,
-                        cuts=3,
-                        sse_share=1.0,
-                        seed=99,
-                    )
+                    row = short_step(system, args.reconnect_clients, cuts=3, sse_share=1.0, seed=99)
                     result.setdefault("reconnects", []).append(row)
-                    print(
-                        "reconnects",
-                        json.dumps({k: v for k, v in row.items() if k != "db"}),
-                        flush=True,
-                    )
+                    _print_row(row, "reconnects")
                 if name == "ours" and system.service is not None:
                     save_metrics(system.service, results_dir / METRICS_SAMPLE)
             finally:
@@ -543,15 +511,7 @@ def run(results_dir: Path, quick: bool = False, argv: list[str] | None = None) -
         # The design the row count is compared with: one UPDATE per token.
         system = start_naive(fake, write_per_token=True)
         try:
-            row = run_step(
-                system,
-                args.per_token_streams,
-                tokens=args.reconnect_tokens,
-                ramp_s=1.0,
-                client_procs=1,
-                fake=fake,
-                seed=77,
-            )
+            row = short_step(system, args.per_token_streams, seed=77)
             row["system"] = "naive-write-per-token"
             result["write_per_token"] = row
         finally:
@@ -576,6 +536,10 @@ def run(results_dir: Path, quick: bool = False, argv: list[str] | None = None) -
     return result
 
 
+def _print_row(row: dict[str, Any], *label: str) -> None:
+    print(*label, json.dumps({k: v for k, v in row.items() if k != "db"}), flush=True)
+
+
 # The service's own view of the run once the steps and the reconnect step of "ours" are over:
 # GET /metrics of its first web process, then each worker's port (the llm_* series only).
 METRICS_SAMPLE = "metrics_after_capacity.txt"
@@ -591,16 +555,6 @@ def save_metrics(service: Service, path: Path) -> None:
         text = httpx.get(url, timeout=30).text
         parts += [f"# {url}", *(line for line in text.splitlines() if "llm_" in line)]
     path.write_text("\n".join(parts) + "\n")
-
-
-def start_system(name: str, fake: FakeLLM) -> System:
-    if name == "ours":
-        return start_ours(fake)
-    if name == "embedded":
-        return start_embedded(fake)
-    if name == "streams":
-        return start_streams()
-    return start_naive(fake)
 
 
 def parse_args(argv: list[str], quick: bool) -> argparse.Namespace:

@@ -16,11 +16,9 @@ divided by the connections. Also the Daphne process's CPU while they sit idle.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import multiprocessing
-import os
 import pathlib
 import time
 from multiprocessing.connection import Connection
@@ -28,13 +26,8 @@ from typing import Any
 
 import websockets
 
-from bench.latency_report import (
-    command,
-    load_line,
-    machine,
-    table,
-    write_result,
-)
+from bench.latency_report import command, parser, section, table, tiers_for, write_tiers
+from bench.procstat import cpu_s
 from tests.harness import FakeLLM, Service, make_token
 from tests.tier_env import TIER
 
@@ -50,7 +43,6 @@ IN_FLIGHT = 100
 IDLE_CPU_WINDOW_S = 10.0
 SETTLE_S = 3.0
 QUICK_IDLE_S = 1.0
-_TICKS_PER_S = os.sysconf("SC_CLK_TCK")
 
 
 def vm_rss_kb(pid: int) -> int:
@@ -60,12 +52,14 @@ def vm_rss_kb(pid: int) -> int:
     raise RuntimeError(f"no VmRSS for {pid}")
 
 
-def cpu_s(pid: int) -> float:
-    fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / _TICKS_PER_S
-
-
 # -- the client processes ------------------------------------------------------------------
+
+
+async def _auth(ws: Any, token: str) -> None:
+    await ws.send(json.dumps({"type": "auth", "token": token}))
+    reply = json.loads(await asyncio.wait_for(ws.recv(), 120))
+    if reply.get("type") != "auth.ok":
+        raise RuntimeError(f"auth refused: {reply}")
 
 
 async def _client_main(
@@ -80,10 +74,7 @@ async def _client_main(
     async def open_one(semaphore: asyncio.Semaphore, token: str) -> float:
         async with semaphore:
             ws = await websockets.connect(url, open_timeout=120, ping_interval=None)
-            await ws.send(json.dumps({"type": "auth", "token": token}))
-            reply = json.loads(await asyncio.wait_for(ws.recv(), 120))
-            if reply.get("type") != "auth.ok":
-                raise RuntimeError(f"auth refused: {reply}")
+            await _auth(ws, token)
             sockets.append(ws)
             return time.time()
 
@@ -112,7 +103,7 @@ async def _client_main(
                     alive += 1
                 except Exception:
                     pass
-            pipe.send(("alive", alive, len(sockets)))
+            pipe.send(("alive", alive))
         elif kind == "close":
             await asyncio.gather(*(ws.close() for ws in sockets), return_exceptions=True)
             pipe.send(("closed",))
@@ -143,11 +134,9 @@ class Clients:
         """Open `total` connections across the processes at once; (seconds from the common
         start to the last auth.ok, connections opened, errors)."""
         start_at = time.time() + 1.0
-        counts = [total // len(self.pipes)] * len(self.pipes)
-        for index in range(total % len(self.pipes)):
-            counts[index] += 1
-        for pipe, count in zip(self.pipes, counts, strict=True):
-            pipe.send(("open", count, start_at))
+        shares = len(self.pipes)
+        for index, pipe in enumerate(self.pipes):
+            pipe.send(("open", total // shares + (index < total % shares), start_at))
         last = start_at
         opened = 0
         errors: list[str] = []
@@ -160,15 +149,11 @@ class Clients:
                 errors += [f"{failed} failed, e.g. {sample[0]}"]
         return last - start_at, opened, errors
 
-    def alive(self) -> tuple[int, int]:
+    def alive(self) -> int:
+        """The connections, in every process, that answered a ping."""
         for pipe in self.pipes:
             pipe.send(("check",))
-        alive = held = 0
-        for pipe in self.pipes:
-            _, count, total = pipe.recv()
-            alive += count
-            held += total
-        return alive, held
+        return sum(pipe.recv()[1] for pipe in self.pipes)
 
     def close(self) -> None:
         for pipe in self.pipes:
@@ -192,10 +177,7 @@ def _warm_users(url: str, tokens: list[str]) -> None:
     async def go() -> None:
         for token in tokens:
             async with websockets.connect(url, ping_interval=None) as ws:
-                await ws.send(json.dumps({"type": "auth", "token": token}))
-                reply = json.loads(await ws.recv())
-                if reply.get("type") != "auth.ok":
-                    raise RuntimeError(f"auth refused: {reply}")
+                await _auth(ws, token)
 
     asyncio.run(go())
 
@@ -230,7 +212,7 @@ def measure(
         cpu_before = cpu_s(pid)
         time.sleep(idle_s)
         idle_cpu = (cpu_s(pid) - cpu_before) / idle_s
-        alive, _held = clients.alive()
+        alive = clients.alive()
         opened = opened_first + opened_rest
         return {
             "tier": tier,
@@ -291,85 +273,63 @@ def markdown(results: list[dict[str, Any]], info: dict[str, Any], cmd: str) -> s
             ]
         )
     first = results[0]
-    return "\n\n".join(
-        [
-            "## Idle WebSocket connections",
-            f"`{cmd}`",
-            f"{first['client_processes']} client processes (asyncio + websockets) open "
-            f"authenticated connections for {first['users']} users "
-            f"(`MAX_CONNECTIONS_PER_USER={first['max_connections_per_user']}` by env, so the "
-            "per-user cap is not what is measured), up to "
-            f"{IN_FLIGHT} in flight per process. Memory is the Daphne process's VmRSS before "
-            "and after; every connection was then checked with a ping.",
-            table(
-                [
-                    "tier",
-                    "connections open",
-                    "answering a ping after idling",
-                    "Daphne RSS (MB)",
-                    "KB per connection",
-                    "target (KB)",
-                    f"accept {ACCEPT_CONNECTIONS:,} (s)",
-                    "Daphne CPU while idle",
-                ],
-                rows,
-            ),
-            load_line(info),
-        ]
+    return section(
+        "Idle WebSocket connections",
+        cmd,
+        info,
+        f"{first['client_processes']} client processes (asyncio + websockets) open "
+        f"authenticated connections for {first['users']} users "
+        f"(`MAX_CONNECTIONS_PER_USER={first['max_connections_per_user']}` by env, so the "
+        "per-user cap is not what is measured), up to "
+        f"{IN_FLIGHT} in flight per process. Memory is the Daphne process's VmRSS before "
+        "and after; every connection was then checked with a ping.",
+        table(
+            [
+                "tier",
+                "connections open",
+                "answering a ping after idling",
+                "Daphne RSS (MB)",
+                "KB per connection",
+                "target (KB)",
+                f"accept {ACCEPT_CONNECTIONS:,} (s)",
+                "Daphne CPU while idle",
+            ],
+            rows,
+        ),
     )
 
 
-def tiers_for(choice: str) -> list[str]:
-    return ["embedded", "distributed"] if choice == "both" else [choice]
-
-
-def _accept_count(connections: int) -> int:
-    return min(ACCEPT_CONNECTIONS, connections)
+def write(results_dir: pathlib.Path, results: list[dict[str, Any]], cmd: str) -> None:
+    write_tiers(
+        results_dir, NAME, markdown, results, cmd, target_kb_per_connection=TARGET_KB_PER_CONNECTION
+    )
 
 
 def run(results_dir: pathlib.Path, quick: bool) -> None:
     """Both tiers; `quick`: a couple of hundred connections on the TEST_TIER one only, with
     short idle windows, to see that it works."""
     connections = QUICK_CONNECTIONS if quick else FULL_CONNECTIONS
-    accept = _accept_count(connections // 2 if quick else connections)
+    accept = min(ACCEPT_CONNECTIONS, connections // 2 if quick else connections)
     tier = TIER if quick else "both"
     results = [
         measure(name, connections, accept, idle_s=QUICK_IDLE_S if quick else IDLE_CPU_WINDOW_S)
         for name in tiers_for(tier)
     ]
-    info = machine()
     cmd = command(f"bench.{NAME}", ["--tier", tier, "--connections", str(connections)])
-    write_result(
-        results_dir,
-        NAME,
-        markdown(results, info, cmd),
-        {"target_kb_per_connection": TARGET_KB_PER_CONNECTION, "machine": info, "tiers": results},
-    )
+    write(results_dir, results, cmd)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
-    parser.add_argument("--connections", type=int, default=FULL_CONNECTIONS)
-    parser.add_argument("--tier", choices=["embedded", "distributed", "both"], default=TIER)
-    parser.add_argument("--results", type=pathlib.Path, help="also write the .md/.json here")
-    args = parser.parse_args()
+    args_parser = parser(__doc__, "also write the .md/.json here")
+    args_parser.add_argument("--connections", type=int, default=FULL_CONNECTIONS)
+    args = args_parser.parse_args()
     results = []
     for tier in tiers_for(args.tier):
-        result = measure(tier, args.connections, _accept_count(args.connections))
+        result = measure(tier, args.connections, min(ACCEPT_CONNECTIONS, args.connections))
         print_result(result)
         results.append(result)
     if args.results is not None:
-        info = machine()
-        write_result(
-            args.results,
-            NAME,
-            markdown(results, info, command(f"bench.{NAME}")),
-            {
-                "target_kb_per_connection": TARGET_KB_PER_CONNECTION,
-                "machine": info,
-                "tiers": results,
-            },
-        )
+        write(args.results, results, command(f"bench.{NAME}"))
 
 
 if __name__ == "__main__":

@@ -3,14 +3,18 @@ the machine's load, and writing a result as `<name>.md` (a report section) and `
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
 import platform
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from tests.tier_env import TIER
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -62,15 +66,44 @@ def write_result(
     return md_path, json_path
 
 
+def write_tiers(
+    results_dir: Path,
+    name: str,
+    markdown: Callable[[list[dict[str, Any]], dict[str, Any], str], str],
+    results: list[dict[str, Any]],
+    cmd: str,
+    **targets: Any,
+) -> None:
+    """A result per tier: `<name>.md` from `markdown` and the JSON of the targets and tiers."""
+    info = machine()
+    data = {**targets, "machine": info, "tiers": results}
+    write_result(results_dir, name, markdown(results, info, cmd), data)
+
+
+def tiers_for(choice: str) -> list[str]:
+    return ["embedded", "distributed"] if choice == "both" else [choice]
+
+
+def parser(doc: str | None, results_help: str) -> argparse.ArgumentParser:
+    """The options every latency benchmark takes; the caller adds its own."""
+    parser = argparse.ArgumentParser(description=(doc or "").split("\n\n")[0])
+    parser.add_argument("--tier", choices=["embedded", "distributed", "both"], default=TIER)
+    parser.add_argument("--results", type=Path, help=results_help)
+    return parser
+
+
 def table(header: list[str], rows: list[list[Any]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
     return "\n".join(lines)
 
 
-def load_line(info: dict[str, Any]) -> str:
+def section(title: str, cmd: str, info: dict[str, Any], *parts: str) -> str:
+    """A report section: its title, the command that reproduces it, `parts`, and the machine
+    it ran on."""
     load = info["load_average"]
-    return (
+    machine_line = (
         f"Machine: {info['cpus']} CPUs, load average {load[0]} / {load[1]} / {load[2]} "
         f"(1/5/15 min) at {info['at']}; Python {info['python']}."
     )
+    return "\n\n".join([f"## {title}", f"`{cmd}`", *parts, machine_line])

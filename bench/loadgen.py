@@ -17,6 +17,7 @@ client library's per-line overhead would make the load generator the bottleneck.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import multiprocessing
 import queue
@@ -26,6 +27,7 @@ import resource
 import time
 from array import array
 from collections import Counter
+from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -136,29 +138,35 @@ class Stream:
             self.done = True
 
 
-async def read_sse(
-    host: str,
-    port: int,
-    path: str,
-    headers: dict[str, str],
-    stream: Stream,
-    cut_at: float | None,
-) -> bool:
-    """Apply one SSE response's events to `stream`. Returns False when it cut the connection
-    itself at `cut_at` (wall clock), True when the response ended."""
+@contextlib.asynccontextmanager
+async def sse_response(
+    host: str, port: int, path: str, headers: dict[str, str], head_timeout_s: float | None = None
+) -> AsyncIterator[tuple[asyncio.StreamReader, int, bool]]:
+    """`GET path` for an event stream on a new connection: (its reader, the status, whether
+    the body is chunked)."""
     reader, writer = await asyncio.open_connection(host, port, limit=READ_LIMIT_BYTES)
     try:
         lines = [f"GET {path} HTTP/1.1", f"Host: {host}:{port}", "Accept: text/event-stream"]
         lines += [f"{name}: {value}" for name, value in headers.items()]
         writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
-        head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1")
-        status = int(head.split(" ", 2)[1])
+        raw = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), head_timeout_s)
+        head = raw.decode("latin-1")
+        yield reader, int(head.split(" ", 2)[1]), "transfer-encoding: chunked" in head.lower()
+    finally:
+        writer.close()
+
+
+async def read_sse(
+    host: str, port: int, path: str, headers: dict[str, str], stream: Stream, cut_at: float | None
+) -> bool:
+    """Apply one SSE response's events to `stream`. Returns False when it cut the connection
+    itself at `cut_at` (wall clock), True when the response ended."""
+    async with sse_response(host, port, path, headers) as (reader, status, chunked):
         if status == 204:
             stream.done = True
             return True
         if status != 200:
             raise RuntimeError(f"events: HTTP {status}")
-        chunked = "transfer-encoding: chunked" in head.lower()
         buffer = b""
         while True:
             if cut_at is not None and time.time() >= cut_at:
@@ -180,8 +188,6 @@ async def read_sse(
                         stream.apply(json.loads(line[5:]))
                 if stream.done:
                     return True
-    finally:
-        writer.close()
 
 
 class Client:
@@ -206,32 +212,24 @@ class Client:
             f"[fake tokens={plan.tokens} rate={plan.rate:g} ttft={plan.ttft_ms} stamp=1]"
         )
 
-    def base(self, index: int) -> tuple[int, str]:
-        port = self.plan.ports[index % len(self.plan.ports)]
-        return port, f"http://{self.plan.host}:{port}"
-
-    def uses_sse(self, index: int) -> bool:
-        share = self.plan.sse_share
-        return int((index + 1) * share) != int(index * share)
-
     async def run_one(self, index: int) -> None:
         plan = self.plan
         await asyncio.sleep(
             max(0.0, plan.start_at + plan.ramp_s * index / plan.streams - time.time())
         )
         stream = Stream(self.outcome, self.event_lat, self.token_lat)
-        port, base = self.base(index)
+        port = plan.ports[index % len(plan.ports)]
+        base = f"http://{plan.host}:{port}"
         auth = {"Authorization": f"Bearer {self.token(index)}"}
         deadline_s = plan.ttft_ms / 1000 + plan.tokens / plan.rate + STREAM_GRACE_S
+        # The share of SSE clients, spread evenly over the indices.
+        sse = int((index + 1) * plan.sse_share) != int(index * plan.sse_share)
         try:
-            if plan.system in SERVICE_SYSTEMS and not self.uses_sse(index):
-                generation_id = await asyncio.wait_for(
-                    self.over_ws(index, port, stream), deadline_s
-                )
+            if plan.system in SERVICE_SYSTEMS and not sse:
+                follow = self.over_ws(index, port, stream)
             else:
-                generation_id = await asyncio.wait_for(
-                    self.over_sse(index, port, base, auth, stream), deadline_s
-                )
+                follow = self.over_sse(index, port, base, auth, stream)
+            generation_id = await asyncio.wait_for(follow, deadline_s)
             reply = await self.http.get(f"{base}/api/v1/generations/{generation_id}", headers=auth)
             reply.raise_for_status()
             self.compare(stream.text, reply.json()["output"])

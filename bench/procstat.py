@@ -6,6 +6,7 @@ import os
 import platform
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,54 +37,54 @@ def pids_named(*names: str) -> list[int]:
     return sorted(found)
 
 
-def redis_pids(url: str = "redis://127.0.0.1:6379/0") -> list[int]:
-    """The Redis server at `url` (other redis-server processes on the machine, such as a
-    test's private one, are not it)."""
+def _redis_server() -> dict[str, Any]:
+    """INFO server of the machine's Redis (a test's private redis-server is not it)."""
     import redis
 
-    info: dict[str, Any] = redis.Redis.from_url(url).info("server")  # type: ignore[assignment]
-    return [int(info["process_id"])]
+    info: dict[str, Any] = redis.Redis.from_url("redis://127.0.0.1:6379/0").info("server")  # type: ignore[assignment]
+    return info
 
 
-def mysql_pids() -> list[int]:
-    """The MariaDB server at 127.0.0.1:3306, from its pid file."""
+def redis_pids() -> list[int]:
+    return [int(_redis_server()["process_id"])]
+
+
+def mysql(sql: str) -> list[tuple[Any, ...]]:
+    """The rows of one statement on the MariaDB server at 127.0.0.1:3306."""
     import MySQLdb
 
     conn = MySQLdb.connect(host="127.0.0.1", user="root", passwd="", port=3306)
     try:
         cursor = conn.cursor()
-        cursor.execute("SELECT @@GLOBAL.pid_file")
-        row = cursor.fetchone()
+        cursor.execute(sql)
+        return list(cursor.fetchall())
     finally:
         conn.close()
+
+
+def mysql_pids() -> list[int]:
+    """The MariaDB server at 127.0.0.1:3306, from its pid file."""
+    rows = mysql("SELECT @@GLOBAL.pid_file")
     try:
-        return [int(Path(str(row[0])).read_text().strip())] if row else []
+        return [int(Path(str(rows[0][0])).read_text().strip())] if rows else []
     except (OSError, ValueError):
         return pids_named("mariadbd", "mysqld")
 
 
-class CpuMeter:
-    """CPU seconds used by named groups of processes between `start` and `stop`."""
+def cpu_meter(groups: dict[str, list[int]]) -> Callable[[], dict[str, float]]:
+    """Starts metering named groups of processes: the function returned gives the CPU
+    seconds each group has used since."""
+    start = {pid: cpu_s(pid) for pids in groups.values() for pid in pids}
 
-    def __init__(self, groups: dict[str, list[int]]) -> None:
-        self.groups = groups
-        self._start: dict[int, float] = {}
-        self.used_s: dict[str, float] = {}
-
-    def _read(self) -> dict[int, float]:
-        return {pid: cpu_s(pid) for pids in self.groups.values() for pid in pids}
-
-    def start(self) -> None:
-        self._start = self._read()
-
-    def stop(self) -> dict[str, float]:
-        end = self._read()
+    def used() -> dict[str, float]:
+        end = {pid: cpu_s(pid) for pid in start}
         # A process that ended meanwhile reads 0: it counts for nothing, not for minus.
-        self.used_s = {
-            name: sum(max(0.0, end[pid] - self._start[pid]) for pid in pids)
-            for name, pids in self.groups.items()
+        return {
+            name: sum(max(0.0, end[pid] - start[pid]) for pid in pids)
+            for name, pids in groups.items()
         }
-        return self.used_s
+
+    return used
 
 
 def loadavg() -> str:
@@ -120,7 +121,7 @@ def _version(module: str) -> str:
         return "not installed"
 
 
-def versions(redis_url: str = "redis://127.0.0.1:6379/0") -> dict[str, str]:
+def versions() -> dict[str, str]:
     import MySQLdb
     import redis
 
@@ -128,17 +129,11 @@ def versions(redis_url: str = "redis://127.0.0.1:6379/0") -> dict[str, str]:
     for package in ("django", "channels", "channels-redis", "redis", "daphne", "huey", "twisted"):
         found[package] = _version(package)
     try:
-        info: dict[str, Any] = redis.Redis.from_url(redis_url).info("server")  # type: ignore[assignment]
-        found["redis-server"] = str(info["redis_version"])
+        found["redis-server"] = str(_redis_server()["redis_version"])
     except redis.RedisError as error:
         found["redis-server"] = f"unreachable ({error})"
     try:
-        conn = MySQLdb.connect(host="127.0.0.1", user="root", passwd="", port=3306)
-        cursor = conn.cursor()
-        cursor.execute("SELECT VERSION()")
-        row = cursor.fetchone()
-        found["mariadb"] = str(row[0]) if row else "unknown"
-        conn.close()
+        found["mariadb"] = str(mysql("SELECT VERSION()")[0][0])
     except MySQLdb.Error as error:
         found["mariadb"] = f"unreachable ({error})"
     return found

@@ -17,6 +17,7 @@ import os
 import pstats
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,6 @@ os.environ.setdefault("TEST_TIER", "distributed")
 
 from bench import capacity, loadgen
 from tests.harness import PYTHON, ROOT, FakeLLM, Service, spawn, wait_until
-from tests.tier_env import JWT_SECRET
 
 NAME = "profile_worker"
 # The stages a token passes through in a worker, by the function that enters each.
@@ -77,21 +77,7 @@ def run(results_dir: Path, quick: bool = False, argv: list[str] | None = None) -
             stderr=subprocess.STDOUT,
         )
         time.sleep(3)
-        plan = loadgen.Plan(
-            system="ours",
-            host="127.0.0.1",
-            ports=service.ports,
-            indices=list(range(streams)),
-            streams=streams,
-            tokens=tokens,
-            rate=capacity.RATE_TOK_S,
-            ttft_ms=capacity.TTFT_MS,
-            ramp_s=2.0,
-            start_at=time.time() + 3,
-            sse_share=capacity.SSE_SHARE,
-            jwt_secret=JWT_SECRET,
-            seed=5,
-        )
+        plan = capacity.make_plan("ours", service.ports, streams, tokens, 2.0, seed=5)
         outcomes = loadgen.run(plan, 1 if quick else 2)
         profiled.send_signal(signal.SIGUSR1)
         profiled.wait(60)
@@ -137,8 +123,6 @@ def markdown(path: Path, streams: int, tokens: int, outcomes: list[dict[str, Any
 
 
 def main() -> None:
-    import sys
-
     run(Path(ROOT) / "bench" / "results", argv=sys.argv[1:])
 
 

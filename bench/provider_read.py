@@ -28,7 +28,7 @@ import django
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
 
-from bench.latency_report import command, load_line, machine, table, write_result
+from bench.latency_report import command, machine, section, table, write_result
 from tests.harness import FakeLLM
 
 NAME = "provider_read"
@@ -84,45 +84,12 @@ def markdown(rounds: list[dict[str, Any]], info: dict[str, Any], cmd: str) -> st
         mine = [r["cpu_ms_per_token"] for r in rounds if r["transport"] == transport]
         median = round(statistics.median(mine), 4)
         rows.append([transport, len(mine), median, min(mine), max(mine)])
-    return "\n\n".join(
-        [
-            "## Provider read: CPU per token by HTTP transport",
-            f"`{cmd}`",
-            table(
-                ["transport", "rounds", "CPU ms/token (median)", "min", "max"],
-                rows,
-            ),
-            load_line(info),
-        ]
+    return section(
+        "Provider read: CPU per token by HTTP transport",
+        cmd,
+        info,
+        table(["transport", "rounds", "CPU ms/token (median)", "min", "max"], rows),
     )
-
-
-def bench(
-    *, streams: int, tokens: int, rate: float, rounds: int, results_dir: pathlib.Path, cmd: str
-) -> None:
-    django.setup()
-    from django.conf import settings
-
-    fake = FakeLLM()
-    settings.OPENAI_BASE_URL = fake.url + "/v1"
-    settings.OPENAI_API_KEY = "bench"
-    try:
-        for transport in TRANSPORTS:  # warm-up, not counted: imports, first connections
-            measure(transport, 5, 20, 1000.0)
-        results = [
-            measure(transport, streams, tokens, rate)
-            for _ in range(rounds)
-            for transport in TRANSPORTS
-        ]
-    finally:
-        fake.stop()
-    for result in results:
-        print(result, flush=True)
-    info = machine()
-    md, _ = write_result(
-        results_dir, NAME, markdown(results, info, cmd), {"rounds": results, "machine": info}
-    )
-    print(md.read_text())
 
 
 def run(results_dir: pathlib.Path, quick: bool) -> None:
@@ -139,14 +106,30 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--results", type=pathlib.Path, default=pathlib.Path("bench/results"))
     args = parser.parse_args(argv)
-    bench(
-        streams=args.streams,
-        tokens=args.tokens,
-        rate=args.rate,
-        rounds=args.rounds,
-        results_dir=args.results,
-        cmd=command("bench.provider_read", argv if argv is not None else sys.argv[1:]),
+    django.setup()
+    from django.conf import settings
+
+    fake = FakeLLM()
+    settings.OPENAI_BASE_URL = fake.url + "/v1"
+    settings.OPENAI_API_KEY = "bench"
+    try:
+        for transport in TRANSPORTS:  # warm-up, not counted: imports, first connections
+            measure(transport, 5, 20, 1000.0)
+        results = [
+            measure(transport, args.streams, args.tokens, args.rate)
+            for _ in range(args.rounds)
+            for transport in TRANSPORTS
+        ]
+    finally:
+        fake.stop()
+    for result in results:
+        print(result, flush=True)
+    info = machine()
+    cmd = command("bench.provider_read", argv if argv is not None else sys.argv[1:])
+    md, _ = write_result(
+        args.results, NAME, markdown(results, info, cmd), {"rounds": results, "machine": info}
     )
+    print(md.read_text())
 
 
 if __name__ == "__main__":

@@ -5,10 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from bench.capacity import LAG_DELIVERED_SHARE, LAG_P99_S, SYSTEMS
+from bench.capacity import LAG_DELIVERED_SHARE, LAG_P99_S, SYSTEMS, TARGET_STREAMS
 
 # Targets of the issue, for the verdict lines.
-TARGET_STREAMS = 200
 TARGET_P99_MS = 150.0
 STRETCH_STREAMS = 500
 TARGET_WRITE_RATIO = 100
@@ -134,20 +133,11 @@ def capacity_markdown(result: dict[str, Any]) -> str:
         "|---|---|---|---|---|---|---|---|",
     ]
     for streams in config["steps"]:
-        ours, embedded, base, naive = (
-            _row(steps, s, streams) for s in ("ours", "embedded", "streams", "naive")
-        )
-        if not (ours or embedded or base or naive):
-            continue
-        lines.append(
-            f"| {streams} | {_n(ours and ours['event_p99_ms'])} "
-            f"| {_n(embedded and embedded['event_p99_ms'])} "
-            f"| {_n(base and base['event_p99_ms'])} "
-            f"| {_n(ours and ours['cpu_s_per_1k_tokens'], 3)} "
-            f"| {_n(embedded and embedded['cpu_s_per_1k_tokens'], 3)} "
-            f"| {_n(base and base['cpu_s_per_1k_tokens'], 3)} "
-            f"| {_n(naive and naive['cpu_s_per_1k_tokens'], 3)} |"
-        )
+        rows = [_row(steps, s, streams) for s in ("ours", "embedded", "streams", "naive")]
+        if any(rows):
+            cells = [_n(row and row["event_p99_ms"]) for row in rows[:3]]
+            cells += [_n(row and row["cpu_s_per_1k_tokens"], 3) for row in rows]
+            lines.append(f"| {streams} | " + " | ".join(cells) + " |")
     lines += ["", "## Reconnects: lost characters", ""]
     lines += [
         "Each SSE client drops its connection at 3 random moments (one in each third of its "
@@ -260,10 +250,9 @@ def _database(result: dict[str, Any]) -> list[str]:
             f"| {db.get('global.Com_insert', 0)} | {db.get('global.Com_select', 0)} "
             f"| {mysql_cpu:.1f} | {share:.0%} | {row.get('mysql_threads_connected_max', '-')} |"
         )
-    ours = next(
-        (r for r in steps if r["system"] == "ours" and r["streams"] == TARGET_STREAMS), None
+    ours = _row(steps, "ours", TARGET_STREAMS) or next(
+        (r for r in steps if r["system"] == "ours"), None
     )
-    ours = ours or next((r for r in steps if r["system"] == "ours"), None)
     per_token = result.get("write_per_token")
     if ours and per_token:
         mine = _writes_per_generation(ours, "api_generation")

@@ -27,13 +27,9 @@ checked against the fake's known output.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
-import os
 import pathlib
-import signal
-import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -42,26 +38,20 @@ from typing import Any
 import httpx
 import websockets
 
+from bench import loadgen
 from bench.latency_report import (
     command,
-    load_line,
     machine,
+    parser,
+    section,
     summary_ms,
     table,
+    tiers_for,
     write_result,
 )
 from tests.fake_openai import expected_text
-from tests.harness import (
-    PYTHON,
-    ROOT,
-    FakeLLM,
-    Service,
-    make_token,
-    spawn,
-    stream_events,
-    wait_until,
-)
-from tests.tier_env import REDIS_SERVER_URL, TIER, free_port
+from tests.harness import FakeLLM, Service, make_token, stream_events, wait_until
+from tests.tier_env import TIER
 
 NAME = "resume"
 TOKENS = 4000
@@ -89,54 +79,16 @@ class SseTiming:
     seq: int
 
 
-class SseReader:
-    """A raw HTTP/1.1 SSE client: an HTTP library's own overhead would be most of what is
-    measured. Handles chunked and plain bodies."""
-
-    def __init__(self, reader: asyncio.StreamReader) -> None:
-        self.reader = reader
-        self.raw = b""
-        self.body = b""
-        self.chunked = False
-        self.status = 0
-
-    async def headers(self) -> None:
-        while b"\r\n\r\n" not in self.raw:
-            await self._read()
-        head, _, rest = self.raw.partition(b"\r\n\r\n")
-        lines = head.decode("latin-1").split("\r\n")
-        self.status = int(lines[0].split(" ", 2)[1])
-        self.chunked = any(
-            line.lower().startswith("transfer-encoding:") and "chunked" in line.lower()
-            for line in lines[1:]
-        )
-        self.raw = rest
-        self._decode()
-
-    async def _read(self) -> None:
-        data = await asyncio.wait_for(self.reader.read(262_144), READ_TIMEOUT_S)
-        if not data:
-            raise ConnectionError("the server closed the connection")
-        self.raw += data
-
-    def _decode(self) -> None:
-        if not self.chunked:
-            self.body += self.raw
-            self.raw = b""
-            return
-        while True:
-            size_end = self.raw.find(b"\r\n")
-            if size_end < 0:
-                return
-            size = int(self.raw[:size_end].split(b";")[0], 16)
-            if len(self.raw) < size_end + 2 + size + 2:
-                return
-            self.body += self.raw[size_end + 2 : size_end + 2 + size]
-            self.raw = self.raw[size_end + 4 + size :]
-
-    async def more(self) -> None:
-        await self._read()
-        self._decode()
+def _dechunk(raw: bytes) -> tuple[bytes, bytes]:
+    """The data of the complete chunks at the start of a chunked body, and the rest."""
+    data = b""
+    while (size_end := raw.find(b"\r\n")) >= 0:
+        size = int(raw[:size_end].split(b";")[0], 16)
+        if len(raw) < size_end + 4 + size:
+            break
+        data += raw[size_end + 2 : size_end + 2 + size]
+        raw = raw[size_end + 4 + size :]
+    return data, raw
 
 
 def _frames(body: bytes) -> list[dict[str, str]]:
@@ -162,25 +114,27 @@ async def sse_resume(
     port: int, path: str, headers: dict[str, str], *, until: Callable[[list[Any]], bool]
 ) -> SseTiming:
     """Connect, request `path`, and time the first event frame; read on until `until` says
-    the events so far are all that was wanted (e.g. the snapshot, or the replay's last)."""
+    the events so far are all that was wanted (e.g. the snapshot, or the replay's last).
+    The client is raw HTTP/1.1: an HTTP library's own overhead would be most of what is
+    measured."""
     started = time.perf_counter()
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    try:
-        extra = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
-        writer.write(
-            f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAccept: text/event-stream\r\n"
-            f"{extra}Connection: close\r\n\r\n".encode()
-        )
-        sse = SseReader(reader)
-        await sse.headers()
-        if sse.status != 200:
-            raise RuntimeError(f"{path}: HTTP {sse.status}")
+    async with loadgen.sse_response(
+        "127.0.0.1", port, path, {**headers, "Connection": "close"}, READ_TIMEOUT_S
+    ) as (reader, status, chunked):
+        if status != 200:
+            raise RuntimeError(f"{path}: HTTP {status}")
+        raw = body = b""
         first_byte: float | None = None
         while True:
-            if first_byte is None and b"\nevent: " in b"\n" + sse.body:
+            data = await asyncio.wait_for(reader.read(262_144), READ_TIMEOUT_S)
+            if not data:
+                raise ConnectionError("the server closed the connection")
+            if chunked:
+                data, raw = _dechunk(raw + data)
+            body += data
+            if first_byte is None and b"\nevent: " in b"\n" + body:
                 first_byte = time.perf_counter() - started
-            frames = _frames(sse.body)
-            events = [json.loads(frame["data"]) for frame in frames]
+            events = [json.loads(frame["data"]) for frame in _frames(body)]
             if events and until(events):
                 assert first_byte is not None
                 first = events[0]
@@ -191,22 +145,6 @@ async def sse_resume(
                 return SseTiming(
                     first_byte, time.perf_counter() - started, first["type"], text, first["seq"]
                 )
-            await sse.more()
-    finally:
-        writer.close()
-
-
-def _starts_with_snapshot(events: list[Any]) -> bool:
-    return bool(events[0]["type"] == "snapshot")
-
-
-def _reaches(seq: int) -> Callable[[list[Any]], bool]:
-    """Until the replay has reached `seq`."""
-
-    def reached(events: list[Any]) -> bool:
-        return bool(events[-1]["seq"] >= seq)
-
-    return reached
 
 
 class Resumer:
@@ -259,7 +197,11 @@ class Resumer:
         if text != self.expected:
             raise RuntimeError(f"{what}: the snapshot's text is not the 4,000-token text")
 
-    async def sse(self, generation_id: str, runs: int, after: int | None = None) -> dict[str, Any]:
+    async def sse(
+        self, generation_id: str, runs: int, after: int | None = None, head: int = 0
+    ) -> dict[str, Any]:
+        """Reconnects with no position (a snapshot first), or with Last-Event-ID `after`
+        (the buffer replays, read up to `head`)."""
         headers = {"Authorization": f"Bearer {self.token}"}
         path = f"/api/v1/generations/{generation_id}/events"
         if after is not None:
@@ -268,17 +210,15 @@ class Resumer:
         whole: list[float] = []
         for index in range(runs + 1):
             if after is None:
-                timing = await sse_resume(self.port, path, headers, until=_starts_with_snapshot)
+                timing = await sse_resume(
+                    self.port, path, headers, until=lambda events: events[0]["type"] == "snapshot"
+                )
                 if timing.kind != "snapshot":
                     raise RuntimeError(f"SSE resume from 0 began with {timing.kind}")
                 self._check_text(timing.text, "SSE")
             else:
-                head = self._head_seq
                 timing = await sse_resume(
-                    self.port,
-                    path,
-                    headers,
-                    until=_reaches(head),
+                    self.port, path, headers, until=lambda events: events[-1]["seq"] >= head
                 )
                 if timing.kind != "delta" or timing.seq != after + 1:
                     raise RuntimeError("SSE resume from Last-Event-ID did not replay from it")
@@ -340,8 +280,6 @@ class Resumer:
             if message["type"] == "snapshot" and message["id"] == generation_id:
                 return message
 
-    _head_seq = 0
-
     async def http_floor(self, runs: int) -> dict[str, Any]:
         """A new connection and `GET /healthz` (no database, no Redis): what any request to
         this Daphne + Django process costs, for scale."""
@@ -386,7 +324,6 @@ class Resumer:
 
     async def measure(self, runs: int) -> dict[str, Any]:
         running, completed, head = await asyncio.to_thread(self.prepare)
-        self._head_seq = head
         streaming: asyncio.Queue[int] = asyncio.Queue()
         followers = [
             asyncio.create_task(self._follow(index, streaming))
@@ -395,28 +332,25 @@ class Resumer:
         try:
             for _ in followers:
                 await asyncio.wait_for(streaming.get(), timeout=120)
-            return await self._measure(runs, running, completed, head)
+            return {
+                "http_floor": await self.http_floor(runs),
+                "running": {
+                    "sse": await self.sse(running, runs),
+                    "sse_last_event_id_half": await self.sse(running, runs, head // 2, head),
+                    "ws_subscribe": await self.ws_subscribe(running, runs),
+                    "ws_fresh_connection": await self.ws_fresh(running, runs),
+                    "seq": head,
+                },
+                "completed": {
+                    "sse": await self.sse(completed, runs),
+                    "ws_subscribe": await self.ws_subscribe(completed, runs),
+                    "ws_fresh_connection": await self.ws_fresh(completed, runs),
+                },
+            }
         finally:
             for follower in followers:
                 follower.cancel()
             await asyncio.gather(*followers, return_exceptions=True)
-
-    async def _measure(self, runs: int, running: str, completed: str, head: int) -> dict[str, Any]:
-        return {
-            "http_floor": await self.http_floor(runs),
-            "running": {
-                "sse": await self.sse(running, runs),
-                "sse_last_event_id_half": await self.sse(running, runs, after=head // 2),
-                "ws_subscribe": await self.ws_subscribe(running, runs),
-                "ws_fresh_connection": await self.ws_fresh(running, runs),
-                "seq": head,
-            },
-            "completed": {
-                "sse": await self.sse(completed, runs),
-                "ws_subscribe": await self.ws_subscribe(completed, runs),
-                "ws_fresh_connection": await self.ws_fresh(completed, runs),
-            },
-        }
 
 
 def measure_service(tier: str, runs: int, background_streams: int = 0) -> dict[str, Any]:
@@ -430,56 +364,27 @@ def measure_service(tier: str, runs: int, background_streams: int = 0) -> dict[s
     finally:
         service.stop()
         fake.stop()
-    result["tier"] = tier
-    result["runs"] = runs
-    result["background_streams"] = background_streams
-    return result
+    return {**result, "tier": tier, "runs": runs, "background_streams": background_streams}
 
 
 def measure_baseline(runs: int) -> dict[str, Any]:
     """The minimal Redis-streams SSE server: reconnect from 0 replays every token's entry."""
-    from tests.harness import _reserve_redis_db
+    from bench.capacity import start_streams
 
-    db, lock = _reserve_redis_db()
-    redis_url = f"{REDIS_SERVER_URL}/{db}"
-    port = free_port()
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    module = "bench.baselines.streams_sse"
-    processes = [
-        spawn(
-            [PYTHON, "-m", module, role, "--port", str(port), "--redis", redis_url],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        for role in ("server", "producer")
-    ]
+    system = start_streams()
+    port = system.ports[0]
     try:
-        import redis
-
-        redis.Redis.from_url(redis_url).flushdb()
-
-        def up() -> bool:
-            try:
-                httpx.get(f"http://127.0.0.1:{port}/api/v1/generations/x", timeout=1)
-                return True
-            except httpx.HTTPError:
-                return False
-
-        wait_until(up, timeout_s=30)
         created = httpx.post(
             f"http://127.0.0.1:{port}/api/v1/generations",
             # As fast as the producer goes (it has no "no pacing" setting); the first
             # replay below, not counted, waits for its `done`.
             json={"prompt": f"[fake tokens={TOKENS} rate=1000000]"},
         ).json()
-        generation_id = created["id"]
+        path = f"/api/v1/generations/{created['id']}/events"
 
         async def go() -> dict[str, Any]:
             first: list[float] = []
             whole: list[float] = []
-            path = f"/api/v1/generations/{generation_id}/events"
             for index in range(runs + 1):
                 timing = await sse_resume(
                     port,
@@ -494,13 +399,7 @@ def measure_baseline(runs: int) -> dict[str, Any]:
 
         return asyncio.run(go())
     finally:
-        for process in processes:
-            process.send_signal(signal.SIGKILL)
-            process.wait()
-        import redis
-
-        redis.Redis.from_url(redis_url).flushdb()
-        lock.close()
+        system.stop()
 
 
 def print_result(result: dict[str, Any]) -> None:
@@ -586,29 +485,27 @@ def markdown(
                 "",
             ]
         )
-    return "\n\n".join(
-        [
-            "## Resume",
-            f"`{cmd}`",
-            "A 4,000-token generation held running by the fake provider (`hang=4000`), and a "
-            "completed 4,000-token one whose snapshot is read from the database row. Each "
-            "row is the p50 over the runs (one warm-up run not counted); every snapshot's text "
-            "was checked against the fake's output.",
-            table(
-                [
-                    "tier",
-                    "generation",
-                    "measured",
-                    "p50 (ms)",
-                    "p95 (ms)",
-                    "whole frame / replay p50 (ms)",
-                    "target p50 (ms)",
-                ],
-                rows,
-            ),
-            NOTE,
-            load_line(info),
-        ]
+    return section(
+        "Resume",
+        cmd,
+        info,
+        "A 4,000-token generation held running by the fake provider (`hang=4000`), and a "
+        "completed 4,000-token one whose snapshot is read from the database row. Each "
+        "row is the p50 over the runs (one warm-up run not counted); every snapshot's text "
+        "was checked against the fake's output.",
+        table(
+            [
+                "tier",
+                "generation",
+                "measured",
+                "p50 (ms)",
+                "p95 (ms)",
+                "whole frame / replay p50 (ms)",
+                "target p50 (ms)",
+            ],
+            rows,
+        ),
+        NOTE,
     )
 
 
@@ -623,10 +520,6 @@ NOTE = (
     "gap: flushing the snapshot before the buffer read, joining the live group while the "
     "row is read, and a database connection kept across requests (CONN_MAX_AGE)."
 )
-
-
-def tiers_for(choice: str) -> list[str]:
-    return ["embedded", "distributed"] if choice == "both" else [choice]
 
 
 def write(
@@ -670,18 +563,16 @@ def run(results_dir: pathlib.Path, quick: bool) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
-    parser.add_argument("--runs", type=int, default=30)
-    parser.add_argument("--tier", choices=["embedded", "distributed", "both"], default=TIER)
-    parser.add_argument("--no-baseline", action="store_true")
-    parser.add_argument(
+    args_parser = parser(__doc__, "also write resume.md/.json here")
+    args_parser.add_argument("--runs", type=int, default=30)
+    args_parser.add_argument("--no-baseline", action="store_true")
+    args_parser.add_argument(
         "--background-streams",
         type=int,
         default=0,
         help="clients following generations at 50 tokens/s on the same Daphne meanwhile",
     )
-    parser.add_argument("--results", type=pathlib.Path, help="also write resume.md/.json here")
-    args = parser.parse_args()
+    args = args_parser.parse_args()
     results = []
     for tier in tiers_for(args.tier):
         result = measure_service(tier, args.runs, args.background_streams)

@@ -17,7 +17,6 @@ receives it (the worker's read, coalescing, publish and the live delivery).
 
 from __future__ import annotations
 
-import argparse
 import pathlib
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -28,12 +27,13 @@ import openai
 
 from bench.latency_report import (
     command,
-    load_line,
-    machine,
+    parser,
     percentile,
+    section,
     summary_ms,
     table,
-    write_result,
+    tiers_for,
+    write_tiers,
 )
 from tests.fake_openai import STAMP
 from tests.harness import FakeLLM, Service, parse_sse
@@ -152,11 +152,7 @@ def measure(tier: str, runs: int, burst_users: int = BURST_USERS) -> dict[str, A
         service.start()
         provider = openai.OpenAI(base_url=fake.url + "/v1", api_key="bench", max_retries=0)
         series: dict[str, list[float]] = {
-            "post": [],
-            "first": [],
-            "provider_sent": [],
-            "delivery": [],
-            "direct": [],
+            key: [] for key in ("post", "first", "provider_sent", "delivery", "direct")
         }
         with service.client("bench") as client:
             through_service(client, -1)
@@ -186,9 +182,7 @@ def measure(tier: str, runs: int, burst_users: int = BURST_USERS) -> dict[str, A
             for key in ("post", "provider_sent", "delivery")
         },
     }
-    result["tier"] = tier
-    result["runs"] = runs
-    return result
+    return {**result, "tier": tier, "runs": runs}
 
 
 ROWS = [
@@ -237,70 +231,73 @@ def markdown(results: list[dict[str, Any]], info: dict[str, Any], cmd: str) -> s
     for result in results:
         row = result["burst"]
         met = "met" if row["p50_ms"] <= TARGET_BURST_P50_MS else "NOT met"
-        spans = row.get("spans", {})
         bursts.append(
             [
                 result["tier"],
                 row["users"],
                 f"**{row['p50_ms']}**",
                 row["p95_ms"],
-                *(spans.get(key, {}).get("p50_ms", "") for key in ("post", "provider_sent")),
-                spans.get("delivery", {}).get("p50_ms", ""),
+                *(row["spans"][key]["p50_ms"] for key in ("post", "provider_sent", "delivery")),
                 f"<= {TARGET_BURST_P50_MS:g} ({met})",
             ]
         )
-    breakdown: list[list[Any]] = []
-    for result in results:
-        for key, label in ROWS:
-            breakdown.append(
-                [result["tier"], label.strip(), result[key]["p50_ms"], result[key]["p95_ms"]]
-            )
-    return "\n\n".join(
-        [
-            "## Time to first token overhead",
-            f"`{cmd}`",
-            f"Prompt directive `{DIRECTIVE}`: the fake streams at once; each run is one "
-            "generation created by `POST /api/v1/generations` and read over SSE, against "
-            "the same request sent to the fake with the OpenAI SDK, interleaved.",
-            table(
-                [
-                    "tier",
-                    "runs",
-                    "service p50 (ms)",
-                    "provider alone p50 (ms)",
-                    "overhead p50 (ms)",
-                    "overhead p95 (ms)",
-                    "target p50 (ms)",
-                ],
-                rows,
-            ),
-            f"Under load: {BURST_USERS} users (quick run: fewer) each create one generation, "
-            f"their POSTs spread evenly over {BURST_SPREAD_S:g} s, and read it over SSE "
-            f"(directive `{BURST_DIRECTIVE}`); time from each POST to its first text, and "
-            "its spans:",
-            table(
-                [
-                    "tier",
-                    "users",
-                    "p50 (ms)",
-                    "p95 (ms)",
-                    "POST -> 202 p50",
-                    "POST -> provider sends p50",
-                    "provider send -> receipt p50",
-                    "target p50 (ms)",
-                ],
-                bursts,
-            ),
-            "Where the time goes (the fake stamps each token with its send time):",
-            table(["tier", "span", "p50 (ms)", "p95 (ms)"], breakdown),
-            NOTE,
-            load_line(info),
-        ]
+    breakdown = [
+        [result["tier"], label.strip(), result[key]["p50_ms"], result[key]["p95_ms"]]
+        for result in results
+        for key, label in ROWS
+    ]
+    return section(
+        "Time to first token overhead",
+        cmd,
+        info,
+        f"Prompt directive `{DIRECTIVE}`: the fake streams at once; each run is one "
+        "generation created by `POST /api/v1/generations` and read over SSE, against "
+        "the same request sent to the fake with the OpenAI SDK, interleaved.",
+        table(
+            [
+                "tier",
+                "runs",
+                "service p50 (ms)",
+                "provider alone p50 (ms)",
+                "overhead p50 (ms)",
+                "overhead p95 (ms)",
+                "target p50 (ms)",
+            ],
+            rows,
+        ),
+        f"Under load: {BURST_USERS} users (quick run: fewer) each create one generation, "
+        f"their POSTs spread evenly over {BURST_SPREAD_S:g} s, and read it over SSE "
+        f"(directive `{BURST_DIRECTIVE}`); time from each POST to its first text, and "
+        "its spans:",
+        table(
+            [
+                "tier",
+                "users",
+                "p50 (ms)",
+                "p95 (ms)",
+                "POST -> 202 p50",
+                "POST -> provider sends p50",
+                "provider send -> receipt p50",
+                "target p50 (ms)",
+            ],
+            bursts,
+        ),
+        "Where the time goes (the fake stamps each token with its send time):",
+        table(["tier", "span", "p50 (ms)", "p95 (ms)"], breakdown),
+        NOTE,
     )
 
 
-def tiers_for(choice: str) -> list[str]:
-    return ["embedded", "distributed"] if choice == "both" else [choice]
+def write(results_dir: pathlib.Path, results: list[dict[str, Any]], cmd: str) -> None:
+    write_tiers(
+        results_dir,
+        NAME,
+        markdown,
+        results,
+        cmd,
+        target_p50_ms=TARGET_P50_MS,
+        target_burst_p50_ms=TARGET_BURST_P50_MS,
+    )
 
 
 def run(results_dir: pathlib.Path, quick: bool) -> None:
@@ -310,47 +307,20 @@ def run(results_dir: pathlib.Path, quick: bool) -> None:
     results = [
         measure(name, runs, burst_users=5 if quick else BURST_USERS) for name in tiers_for(tier)
     ]
-    info = machine()
-    cmd = command(f"bench.{NAME}", ["--tier", tier, "--runs", str(runs)])
-    write_result(
-        results_dir,
-        NAME,
-        markdown(results, info, cmd),
-        {
-            "target_p50_ms": TARGET_P50_MS,
-            "target_burst_p50_ms": TARGET_BURST_P50_MS,
-            "machine": info,
-            "tiers": results,
-        },
-    )
+    write(results_dir, results, command(f"bench.{NAME}", ["--tier", tier, "--runs", str(runs)]))
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
-    parser.add_argument("--runs", type=int, default=20)
-    parser.add_argument("--tier", choices=["embedded", "distributed", "both"], default=TIER)
-    parser.add_argument(
-        "--results", type=pathlib.Path, help="also write ttft_overhead.md/.json here"
-    )
-    args = parser.parse_args()
+    args_parser = parser(__doc__, "also write ttft_overhead.md/.json here")
+    args_parser.add_argument("--runs", type=int, default=20)
+    args = args_parser.parse_args()
     results = []
     for tier in tiers_for(args.tier):
         result = measure(tier, args.runs)
         print_result(result)
         results.append(result)
     if args.results is not None:
-        info = machine()
-        write_result(
-            args.results,
-            NAME,
-            markdown(results, info, command(f"bench.{NAME}")),
-            {
-                "target_p50_ms": TARGET_P50_MS,
-                "target_burst_p50_ms": TARGET_BURST_P50_MS,
-                "machine": info,
-                "tiers": results,
-            },
-        )
+        write(args.results, results, command(f"bench.{NAME}"))
 
 
 if __name__ == "__main__":

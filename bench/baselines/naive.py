@@ -26,7 +26,7 @@ import MySQLdb
 import openai
 import redis.asyncio as aioredis
 
-from bench.baselines.tinyhttp import Request, reply_json, serve, sse_frame, start_sse
+from bench.baselines.tinyhttp import Request, reply_json, run_jobs, serve, sse_frame, start_sse
 
 JOBS = "bench:naive:jobs"
 SCHEMA = (
@@ -152,24 +152,13 @@ async def generate(
 
 
 def worker(redis_url: str, database: str, provider_url: str, write_per_token: bool) -> None:
-    async def run() -> None:
-        db = Database(database)
-        # Waits for a free connection rather than failing when every one is busy.
-        pool = aioredis.BlockingConnectionPool.from_url(
-            redis_url, max_connections=200, timeout=None
-        )
-        client = aioredis.Redis(connection_pool=pool)
-        provider = openai.AsyncOpenAI(base_url=provider_url, api_key="bench", max_retries=0)
-        tasks: set[asyncio.Task[None]] = set()
-        while True:
-            popped = await client.blpop([JOBS], timeout=0)  # type: ignore[misc]
-            if popped:
-                job = json.loads(popped[1])
-                task = asyncio.create_task(generate(client, provider, db, job, write_per_token))
-                tasks.add(task)
-                task.add_done_callback(tasks.discard)
+    db = Database(database)
+    provider = openai.AsyncOpenAI(base_url=provider_url, api_key="bench", max_retries=0)
 
-    asyncio.run(run())
+    async def run(client: aioredis.Redis, job: dict[str, str]) -> None:
+        await generate(client, provider, db, job, write_per_token)
+
+    run_jobs(redis_url, JOBS, run)
 
 
 def create_schema(database: str) -> None:

@@ -19,7 +19,7 @@ import time
 
 import redis.asyncio as aioredis
 
-from bench.baselines.tinyhttp import Request, reply_json, serve, sse_frame, start_sse
+from bench.baselines.tinyhttp import Request, reply_json, run_jobs, serve, sse_frame, start_sse
 from tests.fake_openai import Behaviour, parse_directive, stamped, token_text
 
 JOBS = "bench:streams:jobs"
@@ -85,24 +85,6 @@ async def produce(client: aioredis.Redis, job: dict[str, str]) -> None:
     await client.expire(stream, KEEP_S)
 
 
-def producer(redis_url: str) -> None:
-    async def run() -> None:
-        # Waits for a free connection rather than failing when every one is busy.
-        pool = aioredis.BlockingConnectionPool.from_url(
-            redis_url, max_connections=200, timeout=None
-        )
-        client = aioredis.Redis(connection_pool=pool)
-        tasks: set[asyncio.Task[None]] = set()
-        while True:
-            popped = await client.blpop([JOBS], timeout=0)  # type: ignore[misc]
-            if popped:
-                task = asyncio.create_task(produce(client, json.loads(popped[1])))
-                tasks.add(task)
-                task.add_done_callback(tasks.discard)
-
-    asyncio.run(run())
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("role", choices=["server", "producer"])
@@ -112,7 +94,7 @@ def main() -> None:
     if args.role == "server":
         server(args.port, args.redis)
     else:
-        producer(args.redis)
+        run_jobs(args.redis, JOBS, produce)
 
 
 if __name__ == "__main__":

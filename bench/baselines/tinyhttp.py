@@ -1,13 +1,15 @@
 """Just enough HTTP/1.1 for the baseline servers: one request per connection, JSON replies,
-and SSE responses delimited by closing the connection."""
+and SSE responses delimited by closing the connection; and their workers' job loop."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
+
+import redis.asyncio as aioredis
 
 
 @dataclass
@@ -65,3 +67,25 @@ async def serve(host: str, port: int, handler: Handler) -> None:
     server = await asyncio.start_server(connection, host, port, backlog=4096)
     print(f"listening on {host}:{port}", flush=True)
     await server.serve_forever()
+
+
+def run_jobs(
+    redis_url: str, queue: str, job: Callable[[aioredis.Redis, Any], Coroutine[Any, Any, None]]
+) -> None:
+    """Pops the jobs pushed on `queue` for ever, each run in a task of its own."""
+
+    async def run() -> None:
+        # Waits for a free connection rather than failing when every one is busy.
+        pool = aioredis.BlockingConnectionPool.from_url(
+            redis_url, max_connections=200, timeout=None
+        )
+        client = aioredis.Redis(connection_pool=pool)
+        tasks: set[asyncio.Task[None]] = set()
+        while True:
+            popped = await client.blpop([queue], timeout=0)  # type: ignore[misc]
+            if popped:
+                task = asyncio.create_task(job(client, json.loads(popped[1])))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+
+    asyncio.run(run())
