@@ -115,8 +115,6 @@ class ProviderError(Exception):
 
 
 class Provider(Protocol):
-    name: str
-
     def astream(self, request: ProviderRequest) -> AsyncGenerator[Chunk, None]:
         """Yield chunks on the worker's event loop (jobs.engine): closing the generator, or
         cancelling the task blocked in it, must close the provider's connection."""
