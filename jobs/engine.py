@@ -178,7 +178,8 @@ class Batcher:
         self._loop = asyncio.get_running_loop()
         self._appends = _Batches(self._send_appends)
         self._checkpoints = _Batches(self._write_checkpoints)
-        self._attempts: set[Attempt] = set()
+        # The attempts whose periodic checkpoints it writes (each until its last write).
+        self.attempts: set[Attempt] = set()
         self._script_sha = hashlib.sha1(BATCH_APPEND_SCRIPT.encode()).hexdigest()
         self._distributed = bool(settings.DISTRIBUTED)
         self._ticker = self._loop.create_task(self._tick_checkpoints())
@@ -256,12 +257,6 @@ class Batcher:
 
     # -- checkpoints -----------------------------------------------------------------------
 
-    def register(self, attempt: Attempt) -> None:
-        self._attempts.add(attempt)
-
-    def unregister(self, attempt: Attempt) -> None:
-        self._attempts.discard(attempt)
-
     def checkpoint(self, checkpoint: Checkpoint) -> asyncio.Future[tuple[bool, bool]]:
         """Write `checkpoint` in the next statement: (still ours, cancel requested)."""
         return self._checkpoints.add(checkpoint)
@@ -274,7 +269,7 @@ class Batcher:
         while True:
             await asyncio.sleep(settings.CHECKPOINT_INTERVAL_S / CHECKPOINT_TICKS_PER_INTERVAL)
             now = self._loop.time()
-            for attempt in list(self._attempts):
+            for attempt in list(self.attempts):
                 checkpoint = attempt.due_checkpoint(now)
                 if checkpoint is not None:
                     attempt.checkpoint_in_flight = self.checkpoint(checkpoint)
@@ -510,7 +505,7 @@ class Attempt:
     # -- the attempt -----------------------------------------------------------------------
 
     async def run(self) -> None:
-        self._batcher.register(self)
+        self._batcher.attempts.add(self)
         try:
             await self._run()
         except LostOwnership:
@@ -533,13 +528,13 @@ class Attempt:
                 except Exception:
                     logger.warning("generation %s: re-queue failed", self.generation_id)
         finally:
-            self._batcher.unregister(self)
+            self._batcher.attempts.discard(self)
 
     async def _quiesce(self) -> None:
         """Before a write that ends this attempt's hold on the row: no periodic checkpoint
         of it may land after that write (a hand-back keeps the attempt number, so a late
         checkpoint would match the row again)."""
-        self._batcher.unregister(self)
+        self._batcher.attempts.discard(self)
         if self.checkpoint_in_flight is not None:
             with suppress(Exception):
                 await self.checkpoint_in_flight

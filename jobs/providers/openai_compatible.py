@@ -194,8 +194,6 @@ def _protocol_error(message: str) -> ProviderError:
 
 
 def _error_from(exc: Exception) -> ProviderError:
-    if isinstance(exc, ProviderError):
-        return exc
     if isinstance(exc, openai.APITimeoutError | httpx2.TimeoutException):
         return ProviderError(str(exc), permanent=False, kind="timeout")
     if isinstance(exc, openai.APIConnectionError):
@@ -267,7 +265,7 @@ class OpenAIProvider:
                 body = _aevent_stream_or_raise(body)
             async for chunk in aread_events(_asse_data(body), wants_usage):
                 yield chunk
-        except (GeneratorExit, ProviderError):
+        except ProviderError:
             raise
         except Exception as exc:
             raise _error_from(exc) from exc
