@@ -3,7 +3,7 @@
 A Huey worker thread claims a generation (jobs.runner.run_generation_job), hands the claim to
 this loop and waits for the attempt to end: the waiting thread costs no CPU. On the loop,
 each attempt is a task that reads its provider's stream (the SDK's asyncio client), and one
-``Writer`` per process batches what every attempt has due:
+``Batcher`` per process batches what every attempt has due:
 
 - events: every append that is due in a loop iteration goes to Redis in ONE script call
   (jobs.eventlog.BATCH_APPEND_SCRIPT), which appends each event to its log, fenced by its
@@ -25,11 +25,11 @@ import hashlib
 import logging
 import math
 import threading
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
 from functools import cache, partial
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 import redis
 from django.conf import settings
@@ -44,15 +44,13 @@ from jobs import events, writer
 from jobs.eventlog import (
     BATCH_APPEND_SCRIPT,
     REPLAY_MAX_EVENTS,
-    REPLAY_TTL_AFTER_DONE_S,
-    REPLAY_TTL_WHILE_RUNNING_S,
     RedisEventLog,
     event_log,
+    replay_ttl_s,
 )
-from jobs.history import history_for
+from jobs.history import count_tokens, history_for
 from jobs.providers import Chunk, ProviderError, ProviderRequest, astream_with_retry, get_provider
 from jobs.providers.base import RETRY_AFTER_MAX_S, backoff_s
-from jobs.providers.demo import tokenize
 from jobs.runner import (
     COALESCE_MAX_BYTES,
     FINAL_WRITE_RETRY_S,
@@ -73,6 +71,8 @@ from jobs.writer import (
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
+ItemT = TypeVar("ItemT")
+ResultT = TypeVar("ResultT")
 
 # Threads (each with its own database connection) for the database work of the generations
 # running in this process. Two: a checkpoint statement of every running generation and a
@@ -116,35 +116,70 @@ def _on_own_connection(function: Callable[..., T], *args: Any, **kwargs: Any) ->
 
 
 class _Append:
-    __slots__ = ("attempt", "data", "future", "generation_id", "kind", "seq")
+    __slots__ = ("attempt", "data", "generation_id", "kind", "seq")
 
-    def __init__(
-        self,
-        generation_id: str,
-        attempt: int,
-        event: dict[str, Any],
-        future: asyncio.Future[bool],
-    ) -> None:
+    def __init__(self, generation_id: str, attempt: int, event: dict[str, Any]) -> None:
         self.generation_id = generation_id
         self.attempt = attempt
         self.seq: int = event["seq"]
         self.kind: str = event["type"]
         self.data = events.dumps(event)
-        self.future = future
 
 
-class Writer:
+class _Batches(Generic[ItemT, ResultT]):
+    """Items added in one loop iteration go to `send` in one call, at its end: every attempt
+    whose flush came due on the same boundary has added its own by then. What comes while a
+    batch is in flight goes in the next one, at once. Each future answers its item's result,
+    or the batch's error."""
+
+    def __init__(self, send: Callable[[list[ItemT]], Awaitable[list[ResultT]]]) -> None:
+        self._send = send
+        self._loop = asyncio.get_running_loop()
+        self._items: list[ItemT] = []
+        self._futures: list[asyncio.Future[ResultT]] = []
+        self._busy = False  # a batch is about to go, or in flight
+
+    def add(self, item: ItemT) -> asyncio.Future[ResultT]:
+        future: asyncio.Future[ResultT] = self._loop.create_future()
+        self._items.append(item)
+        self._futures.append(future)
+        if not self._busy:
+            self._busy = True
+            self._loop.call_soon(self._start)
+        return future
+
+    def _start(self) -> None:
+        self._loop.create_task(self._drain())
+
+    async def _drain(self) -> None:
+        try:
+            while self._items:
+                items, futures = self._items, self._futures
+                self._items, self._futures = [], []
+                try:
+                    results = await self._send(items)
+                except Exception as error:
+                    for future in futures:
+                        if not future.done():
+                            future.set_exception(error)
+                    continue
+                for future, result in zip(futures, results, strict=True):
+                    if not future.done():
+                        future.set_result(result)
+        finally:
+            self._busy = False
+
+
+class Batcher:
     """The process's one writer to the event log, the live layer and the checkpoints."""
 
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
         self._loop = asyncio.get_running_loop()
-        self._appends: list[_Append] = []
-        self._appending = False
-        self._append_kick_scheduled = False
-        self._checkpoints: list[tuple[Checkpoint, asyncio.Future[tuple[bool, bool]]]] = []
-        self._checkpointing = False
-        self._attempts: set[Attempt] = set()
+        self._appends = _Batches(self._send_appends)
+        self._checkpoints = _Batches(self._write_checkpoints)
+        # The attempts whose periodic checkpoints it writes (each until its last write).
+        self.attempts: set[Attempt] = set()
         self._script_sha = hashlib.sha1(BATCH_APPEND_SCRIPT.encode()).hexdigest()
         self._distributed = bool(settings.DISTRIBUTED)
         self._ticker = self._loop.create_task(self._tick_checkpoints())
@@ -158,75 +193,43 @@ class Writer:
 
         The future answers False, and nothing is sent live, when `attempt` has been fenced
         off or the seq was already taken by other data: the attempt must stop."""
-        future: asyncio.Future[bool] = self._loop.create_future()
-        self._appends.append(_Append(generation_id, attempt, event, future))
-        if not self._append_kick_scheduled and not self._appending:
-            # Sent at the end of this loop iteration: every attempt whose flush came due on
-            # the same boundary has appended by then, and they share one round trip.
-            self._append_kick_scheduled = True
-            self._loop.call_soon(self._kick_appends)
-        return future
+        return self._appends.add(_Append(generation_id, attempt, event))
 
-    def _kick_appends(self) -> None:
-        self._append_kick_scheduled = False
-        if not self._appending and self._appends:
-            self._appending = True
-            self._loop.create_task(self._send_appends())
-
-    async def _send_appends(self) -> None:
-        try:
-            # What comes due while a batch is in flight goes in the next one, at once.
-            while self._appends:
-                batch, self._appends = self._appends, []
-                try:
-                    results = await self._append_batch(batch)
-                except Exception as error:
-                    for append in batch:
-                        if not append.future.done():
-                            append.future.set_exception(error)
-                    continue
-                live = []
-                for append, (appended, published) in zip(batch, results, strict=True):
-                    if appended:
-                        metrics.EVENTS_PUBLISHED.labels(type=append.kind).inc()
-                    if appended and not published:
-                        live.append(
-                            live_message(append.generation_id, append.seq, append.kind, append.data)
-                        )
-                if live:
-                    live_sender().send_many(live)
-                for append, (appended, _) in zip(batch, results, strict=True):
-                    if not append.future.done():
-                        append.future.set_result(appended)
-        finally:
-            self._appending = False
-
-    async def _append_batch(self, batch: list[_Append]) -> list[tuple[bool, bool]]:
-        """(appended, published live) for each of `batch`: in the embedded default the log
-        appends and the live sends are the caller's; with Redis, one script call appends and
-        publishes them all."""
+    async def _send_appends(self, batch: list[_Append]) -> list[bool]:
+        """Whether each of `batch` was appended. With Redis, one script call appends and
+        publishes them all; in the embedded default, the log appends and the live sends are
+        made here."""
         if not self._distributed:
             log = event_log()
-            return [
-                (log.append(a.generation_id, a.attempt, a.seq, a.kind, a.data), False)
-                for a in batch
+            appended = [
+                log.append(a.generation_id, a.attempt, a.seq, a.kind, a.data) for a in batch
             ]
-        client = async_client()
-        try:
-            answers: list[int] = await self._call_script(client, batch)
-        except redis.exceptions.NoScriptError:
-            # Redis restarted (or flushed its scripts): nothing of the call ran. Load the
-            # script and send the batch again.
-            await client.script_load(BATCH_APPEND_SCRIPT)
-            answers = await self._call_script(client, batch)
-        results = []
-        for append, answer in zip(batch, answers, strict=True):
-            if answer == -1:
-                # Appended by an earlier try (only its reply was lost), or the seq is taken.
-                results.append((await self._already_appended(client, append), False))
-            else:
-                results.append((answer == 1, answer == 1))
-        return results
+            live = [a for a, ok in zip(batch, appended, strict=True) if ok]
+        else:
+            client = async_client()
+            try:
+                answers: list[int] = await self._call_script(client, batch)
+            except redis.exceptions.NoScriptError:
+                # Redis restarted (or flushed its scripts): nothing of the call ran. Load the
+                # script and send the batch again.
+                await client.script_load(BATCH_APPEND_SCRIPT)
+                answers = await self._call_script(client, batch)
+            appended = [answer == 1 for answer in answers]
+            live = []
+            for index, answer in enumerate(answers):
+                # -1: the seq is taken. By this very event (an earlier try went through, only
+                # its reply was lost), it counts as appended, and is sent live from here.
+                if answer == -1 and await self._already_appended(client, batch[index]):
+                    appended[index] = True
+                    live.append(batch[index])
+        for append, ok in zip(batch, appended, strict=True):
+            if ok:
+                metrics.EVENTS_PUBLISHED.labels(type=append.kind).inc()
+        if live:
+            live_sender().send_many(
+                [live_message(a.generation_id, a.seq, a.kind, a.data) for a in live]
+            )
+        return appended
 
     async def _call_script(self, client: Any, batch: list[_Append]) -> list[int]:
         keys: list[str] = []
@@ -238,16 +241,14 @@ class Writer:
                 RedisEventLog._fence_key(a.generation_id),
             )
             channel, payload = encode(*live_message(a.generation_id, a.seq, a.kind, a.data))
-            ttl = REPLAY_TTL_AFTER_DONE_S if a.kind == "done" else REPLAY_TTL_WHILE_RUNNING_S
-            arguments += (a.attempt, a.seq, a.data, a.kind, ttl, channel, payload)
+            arguments += (a.attempt, a.seq, a.data, a.kind, replay_ttl_s(a.kind), channel, payload)
         answers: list[int] = await client.evalsha(self._script_sha, len(keys), *keys, *arguments)
         return answers
 
     @staticmethod
     async def _already_appended(client: Any, append: _Append) -> bool:
-        # The seq is taken (the fence was checked first, so by this attempt). If by this very
-        # event, an earlier try of this append went through and only its reply was lost (a
-        # dropped connection): that is a success, not a lost ownership.
+        # As in RedisEventLog.append: the seq is taken, by this attempt (the fence was checked
+        # first); by this very event if an earlier try went through and only its reply was lost.
         entry_id = f"0-{append.seq}"
         stored = await client.xrange(
             RedisEventLog._stream_key(append.generation_id), min=entry_id, max=entry_id
@@ -256,51 +257,25 @@ class Writer:
 
     # -- checkpoints -----------------------------------------------------------------------
 
-    def register(self, attempt: Attempt) -> None:
-        self._attempts.add(attempt)
-
-    def unregister(self, attempt: Attempt) -> None:
-        self._attempts.discard(attempt)
-
     def checkpoint(self, checkpoint: Checkpoint) -> asyncio.Future[tuple[bool, bool]]:
         """Write `checkpoint` in the next statement: (still ours, cancel requested)."""
-        future: asyncio.Future[tuple[bool, bool]] = self._loop.create_future()
-        self._checkpoints.append((checkpoint, future))
-        if not self._checkpointing:
-            self._checkpointing = True
-            self._loop.create_task(self._write_checkpoints())
-        return future
+        return self._checkpoints.add(checkpoint)
+
+    async def _write_checkpoints(self, batch: list[Checkpoint]) -> list[tuple[bool, bool]]:
+        results = await self._engine.database(writer.generation_checkpoint_many, batch)
+        return [results[checkpoint.generation_id] for checkpoint in batch]
 
     async def _tick_checkpoints(self) -> None:
         while True:
             await asyncio.sleep(settings.CHECKPOINT_INTERVAL_S / CHECKPOINT_TICKS_PER_INTERVAL)
             now = self._loop.time()
-            for attempt in list(self._attempts):
+            for attempt in list(self.attempts):
                 checkpoint = attempt.due_checkpoint(now)
                 if checkpoint is not None:
                     attempt.checkpoint_in_flight = self.checkpoint(checkpoint)
                     attempt.checkpoint_in_flight.add_done_callback(
                         partial(attempt.checkpointed, seq=checkpoint.seq)
                     )
-
-    async def _write_checkpoints(self) -> None:
-        try:
-            while self._checkpoints:
-                batch, self._checkpoints = self._checkpoints, []
-                try:
-                    results = await self._engine.database(
-                        writer.generation_checkpoint_many, [c for c, _ in batch]
-                    )
-                except Exception as error:
-                    for _, future in batch:
-                        if not future.done():
-                            future.set_exception(error)
-                    continue
-                for checkpoint, future in batch:
-                    if not future.done():
-                        future.set_result(results[checkpoint.generation_id])
-        finally:
-            self._checkpointing = False
 
 
 class Attempt:
@@ -317,7 +292,7 @@ class Attempt:
         self.completion_tokens = 0
         self.history: tuple[tuple[str, str], ...] = ()
         self._engine = engine
-        self._writer = engine.writer
+        self._batcher = engine.batcher
         self._loop = asyncio.get_running_loop()
         self.clock = self._loop.time
         # The pending text's event type: `delta`, or `reasoning` (PROTOCOL §8). Both share
@@ -346,7 +321,7 @@ class Attempt:
             first_text_of_generation=claim.start_seq == 0,
         )
 
-    # -- the writer's side -----------------------------------------------------------------
+    # -- the batcher's side ----------------------------------------------------------------
 
     def due_checkpoint(self, now: float) -> Checkpoint | None:
         """This attempt's periodic checkpoint, if one is due at `now` and none in flight: the
@@ -362,6 +337,9 @@ class Attempt:
         if self.checkpoint_in_flight is not None and not self.checkpoint_in_flight.done():
             return None
         self._last_checkpoint = now
+        return self._checkpoint(seq, output, reasoning)
+
+    def _checkpoint(self, seq: int, output: str, reasoning: str) -> Checkpoint:
         return Checkpoint(
             generation_id=self.generation_id,
             attempt=self.attempt,
@@ -392,13 +370,11 @@ class Attempt:
     # -- publishing ------------------------------------------------------------------------
 
     async def _publish(self, event: dict[str, Any]) -> None:
-        # Through a Redis restart or a dropped connection: the provider's text waits in
-        # the attempt's queue meanwhile. Past REDIS_RETRY_S the attempt gives up (and hands
-        # the generation back).
+        # Rides out a Redis restart or a dropped connection for REDIS_RETRY_S (jobs.runner).
         backoff = Backoff(first_s=0.05, max_s=1.0, give_up_after_s=REDIS_RETRY_S, clock=self.clock)
         while True:
             try:
-                if await self._writer.publish(self.generation_id, self.attempt, event):
+                if await self._batcher.publish(self.generation_id, self.attempt, event):
                     return
                 log = event_log()
                 if await asyncio.to_thread(log.fence_holder, self.generation_id) is not None:
@@ -435,24 +411,16 @@ class Attempt:
                 writer.generation_final_seq, self.generation_id, self.attempt
             )
             return written is not None and written >= self.seq
-        ours, cancel = await self._checkpoint_now()
+        return await self._checkpoint_now()
+
+    async def _checkpoint_now(self) -> bool:
+        """Checkpoint the fold so far at once: whether the row is still this attempt's."""
+        self._last_checkpoint = self.clock()
+        written = self._batcher.checkpoint(self._checkpoint(self.seq, self.text, self.reasoning))
+        written.add_done_callback(partial(self._row_written, seq=self.seq))
+        ours, cancel = await written
         self._cancel = self._cancel or cancel
         return ours
-
-    def _checkpoint_now(self) -> asyncio.Future[tuple[bool, bool]]:
-        self._last_checkpoint = self.clock()
-        written = self._writer.checkpoint(
-            Checkpoint(
-                generation_id=self.generation_id,
-                attempt=self.attempt,
-                output=self.text,
-                reasoning=self.reasoning,
-                seq=self.seq,
-                completion_tokens=self._tokens_paid(),
-            )
-        )
-        written.add_done_callback(partial(self._row_written, seq=self.seq))
-        return written
 
     def _tokens_paid(self) -> int:
         """This generation's completion tokens so far, earlier runs' included."""
@@ -537,7 +505,7 @@ class Attempt:
     # -- the attempt -----------------------------------------------------------------------
 
     async def run(self) -> None:
-        self._writer.register(self)
+        self._batcher.attempts.add(self)
         try:
             await self._run()
         except LostOwnership:
@@ -555,29 +523,29 @@ class Attempt:
             )
             if self.attempt < settings.MAX_ATTEMPTS:
                 try:
-                    if await self._give_back(writer.generation_requeue):
+                    if await self._give_back():
                         logger.warning("generation %s: re-queued", self.generation_id)
                 except Exception:
                     logger.warning("generation %s: re-queue failed", self.generation_id)
         finally:
-            self._writer.unregister(self)
+            self._batcher.attempts.discard(self)
 
     async def _quiesce(self) -> None:
         """Before a write that ends this attempt's hold on the row: no periodic checkpoint
         of it may land after that write (a hand-back keeps the attempt number, so a late
         checkpoint would match the row again)."""
-        self._writer.unregister(self)
+        self._batcher.attempts.discard(self)
         if self.checkpoint_in_flight is not None:
             with suppress(Exception):
                 await self.checkpoint_in_flight
 
-    async def _give_back(self, give_back: Callable[..., bool], **options: Any) -> bool:
-        """Return the generation to the queue through `give_back` (a re-queue as the next
-        attempt, or a hand-back as this one) with the fold so far and the completion tokens
-        paid for, once this attempt's writes in flight have landed."""
+    async def _give_back(self, **options: Any) -> bool:
+        """Return the generation to the queue (writer.generation_requeue: as the next attempt,
+        or handed back as this one) with the fold so far and the completion tokens paid for,
+        once this attempt's writes in flight have landed."""
         await self._quiesce()
         given_back: bool = await self._engine.database(
-            give_back,
+            writer.generation_requeue,
             self.generation_id,
             self.attempt,
             output=self.text,
@@ -592,7 +560,7 @@ class Attempt:
         """The process is stopping: give the generation back to the queue, to be run again
         from the start (a provider stream cannot be resumed) by another worker, with
         `reset` first. A stop is not a failure: the attempt number stays."""
-        if not await self._give_back(writer.generation_hand_back):
+        if not await self._give_back(hand_back=True):
             raise LostOwnership(self.generation_id)
         logger.warning(
             "generation %s: attempt %d handed back to the queue", self.generation_id, self.attempt
@@ -606,19 +574,14 @@ class Attempt:
             await self._publish(events.reset(self.generation_id, self.seq, self.attempt))
             self._published = (self.seq, self.text, self.reasoning)
             try:
-                ours, cancel = await self._checkpoint_now()
+                if not await self._checkpoint_now():
+                    raise LostOwnership(self.generation_id)
             except DatabaseError:
                 logger.warning("generation %s: checkpoint failed", self.generation_id)
-            else:
-                if not ours:
-                    raise LostOwnership(self.generation_id)
-                self._cancel = self._cancel or cancel
         if self.claim.max_tokens <= 0:
             # The daily quota has no room left for it: it ends as one that reached its cap
             # does, and nothing reaches the provider.
-            await self._finish(
-                Status.COMPLETED, FinishReason.LENGTH, self._counted_usage(None), None
-            )
+            await self._finish(Status.COMPLETED, FinishReason.LENGTH)
             return
         # A conversation's turn carries its ancestors' prompts and answers, cut to the
         # model's context budget (api.conversations); counted in the usage's prompt tokens.
@@ -704,9 +667,7 @@ class Attempt:
             if self._cancel_requested():
                 # The retry loop gives up on a cancel; the user asked for a stop, and a
                 # failure of a stream they no longer wanted is not the provider's error.
-                await self._finish(
-                    Status.CANCELLED, FinishReason.CANCELLED, self._counted_usage(None), None
-                )
+                await self._finish(Status.CANCELLED, FinishReason.CANCELLED)
             else:
                 await self._provider_failed(error)
             return
@@ -720,25 +681,19 @@ class Attempt:
         if self._lost:
             raise LostOwnership(self.generation_id)
         if self._cancel:
-            await self._finish(
-                Status.CANCELLED, FinishReason.CANCELLED, self._counted_usage(None), None
-            )
+            await self._finish(Status.CANCELLED, FinishReason.CANCELLED)
             return
         if self._stopping.is_set() and finish_reason is None:
             await self._hand_back()
             return
-        await self._finish(
-            Status.COMPLETED, _finish_reason(finish_reason), self._counted_usage(usage), None
-        )
+        await self._finish(Status.COMPLETED, _finish_reason(finish_reason), usage)
 
     def _counted_usage(self, usage: dict[str, int] | None) -> dict[str, int]:
         """The provider's figures when it reported them, else our own count; plus the
         completion tokens of earlier failed runs, which were paid for too."""
         if usage is None:
-            prompt_tokens = len(tokenize(self.claim.prompt)) + len(
-                tokenize(self.claim.system or "")
-            )
-            prompt_tokens += sum(len(tokenize(content)) for _, content in self.history)
+            sent = [self.claim.prompt, self.claim.system or "", *(c for _, c in self.history)]
+            prompt_tokens = sum(count_tokens(text) for text in sent)
             usage = {
                 "prompt_tokens": prompt_tokens,
                 "completion_tokens": self.completion_tokens,
@@ -777,22 +732,20 @@ class Attempt:
             delay_s = max(backoff_s(self.attempt), error.retry_after_s or 0.0)
             # What this attempt used is paid for: the next one counts it (its claim reads
             # it from the row).
-            if await self._give_back(
-                writer.generation_requeue, delay_s=min(delay_s, RETRY_AFTER_MAX_S)
-            ):
+            if await self._give_back(delay_s=min(delay_s, RETRY_AFTER_MAX_S)):
                 return
             raise LostOwnership(self.generation_id)
-        await self._finish(
-            Status.FAILED, FinishReason.ERROR, self._counted_usage(None), error.client_error()
-        )
+        await self._finish(Status.FAILED, FinishReason.ERROR, error=error.client_error())
 
     async def _finish(
         self,
         status: str,
         finish_reason: str,
-        usage: dict[str, int] | None,
-        error: dict[str, Any] | None,
+        reported_usage: dict[str, int] | None = None,
+        error: dict[str, Any] | None = None,
     ) -> None:
+        """The final row, then `done`; with the provider's usage if it reported one."""
+        usage = self._counted_usage(reported_usage)
         await self._quiesce()
         done_seq = self.seq + 1
         # Nothing is published as done until the row holds the full output: the final write
@@ -859,12 +812,12 @@ class Engine:
         self._database = ThreadPoolExecutor(
             max_workers=DATABASE_THREADS, thread_name_prefix="engine-db"
         )
-        self._writer: Writer | None = None
+        self._batcher: Batcher | None = None
 
     @property
-    def writer(self) -> Writer:
-        assert self._writer is not None
-        return self._writer
+    def batcher(self) -> Batcher:
+        assert self._batcher is not None
+        return self._batcher
 
     def start(self) -> asyncio.AbstractEventLoop:
         with self._lock:
@@ -872,7 +825,7 @@ class Engine:
                 return self._loop
 
             async def begin() -> None:
-                self._writer = Writer(self)
+                self._batcher = Batcher(self)
                 if settings.DISTRIBUTED:
                     # Live sends go out from this loop, with the channel layer's pool on it;
                     # in the embedded default they go to the web server's loop instead.

@@ -12,6 +12,7 @@ generation ends; past that, subscribers get a snapshot from the database row ins
 
 from __future__ import annotations
 
+import bisect
 import json
 import logging
 import threading
@@ -49,6 +50,11 @@ CANCEL_CHANNEL = "llm:cancels"
 SEQ_GAP_AFTER_LOST_LOG = 100_000
 
 logger = logging.getLogger(__name__)
+
+
+def replay_ttl_s(kind: str) -> int:
+    """How long a generation's buffer lives after appending an event of type `kind`."""
+    return REPLAY_TTL_AFTER_DONE_S if kind == "done" else REPLAY_TTL_WHILE_RUNNING_S
 
 
 @dataclass(frozen=True)
@@ -213,14 +219,11 @@ class RedisEventLog(EventLog):
         )
 
     def append(self, generation_id: str, attempt: int, seq: int, kind: str, data: str) -> bool:
-        ttl = REPLAY_TTL_AFTER_DONE_S if kind == "done" else REPLAY_TTL_WHILE_RUNNING_S
+        ttl = replay_ttl_s(kind)
         try:
             return bool(
                 self._append(
-                    keys=[
-                        self._stream_key(generation_id),
-                        self._fence_key(generation_id),
-                    ],
+                    keys=[self._stream_key(generation_id), self._fence_key(generation_id)],
                     args=[str(attempt), str(seq), data, REPLAY_MAX_EVENTS, ttl, kind],
                 )
             )
@@ -237,21 +240,19 @@ class RedisEventLog(EventLog):
                 return bool(stored) and stored[0][1].get(b"d") == data.encode()
             raise
 
+    @classmethod
+    def _read_pipeline(cls, client: Any, generation_id: str, after: int) -> Any:
+        key = cls._stream_key(generation_id)
+        return (
+            client.pipeline(transaction=False).xrange(key, min=f"(0-{after}", max="+").exists(key)
+        )
+
     async def read_after(self, generation_id: str, after: int) -> tuple[list[StoredEvent], bool]:
-        client = async_client()
-        key = self._stream_key(generation_id)
-        pipe = client.pipeline(transaction=False)
-        pipe.xrange(key, min=f"(0-{after}", max="+")
-        pipe.exists(key)
-        entries, exists = await pipe.execute()
+        entries, exists = await self._read_pipeline(async_client(), generation_id, after).execute()
         return _decode_entries(entries), bool(exists)
 
     def read_after_sync(self, generation_id: str, after: int) -> tuple[list[StoredEvent], bool]:
-        key = self._stream_key(generation_id)
-        pipe = sync_client().pipeline(transaction=False)
-        pipe.xrange(key, min=f"(0-{after}", max="+")
-        pipe.exists(key)
-        entries, exists = pipe.execute()
+        entries, exists = self._read_pipeline(sync_client(), generation_id, after).execute()
         return _decode_entries(entries), bool(exists)
 
     def discard(self, generation_id: str) -> None:
@@ -323,9 +324,8 @@ def _decode_entries(
     ]
 
 
-def _seq_of(entry_id: bytes | str) -> int:
-    text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
-    return int(text.split("-", 1)[1])
+def _seq_of(entry_id: bytes) -> int:
+    return int(entry_id.split(b"-", 1)[1])
 
 
 @dataclass
@@ -358,16 +358,14 @@ class MemoryEventLog(EventLog):
         with self._lock:
             self._sweep(now)
             log = self._logs.get(generation_id)
+            last: int | None = None
             if log is None or log.expires_at < now:
                 log = self._logs[generation_id] = _MemoryLog()
-                existed = False
             else:
-                existed = True
+                last = log.events[-1].seq if log.events else 0
             log.attempt = attempt
             log.expires_at = now + REPLAY_TTL_WHILE_RUNNING_S
-            if not existed:
-                return None
-            return log.events[-1].seq if log.events else 0
+            return last
 
     def fence_holder(self, generation_id: str) -> int | None:
         with self._lock:
@@ -391,10 +389,7 @@ class MemoryEventLog(EventLog):
             log.events.append(StoredEvent(seq, kind, data))
             if len(log.events) > REPLAY_MAX_EVENTS:
                 del log.events[: len(log.events) - REPLAY_MAX_EVENTS]
-            final = kind == "done"
-            log.expires_at = now + (
-                REPLAY_TTL_AFTER_DONE_S if final else REPLAY_TTL_WHILE_RUNNING_S
-            )
+            log.expires_at = now + replay_ttl_s(kind)
             return True
 
     async def read_after(self, generation_id: str, after: int) -> tuple[list[StoredEvent], bool]:
@@ -405,16 +400,9 @@ class MemoryEventLog(EventLog):
             log = self._logs.get(generation_id)
             if log is None or log.expires_at < time.monotonic():
                 return [], False
-            events = log.events
             # Seqs are strictly increasing: bisect for the first one above `after`.
-            lo, hi = 0, len(events)
-            while lo < hi:
-                mid = (lo + hi) // 2
-                if events[mid].seq <= after:
-                    lo = mid + 1
-                else:
-                    hi = mid
-            return events[lo:], True
+            first = bisect.bisect_right(log.events, after, key=lambda event: event.seq)
+            return log.events[first:], True
 
     def discard(self, generation_id: str) -> None:
         with self._lock:

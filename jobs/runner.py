@@ -41,7 +41,7 @@ def coalesce_interval_s(running: int) -> float:
 # nothing is published as done until the row holds the full output.
 FINAL_WRITE_RETRY_S = 60.0
 # An event that cannot reach Redis is retried this long (the provider's text waits in the
-# pump's queue meanwhile), so that a Redis restart or a dropped connection costs a pause,
+# attempt's queue meanwhile), so that a Redis restart or a dropped connection costs a pause,
 # not an attempt. Past it, the runner hands the generation back to the queue.
 REDIS_RETRY_S = 30.0
 # On shutdown, how long the housekeeping thread waits for runners to hand their generations
@@ -57,22 +57,6 @@ IDLE_TICK_S = 0.25
 
 class LostOwnership(Exception):
     """This attempt was superseded (re-queued by the reaper, or cancelled while queued)."""
-
-
-class Runner:
-    """Runs one claimed attempt on this process's event loop (jobs.engine) and waits for its
-    end: the caller's thread (a Huey worker's) holds no database connection meanwhile."""
-
-    def __init__(self, claim: writer.Claim, *, stopping: threading.Event | None = None) -> None:
-        self.claim = claim
-        self.generation_id = claim.generation_id
-        self.attempt = claim.attempt
-        self._stopping = stopping or threading.Event()
-
-    def run(self) -> None:
-        from jobs.engine import engine  # the engine builds on this module's constants
-
-        engine().run_attempt(self.claim, stopping=self._stopping)
 
 
 # -- per-process housekeeping ---------------------------------------------------------------
@@ -204,6 +188,8 @@ _claim_slots = threading.BoundedSemaphore(CONCURRENT_CLAIMS_MAX)
 
 
 def run_generation_job(generation_id: str) -> None:
+    from jobs.engine import engine  # the engine builds on this module's constants
+
     if housekeeping.stopping.is_set():
         from jobs.tasks import run_generation
 
@@ -226,6 +212,6 @@ def run_generation_job(generation_id: str) -> None:
     logger.info("generation %s: attempt %d started", generation_id, claim.attempt)
     housekeeping.track(generation_id, claim.attempt)
     try:
-        Runner(claim, stopping=housekeeping.stopping).run()
+        engine().run_attempt(claim, stopping=housekeeping.stopping)
     finally:
         housekeeping.untrack(generation_id)

@@ -106,25 +106,19 @@ class LiveSender:
                 logger.warning("live send to %s failed", group, exc_info=True)
 
     def send(self, group: str, message: dict[str, Any]) -> None:
-        loop = self._ensure_loop()
-        if loop is None or not self._queues:
-            return
-        loop.call_soon_threadsafe(self._lane(group).put_nowait, (group, message))
+        self.send_many([(group, message)])
 
     def send_many(self, messages: list[tuple[str, dict[str, Any]]]) -> None:
-        """`send` for a batch (the embedded worker's per-tick writer, jobs.engine): one hop
+        """`send` for a batch (the embedded worker's per-tick batcher, jobs.engine): one hop
         to the sending loop for all of them."""
         loop = self._ensure_loop()
         if loop is None or not self._queues:
             return
         loop.call_soon_threadsafe(self._put_on_lanes, messages)
 
-    def _lane(self, group: str) -> asyncio.Queue[tuple[str, dict[str, Any]]]:
-        return self._queues[zlib.crc32(group.encode()) % _LANES]
-
     def _put_on_lanes(self, messages: list[tuple[str, dict[str, Any]]]) -> None:
         for group, message in messages:
-            self._lane(group).put_nowait((group, message))
+            self._queues[zlib.crc32(group.encode()) % _LANES].put_nowait((group, message))
 
 
 def live_message(generation_id: str, seq: int, kind: str, data: str) -> tuple[str, dict[str, Any]]:
@@ -440,58 +434,33 @@ def generation_requeue(
     reasoning: str | None = None,
     completion_tokens: int | None = None,
     delay_s: float = 0.0,
+    hand_back: bool = False,
 ) -> bool:
-    """Hand a running attempt back to the queue as the next attempt (which sends `reset`).
+    """Give a running attempt back to the queue as the next attempt, or with `hand_back` as
+    the same one (its worker is stopping: a stop is not a failure, and does not use up
+    MAX_ATTEMPTS). Either way the next run starts with `reset`.
 
-    Without `output` and `seq` the row keeps its last checkpoint (a hand-back on shutdown
-    for a runner that did not answer in time). `delay_s`: the next attempt starts no sooner
-    (a back-off after a provider failure mid-stream)."""
+    A hand-back is only for the runner itself, after its last write: it stops at once, so no
+    write of the attempt can follow, and the next claim of the same attempt number is alone.
+    Without `output` and `seq` the row keeps its last checkpoint (a re-queue on shutdown of a
+    runner that did not answer in time). `completion_tokens`: what the runs so far were paid
+    for, which the next one counts. `delay_s`: the next attempt starts no sooner (a back-off
+    after a provider failure mid-stream)."""
     fold: dict[str, Any] = {} if output is None or seq is None else {"output": output, "seq": seq}
     if reasoning is not None:
         fold["reasoning"] = reasoning
     if completion_tokens is not None:
         fold["completion_tokens"] = completion_tokens
+    if not hand_back:
+        fold["attempt"] = F("attempt") + 1
     updated = fenced(generation_id, attempt).update(
         status=Status.QUEUED,
-        attempt=F("attempt") + 1,
         # For a queued row, heartbeat_at is when it was last enqueued (see reap_stale).
         heartbeat_at=timezone.now(),
         **fold,
     )
     if updated:
         transaction.on_commit(lambda: enqueue(generation_id, delay_s=delay_s))
-    return bool(updated)
-
-
-def generation_hand_back(
-    generation_id: str,
-    attempt: int,
-    *,
-    output: str,
-    seq: int,
-    reasoning: str = "",
-    completion_tokens: int | None = None,
-) -> bool:
-    """Give a running generation back to the queue unfinished (its worker is stopping), as the
-    same attempt: a stop is not a failure, and does not use up MAX_ATTEMPTS.
-
-    Only for the runner itself, after its last write: it stops at once, so no write of the
-    attempt can follow, and the next claim of the same attempt number is alone. The next
-    run starts with `reset`, since subscribers have seen this one's text. The tokens this
-    run used were paid for: the next run counts them (`completion_tokens`)."""
-    tokens: dict[str, Any] = (
-        {} if completion_tokens is None else {"completion_tokens": completion_tokens}
-    )
-    updated = fenced(generation_id, attempt).update(
-        status=Status.QUEUED,
-        output=output,
-        reasoning=reasoning,
-        seq=seq,
-        heartbeat_at=timezone.now(),
-        **tokens,
-    )
-    if updated:
-        transaction.on_commit(lambda: enqueue(generation_id))
     return bool(updated)
 
 

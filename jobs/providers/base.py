@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import asyncio
-import importlib
+import pkgutil
 import random
 import threading
 from collections.abc import AsyncGenerator, Callable
@@ -115,8 +115,6 @@ class ProviderError(Exception):
 
 
 class Provider(Protocol):
-    name: str
-
     def astream(self, request: ProviderRequest) -> AsyncGenerator[Chunk, None]:
         """Yield chunks on the worker's event loop (jobs.engine): closing the generator, or
         cancelling the task blocked in it, must close the provider's connection."""
@@ -191,12 +189,6 @@ PROVIDERS = {
 }
 
 
-def _load(name: str) -> Callable[[], Provider]:
-    module_name, _, class_name = PROVIDERS[name].partition(":")
-    factory: Callable[[], Provider] = getattr(importlib.import_module(module_name), class_name)
-    return factory
-
-
 _instances: dict[str, Provider] = {}
 # A worker's threads all ask for the provider when a burst of generations starts: unlocked,
 # each made a client of its own (an SSL context, ~25 ms of CPU, and a connection pool each).
@@ -210,5 +202,5 @@ def get_provider(name: str | None = None) -> Provider:
         with _instances_lock:
             provider = _instances.get(name)
             if provider is None:
-                provider = _instances[name] = _load(name)()
+                provider = _instances[name] = pkgutil.resolve_name(PROVIDERS[name])()
     return provider

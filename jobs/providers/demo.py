@@ -70,17 +70,6 @@ def tokenize(text: str) -> list[str]:
 
 
 class DemoProvider:
-    name = "demo"
-
-    def __init__(
-        self,
-        *,
-        first_token_delay_s: float = FIRST_TOKEN_DELAY_S,
-        tokens_per_s: float = TOKENS_PER_S,
-    ) -> None:
-        self.first_token_delay_s = first_token_delay_s
-        self.tokens_per_s = tokens_per_s
-
     def _answer(self, request: ProviderRequest) -> tuple[list[str], str, dict[str, int]]:
         tokens = tokenize(compose_answer(request.prompt))
         finish_reason = "stop"
@@ -99,9 +88,9 @@ class DemoProvider:
     async def astream(self, request: ProviderRequest) -> AsyncGenerator[Chunk, None]:
         tokens, finish_reason, usage = self._answer(request)
         jitter = random.Random(len(request.prompt))
-        await asyncio.sleep(self.first_token_delay_s)
+        await asyncio.sleep(FIRST_TOKEN_DELAY_S)
         for index, token in enumerate(tokens):
             if index:
-                await asyncio.sleep(jitter.uniform(0.5, 1.5) / self.tokens_per_s)
+                await asyncio.sleep(jitter.uniform(0.5, 1.5) / TOKENS_PER_S)
             yield Chunk(text=token)
         yield Chunk(finish_reason=finish_reason, usage=usage)

@@ -194,8 +194,6 @@ def _protocol_error(message: str) -> ProviderError:
 
 
 def _error_from(exc: Exception) -> ProviderError:
-    if isinstance(exc, ProviderError):
-        return exc
     if isinstance(exc, openai.APITimeoutError | httpx2.TimeoutException):
         return ProviderError(str(exc), permanent=False, kind="timeout")
     if isinstance(exc, openai.APIConnectionError):
@@ -212,10 +210,8 @@ def _error_from(exc: Exception) -> ProviderError:
 
 
 class OpenAIProvider:
-    name = "openai"
-
     def __init__(self) -> None:
-        options: dict[str, Any] = {
+        self._options: dict[str, Any] = {
             "api_key": settings.OPENAI_API_KEY or "not-needed",
             "base_url": settings.OPENAI_BASE_URL or None,
             # Never infinite: a silent provider must fail the attempt, not hold a worker. The
@@ -229,7 +225,6 @@ class OpenAIProvider:
             # One retry policy, ours (jobs.providers.base.astream_with_retry).
             "max_retries": 0,
         }
-        self._options = options
         # One asyncio client per event loop: its connection pool belongs to the loop it was
         # first used on (the worker runs one loop, jobs.engine; tests may run others).
         self._async_clients: weakref.WeakKeyDictionary[
@@ -270,7 +265,7 @@ class OpenAIProvider:
                 body = _aevent_stream_or_raise(body)
             async for chunk in aread_events(_asse_data(body), wants_usage):
                 yield chunk
-        except (GeneratorExit, ProviderError):
+        except ProviderError:
             raise
         except Exception as exc:
             raise _error_from(exc) from exc
@@ -278,49 +273,28 @@ class OpenAIProvider:
             await context.__aexit__(None, None, None)
 
 
-class ChunkReader:
-    """The chunks of a chat completions stream, from the `data` of its events, one at a time:
-    `feed` answers the chunks of one event and whether the stream has said all it will
-    (`done`); `end` is called when the body ended before that."""
-
-    def __init__(self, wants_usage: bool) -> None:
-        self._wants_usage = wants_usage
-        self._finished = False
-        self.done = False
-
-    def feed(self, data: str) -> Chunk | None:
-        if data.strip() == "[DONE]":
-            self.done = True
-            # The end of the stream, said plainly; some servers never send a reason.
-            return None if self._finished else Chunk(finish_reason="stop")
-        chunk = chunk_from(data)
-        self._finished = self._finished or chunk.finish_reason is not None
-        if self._finished and (chunk.usage is not None or not self._wants_usage):
-            # Nothing more to read: stop now rather than wait for a server that holds the
-            # connection open after its answer.
-            self.done = True
-        if chunk.text or chunk.reasoning or chunk.finish_reason or chunk.usage:
-            return chunk
-        return None
-
-    def end(self) -> None:
-        if not self._finished:
-            # The body ended without a finish reason: the server or a proxy cut it short.
-            raise ProviderError(
-                "the stream ended without a finish reason", permanent=False, kind="dropped"
-            )
-
-
 async def aread_events(events: AsyncIterator[str], wants_usage: bool) -> AsyncIterator[Chunk]:
     """The chunks of a chat completions stream, from the `data` of its events."""
-    reader = ChunkReader(wants_usage)
+    finished = False
     async for data in events:
-        chunk = reader.feed(data)
-        if chunk is not None:
-            yield chunk
-        if reader.done:
+        if data.strip() == "[DONE]":
+            # The end of the stream, said plainly; some servers never send a reason.
+            if not finished:
+                yield Chunk(finish_reason="stop")
             return
-    reader.end()
+        chunk = chunk_from(data)
+        finished = finished or chunk.finish_reason is not None
+        if chunk.text or chunk.reasoning or chunk.finish_reason or chunk.usage:
+            yield chunk
+        if finished and (chunk.usage is not None or not wants_usage):
+            # Nothing more to read: stop now rather than wait for a server that holds the
+            # connection open after its answer.
+            return
+    if not finished:
+        # The body ended without a finish reason: the server or a proxy cut it short.
+        raise ProviderError(
+            "the stream ended without a finish reason", permanent=False, kind="dropped"
+        )
 
 
 async def _aevent_stream_or_raise(body: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
@@ -364,8 +338,7 @@ class SseLineSplitter:
 
     Not `str.splitlines`, which also splits on U+2028, U+2029, U+0085 and others that vLLM and
     llama.cpp send unescaped inside a JSON `data:` line. Decoded incrementally, so a
-    multi-byte character split across two network reads stays whole. One parser for the
-    threaded and the asyncio reader alike."""
+    multi-byte character split across two network reads stays whole."""
 
     def __init__(self) -> None:
         self._decoder = codecs.getincrementaldecoder("utf-8")("replace")

@@ -14,9 +14,15 @@ from django.db.backends.utils import CursorWrapper
 
 from core.models import Generation
 from jobs import writer
+from jobs.engine import engine
 from jobs.eventlog import event_log
 from tests.harness import Background, Service, messages, stream_events
 from tests.wire import check_event
+
+
+def run_attempt(claim: writer.Claim) -> None:
+    """Run a claimed attempt on the worker's event loop, as a Huey thread does, and wait."""
+    engine().run_attempt(claim, stopping=threading.Event())
 
 
 def unique(prompt: str) -> str:

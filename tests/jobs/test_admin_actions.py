@@ -14,11 +14,11 @@ from django.urls import reverse
 
 from core.models import Generation
 from jobs import writer
-from jobs.runner import Runner, run_generation_job
+from jobs.runner import run_generation_job
 from tests.api.admin_support import action, row
 from tests.fake_openai import expected_text
 from tests.harness import wait_until
-from tests.jobs.support import logged_events, unique
+from tests.jobs.support import logged_events, run_attempt, unique
 from tests.tier_env import TIER
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
@@ -70,7 +70,7 @@ def test_cancel_action_on_a_claimed_generation_stops_its_runner_at_the_first_chu
 
     assert "Asked the worker to stop 1" in response.content.decode()
     started = time.monotonic()
-    Runner(claim).run()
+    run_attempt(claim)
     assert time.monotonic() - started < 5  # not the ten seconds of the whole answer
     generation.refresh_from_db()
     assert (generation.status, generation.finish_reason) == ("cancelled", "cancelled")

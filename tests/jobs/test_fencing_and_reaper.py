@@ -14,10 +14,10 @@ from django.conf import settings
 
 from core.models import FinishReason, Generation, Status
 from jobs import events, reaper, writer
-from jobs.runner import Runner, run_generation_job
+from jobs.runner import run_generation_job
 from jobs.writer import publish_event
 from tests.fake_openai import expected_text
-from tests.jobs.support import checkpoint, logged_events, new_generation, unique
+from tests.jobs.support import checkpoint, logged_events, new_generation, run_attempt, unique
 
 pytestmark = [
     pytest.mark.django_db(transaction=True),
@@ -89,11 +89,11 @@ def test_superseded_runner_stops_at_its_first_write_and_the_new_attempt_complete
     assert current is not None
     row_before, log_before = row(gid), logged_events(gid)
 
-    Runner(stale).run()
+    run_attempt(stale)
 
     assert row(gid) == row_before
     assert logged_events(gid) == log_before == []
-    Runner(current).run()
+    run_attempt(current)
     final = row(gid)
     logged = logged_events(gid)
     assert final["status"] == Status.COMPLETED and final["attempt"] == 2

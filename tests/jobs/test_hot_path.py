@@ -22,7 +22,14 @@ from jobs.runner import (
     run_generation_job,
 )
 from tests.fake_openai import expected_text, token_text
-from tests.jobs.support import all_statements, checkpoint, logged_events, new_generation, unique
+from tests.jobs.support import (
+    all_statements,
+    checkpoint,
+    logged_events,
+    new_generation,
+    run_attempt,
+    unique,
+)
 
 pytestmark = [
     pytest.mark.django_db(transaction=True),
@@ -200,7 +207,7 @@ def test_generations_running_together_share_checkpoint_statements_and_connection
 
     def run(claim: writer.Claim | None) -> None:
         assert claim is not None
-        runner.Runner(claim).run()
+        run_attempt(claim)
 
     with all_statements(threads=idents) as statements, ThreadPoolExecutor(len(claims)) as pool:
         list(pool.map(run, claims))

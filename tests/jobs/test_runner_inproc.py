@@ -19,9 +19,9 @@ from core.models import Generation
 from jobs import engine, events, writer
 from jobs.eventlog import event_log
 from jobs.events import fold
-from jobs.runner import COALESCE_INTERVAL_S, Runner, run_generation_job
+from jobs.runner import COALESCE_INTERVAL_S, run_generation_job
 from tests.fake_openai import expected_text, token_text
-from tests.jobs.support import all_statements, logged_events, new_generation, unique
+from tests.jobs.support import all_statements, logged_events, new_generation, run_attempt, unique
 
 pytestmark = [
     pytest.mark.django_db(transaction=True),
@@ -97,10 +97,10 @@ def test_row_holds_the_final_output_before_done_is_published(
     generation = new_generation(unique(directive))
     rows_at_done: list[dict[str, Any]] = []
 
-    original_publish = engine.Writer.publish
+    original_publish = engine.Batcher.publish
 
     def publish_checking_row(
-        writer: engine.Writer, generation_id: str, attempt: int, event: dict[str, Any]
+        batcher: engine.Batcher, generation_id: str, attempt: int, event: dict[str, Any]
     ) -> Any:
         # Read the row the moment the worker is about to publish `done`: a subscriber that
         # sees `done` and then GETs the generation must find it complete. (From a thread:
@@ -118,9 +118,9 @@ def test_row_holds_the_final_output_before_done_is_published(
                         )
                     ).result()
                 )
-        return original_publish(writer, generation_id, attempt, event)
+        return original_publish(batcher, generation_id, attempt, event)
 
-    monkeypatch.setattr(engine.Writer, "publish", publish_checking_row)
+    monkeypatch.setattr(engine.Batcher, "publish", publish_checking_row)
 
     run_generation_job(generation.id)
 
@@ -152,7 +152,7 @@ def test_cancel_while_the_provider_fails_before_any_text_ends_cancelled() -> Non
     Generation.objects.filter(pk=generation.id).update(cancel_requested=True)
     event_log().request_cancel(generation.id)
 
-    Runner(claim).run()
+    run_attempt(claim)
 
     generation.refresh_from_db()
     logged = logged_events(generation.id)

@@ -154,7 +154,7 @@ async def read_row(generation_id: str) -> RowState:
 
 
 class Worker:
-    """Plays jobs/runner.Runner for one generation: deltas, checkpoints, restarts, the end."""
+    """Plays jobs/engine.Attempt for one generation: deltas, checkpoints, restarts, the end."""
 
     def __init__(self, generation_id: str) -> None:
         self.generation_id = generation_id
