@@ -170,14 +170,15 @@ def _start_baseline(
     port = free_port()
     processes = {}
     for role, args in roles(url, port).items():
-        log = open(Path(RUN_DIR) / f"{name}-{role}.log", "ab")  # noqa: SIM115 (the child keeps it)
-        processes[role] = spawn(
-            [PYTHON, "-m", f"bench.baselines.{module}", role, *args],
-            cwd=ROOT,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=dict(os.environ),
-        )
+        # The child writes to its own copy of the descriptor.
+        with open(Path(RUN_DIR) / f"{name}-{role}.log", "ab") as log:
+            processes[role] = spawn(
+                [PYTHON, "-m", f"bench.baselines.{module}", role, *args],
+                cwd=ROOT,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=dict(os.environ),
+            )
 
     def listening() -> bool:
         with socket.socket() as sock:
