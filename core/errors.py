@@ -97,3 +97,29 @@ def unavailable() -> ApiError:
 
 def not_found(what: str = "generation") -> ApiError:
     return ApiError("not_found", f"No such {what}.")
+
+
+def payload_too_large() -> ApiError:
+    return ApiError("payload_too_large", "The request body is larger than 64 KiB.")
+
+
+def method_not_allowed(allow: str, use: str = "GET") -> HttpResponse:
+    """The JSON 405, its Allow header listing the methods the path takes."""
+    response = error_response(ApiError("method_not_allowed", f"Use {use}."))
+    response["Allow"] = allow
+    return response
+
+
+def _reject_constant(value: str) -> Any:
+    raise ValueError(f"{value} is not valid JSON")
+
+
+def parse_json(data: str | bytes, what: str) -> Any:
+    """`data` (bytes: UTF-8) as JSON, else invalid_json. NaN and Infinity are refused (echoed
+    back in `ref` they would be invalid JSON), and so is nesting too deep for the parser (a
+    RecursionError was a 500, or a 1011 on the WebSocket)."""
+    try:
+        text = data if isinstance(data, str) else data.decode("utf-8")
+        return json.loads(text, parse_constant=_reject_constant)
+    except (ValueError, RecursionError):
+        raise ApiError("invalid_json", f"The {what} is not valid JSON.") from None

@@ -14,7 +14,14 @@ from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 
 from api.auth import authenticate_token, bearer_token, user_is_active, verify_ticket
 from core import metrics
-from core.errors import UNAVAILABLE_ERRORS, ApiError, error_response, not_found, unavailable
+from core.errors import (
+    UNAVAILABLE_ERRORS,
+    ApiError,
+    error_response,
+    method_not_allowed,
+    not_found,
+    unavailable,
+)
 from core.ids import looks_like_generation_id
 from core.selectors import RowState, row_state
 from jobs.eventlog import StoredEvent
@@ -37,8 +44,6 @@ def _user_id_and_row(header: str | None, generation_id: str) -> tuple[int, RowSt
     """The token's user and the generation's row in one thread hop (realtime.db's, on a
     connection kept open): a reconnect's time to its snapshot is mostly such round trips."""
     user_id = int(authenticate_token(bearer_token(header)).user.pk)
-    if not looks_like_generation_id(generation_id):
-        return user_id, None
     return user_id, row_state(generation_id)
 
 
@@ -68,9 +73,7 @@ async def generation_events(
 ) -> HttpResponse | StreamingHttpResponse:
     try:
         if request.method != "GET":
-            refused = error_response(ApiError("method_not_allowed", "Use GET."))
-            refused["Allow"] = "GET"
-            return refused
+            return method_not_allowed("GET")
         ticket = request.GET.get("ticket")
         header = request.headers.get("Authorization")
         if header or not ticket:
@@ -84,7 +87,6 @@ async def generation_events(
                 raise ApiError("unauthorized", "The ticket is not valid.")
             row = await read_row(generation_id)
         after = parse_position(request)
-        # (No row for an id of the wrong shape: `_user_id_and_row` read none.)
         if row is None or row.user_id != user_id:
             raise not_found()
         if row.terminal and after >= row.seq:
