@@ -25,7 +25,6 @@ from core.errors import (
     UNAVAILABLE_ERRORS,
     ApiError,
     error_response,
-    method_not_allowed,
     parse_json,
     payload_too_large,
     unavailable,
@@ -139,7 +138,9 @@ def _with_json_405(view: Callable[..., HttpResponse]) -> Callable[..., HttpRespo
         if not isinstance(response, HttpResponseNotAllowed):
             return response
         methods = sorted(method.strip() for method in response["Allow"].split(","))
-        return method_not_allowed(", ".join(methods), " or ".join(methods))
+        return error_response(
+            ApiError("method_not_allowed", f"Use {' or '.join(methods)}.", allow=", ".join(methods))
+        )
 
     return wrapper
 

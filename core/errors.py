@@ -50,6 +50,7 @@ class ApiError(Exception):
         *,
         details: dict[str, Any] | None = None,
         retry_after_s: int | None = None,
+        allow: str | None = None,
     ) -> None:
         super().__init__(message)
         if code not in STATUS_BY_CODE:
@@ -58,6 +59,7 @@ class ApiError(Exception):
         self.message = message
         self.details = details or {}
         self.retry_after_s = retry_after_s
+        self.allow = allow  # a 405's Allow header: the methods the path takes
 
     @property
     def status(self) -> int:
@@ -84,6 +86,8 @@ def error_response(error: ApiError) -> HttpResponse:
         response["Retry-After"] = str(max(1, error.retry_after_s or 1))
     elif error.status == 503 and error.retry_after_s is not None:
         response["Retry-After"] = str(max(1, error.retry_after_s))
+    if error.allow is not None:
+        response["Allow"] = error.allow
     return response
 
 
@@ -101,13 +105,6 @@ def not_found(what: str = "generation") -> ApiError:
 
 def payload_too_large() -> ApiError:
     return ApiError("payload_too_large", "The request body is larger than 64 KiB.")
-
-
-def method_not_allowed(allow: str, use: str = "GET") -> HttpResponse:
-    """The JSON 405, its Allow header listing the methods the path takes."""
-    response = error_response(ApiError("method_not_allowed", f"Use {use}."))
-    response["Allow"] = allow
-    return response
 
 
 def _reject_constant(value: str) -> Any:

@@ -208,10 +208,10 @@ WEB_METRICS = WebMetrics()
 
 def metrics_view(request: HttpRequest) -> HttpResponse:
     """The Prometheus text format. Open like /healthz unless METRICS_TOKEN is set."""
-    from core.errors import ApiError, error_response, method_not_allowed
+    from core.errors import ApiError, error_response
 
     if request.method not in ("GET", "HEAD"):
-        return method_not_allowed("GET, HEAD")
+        return error_response(ApiError("method_not_allowed", "Use GET.", allow="GET, HEAD"))
     if settings.METRICS_TOKEN:
         given = request.headers.get("Authorization", "")
         expected = f"Bearer {settings.METRICS_TOKEN}"

@@ -17,7 +17,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from pydantic.json_schema import models_json_schema
 
-from core.errors import method_not_allowed
+from core.errors import ApiError, error_response
 from realtime import schemas
 
 SCHEMAS_REF = "#/components/schemas/{model}"
@@ -176,7 +176,7 @@ def document() -> dict[str, Any]:
 def asyncapi_view(request: HttpRequest) -> HttpResponse:
     """Public, like the OpenAPI document: it describes the protocol, not anyone's data."""
     if request.method not in ("GET", "HEAD"):
-        return method_not_allowed("GET, HEAD")
+        return error_response(ApiError("method_not_allowed", "Use GET.", allow="GET, HEAD"))
     return JsonResponse(document(), json_dumps_params={"ensure_ascii": False})
 
 

@@ -14,14 +14,7 @@ from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 
 from api.auth import authenticate_token, bearer_token, user_is_active, verify_ticket
 from core import metrics
-from core.errors import (
-    UNAVAILABLE_ERRORS,
-    ApiError,
-    error_response,
-    method_not_allowed,
-    not_found,
-    unavailable,
-)
+from core.errors import UNAVAILABLE_ERRORS, ApiError, error_response, not_found, unavailable
 from core.ids import looks_like_generation_id
 from core.selectors import RowState, row_state
 from jobs.eventlog import StoredEvent
@@ -73,7 +66,7 @@ async def generation_events(
 ) -> HttpResponse | StreamingHttpResponse:
     try:
         if request.method != "GET":
-            return method_not_allowed("GET")
+            raise ApiError("method_not_allowed", "Use GET.", allow="GET")
         ticket = request.GET.get("ticket")
         header = request.headers.get("Authorization")
         if header or not ticket:
