@@ -4,7 +4,6 @@ bearer auth, and every failure as the contract's JSON error body, never ninja's 
 from __future__ import annotations
 
 import functools
-import json
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -22,14 +21,17 @@ from ninja.security import HttpBearer
 
 from api.auth import Identity, authenticate_token, bearer_token
 from api.validation import field_errors
-from core.errors import UNAVAILABLE_ERRORS, ApiError, error_response, unavailable
+from core.errors import (
+    UNAVAILABLE_ERRORS,
+    ApiError,
+    error_response,
+    parse_json,
+    payload_too_large,
+    unavailable,
+)
 from jobs.events import escape_line_breakers
 
 logger = logging.getLogger(__name__)
-
-
-def _reject_constant(value: str) -> Any:
-    raise ValueError(f"{value} is not valid JSON")
 
 
 class JsonBodyParser(Parser):
@@ -43,23 +45,16 @@ class JsonBodyParser(Parser):
         except ValueError:
             declared_bytes = 0
         if declared_bytes > settings.MAX_REQUEST_BYTES:
-            raise _too_large()
+            raise payload_too_large()
         if request.content_type != "application/json":
             raise ApiError("unsupported_media_type", "The body must be application/json.")
         try:
             body = request.body
         except RequestDataTooBig:
-            raise _too_large() from None
+            raise payload_too_large() from None
         if len(body) > settings.MAX_REQUEST_BYTES:
-            raise _too_large()
-        try:
-            return json.loads(body.decode("utf-8"), parse_constant=_reject_constant)
-        except (UnicodeDecodeError, ValueError, RecursionError):
-            raise ApiError("invalid_json", "The body is not valid JSON.") from None
-
-
-def _too_large() -> ApiError:
-    return ApiError("payload_too_large", "The request body is larger than 64 KiB.")
+            raise payload_too_large()
+        return parse_json(body, "body")
 
 
 class BearerAuth(HttpBearer):
@@ -113,7 +108,7 @@ def install_error_handlers(api: NinjaAPI) -> None:
 
     @api.exception_handler(RequestDataTooBig)
     def _too_big(request: HttpRequest, error: RequestDataTooBig) -> HttpResponse:
-        return error_response(_too_large())
+        return error_response(payload_too_large())
 
     @api.exception_handler(Exception)
     def _unhandled(request: HttpRequest, error: Exception) -> HttpResponse:
@@ -143,9 +138,9 @@ def _with_json_405(view: Callable[..., HttpResponse]) -> Callable[..., HttpRespo
         if not isinstance(response, HttpResponseNotAllowed):
             return response
         methods = sorted(method.strip() for method in response["Allow"].split(","))
-        refusal = error_response(ApiError("method_not_allowed", f"Use {' or '.join(methods)}."))
-        refusal["Allow"] = ", ".join(methods)
-        return refusal
+        return error_response(
+            ApiError("method_not_allowed", f"Use {' or '.join(methods)}.", allow=", ".join(methods))
+        )
 
     return wrapper
 

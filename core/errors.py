@@ -50,6 +50,7 @@ class ApiError(Exception):
         *,
         details: dict[str, Any] | None = None,
         retry_after_s: int | None = None,
+        allow: str | None = None,
     ) -> None:
         super().__init__(message)
         if code not in STATUS_BY_CODE:
@@ -58,6 +59,7 @@ class ApiError(Exception):
         self.message = message
         self.details = details or {}
         self.retry_after_s = retry_after_s
+        self.allow = allow  # a 405's Allow header: the methods the path takes
 
     @property
     def status(self) -> int:
@@ -84,6 +86,8 @@ def error_response(error: ApiError) -> HttpResponse:
         response["Retry-After"] = str(max(1, error.retry_after_s or 1))
     elif error.status == 503 and error.retry_after_s is not None:
         response["Retry-After"] = str(max(1, error.retry_after_s))
+    if error.allow is not None:
+        response["Allow"] = error.allow
     return response
 
 
@@ -97,3 +101,22 @@ def unavailable() -> ApiError:
 
 def not_found(what: str = "generation") -> ApiError:
     return ApiError("not_found", f"No such {what}.")
+
+
+def payload_too_large() -> ApiError:
+    return ApiError("payload_too_large", "The request body is larger than 64 KiB.")
+
+
+def _reject_constant(value: str) -> Any:
+    raise ValueError(f"{value} is not valid JSON")
+
+
+def parse_json(data: str | bytes, what: str) -> Any:
+    """`data` (bytes: UTF-8) as JSON, else invalid_json. NaN and Infinity are refused (echoed
+    back in `ref` they would be invalid JSON), and so is nesting too deep for the parser (a
+    RecursionError was a 500, or a 1011 on the WebSocket)."""
+    try:
+        text = data if isinstance(data, str) else data.decode("utf-8")
+        return json.loads(text, parse_constant=_reject_constant)
+    except (ValueError, RecursionError):
+        raise ApiError("invalid_json", f"The {what} is not valid JSON.") from None

@@ -211,9 +211,7 @@ def metrics_view(request: HttpRequest) -> HttpResponse:
     from core.errors import ApiError, error_response
 
     if request.method not in ("GET", "HEAD"):
-        refused = error_response(ApiError("method_not_allowed", "Use GET."))
-        refused["Allow"] = "GET, HEAD"
-        return refused
+        return error_response(ApiError("method_not_allowed", "Use GET.", allow="GET, HEAD"))
     if settings.METRICS_TOKEN:
         given = request.headers.get("Authorization", "")
         expected = f"Bearer {settings.METRICS_TOKEN}"

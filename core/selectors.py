@@ -50,6 +50,9 @@ def generation_for_user(*, user: AbstractBaseUser, generation_id: str) -> Genera
 
 
 def row_state(generation_id: str) -> RowState | None:
+    """None for an id of the wrong shape too (it is not queried)."""
+    if not looks_like_generation_id(generation_id):
+        return None
     row = (
         Generation.objects.filter(id=generation_id)
         .values_list(

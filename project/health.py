@@ -4,16 +4,16 @@ from __future__ import annotations
 
 from django.conf import settings
 from django.db import connection
-from django.http import HttpRequest, JsonResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse
 
-from core.errors import ApiError
+from core.errors import ApiError, error_response
 
 
 def healthz(request: HttpRequest) -> JsonResponse:
     return JsonResponse({"status": "ok"})
 
 
-def readyz(request: HttpRequest) -> JsonResponse:
+def readyz(request: HttpRequest) -> HttpResponse:
     checks: dict[str, str] = {}
     try:
         with connection.cursor() as cursor:
@@ -42,8 +42,7 @@ def readyz(request: HttpRequest) -> JsonResponse:
         checks["worker"] = "ok" if embedded_worker_alive() else "error: not running"
     failed = [name for name, value in checks.items() if value != "ok"]
     if failed:
-        return JsonResponse(
-            ApiError("unavailable", "Not ready: " + ", ".join(failed), details=checks).body(),
-            status=503,
+        return error_response(
+            ApiError("unavailable", "Not ready: " + ", ".join(failed), details=checks)
         )
     return JsonResponse({"status": "ok", "checks": checks})

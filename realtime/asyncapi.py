@@ -176,9 +176,7 @@ def document() -> dict[str, Any]:
 def asyncapi_view(request: HttpRequest) -> HttpResponse:
     """Public, like the OpenAPI document: it describes the protocol, not anyone's data."""
     if request.method not in ("GET", "HEAD"):
-        response = error_response(ApiError("method_not_allowed", "Use GET."))
-        response["Allow"] = "GET, HEAD"
-        return response
+        return error_response(ApiError("method_not_allowed", "Use GET.", allow="GET, HEAD"))
     return JsonResponse(document(), json_dumps_params={"ensure_ascii": False})
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import math
 import time
@@ -33,8 +32,7 @@ from api.conversations import (
 )
 from api.validation import encodable, parse_generation_params, parse_idempotency_key
 from core import metrics
-from core.errors import UNAVAILABLE_ERRORS, ApiError, not_found, unavailable
-from core.ids import looks_like_generation_id
+from core.errors import UNAVAILABLE_ERRORS, ApiError, not_found, parse_json, unavailable
 from core.selectors import RowState, limits_for
 from jobs.eventlog import StoredEvent
 from jobs.events import dumps
@@ -70,19 +68,6 @@ def frame_burst() -> int:
     return int(2 * settings.WS_FRAMES_PER_SECOND)
 
 
-def _reject_constant(value: str) -> Any:
-    raise ValueError(f"{value} is not valid JSON")
-
-
-def parse_frame(text: str) -> Any:
-    """The frame's JSON; NaN and Infinity are refused (they would be echoed back as invalid
-    JSON in `ref`), and so is nesting too deep for the parser (a RecursionError was a 1011)."""
-    try:
-        return json.loads(text, parse_constant=_reject_constant)
-    except (ValueError, RecursionError):
-        raise FrameError(ApiError("invalid_json", "The frame is not valid JSON.")) from None
-
-
 # Conversation subscriptions of one connection; each costs a group membership and a poll.
 MAX_CONVERSATION_SUBSCRIPTIONS = 50
 # How often a connection reads the turns of the conversations it follows, in case a live
@@ -91,7 +76,7 @@ CONVERSATION_POLL_S = 5.0
 
 
 def _closing(fn: Any) -> Any:
-    """Run a sync ORM call off the event loop and give its connection back at once."""
+    """Run a write off the event loop, its connection given back at once (`read` may retry)."""
 
     def call(*args: Any, **kwargs: Any) -> Any:
         try:
@@ -249,7 +234,7 @@ class StreamConsumer(AsyncConsumer):  # type: ignore[misc]
         frame: Any = None
         try:
             self._count_frame()
-            frame = parse_frame(text)
+            frame = parse_json(text, "frame")
             if not isinstance(frame, dict):
                 raise FrameError(ApiError("invalid_request", "A frame must be a JSON object."))
             ref = frame.get("ref")
@@ -381,7 +366,7 @@ class StreamConsumer(AsyncConsumer):  # type: ignore[misc]
         generation_id = self._generation_id(frame)
         self._ensure_subscription_room(generation_id)
         after = _position(frame, MAX_SEQ, generation_id)
-        row = await read_row(generation_id) if looks_like_generation_id(generation_id) else None
+        row = await read_row(generation_id)
         if row is None or row.user_id != self.identity.user.pk:
             raise FrameError(not_found(), generation_id)
         await self._send_json({"type": "subscribed", "ref": ref, "id": generation_id})
@@ -558,9 +543,7 @@ class StreamConsumer(AsyncConsumer):  # type: ignore[misc]
                 )
             )
         # Not the user's: the ApiError is the reply.
-        await _closing(conversation_for_user)(
-            user=self.identity.user, conversation_id=conversation_id
-        )
+        await read(conversation_for_user, user=self.identity.user, conversation_id=conversation_id)
         # Join first: a turn created between the read below and the join would be missed by
         # the live path (the poller would still find it, seconds later).
         await self._watch_conversation(conversation_id)
@@ -591,7 +574,7 @@ class StreamConsumer(AsyncConsumer):  # type: ignore[misc]
         positions = self.conversation_positions
         if conversation_id not in positions:
             return
-        turns = await _closing(turns_after)(conversation_id, positions[conversation_id])
+        turns = await read(turns_after, conversation_id, positions[conversation_id])
         for turn in turns:
             if turn.turn_index is None or turn.turn_index <= positions.get(conversation_id, 0):
                 continue
@@ -640,7 +623,7 @@ class StreamConsumer(AsyncConsumer):  # type: ignore[misc]
             )
             return
         try:
-            conversation = await _closing(conversation_state)(conversation_id)
+            conversation = await read(conversation_state, conversation_id)
         except UNAVAILABLE_ERRORS as failure:
             logger.warning("change of %s not read: %r", conversation_id, failure)
             return

@@ -32,7 +32,7 @@ from urllib.parse import unquote_plus
 
 from django.conf import settings
 
-from core.errors import ApiError
+from core.errors import payload_too_large
 from realtime.frames import CLOSE_GOING_AWAY, CLOSE_SLOW_CONSUMER, ENDPOINT_CLOSE_CODES
 
 logger = logging.getLogger(__name__)
@@ -136,8 +136,7 @@ def install() -> None:
 
 
 def _payload_too_large_response() -> bytes:
-    error = ApiError("payload_too_large", "The request body is larger than 64 KiB.")
-    body = json.dumps(error.body()).encode()
+    body = json.dumps(payload_too_large().body()).encode()
     head = (
         "HTTP/1.1 413 Payload Too Large\r\n"
         "Content-Type: application/json\r\n"

@@ -37,8 +37,6 @@ def _user_id_and_row(header: str | None, generation_id: str) -> tuple[int, RowSt
     """The token's user and the generation's row in one thread hop (realtime.db's, on a
     connection kept open): a reconnect's time to its snapshot is mostly such round trips."""
     user_id = int(authenticate_token(bearer_token(header)).user.pk)
-    if not looks_like_generation_id(generation_id):
-        return user_id, None
     return user_id, row_state(generation_id)
 
 
@@ -68,9 +66,7 @@ async def generation_events(
 ) -> HttpResponse | StreamingHttpResponse:
     try:
         if request.method != "GET":
-            refused = error_response(ApiError("method_not_allowed", "Use GET."))
-            refused["Allow"] = "GET"
-            return refused
+            raise ApiError("method_not_allowed", "Use GET.", allow="GET")
         ticket = request.GET.get("ticket")
         header = request.headers.get("Authorization")
         if header or not ticket:
@@ -84,7 +80,6 @@ async def generation_events(
                 raise ApiError("unauthorized", "The ticket is not valid.")
             row = await read_row(generation_id)
         after = parse_position(request)
-        # (No row for an id of the wrong shape: `_user_id_and_row` read none.)
         if row is None or row.user_id != user_id:
             raise not_found()
         if row.terminal and after >= row.seq:
