@@ -113,6 +113,14 @@ def _position(
     return after
 
 
+def _id_field(frame: dict[str, Any], key: str, what: str) -> str:
+    value = frame.get(key)
+    # Encodable: the id is echoed in replies, and a lone surrogate cannot be sent.
+    if not isinstance(value, str) or not value or not encodable(value):
+        raise FrameError(ApiError("invalid_request", f"{key} is required.", details={key: what}))
+    return value
+
+
 def origin_allowed(scope: dict[str, Any]) -> bool:
     """A browser's Origin must be ours or listed; clients that send none are allowed."""
     headers = dict(scope.get("headers") or [])
@@ -352,18 +360,9 @@ class StreamConsumer(AsyncConsumer):  # type: ignore[misc]
         await self._send_json({"type": "created", "ref": ref, "generation": generation.to_dict()})
         await self._start_subscription(generation.id, 0)
 
-    def _generation_id(self, frame: dict[str, Any]) -> str:
-        generation_id = frame.get("id")
-        # Encodable: the id is echoed in replies, and a lone surrogate cannot be sent.
-        if not isinstance(generation_id, str) or not generation_id or not encodable(generation_id):
-            raise FrameError(
-                ApiError("invalid_request", "id is required.", details={"id": "A generation id."})
-            )
-        return generation_id
-
     async def _subscribe(self, frame: dict[str, Any], ref: Any) -> None:
         assert self.identity is not None
-        generation_id = self._generation_id(frame)
+        generation_id = _id_field(frame, "id", "A generation id.")
         self._ensure_subscription_room(generation_id)
         after = _position(frame, MAX_SEQ, generation_id)
         row = await read_row(generation_id)
@@ -407,13 +406,13 @@ class StreamConsumer(AsyncConsumer):  # type: ignore[misc]
             session.close()
 
     async def _unsubscribe(self, frame: dict[str, Any], ref: Any) -> None:
-        generation_id = self._generation_id(frame)
+        generation_id = _id_field(frame, "id", "A generation id.")
         self._drop_subscription(generation_id)
         await self._send_json({"type": "unsubscribed", "ref": ref, "id": generation_id})
 
     async def _cancel(self, frame: dict[str, Any], ref: Any) -> None:
         assert self.identity is not None
-        generation_id = self._generation_id(frame)
+        generation_id = _id_field(frame, "id", "A generation id.")
         try:
             await _closing(services.generation_cancel)(
                 user=self.identity.user, generation_id=generation_id, wait_s=0
@@ -517,21 +516,9 @@ class StreamConsumer(AsyncConsumer):  # type: ignore[misc]
         self.notice_tasks.add(task)
         task.add_done_callback(self.notice_tasks.discard)
 
-    def _conversation_id(self, frame: dict[str, Any]) -> str:
-        conversation_id = frame.get("conversation_id")
-        if not isinstance(conversation_id, str) or not conversation_id:
-            raise FrameError(
-                ApiError(
-                    "invalid_request",
-                    "conversation_id is required.",
-                    details={"conversation_id": "A conversation id."},
-                )
-            )
-        return conversation_id
-
     async def _subscribe_conversation(self, frame: dict[str, Any], ref: Any) -> None:
         assert self.identity is not None
-        conversation_id = self._conversation_id(frame)
+        conversation_id = _id_field(frame, "conversation_id", "A conversation id.")
         after = _position(frame)
         positions = self.conversation_positions
         if conversation_id not in positions and len(positions) >= MAX_CONVERSATION_SUBSCRIPTIONS:
@@ -558,7 +545,7 @@ class StreamConsumer(AsyncConsumer):  # type: ignore[misc]
             self.tasks.append(self.conversation_poller)
 
     async def _unsubscribe_conversation(self, frame: dict[str, Any], ref: Any) -> None:
-        conversation_id = self._conversation_id(frame)
+        conversation_id = _id_field(frame, "conversation_id", "A conversation id.")
         await self._drop_conversation(conversation_id)
         await self._send_json(
             {"type": "conversation_unsubscribed", "ref": ref, "conversation_id": conversation_id}
