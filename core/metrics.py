@@ -254,7 +254,7 @@ def serve_worker_metrics() -> None:
 
 
 class AttemptTimer:
-    """The worker's clock for one attempt of one generation (jobs.runner.Runner)."""
+    """The worker's clock for one attempt of one generation (jobs.engine.Attempt)."""
 
     def __init__(
         self, *, model: str, created_at: datetime | None, first_text_of_generation: bool
