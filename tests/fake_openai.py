@@ -6,8 +6,8 @@ speaks enough HTTP/1.1 (keep-alive, chunked responses) for the official SDK, and
 ``chat.completion.chunk`` events exactly as the real API does, usage included on request.
 
 Behaviour knobs, from the command line (the defaults), ``POST /_config`` (JSON, replaces the
-defaults at run time), or a directive anywhere in the messages, which wins for that request (the last one, when a
-conversation's history carries earlier turns' directives):
+defaults at run time), or a directive anywhere in the messages, which wins for that request
+(the last one, when a conversation's history carries earlier turns' directives):
 
     [fake tokens=300 rate=50 ttft=200 fail=503x2 drop=120 hang=10]
 
