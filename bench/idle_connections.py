@@ -17,7 +17,6 @@ divided by the connections. Also the Daphne process's CPU while they sit idle.
 from __future__ import annotations
 
 import asyncio
-import json
 import multiprocessing
 import pathlib
 import time
@@ -27,8 +26,9 @@ from typing import Any
 import websockets
 
 from bench.latency_report import command, parser, section, table, tiers_for, write_tiers
+from bench.loadgen import ws_auth
 from bench.procstat import cpu_s
-from tests.harness import FakeLLM, Service, make_token
+from tests.harness import Service, make_token
 from tests.tier_env import TIER
 
 NAME = "idle_connections"
@@ -55,13 +55,6 @@ def vm_rss_kb(pid: int) -> int:
 # -- the client processes ------------------------------------------------------------------
 
 
-async def _auth(ws: Any, token: str) -> None:
-    await ws.send(json.dumps({"type": "auth", "token": token}))
-    reply = json.loads(await asyncio.wait_for(ws.recv(), 120))
-    if reply.get("type") != "auth.ok":
-        raise RuntimeError(f"auth refused: {reply}")
-
-
 async def _client_main(
     pipe: Connection, url: str, tokens: list[str], index: int, processes: int
 ) -> None:
@@ -74,7 +67,7 @@ async def _client_main(
     async def open_one(semaphore: asyncio.Semaphore, token: str) -> float:
         async with semaphore:
             ws = await websockets.connect(url, open_timeout=120, ping_interval=None)
-            await _auth(ws, token)
+            await ws_auth(ws, token, 120)
             sockets.append(ws)
             return time.time()
 
@@ -177,7 +170,7 @@ def _warm_users(url: str, tokens: list[str]) -> None:
     async def go() -> None:
         for token in tokens:
             async with websockets.connect(url, ping_interval=None) as ws:
-                await _auth(ws, token)
+                await ws_auth(ws, token, 120)
 
     asyncio.run(go())
 
@@ -188,13 +181,8 @@ def measure(
     # Each user's share, and a little more: the split between the client processes can give
     # a user one connection above the even share.
     per_user = -(-connections // USERS) + CLIENT_PROCESSES
-    fake = FakeLLM()
-    service = Service(
-        fake, tier=tier, env={"MAX_CONNECTIONS_PER_USER": str(per_user), "LOG_LEVEL": "WARNING"}
-    )
-    clients: Clients | None = None
-    try:
-        service.start()
+    env = {"MAX_CONNECTIONS_PER_USER": str(per_user), "LOG_LEVEL": "WARNING"}
+    with Service(tier=tier, env=env) as service:
         web = service.webs[0]
         assert web is not None
         pid = web.pid
@@ -202,57 +190,42 @@ def measure(
         tokens = [make_token(f"idle-{index}", ttl_s=6 * 3600) for index in range(USERS)]
         _warm_users(url, tokens)
         clients = Clients(url, tokens, CLIENT_PROCESSES)
-        time.sleep(SETTLE_S)
-        rss_before_kb = vm_rss_kb(pid)
-        accept_s, opened_first, errors = clients.open(accept)
-        rest_s, opened_rest, more_errors = clients.open(connections - accept)
-        errors += more_errors
-        time.sleep(SETTLE_S)
-        rss_after_kb = vm_rss_kb(pid)
-        cpu_before = cpu_s(pid)
-        time.sleep(idle_s)
-        idle_cpu = (cpu_s(pid) - cpu_before) / idle_s
-        alive = clients.alive()
-        opened = opened_first + opened_rest
-        return {
-            "tier": tier,
-            "connections": connections,
-            "opened": opened,
-            "alive_after_idle": alive,
-            "errors": errors,
-            "users": USERS,
-            "max_connections_per_user": per_user,
-            "client_processes": CLIENT_PROCESSES,
-            "rss_before_kb": rss_before_kb,
-            "rss_after_kb": rss_after_kb,
-            "kb_per_connection": round((rss_after_kb - rss_before_kb) / max(1, opened), 2),
-            "accept": {
-                "connections": accept,
-                "opened": opened_first,
-                "seconds": round(accept_s, 3),
-                "per_second": round(opened_first / accept_s, 1) if accept_s else None,
-            },
-            "rest_seconds": round(rest_s, 3),
-            "idle_cpu_share_of_one_core": round(idle_cpu, 4),
-        }
-    finally:
-        if clients is not None:
+        try:
+            time.sleep(SETTLE_S)
+            rss_before_kb = vm_rss_kb(pid)
+            accept_s, opened_first, errors = clients.open(accept)
+            rest_s, opened_rest, more_errors = clients.open(connections - accept)
+            errors += more_errors
+            time.sleep(SETTLE_S)
+            rss_after_kb = vm_rss_kb(pid)
+            cpu_before = cpu_s(pid)
+            time.sleep(idle_s)
+            idle_cpu = (cpu_s(pid) - cpu_before) / idle_s
+            alive = clients.alive()
+        finally:
             clients.close()
-        service.stop()
-        fake.stop()
-
-
-def print_result(result: dict[str, Any]) -> None:
-    print(
-        f"{result['tier']}: {result['opened']}/{result['connections']} opened, "
-        f"{result['alive_after_idle']} alive after idling; RSS {result['rss_before_kb']} -> "
-        f"{result['rss_after_kb']} KB = {result['kb_per_connection']} KB per connection; "
-        f"{result['accept']['opened']} accepted in {result['accept']['seconds']} s "
-        f"({result['accept']['per_second']}/s); idle CPU "
-        f"{result['idle_cpu_share_of_one_core'] * 100:.1f}% of a core"
-    )
-    if result["errors"]:
-        print("  errors:", result["errors"])
+    opened = opened_first + opened_rest
+    return {
+        "tier": tier,
+        "connections": connections,
+        "opened": opened,
+        "alive_after_idle": alive,
+        "errors": errors,
+        "users": USERS,
+        "max_connections_per_user": per_user,
+        "client_processes": CLIENT_PROCESSES,
+        "rss_before_kb": rss_before_kb,
+        "rss_after_kb": rss_after_kb,
+        "kb_per_connection": round((rss_after_kb - rss_before_kb) / max(1, opened), 2),
+        "accept": {
+            "connections": accept,
+            "opened": opened_first,
+            "seconds": round(accept_s, 3),
+            "per_second": round(opened_first / accept_s, 1) if accept_s else None,
+        },
+        "rest_seconds": round(rest_s, 3),
+        "idle_cpu_share_of_one_core": round(idle_cpu, 4),
+    }
 
 
 def markdown(results: list[dict[str, Any]], info: dict[str, Any], cmd: str) -> str:
@@ -299,8 +272,8 @@ def markdown(results: list[dict[str, Any]], info: dict[str, Any], cmd: str) -> s
     )
 
 
-def write(results_dir: pathlib.Path, results: list[dict[str, Any]], cmd: str) -> None:
-    write_tiers(
+def write(results_dir: pathlib.Path | None, results: list[dict[str, Any]], cmd: str) -> str:
+    return write_tiers(
         results_dir, NAME, markdown, results, cmd, target_kb_per_connection=TARGET_KB_PER_CONNECTION
     )
 
@@ -323,13 +296,12 @@ def main() -> None:
     args_parser = parser(__doc__, "also write the .md/.json here")
     args_parser.add_argument("--connections", type=int, default=FULL_CONNECTIONS)
     args = args_parser.parse_args()
-    results = []
-    for tier in tiers_for(args.tier):
-        result = measure(tier, args.connections, min(ACCEPT_CONNECTIONS, args.connections))
-        print_result(result)
-        results.append(result)
-    if args.results is not None:
-        write(args.results, results, command(f"bench.{NAME}"))
+    accept = min(ACCEPT_CONNECTIONS, args.connections)
+    results = [measure(tier, args.connections, accept) for tier in tiers_for(args.tier)]
+    print(write(args.results, results, command(f"bench.{NAME}")))
+    for result in results:
+        if result["errors"]:
+            print(f"{result['tier']} errors:", result["errors"])
 
 
 if __name__ == "__main__":

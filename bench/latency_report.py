@@ -55,29 +55,30 @@ def command(module: str, argv: list[str] | None = None) -> str:
     return " ".join([".venv/bin/python", "-m", module, *args]).strip()
 
 
-def write_result(
-    results_dir: Path, name: str, markdown: str, data: dict[str, Any]
-) -> tuple[Path, Path]:
-    results_dir.mkdir(parents=True, exist_ok=True)
-    md_path = results_dir / f"{name}.md"
-    json_path = results_dir / f"{name}.json"
-    md_path.write_text(markdown.rstrip() + "\n")
-    json_path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
-    return md_path, json_path
+def write_result(results_dir: Path | None, name: str, markdown: str, data: dict[str, Any]) -> str:
+    """Writes `<name>.md` and `<name>.json` into `results_dir` when there is one; returns the
+    Markdown, for a standalone run to print."""
+    markdown = markdown.rstrip() + "\n"
+    if results_dir is not None:
+        results_dir.mkdir(parents=True, exist_ok=True)
+        (results_dir / f"{name}.md").write_text(markdown)
+        json_text = json.dumps(data, indent=2, ensure_ascii=False)
+        (results_dir / f"{name}.json").write_text(json_text + "\n")
+    return markdown
 
 
 def write_tiers(
-    results_dir: Path,
+    results_dir: Path | None,
     name: str,
     markdown: Callable[[list[dict[str, Any]], dict[str, Any], str], str],
     results: list[dict[str, Any]],
     cmd: str,
     **targets: Any,
-) -> None:
+) -> str:
     """A result per tier: `<name>.md` from `markdown` and the JSON of the targets and tiers."""
     info = machine()
     data = {**targets, "machine": info, "tiers": results}
-    write_result(results_dir, name, markdown(results, info, cmd), data)
+    return write_result(results_dir, name, markdown(results, info, cmd), data)
 
 
 def tiers_for(choice: str) -> list[str]:

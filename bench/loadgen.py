@@ -138,6 +138,14 @@ class Stream:
             self.done = True
 
 
+async def ws_auth(ws: Any, token: str, timeout_s: float | None = None) -> None:
+    """Authenticate a new WebSocket connection: `auth`, then its `auth.ok`."""
+    await ws.send(json.dumps({"type": "auth", "token": token}))
+    reply = json.loads(await asyncio.wait_for(ws.recv(), timeout_s))
+    if reply.get("type") != "auth.ok":
+        raise RuntimeError(f"auth refused: {reply}")
+
+
 @contextlib.asynccontextmanager
 async def sse_response(
     host: str, port: int, path: str, headers: dict[str, str], head_timeout_s: float | None = None
@@ -284,10 +292,7 @@ class Client:
         async with connect(
             url, proxy=None, open_timeout=60, max_size=READ_LIMIT_BYTES, compression=None
         ) as ws:
-            await ws.send(json.dumps({"type": "auth", "token": self.token(index)}))
-            reply = json.loads(await ws.recv())
-            if reply.get("type") != "auth.ok":
-                raise RuntimeError(f"auth: {reply}")
+            await ws_auth(ws, self.token(index))
             await ws.send(
                 json.dumps(
                     {

@@ -25,7 +25,7 @@ from typing import Any
 os.environ.setdefault("TEST_TIER", "distributed")
 
 from bench import capacity, loadgen
-from tests.harness import PYTHON, ROOT, FakeLLM, Service, spawn, wait_until
+from tests.harness import PYTHON, ROOT, Service, spawn, wait_until
 
 NAME = "profile_worker"
 # The stages a token passes through in a worker, by the function that enters each.
@@ -56,18 +56,9 @@ def run(results_dir: Path, quick: bool = False, argv: list[str] | None = None) -
     quick = quick or args.quick
     streams, tokens = (5, 100) if quick else (args.streams, args.tokens)
     results_dir.mkdir(parents=True, exist_ok=True)
-    fake = FakeLLM()
-    service = Service(
-        fake,
-        webs=2,
-        workers=1,
-        tier="distributed",
-        env={"HUEY_WORKERS": str(capacity.HUEY_WORKERS), "REDIS_MAX_CONNECTIONS": "1000"},
-    )
-    out = service.dir / "worker-profile.pstats"
-    profiled: subprocess.Popen[bytes] | None = None
-    try:
-        service.start()
+    env = {"HUEY_WORKERS": str(capacity.HUEY_WORKERS), "REDIS_MAX_CONNECTIONS": "1000"}
+    with Service(webs=2, workers=1, tier="distributed", env=env) as service:
+        out = service.dir / "worker-profile.pstats"
         log = open(service.dir / "profiled-worker.log", "ab")  # noqa: SIM115
         profiled = spawn(
             [PYTHON, "-m", "bench.threadprof", str(out), "manage.py", "run_huey"],
@@ -76,19 +67,16 @@ def run(results_dir: Path, quick: bool = False, argv: list[str] | None = None) -
             stdout=log,
             stderr=subprocess.STDOUT,
         )
-        time.sleep(3)
-        plan = capacity.make_plan("ours", service.ports, streams, tokens, 2.0, seed=5)
-        outcomes = loadgen.run(plan, 1 if quick else 2)
-        profiled.send_signal(signal.SIGUSR1)
-        profiled.wait(60)
-        wait_until(out.exists, timeout_s=10)
-        text = markdown(out, streams, tokens, outcomes)
-    finally:
-        if profiled is not None and profiled.poll() is None:
-            profiled.kill()
-            profiled.wait()
-        service.stop()
-        fake.stop()
+        try:
+            time.sleep(3)
+            plan = capacity.make_plan("ours", service.ports, streams, tokens, 2.0, seed=5)
+            outcomes = loadgen.run(plan, 1 if quick else 2)
+            profiled.send_signal(signal.SIGUSR1)
+            profiled.wait(60)
+            wait_until(out.exists, timeout_s=10)
+            text = markdown(out, streams, tokens, outcomes)
+        finally:
+            service.stop_process(profiled)
     (results_dir / f"{NAME}.md").write_text(text)
 
 

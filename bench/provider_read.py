@@ -126,10 +126,8 @@ def main(argv: list[str] | None = None) -> None:
         print(result, flush=True)
     info = machine()
     cmd = command("bench.provider_read", argv if argv is not None else sys.argv[1:])
-    md, _ = write_result(
-        args.results, NAME, markdown(results, info, cmd), {"rounds": results, "machine": info}
-    )
-    print(md.read_text())
+    data = {"rounds": results, "machine": info}
+    print(write_result(args.results, NAME, markdown(results, info, cmd), data))
 
 
 if __name__ == "__main__":

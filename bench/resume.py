@@ -50,7 +50,7 @@ from bench.latency_report import (
     write_result,
 )
 from tests.fake_openai import expected_text
-from tests.harness import FakeLLM, Service, make_token, stream_events, wait_until
+from tests.harness import Service, make_token, stream_events, wait_until
 from tests.tier_env import TIER
 
 NAME = "resume"
@@ -77,6 +77,15 @@ class SseTiming:
     kind: str  # snapshot | delta | done
     text: str  # the snapshot's text, or the replayed deltas' text
     seq: int
+
+
+def _sse_summary(timings: list[SseTiming], whole: str) -> dict[str, Any]:
+    """Times to the first byte and to the whole (`whole` names it) over the runs, but the
+    first: a warm-up, not counted here nor in any measurement below."""
+    return {
+        "first_byte": summary_ms([timing.first_byte_s for timing in timings[1:]]),
+        whole: summary_ms([timing.frame_s for timing in timings[1:]]),
+    }
 
 
 def _dechunk(raw: bytes) -> tuple[bytes, bytes]:
@@ -154,6 +163,7 @@ class Resumer:
         self.service = service
         self.background_streams = background_streams
         self.port = service.ports[0]
+        self.url = f"ws://127.0.0.1:{self.port}/ws/v1"
         self.token = make_token(USER, ttl_s=6 * 3600)
         self.expected = expected_text(TOKENS)
 
@@ -206,9 +216,8 @@ class Resumer:
         path = f"/api/v1/generations/{generation_id}/events"
         if after is not None:
             headers["Last-Event-ID"] = str(after)
-        first: list[float] = []
-        whole: list[float] = []
-        for index in range(runs + 1):
+        timings = []
+        for _ in range(runs + 1):
             if after is None:
                 timing = await sse_resume(
                     self.port, path, headers, until=lambda events: events[0]["type"] == "snapshot"
@@ -224,52 +233,41 @@ class Resumer:
                     raise RuntimeError("SSE resume from Last-Event-ID did not replay from it")
                 if not self.expected.endswith(timing.text):
                     raise RuntimeError("SSE replay: the text is not the end of the fake's")
-            if index:  # the first is a warm-up
-                first.append(timing.first_byte_s)
-                whole.append(timing.frame_s)
-        return {"first_byte": summary_ms(first), "whole": summary_ms(whole)}
+            timings.append(timing)
+        return _sse_summary(timings, "whole")
 
     async def ws_subscribe(self, generation_id: str, runs: int) -> dict[str, Any]:
         """On one authenticated connection: subscribe -> snapshot frame, then unsubscribe."""
-        url = f"ws://127.0.0.1:{self.port}/ws/v1"
         times: list[float] = []
-        async with websockets.connect(url, max_size=None) as ws:
-            await ws.send(json.dumps({"type": "auth", "token": self.token}))
-            reply = json.loads(await ws.recv())
-            if reply["type"] != "auth.ok":
-                raise RuntimeError(f"WebSocket auth failed: {reply}")
+        async with websockets.connect(self.url, max_size=None) as ws:
+            await loadgen.ws_auth(ws, self.token)
             for index in range(runs + 1):
                 started = time.perf_counter()
                 await ws.send(
                     json.dumps({"type": "subscribe", "id": generation_id, "after": 0, "ref": index})
                 )
                 snapshot = await self._ws_until_snapshot(ws, generation_id)
-                elapsed = time.perf_counter() - started
+                times.append(time.perf_counter() - started)
                 self._check_text(snapshot["text"], "WebSocket")
                 await ws.send(json.dumps({"type": "unsubscribe", "id": generation_id, "ref": "u"}))
                 while True:
                     message = json.loads(await asyncio.wait_for(ws.recv(), READ_TIMEOUT_S))
                     if message["type"] == "unsubscribed":
                         break
-                if index:
-                    times.append(elapsed)
-        return {"snapshot": summary_ms(times)}
+        return {"snapshot": summary_ms(times[1:])}
 
     async def ws_fresh(self, generation_id: str, runs: int) -> dict[str, Any]:
         """A new connection each time: connect, auth, subscribe -> snapshot frame."""
-        url = f"ws://127.0.0.1:{self.port}/ws/v1"
         times: list[float] = []
-        for index in range(runs + 1):
+        for _ in range(runs + 1):
             started = time.perf_counter()
-            async with websockets.connect(url, max_size=None) as ws:
+            async with websockets.connect(self.url, max_size=None) as ws:
                 await ws.send(json.dumps({"type": "auth", "token": self.token}))
                 await ws.send(json.dumps({"type": "subscribe", "id": generation_id, "ref": 1}))
                 snapshot = await self._ws_until_snapshot(ws, generation_id)
-                elapsed = time.perf_counter() - started
+                times.append(time.perf_counter() - started)
             self._check_text(snapshot["text"], "WebSocket (fresh)")
-            if index:
-                times.append(elapsed)
-        return {"snapshot": summary_ms(times)}
+        return {"snapshot": summary_ms(times[1:])}
 
     @staticmethod
     async def _ws_until_snapshot(ws: Any, generation_id: str) -> dict[str, Any]:
@@ -284,32 +282,23 @@ class Resumer:
         """A new connection and `GET /healthz` (no database, no Redis): what any request to
         this Daphne + Django process costs, for scale."""
         times: list[float] = []
-        for index in range(runs + 1):
+        for _ in range(runs + 1):
             started = time.perf_counter()
-            reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
-            try:
-                writer.write(
-                    f"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1:{self.port}\r\n"
-                    "Connection: close\r\n\r\n".encode()
-                )
-                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), READ_TIMEOUT_S)
-                if b" 200 " not in head.split(b"\r\n", 1)[0]:
+            async with loadgen.sse_response(
+                "127.0.0.1", self.port, "/healthz", {"Connection": "close"}, READ_TIMEOUT_S
+            ) as (_, status, _):
+                if status != 200:
                     raise RuntimeError("/healthz did not answer 200")
-                elapsed = time.perf_counter() - started
-            finally:
-                writer.close()
-            if index:
-                times.append(elapsed)
-        return {"first_byte": summary_ms(times)}
+                times.append(time.perf_counter() - started)
+        return {"first_byte": summary_ms(times[1:])}
 
     async def _follow(self, index: int, streaming: asyncio.Queue[int]) -> None:
         """One background client: a generation of its own, followed to `done`, then the next."""
-        url = f"ws://127.0.0.1:{self.port}/ws/v1"
         token = make_token(f"{USER}-load-{index}", ttl_s=6 * 3600)
         prompt = f"resume load {index} [fake tokens={MAX_TOKENS} rate={BACKGROUND_RATE_TOK_S}]"
         generate = {"type": "generate", "prompt": prompt, "max_tokens": MAX_TOKENS}
         announced = False
-        async with websockets.connect(url, max_size=None) as ws:
+        async with websockets.connect(self.url, max_size=None) as ws:
             await ws.send(json.dumps({"type": "auth", "token": token}))
             await ws.send(json.dumps(generate))
             while True:
@@ -354,16 +343,10 @@ class Resumer:
 
 
 def measure_service(tier: str, runs: int, background_streams: int = 0) -> dict[str, Any]:
-    fake = FakeLLM()
     # The running generation's provider goes silent after 4,000 tokens: it must not time
     # out (and be retried, with new text) during the measurement.
-    service = Service(fake, tier=tier, env={"PROVIDER_READ_TIMEOUT_S": "3600"})
-    try:
-        service.start()
+    with Service(tier=tier, env={"PROVIDER_READ_TIMEOUT_S": "3600"}) as service:
         result = asyncio.run(Resumer(service, background_streams).measure(runs))
-    finally:
-        service.stop()
-        fake.stop()
     return {**result, "tier": tier, "runs": runs, "background_streams": background_streams}
 
 
@@ -382,39 +365,17 @@ def measure_baseline(runs: int) -> dict[str, Any]:
         ).json()
         path = f"/api/v1/generations/{created['id']}/events"
 
-        async def go() -> dict[str, Any]:
-            first: list[float] = []
-            whole: list[float] = []
-            for index in range(runs + 1):
-                timing = await sse_resume(
-                    port,
-                    path,
-                    {"Last-Event-ID": "0"},
-                    until=lambda events: events[-1]["type"] == "done",
+        async def go() -> list[SseTiming]:
+            return [
+                await sse_resume(
+                    port, path, {"Last-Event-ID": "0"}, until=lambda e: e[-1]["type"] == "done"
                 )
-                if index:
-                    first.append(timing.first_byte_s)
-                    whole.append(timing.frame_s)
-            return {"first_byte": summary_ms(first), "whole_replay": summary_ms(whole)}
+                for _ in range(runs + 1)
+            ]
 
-        return asyncio.run(go())
+        return _sse_summary(asyncio.run(go()), "whole_replay")
     finally:
         system.stop()
-
-
-def print_result(result: dict[str, Any]) -> None:
-    tier = result["tier"]
-    floor = result["http_floor"]["first_byte"]
-    print(f"{tier:<12} GET /healthz on a new connection: p50 {floor['p50_ms']:7.2f} ms")
-    for state in ("running", "completed"):
-        for kind, row in result[state].items():
-            if not isinstance(row, dict):
-                continue
-            for span, stats in row.items():
-                print(
-                    f"{tier:<12} {state:<10} {kind:<24} {span:<11} "
-                    f"p50 {stats['p50_ms']:7.2f} ms  p95 {stats['p95_ms']:7.2f} ms"
-                )
 
 
 def _setting(result: dict[str, Any]) -> str:
@@ -523,13 +484,13 @@ NOTE = (
 
 
 def write(
-    results_dir: pathlib.Path,
+    results_dir: pathlib.Path | None,
     results: list[dict[str, Any]],
     baseline: dict[str, Any] | None,
     cmd: str,
-) -> None:
+) -> str:
     info = machine()
-    write_result(
+    return write_result(
         results_dir,
         NAME,
         markdown(results, baseline, info, cmd),
@@ -573,16 +534,11 @@ def main() -> None:
         help="clients following generations at 50 tokens/s on the same Daphne meanwhile",
     )
     args = args_parser.parse_args()
-    results = []
-    for tier in tiers_for(args.tier):
-        result = measure_service(tier, args.runs, args.background_streams)
-        print_result(result)
-        results.append(result)
+    results = [
+        measure_service(tier, args.runs, args.background_streams) for tier in tiers_for(args.tier)
+    ]
     baseline = None if args.no_baseline else measure_baseline(args.runs)
-    if baseline is not None:
-        print(f"baseline streams_sse: first byte p50 {baseline['first_byte']['p50_ms']} ms")
-    if args.results is not None:
-        write(args.results, results, baseline, command(f"bench.{NAME}"))
+    print(write(args.results, results, baseline, command(f"bench.{NAME}")))
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ import openai
 
 from bench.latency_report import (
     command,
+    ms,
     parser,
     percentile,
     section,
@@ -36,7 +37,7 @@ from bench.latency_report import (
     write_tiers,
 )
 from tests.fake_openai import STAMP
-from tests.harness import FakeLLM, Service, parse_sse
+from tests.harness import Service, parse_sse
 from tests.tier_env import TIER
 
 NAME = "ttft_overhead"
@@ -146,11 +147,8 @@ def burst(service: Service, users: int) -> list[dict[str, float]]:
 
 
 def measure(tier: str, runs: int, burst_users: int = BURST_USERS) -> dict[str, Any]:
-    fake = FakeLLM()
-    service = Service(fake, tier=tier)
-    try:
-        service.start()
-        provider = openai.OpenAI(base_url=fake.url + "/v1", api_key="bench", max_retries=0)
+    with Service(tier=tier) as service:
+        provider = openai.OpenAI(base_url=service.fake.url + "/v1", api_key="bench", max_retries=0)
         series: dict[str, list[float]] = {
             key: [] for key in ("post", "first", "provider_sent", "delivery", "direct")
         }
@@ -164,15 +162,10 @@ def measure(tier: str, runs: int, burst_users: int = BURST_USERS) -> dict[str, A
                 series["direct"].append(direct(provider, run))
         provider.close()
         burst_spans = burst(service, burst_users)
-    finally:
-        service.stop()
-        fake.stop()
     result: dict[str, Any] = {key: summary_ms(values) for key, values in series.items()}
-    overhead_p50 = percentile(series["first"], 50) - percentile(series["direct"], 50)
-    overhead_p95 = percentile(series["first"], 95) - percentile(series["direct"], 95)
     result["overhead"] = {
-        "p50_ms": round(overhead_p50 * 1000, 2),
-        "p95_ms": round(overhead_p95 * 1000, 2),
+        f"p{q}_ms": ms(percentile(series["first"], q) - percentile(series["direct"], q))
+        for q in (50, 95)
     }
     result["burst"] = {
         "users": burst_users,
@@ -192,23 +185,6 @@ ROWS = [
     ("delivery", "    provider send -> SSE receipt"),
     ("direct", "(b) provider alone (SDK)"),
 ]
-
-
-def print_result(result: dict[str, Any]) -> None:
-    print(f"tier {result['tier']}, {result['runs']} runs, {DIRECTIVE}")
-    for key, label in ROWS:
-        row = result[key]
-        print(f"{label:<36} p50 {row['p50_ms']:7.1f} ms   p95 {row['p95_ms']:7.1f} ms")
-    overhead = result["overhead"]
-    print(
-        f"{'overhead (a) - (b)':<36} p50 {overhead['p50_ms']:7.1f} ms"
-        f"   p95 {overhead['p95_ms']:7.1f} ms"
-    )
-    burst_row = result["burst"]
-    print(
-        f"{burst_row['users']} users within {BURST_SPREAD_S:g} s: POST -> first text"
-        f" p50 {burst_row['p50_ms']:7.1f} ms   p95 {burst_row['p95_ms']:7.1f} ms"
-    )
 
 
 def markdown(results: list[dict[str, Any]], info: dict[str, Any], cmd: str) -> str:
@@ -288,8 +264,8 @@ def markdown(results: list[dict[str, Any]], info: dict[str, Any], cmd: str) -> s
     )
 
 
-def write(results_dir: pathlib.Path, results: list[dict[str, Any]], cmd: str) -> None:
-    write_tiers(
+def write(results_dir: pathlib.Path | None, results: list[dict[str, Any]], cmd: str) -> str:
+    return write_tiers(
         results_dir,
         NAME,
         markdown,
@@ -314,13 +290,8 @@ def main() -> None:
     args_parser = parser(__doc__, "also write ttft_overhead.md/.json here")
     args_parser.add_argument("--runs", type=int, default=20)
     args = args_parser.parse_args()
-    results = []
-    for tier in tiers_for(args.tier):
-        result = measure(tier, args.runs)
-        print_result(result)
-        results.append(result)
-    if args.results is not None:
-        write(args.results, results, command(f"bench.{NAME}"))
+    results = [measure(tier, args.runs) for tier in tiers_for(args.tier)]
+    print(write(args.results, results, command(f"bench.{NAME}")))
 
 
 if __name__ == "__main__":

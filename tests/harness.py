@@ -164,7 +164,7 @@ class FakeLLM:
 class Service:
     def __init__(
         self,
-        fake: FakeLLM,
+        fake: FakeLLM | None = None,
         *,
         env: dict[str, str] | None = None,
         webs: int = 1,
@@ -174,11 +174,14 @@ class Service:
         database_address: str | None = None,
         worker_metrics: bool = False,
     ) -> None:
-        """`redis_url`: a Redis of the test's own (that it may restart) instead of a database
-        of the shared server. `database_address`: "host:port" the service reaches MySQL at
+        """`fake`: the provider; without one, the service starts a fake of its own and stops it
+        with itself. `redis_url`: a Redis of the test's own (that it may restart) instead of a
+        database of the shared server. `database_address`: "host:port" the service reaches MySQL at
         (a proxy the test can cut); the database itself is created on the shared server.
         `worker_metrics`: each worker process serves its metrics on a port of its own
         (`worker_metrics_ports`), as several workers on one host do."""
+        self.own_fake = fake is None
+        self.fake = FakeLLM() if fake is None else fake
         self.number = next(_instance_numbers)
         self.tier = tier
         self.dir = Path(RUN_DIR) / f"service-{self.number}"
@@ -187,7 +190,7 @@ class Service:
         self.env.update(BASE_ENV)
         self.env.update(
             {
-                "OPENAI_BASE_URL": fake.url + "/v1",
+                "OPENAI_BASE_URL": self.fake.url + "/v1",
                 "VAR_DIR": str(self.dir / "var"),
                 "PYTHONUNBUFFERED": "1",
             }
@@ -240,6 +243,17 @@ class Service:
         for index in range(len(self.workers)):
             self.start_worker(index)
         return self
+
+    def __enter__(self) -> Service:
+        """Started, and stopped when the block ends (also when starting failed part-way)."""
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
 
     def stored_row(self, generation_id: str) -> dict[str, Any]:
         """The generation's row as the database holds it: its last checkpoint, where a REST
@@ -312,6 +326,8 @@ class Service:
             self.stop_process(process, signal.SIGKILL)
         for log in self._logs:
             log.close()
+        if self.own_fake:
+            self.fake.stop()
         if self.tier == "distributed":
             import MySQLdb
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import secrets
 import threading
@@ -27,10 +28,11 @@ import openai
 import redis.asyncio as aioredis
 
 from bench.baselines.tinyhttp import Request, reply_json, run_jobs, serve, sse_frame, start_sse
+from bench.procstat import mysql
 
 JOBS = "bench:naive:jobs"
 SCHEMA = (
-    "CREATE TABLE IF NOT EXISTS generation (id VARCHAR(40) PRIMARY KEY, "
+    "CREATE TABLE IF NOT EXISTS {database}.generation (id VARCHAR(40) PRIMARY KEY, "
     "status VARCHAR(16) NOT NULL, output LONGTEXT NOT NULL) CHARACTER SET utf8mb4"
 )
 
@@ -111,9 +113,10 @@ def web(port: int, redis_url: str, database: str) -> None:
 
 async def generate(
     client: aioredis.Redis,
+    job: dict[str, str],
+    *,
     provider: openai.AsyncOpenAI,
     db: Database,
-    job: dict[str, str],
     write_per_token: bool,
 ) -> None:
     generation_id = job["id"]
@@ -152,22 +155,16 @@ async def generate(
 
 
 def worker(redis_url: str, database: str, provider_url: str, write_per_token: bool) -> None:
-    db = Database(database)
     provider = openai.AsyncOpenAI(base_url=provider_url, api_key="bench", max_retries=0)
-
-    async def run(client: aioredis.Redis, job: dict[str, str]) -> None:
-        await generate(client, provider, db, job, write_per_token)
-
-    run_jobs(redis_url, JOBS, run)
+    job = functools.partial(
+        generate, provider=provider, db=Database(database), write_per_token=write_per_token
+    )
+    run_jobs(redis_url, JOBS, job)
 
 
 def create_schema(database: str) -> None:
-    conn = MySQLdb.connect(host="127.0.0.1", user="root", passwd="")
-    cursor = conn.cursor()
-    cursor.execute(f"CREATE DATABASE IF NOT EXISTS {database} CHARACTER SET utf8mb4")
-    cursor.execute(f"USE {database}")
-    cursor.execute(SCHEMA)
-    conn.close()
+    mysql(f"CREATE DATABASE IF NOT EXISTS {database} CHARACTER SET utf8mb4")
+    mysql(SCHEMA.format(database=database))
 
 
 def main() -> None:
