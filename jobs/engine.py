@@ -1,22 +1,5 @@
-"""One asyncio event loop per worker process, running every generation of the process.
-
-A Huey worker thread claims a generation (jobs.runner.run_generation_job), hands the claim to
-this loop and waits for the attempt to end: the waiting thread costs no CPU. On the loop,
-each attempt is a task that reads its provider's stream (the SDK's asyncio client), and one
-``Batcher`` per process batches what every attempt has due:
-
-- events: every append that is due in a loop iteration goes to Redis in ONE script call
-  (jobs.eventlog.BATCH_APPEND_SCRIPT), which appends each event to its log, fenced by its
-  attempt, and publishes it to its live channel; each attempt awaits its own append's
-  answer (False: its attempt was fenced off, it stops, and nothing of it was published);
-- checkpoints: every attempt whose checkpoint is due is written by ONE statement per tick.
-
-Attempts flush coalesced text on shared boundaries of the coalescing interval, so that their
-appends meet in the same round trip. Database work (checkpoints, the final write, re-queue,
-hand-back, the conversation's history) runs on a small fixed pool of threads, each with its
-own Django connection: a worker holds ``DATABASE_THREADS`` connections (plus its
-housekeeping thread's) however many generations run.
-"""
+"""One asyncio event loop per worker process, running every generation of the process, and
+its one batcher of event appends and checkpoints (docs/design.md, "One generation", 3-4)."""
 
 from __future__ import annotations
 
@@ -49,8 +32,15 @@ from jobs.eventlog import (
     replay_ttl_s,
 )
 from jobs.history import count_tokens, history_for
-from jobs.providers import Chunk, ProviderError, ProviderRequest, astream_with_retry, get_provider
-from jobs.providers.base import RETRY_AFTER_MAX_S, backoff_s
+from jobs.providers.base import (
+    RETRY_AFTER_MAX_S,
+    Chunk,
+    ProviderError,
+    ProviderRequest,
+    astream_with_retry,
+    backoff_s,
+    get_provider,
+)
 from jobs.runner import (
     COALESCE_MAX_BYTES,
     FINAL_WRITE_RETRY_S,
@@ -177,7 +167,7 @@ class Batcher:
         self._engine = engine
         self._loop = asyncio.get_running_loop()
         self._appends = _Batches(self._send_appends)
-        self._checkpoints = _Batches(self._write_checkpoints)
+        self.checkpoints = _Batches(self._write_checkpoints)
         # The attempts whose periodic checkpoints it writes (each until its last write).
         self.attempts: set[Attempt] = set()
         self._script_sha = hashlib.sha1(BATCH_APPEND_SCRIPT.encode()).hexdigest()
@@ -257,10 +247,6 @@ class Batcher:
 
     # -- checkpoints -----------------------------------------------------------------------
 
-    def checkpoint(self, checkpoint: Checkpoint) -> asyncio.Future[tuple[bool, bool]]:
-        """Write `checkpoint` in the next statement: (still ours, cancel requested)."""
-        return self._checkpoints.add(checkpoint)
-
     async def _write_checkpoints(self, batch: list[Checkpoint]) -> list[tuple[bool, bool]]:
         results = await self._engine.database(writer.generation_checkpoint_many, batch)
         return [results[checkpoint.generation_id] for checkpoint in batch]
@@ -270,12 +256,7 @@ class Batcher:
             await asyncio.sleep(settings.CHECKPOINT_INTERVAL_S / CHECKPOINT_TICKS_PER_INTERVAL)
             now = self._loop.time()
             for attempt in list(self.attempts):
-                checkpoint = attempt.due_checkpoint(now)
-                if checkpoint is not None:
-                    attempt.checkpoint_in_flight = self.checkpoint(checkpoint)
-                    attempt.checkpoint_in_flight.add_done_callback(
-                        partial(attempt.checkpointed, seq=checkpoint.seq)
-                    )
+                attempt.checkpoint_if_due(now)
 
 
 class Attempt:
@@ -309,7 +290,7 @@ class Attempt:
         # heartbeat when the row has not been written for a while (a silent provider).
         self._last_checkpoint = self.clock()
         self._checkpointed_seq = claim.start_seq
-        self.checkpoint_in_flight: asyncio.Future[tuple[bool, bool]] | None = None
+        self._checkpoint_in_flight: asyncio.Future[tuple[bool, bool]] | None = None
         self._lost = False
         self._cancel = False
         self._cancel_checked_at = float("-inf")
@@ -323,24 +304,26 @@ class Attempt:
 
     # -- the batcher's side ----------------------------------------------------------------
 
-    def due_checkpoint(self, now: float) -> Checkpoint | None:
-        """This attempt's periodic checkpoint, if one is due at `now` and none in flight: the
-        fold has moved on and CHECKPOINT_INTERVAL_S has passed, or the row has gone
+    def checkpoint_if_due(self, now: float) -> None:
+        """Write this attempt's periodic checkpoint if one is due at `now` and none in flight:
+        the fold has moved on and CHECKPOINT_INTERVAL_S has passed, or the row has gone
         unwritten for a heartbeat interval (HEARTBEAT_TIMEOUT_S / 4), whatever the fold."""
         since_s = now - self._last_checkpoint
-        seq, output, reasoning = self._published
-        moved_on = seq != self._checkpointed_seq
+        moved_on = self._published[0] != self._checkpointed_seq
         if not (moved_on and since_s >= settings.CHECKPOINT_INTERVAL_S) and since_s < (
             settings.HEARTBEAT_TIMEOUT_S / HEARTBEATS_PER_TIMEOUT
         ):
-            return None
-        if self.checkpoint_in_flight is not None and not self.checkpoint_in_flight.done():
-            return None
-        self._last_checkpoint = now
-        return self._checkpoint(seq, output, reasoning)
+            return
+        if self._checkpoint_in_flight is None or self._checkpoint_in_flight.done():
+            self._checkpoint_in_flight = self._write_checkpoint(*self._published)
 
-    def _checkpoint(self, seq: int, output: str, reasoning: str) -> Checkpoint:
-        return Checkpoint(
+    def _write_checkpoint(
+        self, seq: int, output: str, reasoning: str
+    ) -> asyncio.Future[tuple[bool, bool]]:
+        """The fold through `seq`, in the batcher's next statement: (still ours, cancel
+        requested)."""
+        self._last_checkpoint = self.clock()
+        checkpoint = Checkpoint(
             generation_id=self.generation_id,
             attempt=self.attempt,
             output=output,
@@ -348,8 +331,14 @@ class Attempt:
             seq=seq,
             completion_tokens=self._tokens_paid(),
         )
+        written = self._batcher.checkpoints.add(checkpoint)
+        written.add_done_callback(partial(self._checkpointed, seq=seq))
+        return written
 
-    def checkpointed(self, future: asyncio.Future[tuple[bool, bool]], seq: int) -> None:
+    def _checkpointed(self, future: asyncio.Future[tuple[bool, bool]], seq: int) -> None:
+        """A checkpoint of the fold through `seq` landed: the next is due once it moves on."""
+        if future.cancelled():
+            return
         error = future.exception()
         if error is not None:
             # A missed checkpoint costs only replay distance; the final write is retried.
@@ -358,14 +347,9 @@ class Attempt:
             )
             return
         ours, cancel = future.result()
-        self._row_written(future, seq)
+        self._checkpointed_seq = seq
         self._lost = self._lost or not ours
         self._cancel = self._cancel or cancel
-
-    def _row_written(self, future: asyncio.Future[tuple[bool, bool]], seq: int) -> None:
-        """A checkpoint of the fold through `seq` landed: the next is due once it moves on."""
-        if not future.cancelled() and future.exception() is None:
-            self._checkpointed_seq = seq
 
     # -- publishing ------------------------------------------------------------------------
 
@@ -415,11 +399,7 @@ class Attempt:
 
     async def _checkpoint_now(self) -> bool:
         """Checkpoint the fold so far at once: whether the row is still this attempt's."""
-        self._last_checkpoint = self.clock()
-        written = self._batcher.checkpoint(self._checkpoint(self.seq, self.text, self.reasoning))
-        written.add_done_callback(partial(self._row_written, seq=self.seq))
-        ours, cancel = await written
-        self._cancel = self._cancel or cancel
+        ours, _ = await self._write_checkpoint(self.seq, self.text, self.reasoning)
         return ours
 
     def _tokens_paid(self) -> int:
@@ -535,9 +515,9 @@ class Attempt:
         of it may land after that write (a hand-back keeps the attempt number, so a late
         checkpoint would match the row again)."""
         self._batcher.attempts.discard(self)
-        if self.checkpoint_in_flight is not None:
+        if self._checkpoint_in_flight is not None:
             with suppress(Exception):
-                await self.checkpoint_in_flight
+                await self._checkpoint_in_flight
 
     async def _give_back(self, **options: Any) -> bool:
         """Return the generation to the queue (writer.generation_requeue: as the next attempt,
@@ -573,11 +553,9 @@ class Attempt:
             self.seq += 1
             await self._publish(events.reset(self.generation_id, self.seq, self.attempt))
             self._published = (self.seq, self.text, self.reasoning)
-            try:
+            with suppress(DatabaseError):  # logged by _checkpointed
                 if not await self._checkpoint_now():
                     raise LostOwnership(self.generation_id)
-            except DatabaseError:
-                logger.warning("generation %s: checkpoint failed", self.generation_id)
         if self.claim.max_tokens <= 0:
             # The daily quota has no room left for it: it ends as one that reached its cap
             # does, and nothing reaches the provider.

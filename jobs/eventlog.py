@@ -1,13 +1,8 @@
-"""The replay buffer of each generation's event log, and its cancel flag.
-
-In the distributed mode the buffer is a Redis stream per generation whose entry ids are
-``0-<seq>``, so "events after seq N" is one XRANGE, and Redis itself refuses an entry whose
-seq is not above the last one. Appends go through a Lua script that first checks the
-attempt fence: a worker whose attempt was superseded (presumed dead, then re-queued) cannot
-append to the log. In the embedded default the same structure lives in this process.
-
-The buffer is bounded (``REPLAY_MAX_EVENTS``) and expires ``REPLAY_TTL_AFTER_DONE_S`` after the
-generation ends; past that, subscribers get a snapshot from the database row instead.
+"""The replay buffer of each generation's event log, and its cancel flag: a Redis stream per
+generation with entry ids ``0-<seq>``, appended by a Lua script that checks the attempt fence
+(docs/design.md, "One generation", 3); in the embedded default the same, in this process.
+Bounded (``REPLAY_MAX_EVENTS``), it expires ``REPLAY_TTL_AFTER_DONE_S`` after the generation
+ends; past that, subscribers get a snapshot from the database row instead.
 """
 
 from __future__ import annotations
@@ -93,12 +88,12 @@ class EventLog(ABC):
         the seq is not new."""
 
     @abstractmethod
-    async def read_after(self, generation_id: str, after: int) -> tuple[list[StoredEvent], bool]:
+    def read_after_sync(self, generation_id: str, after: int) -> tuple[list[StoredEvent], bool]:
         """Events with seq > after, in order, and whether the buffer exists at all."""
 
-    @abstractmethod
-    def read_after_sync(self, generation_id: str, after: int) -> tuple[list[StoredEvent], bool]:
-        """The same, for worker threads and services."""
+    async def read_after(self, generation_id: str, after: int) -> tuple[list[StoredEvent], bool]:
+        """The same, on an event loop (the embedded log's read does no I/O)."""
+        return self.read_after_sync(generation_id, after)
 
     @abstractmethod
     def discard(self, generation_id: str) -> None:
@@ -391,9 +386,6 @@ class MemoryEventLog(EventLog):
                 del log.events[: len(log.events) - REPLAY_MAX_EVENTS]
             log.expires_at = now + replay_ttl_s(kind)
             return True
-
-    async def read_after(self, generation_id: str, after: int) -> tuple[list[StoredEvent], bool]:
-        return self.read_after_sync(generation_id, after)
 
     def read_after_sync(self, generation_id: str, after: int) -> tuple[list[StoredEvent], bool]:
         with self._lock:

@@ -162,7 +162,7 @@ def start_worker() -> None:
     (before anything publishes, so that live sends use its loop), the cancel watcher, and
     the housekeeping thread."""
     from jobs.engine import engine
-    from jobs.providers import get_provider
+    from jobs.providers.base import get_provider
 
     # The provider's module (the openai SDK: over a second of imports) is loaded here, not
     # on the event loop at the first generation, where it held up every other one.

@@ -1,16 +1,10 @@
-"""The write side of a generation, in one place: claim, fence, publish, checkpoint, finish,
-requeue, hand-back and ending a generation that no worker holds.
+"""The write side of a generation, in one place: claim, checkpoint, finish, requeue, hand-back,
+and ending a generation no worker holds (for jobs.reaper and jobs.cancel).
 
-Every write the worker makes is fenced: an UPDATE ... WHERE attempt = <its attempt> AND
-status = 'running', and every event it appends is fenced in the log by the same attempt, so
-a worker that was presumed dead and replaced changes nothing.
-
-Every event leaves the service through ``publish_event``: the replay buffer first, then the
-live group. The buffer write is synchronous and fenced by attempt, so the log is the truth;
-the live send is fire-and-forget, ordered per generation, and may be lost (a channel layer
-drops by design), which subscribers repair from the buffer.
-
-The reaper (jobs.reaper) and cancel (jobs.cancel) end generations through these functions.
+Every write is fenced by attempt, in the row (UPDATE ... WHERE attempt = <its attempt> AND
+status = 'running') and in the log, so a worker presumed dead and replaced changes nothing.
+An event goes to the log first (the truth), then live, fire-and-forget: subscribers repair
+a lost live send from the log (docs/design.md, "One generation").
 """
 
 from __future__ import annotations
@@ -109,8 +103,7 @@ class LiveSender:
         self.send_many([(group, message)])
 
     def send_many(self, messages: list[tuple[str, dict[str, Any]]]) -> None:
-        """`send` for a batch (the embedded worker's per-tick batcher, jobs.engine): one hop
-        to the sending loop for all of them."""
+        """`send` for a batch (the engine's batcher): one hop to the sending loop for all."""
         loop = self._ensure_loop()
         if loop is None or not self._queues:
             return
