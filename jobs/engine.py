@@ -4,7 +4,6 @@ its one batcher of event appends and checkpoints (docs/design.md, "One generatio
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import math
 import threading
@@ -12,7 +11,7 @@ from collections.abc import AsyncGenerator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
 from functools import cache, partial
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, NamedTuple, TypeVar
 
 import redis
 from django.conf import settings
@@ -41,15 +40,7 @@ from jobs.providers.base import (
     backoff_s,
     get_provider,
 )
-from jobs.runner import (
-    COALESCE_MAX_BYTES,
-    FINAL_WRITE_RETRY_S,
-    IDLE_TICK_S,
-    REDIS_RETRY_S,
-    LostOwnership,
-    coalesce_interval_s,
-    housekeeping,
-)
+from jobs.runner import housekeeping
 from jobs.writer import (
     Checkpoint,
     Claim,
@@ -82,6 +73,43 @@ HEARTBEATS_PER_TIMEOUT = 4
 # timeout are rounded); a flush that early is on time.
 TIMER_SLACK_S = 0.002
 
+# Coalescing: the first text goes out at once (time to first token); after that a delta at
+# most every COALESCE_INTERVAL_S, or sooner when COALESCE_MAX_BYTES are waiting. Tokens per
+# second stay the same; messages per second drop several-fold.
+COALESCE_INTERVAL_S = 0.04
+COALESCE_MAX_BYTES = 1024
+# Under load the interval widens with the generations this process runs, from
+# COALESCE_INTERVAL_S at COALESCE_WIDEN_FROM up to COALESCE_MAX_INTERVAL_S: every delta costs
+# the same Redis round trips, channel-layer message and frame per subscriber whatever its
+# size, so fewer, larger deltas are what keeps a busy process on time. The widest interval
+# stays well inside the 150 ms latency budget.
+COALESCE_WIDEN_FROM = 10
+COALESCE_MAX_INTERVAL_S = 0.08
+
+
+def coalesce_interval_s(running: int) -> float:
+    """How long text may wait to be sent when this process runs `running` generations."""
+    if running <= COALESCE_WIDEN_FROM:
+        return COALESCE_INTERVAL_S
+    return min(COALESCE_MAX_INTERVAL_S, COALESCE_INTERVAL_S * running / COALESCE_WIDEN_FROM)
+
+
+# The final row write is retried this long through a database outage before giving up;
+# nothing is published as done until the row holds the full output.
+FINAL_WRITE_RETRY_S = 60.0
+# An event that cannot reach Redis is retried this long (the provider's text waits in the
+# attempt's queue meanwhile), so that a Redis restart or a dropped connection costs a pause,
+# not an attempt. Past it, the runner hands the generation back to the queue.
+REDIS_RETRY_S = 30.0
+# With nothing waiting to be sent, an attempt still wakes this often while the provider is
+# silent: to see a cancel or a stop.
+IDLE_TICK_S = 0.25
+
+
+class LostOwnership(Exception):
+    """This attempt was superseded (re-queued by the reaper, or cancelled while queued)."""
+
+
 _TICK = object()  # the provider said nothing within the wait
 _END = object()  # the provider's stream ended
 
@@ -105,15 +133,14 @@ def _on_own_connection(function: Callable[..., T], *args: Any, **kwargs: Any) ->
         raise
 
 
-class _Append:
-    __slots__ = ("attempt", "data", "generation_id", "kind", "seq")
+class _Append(NamedTuple):
+    """One event to append, in the order of EventLog.append's arguments."""
 
-    def __init__(self, generation_id: str, attempt: int, event: dict[str, Any]) -> None:
-        self.generation_id = generation_id
-        self.attempt = attempt
-        self.seq: int = event["seq"]
-        self.kind: str = event["type"]
-        self.data = events.dumps(event)
+    generation_id: str
+    attempt: int
+    seq: int
+    kind: str
+    data: str
 
 
 class _Batches(Generic[ItemT, ResultT]):
@@ -170,8 +197,11 @@ class Batcher:
         self.checkpoints = _Batches(self._write_checkpoints)
         # The attempts whose periodic checkpoints it writes (each until its last write).
         self.attempts: set[Attempt] = set()
-        self._script_sha = hashlib.sha1(BATCH_APPEND_SCRIPT.encode()).hexdigest()
-        self._distributed = bool(settings.DISTRIBUTED)
+        # Redis-py's script: EVALSHA, and the script loaded again first when Redis lost it (a
+        # restart, or SCRIPT FLUSH: nothing of the call ran). None in the embedded default.
+        self._append_script = (
+            async_client().register_script(BATCH_APPEND_SCRIPT) if settings.DISTRIBUTED else None
+        )
         self._ticker = self._loop.create_task(self._tick_checkpoints())
 
     # -- events ----------------------------------------------------------------------------
@@ -183,27 +213,20 @@ class Batcher:
 
         The future answers False, and nothing is sent live, when `attempt` has been fenced
         off or the seq was already taken by other data: the attempt must stop."""
-        return self._appends.add(_Append(generation_id, attempt, event))
+        append = _Append(generation_id, attempt, event["seq"], event["type"], events.dumps(event))
+        return self._appends.add(append)
 
     async def _send_appends(self, batch: list[_Append]) -> list[bool]:
         """Whether each of `batch` was appended. With Redis, one script call appends and
         publishes them all; in the embedded default, the log appends and the live sends are
         made here."""
-        if not self._distributed:
+        if self._append_script is None:
             log = event_log()
-            appended = [
-                log.append(a.generation_id, a.attempt, a.seq, a.kind, a.data) for a in batch
-            ]
+            appended = [log.append(*a) for a in batch]
             live = [a for a, ok in zip(batch, appended, strict=True) if ok]
         else:
             client = async_client()
-            try:
-                answers: list[int] = await self._call_script(client, batch)
-            except redis.exceptions.NoScriptError:
-                # Redis restarted (or flushed its scripts): nothing of the call ran. Load the
-                # script and send the batch again.
-                await client.script_load(BATCH_APPEND_SCRIPT)
-                answers = await self._call_script(client, batch)
+            answers = await self._call_script(self._append_script, batch)
             appended = [answer == 1 for answer in answers]
             live = []
             for index, answer in enumerate(answers):
@@ -221,7 +244,8 @@ class Batcher:
             )
         return appended
 
-    async def _call_script(self, client: Any, batch: list[_Append]) -> list[int]:
+    @staticmethod
+    async def _call_script(script: Any, batch: list[_Append]) -> list[int]:
         keys: list[str] = []
         arguments: list[Any] = [REPLAY_MAX_EVENTS]
         encode = pubsub_encoder()
@@ -232,7 +256,7 @@ class Batcher:
             )
             channel, payload = encode(*live_message(a.generation_id, a.seq, a.kind, a.data))
             arguments += (a.attempt, a.seq, a.data, a.kind, replay_ttl_s(a.kind), channel, payload)
-        answers: list[int] = await client.evalsha(self._script_sha, len(keys), *keys, *arguments)
+        answers: list[int] = await script(keys, arguments)
         return answers
 
     @staticmethod
@@ -323,15 +347,7 @@ class Attempt:
         """The fold through `seq`, in the batcher's next statement: (still ours, cancel
         requested)."""
         self._last_checkpoint = self.clock()
-        checkpoint = Checkpoint(
-            generation_id=self.generation_id,
-            attempt=self.attempt,
-            output=output,
-            reasoning=reasoning,
-            seq=seq,
-            completion_tokens=self._tokens_paid(),
-        )
-        written = self._batcher.checkpoints.add(checkpoint)
+        written = self._batcher.checkpoints.add(self._fold(seq, output, reasoning))
         written.add_done_callback(partial(self._checkpointed, seq=seq))
         return written
 
@@ -354,7 +370,7 @@ class Attempt:
     # -- publishing ------------------------------------------------------------------------
 
     async def _publish(self, event: dict[str, Any]) -> None:
-        # Rides out a Redis restart or a dropped connection for REDIS_RETRY_S (jobs.runner).
+        # Rides out a Redis restart or a dropped connection for REDIS_RETRY_S.
         backoff = Backoff(first_s=0.05, max_s=1.0, give_up_after_s=REDIS_RETRY_S, clock=self.clock)
         while True:
             try:
@@ -402,9 +418,17 @@ class Attempt:
         ours, _ = await self._write_checkpoint(self.seq, self.text, self.reasoning)
         return ours
 
-    def _tokens_paid(self) -> int:
-        """This generation's completion tokens so far, earlier runs' included."""
-        return self.claim.earlier_completion_tokens + self.completion_tokens
+    def _fold(self, seq: int, output: str, reasoning: str) -> Checkpoint:
+        """The fold through `seq`, with this generation's completion tokens so far (earlier
+        runs' included), as a checkpoint or a re-queue writes it."""
+        return Checkpoint(
+            generation_id=self.generation_id,
+            attempt=self.attempt,
+            output=output,
+            reasoning=reasoning,
+            seq=seq,
+            completion_tokens=self.claim.earlier_completion_tokens + self.completion_tokens,
+        )
 
     async def _flush(self) -> None:
         if not self._pending:
@@ -528,23 +552,10 @@ class Attempt:
             writer.generation_requeue,
             self.generation_id,
             self.attempt,
-            output=self.text,
-            seq=self.seq,
-            reasoning=self.reasoning,
-            completion_tokens=self._tokens_paid(),
+            fold=self._fold(self.seq, self.text, self.reasoning),
             **options,
         )
         return given_back
-
-    async def _hand_back(self) -> None:
-        """The process is stopping: give the generation back to the queue, to be run again
-        from the start (a provider stream cannot be resumed) by another worker, with
-        `reset` first. A stop is not a failure: the attempt number stays."""
-        if not await self._give_back(hand_back=True):
-            raise LostOwnership(self.generation_id)
-        logger.warning(
-            "generation %s: attempt %d handed back to the queue", self.generation_id, self.attempt
-        )
 
     async def _run(self) -> None:
         if self.attempt > 1 or self.claim.start_seq > 0:
@@ -662,7 +673,15 @@ class Attempt:
             await self._finish(Status.CANCELLED, FinishReason.CANCELLED)
             return
         if self._stopping.is_set() and finish_reason is None:
-            await self._hand_back()
+            # Another worker runs it again from the start (a provider stream cannot be
+            # resumed), with `reset` first. A stop is not a failure: the attempt number stays.
+            if not await self._give_back(hand_back=True):
+                raise LostOwnership(self.generation_id)
+            logger.warning(
+                "generation %s: attempt %d handed back to the queue",
+                self.generation_id,
+                self.attempt,
+            )
             return
         await self._finish(Status.COMPLETED, _finish_reason(finish_reason), usage)
 

@@ -29,7 +29,7 @@ def reap_stale(
         "id", "attempt", "seq", "output", "reasoning"
     )[:500]:
         if attempt < max_attempts:
-            if generation_requeue(generation_id, attempt, output=output, seq=seq):
+            if generation_requeue(generation_id, attempt):
                 logger.warning(
                     "generation %s: worker lost, re-queued as attempt %d",
                     generation_id,
