@@ -114,13 +114,6 @@ _TICK = object()  # the provider said nothing within the wait
 _END = object()  # the provider's stream ended
 
 
-def _finish_reason(reported: str | None) -> str:
-    """The row's finish reason for a completed answer: the provider's (PROTOCOL §8)."""
-    if reported in FinishReason.values:
-        return str(reported)
-    return FinishReason.STOP
-
-
 def _on_own_connection(function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     """Run database work in one of the engine's threads, on that thread's connection, which
     stays open for the next call; closed after a database error, so that the next call
@@ -223,29 +216,21 @@ class Batcher:
         if self._append_script is None:
             log = event_log()
             appended = [log.append(*a) for a in batch]
-            live = [a for a, ok in zip(batch, appended, strict=True) if ok]
+            live = [
+                live_message(a.generation_id, a.seq, a.kind, a.data)
+                for a, ok in zip(batch, appended, strict=True)
+                if ok
+            ]
+            if live:
+                live_sender().send_many(live)
         else:
-            client = async_client()
-            answers = await self._call_script(self._append_script, batch)
-            appended = [answer == 1 for answer in answers]
-            live = []
-            for index, answer in enumerate(answers):
-                # -1: the seq is taken. By this very event (an earlier try went through, only
-                # its reply was lost), it counts as appended, and is sent live from here.
-                if answer == -1 and await self._already_appended(client, batch[index]):
-                    appended[index] = True
-                    live.append(batch[index])
+            appended = [answer == 1 for answer in await self._call_script(batch)]
         for append, ok in zip(batch, appended, strict=True):
             if ok:
                 metrics.EVENTS_PUBLISHED.labels(type=append.kind).inc()
-        if live:
-            live_sender().send_many(
-                [live_message(a.generation_id, a.seq, a.kind, a.data) for a in live]
-            )
         return appended
 
-    @staticmethod
-    async def _call_script(script: Any, batch: list[_Append]) -> list[int]:
+    async def _call_script(self, batch: list[_Append]) -> list[int]:
         keys: list[str] = []
         arguments: list[Any] = [REPLAY_MAX_EVENTS]
         encode = pubsub_encoder()
@@ -256,18 +241,9 @@ class Batcher:
             )
             channel, payload = encode(*live_message(a.generation_id, a.seq, a.kind, a.data))
             arguments += (a.attempt, a.seq, a.data, a.kind, replay_ttl_s(a.kind), channel, payload)
-        answers: list[int] = await script(keys, arguments)
+        assert self._append_script is not None
+        answers: list[int] = await self._append_script(keys, arguments)
         return answers
-
-    @staticmethod
-    async def _already_appended(client: Any, append: _Append) -> bool:
-        # As in RedisEventLog.append: the seq is taken, by this attempt (the fence was checked
-        # first); by this very event if an earlier try went through and only its reply was lost.
-        entry_id = f"0-{append.seq}"
-        stored = await client.xrange(
-            RedisEventLog._stream_key(append.generation_id), min=entry_id, max=entry_id
-        )
-        return bool(stored) and stored[0][1].get(b"d") == append.data.encode()
 
     # -- checkpoints -----------------------------------------------------------------------
 
@@ -683,7 +659,10 @@ class Attempt:
                 self.attempt,
             )
             return
-        await self._finish(Status.COMPLETED, _finish_reason(finish_reason), usage)
+        # The provider's finish reason (PROTOCOL §8), else `stop`.
+        if finish_reason not in FinishReason.values:
+            finish_reason = FinishReason.STOP
+        await self._finish(Status.COMPLETED, str(finish_reason), usage)
 
     def _counted_usage(self, usage: dict[str, int] | None) -> dict[str, int]:
         """The provider's figures when it reported them, else our own count; plus the
@@ -715,7 +694,7 @@ class Attempt:
             error.kind,
             error.permanent,
             self.attempt,
-            error.provider_message[:1000],
+            str(error)[:1000],
         )
         if (
             not error.permanent

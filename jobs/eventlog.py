@@ -135,26 +135,31 @@ return 1
 # live layer together, and an attempt that is fenced off publishes nothing either.
 # KEYS: the stream and fence of each event. ARGV: the streams' MAXLEN, then seven per event:
 # attempt, seq, data, kind, TTL, live channel, live payload. Answers one number per event:
-# 1 appended and published, 0 fenced off, -1 the seq is taken (by this very event, when an
-# earlier try went through and only its reply was lost: the caller tells).
+# 1 appended and published, 0 fenced off or the seq taken by other data. A seq taken by this
+# very event (an earlier try went through and only its reply was lost) counts as appended,
+# and the event is published again.
 BATCH_APPEND_SCRIPT = """
 local answers = {}
 for i = 1, #KEYS / 2 do
   local stream, fence, at = KEYS[2 * i - 1], KEYS[2 * i], 1 + (i - 1) * 7
-  if redis.call('GET', fence) ~= ARGV[at + 1] then
-    answers[i] = 0
-  else
-    local added = redis.pcall(
-      'XADD', stream, 'MAXLEN', '~', ARGV[1], '0-' .. ARGV[at + 2],
-      'k', ARGV[at + 4], 'd', ARGV[at + 3])
+  local added = false
+  if redis.call('GET', fence) == ARGV[at + 1] then
+    local id = '0-' .. ARGV[at + 2]
+    added = redis.pcall(
+      'XADD', stream, 'MAXLEN', '~', ARGV[1], id, 'k', ARGV[at + 4], 'd', ARGV[at + 3])
     if type(added) == 'table' and added.err then
-      answers[i] = -1
+      local entry = redis.call('XRANGE', stream, id, id)[1]
+      added = entry ~= nil and entry[2][4] == ARGV[at + 3]
     else
       redis.call('EXPIRE', stream, ARGV[at + 5])
       redis.call('EXPIRE', fence, ARGV[at + 5])
-      redis.call('PUBLISH', ARGV[at + 6], ARGV[at + 7])
-      answers[i] = 1
     end
+  end
+  if added then
+    redis.call('PUBLISH', ARGV[at + 6], ARGV[at + 7])
+    answers[i] = 1
+  else
+    answers[i] = 0
   end
 end
 return answers
