@@ -67,12 +67,12 @@ class Housekeeping:
         with self._lock:
             return dict(self._running)
 
-    def hand_back_all(self, wait_s: float = HAND_BACK_WAIT_S) -> None:
+    def hand_back_all(self) -> None:
         """On shutdown: every runner here stops and hands its generation back to the queue
-        (as the same attempt); those that have not within `wait_s` are re-queued from their
-        last checkpoint as the next attempt, which fences off any late write of theirs."""
+        (as the same attempt); those that have not within HAND_BACK_WAIT_S are re-queued from
+        their last checkpoint as the next attempt, which fences off any late write of theirs."""
         self.stopping.set()
-        deadline = time.monotonic() + wait_s
+        deadline = time.monotonic() + HAND_BACK_WAIT_S
         while self.running() and time.monotonic() < deadline:
             time.sleep(0.05)
         for generation_id, attempt in self.running().items():
