@@ -1,27 +1,9 @@
-"""One asyncio event loop per worker process, running every generation of the process.
-
-A Huey worker thread claims a generation (jobs.runner.run_generation_job), hands the claim to
-this loop and waits for the attempt to end: the waiting thread costs no CPU. On the loop,
-each attempt is a task that reads its provider's stream (the SDK's asyncio client), and one
-``Batcher`` per process batches what every attempt has due:
-
-- events: every append that is due in a loop iteration goes to Redis in ONE script call
-  (jobs.eventlog.BATCH_APPEND_SCRIPT), which appends each event to its log, fenced by its
-  attempt, and publishes it to its live channel; each attempt awaits its own append's
-  answer (False: its attempt was fenced off, it stops, and nothing of it was published);
-- checkpoints: every attempt whose checkpoint is due is written by ONE statement per tick.
-
-Attempts flush coalesced text on shared boundaries of the coalescing interval, so that their
-appends meet in the same round trip. Database work (checkpoints, the final write, re-queue,
-hand-back, the conversation's history) runs on a small fixed pool of threads, each with its
-own Django connection: a worker holds ``DATABASE_THREADS`` connections (plus its
-housekeeping thread's) however many generations run.
-"""
+"""One asyncio event loop per worker process, running every generation of the process, and
+its one batcher of event appends and checkpoints (docs/design.md, "One generation", 3-4)."""
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import math
 import threading
@@ -29,7 +11,7 @@ from collections.abc import AsyncGenerator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
 from functools import cache, partial
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, NamedTuple, TypeVar
 
 import redis
 from django.conf import settings
@@ -49,17 +31,16 @@ from jobs.eventlog import (
     replay_ttl_s,
 )
 from jobs.history import count_tokens, history_for
-from jobs.providers import Chunk, ProviderError, ProviderRequest, astream_with_retry, get_provider
-from jobs.providers.base import RETRY_AFTER_MAX_S, backoff_s
-from jobs.runner import (
-    COALESCE_MAX_BYTES,
-    FINAL_WRITE_RETRY_S,
-    IDLE_TICK_S,
-    REDIS_RETRY_S,
-    LostOwnership,
-    coalesce_interval_s,
-    housekeeping,
+from jobs.providers.base import (
+    RETRY_AFTER_MAX_S,
+    Chunk,
+    ProviderError,
+    ProviderRequest,
+    astream_with_retry,
+    backoff_s,
+    get_provider,
 )
+from jobs.runner import housekeeping
 from jobs.writer import (
     Checkpoint,
     Claim,
@@ -92,15 +73,45 @@ HEARTBEATS_PER_TIMEOUT = 4
 # timeout are rounded); a flush that early is on time.
 TIMER_SLACK_S = 0.002
 
+# Coalescing: the first text goes out at once (time to first token); after that a delta at
+# most every COALESCE_INTERVAL_S, or sooner when COALESCE_MAX_BYTES are waiting. Tokens per
+# second stay the same; messages per second drop several-fold.
+COALESCE_INTERVAL_S = 0.04
+COALESCE_MAX_BYTES = 1024
+# Under load the interval widens with the generations this process runs, from
+# COALESCE_INTERVAL_S at COALESCE_WIDEN_FROM up to COALESCE_MAX_INTERVAL_S: every delta costs
+# the same Redis round trips, channel-layer message and frame per subscriber whatever its
+# size, so fewer, larger deltas are what keeps a busy process on time. The widest interval
+# stays well inside the 150 ms latency budget.
+COALESCE_WIDEN_FROM = 10
+COALESCE_MAX_INTERVAL_S = 0.08
+
+
+def coalesce_interval_s(running: int) -> float:
+    """How long text may wait to be sent when this process runs `running` generations."""
+    if running <= COALESCE_WIDEN_FROM:
+        return COALESCE_INTERVAL_S
+    return min(COALESCE_MAX_INTERVAL_S, COALESCE_INTERVAL_S * running / COALESCE_WIDEN_FROM)
+
+
+# The final row write is retried this long through a database outage before giving up;
+# nothing is published as done until the row holds the full output.
+FINAL_WRITE_RETRY_S = 60.0
+# An event that cannot reach Redis is retried this long (the provider's text waits in the
+# attempt's queue meanwhile), so that a Redis restart or a dropped connection costs a pause,
+# not an attempt. Past it, the runner hands the generation back to the queue.
+REDIS_RETRY_S = 30.0
+# With nothing waiting to be sent, an attempt still wakes this often while the provider is
+# silent: to see a cancel or a stop.
+IDLE_TICK_S = 0.25
+
+
+class LostOwnership(Exception):
+    """This attempt was superseded (re-queued by the reaper, or cancelled while queued)."""
+
+
 _TICK = object()  # the provider said nothing within the wait
 _END = object()  # the provider's stream ended
-
-
-def _finish_reason(reported: str | None) -> str:
-    """The row's finish reason for a completed answer: the provider's (PROTOCOL §8)."""
-    if reported in FinishReason.values:
-        return str(reported)
-    return FinishReason.STOP
 
 
 def _on_own_connection(function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -115,15 +126,14 @@ def _on_own_connection(function: Callable[..., T], *args: Any, **kwargs: Any) ->
         raise
 
 
-class _Append:
-    __slots__ = ("attempt", "data", "generation_id", "kind", "seq")
+class _Append(NamedTuple):
+    """One event to append, in the order of EventLog.append's arguments."""
 
-    def __init__(self, generation_id: str, attempt: int, event: dict[str, Any]) -> None:
-        self.generation_id = generation_id
-        self.attempt = attempt
-        self.seq: int = event["seq"]
-        self.kind: str = event["type"]
-        self.data = events.dumps(event)
+    generation_id: str
+    attempt: int
+    seq: int
+    kind: str
+    data: str
 
 
 class _Batches(Generic[ItemT, ResultT]):
@@ -177,11 +187,14 @@ class Batcher:
         self._engine = engine
         self._loop = asyncio.get_running_loop()
         self._appends = _Batches(self._send_appends)
-        self._checkpoints = _Batches(self._write_checkpoints)
+        self.checkpoints = _Batches(self._write_checkpoints)
         # The attempts whose periodic checkpoints it writes (each until its last write).
         self.attempts: set[Attempt] = set()
-        self._script_sha = hashlib.sha1(BATCH_APPEND_SCRIPT.encode()).hexdigest()
-        self._distributed = bool(settings.DISTRIBUTED)
+        # Redis-py's script: EVALSHA, and the script loaded again first when Redis lost it (a
+        # restart, or SCRIPT FLUSH: nothing of the call ran). None in the embedded default.
+        self._append_script = (
+            async_client().register_script(BATCH_APPEND_SCRIPT) if settings.DISTRIBUTED else None
+        )
         self._ticker = self._loop.create_task(self._tick_checkpoints())
 
     # -- events ----------------------------------------------------------------------------
@@ -193,45 +206,31 @@ class Batcher:
 
         The future answers False, and nothing is sent live, when `attempt` has been fenced
         off or the seq was already taken by other data: the attempt must stop."""
-        return self._appends.add(_Append(generation_id, attempt, event))
+        append = _Append(generation_id, attempt, event["seq"], event["type"], events.dumps(event))
+        return self._appends.add(append)
 
     async def _send_appends(self, batch: list[_Append]) -> list[bool]:
         """Whether each of `batch` was appended. With Redis, one script call appends and
         publishes them all; in the embedded default, the log appends and the live sends are
         made here."""
-        if not self._distributed:
+        if self._append_script is None:
             log = event_log()
-            appended = [
-                log.append(a.generation_id, a.attempt, a.seq, a.kind, a.data) for a in batch
+            appended = [log.append(*a) for a in batch]
+            live = [
+                live_message(a.generation_id, a.seq, a.kind, a.data)
+                for a, ok in zip(batch, appended, strict=True)
+                if ok
             ]
-            live = [a for a, ok in zip(batch, appended, strict=True) if ok]
+            if live:
+                live_sender().send_many(live)
         else:
-            client = async_client()
-            try:
-                answers: list[int] = await self._call_script(client, batch)
-            except redis.exceptions.NoScriptError:
-                # Redis restarted (or flushed its scripts): nothing of the call ran. Load the
-                # script and send the batch again.
-                await client.script_load(BATCH_APPEND_SCRIPT)
-                answers = await self._call_script(client, batch)
-            appended = [answer == 1 for answer in answers]
-            live = []
-            for index, answer in enumerate(answers):
-                # -1: the seq is taken. By this very event (an earlier try went through, only
-                # its reply was lost), it counts as appended, and is sent live from here.
-                if answer == -1 and await self._already_appended(client, batch[index]):
-                    appended[index] = True
-                    live.append(batch[index])
+            appended = [answer == 1 for answer in await self._call_script(batch)]
         for append, ok in zip(batch, appended, strict=True):
             if ok:
                 metrics.EVENTS_PUBLISHED.labels(type=append.kind).inc()
-        if live:
-            live_sender().send_many(
-                [live_message(a.generation_id, a.seq, a.kind, a.data) for a in live]
-            )
         return appended
 
-    async def _call_script(self, client: Any, batch: list[_Append]) -> list[int]:
+    async def _call_script(self, batch: list[_Append]) -> list[int]:
         keys: list[str] = []
         arguments: list[Any] = [REPLAY_MAX_EVENTS]
         encode = pubsub_encoder()
@@ -242,24 +241,11 @@ class Batcher:
             )
             channel, payload = encode(*live_message(a.generation_id, a.seq, a.kind, a.data))
             arguments += (a.attempt, a.seq, a.data, a.kind, replay_ttl_s(a.kind), channel, payload)
-        answers: list[int] = await client.evalsha(self._script_sha, len(keys), *keys, *arguments)
+        assert self._append_script is not None
+        answers: list[int] = await self._append_script(keys, arguments)
         return answers
 
-    @staticmethod
-    async def _already_appended(client: Any, append: _Append) -> bool:
-        # As in RedisEventLog.append: the seq is taken, by this attempt (the fence was checked
-        # first); by this very event if an earlier try went through and only its reply was lost.
-        entry_id = f"0-{append.seq}"
-        stored = await client.xrange(
-            RedisEventLog._stream_key(append.generation_id), min=entry_id, max=entry_id
-        )
-        return bool(stored) and stored[0][1].get(b"d") == append.data.encode()
-
     # -- checkpoints -----------------------------------------------------------------------
-
-    def checkpoint(self, checkpoint: Checkpoint) -> asyncio.Future[tuple[bool, bool]]:
-        """Write `checkpoint` in the next statement: (still ours, cancel requested)."""
-        return self._checkpoints.add(checkpoint)
 
     async def _write_checkpoints(self, batch: list[Checkpoint]) -> list[tuple[bool, bool]]:
         results = await self._engine.database(writer.generation_checkpoint_many, batch)
@@ -270,12 +256,7 @@ class Batcher:
             await asyncio.sleep(settings.CHECKPOINT_INTERVAL_S / CHECKPOINT_TICKS_PER_INTERVAL)
             now = self._loop.time()
             for attempt in list(self.attempts):
-                checkpoint = attempt.due_checkpoint(now)
-                if checkpoint is not None:
-                    attempt.checkpoint_in_flight = self.checkpoint(checkpoint)
-                    attempt.checkpoint_in_flight.add_done_callback(
-                        partial(attempt.checkpointed, seq=checkpoint.seq)
-                    )
+                attempt.checkpoint_if_due(now)
 
 
 class Attempt:
@@ -309,7 +290,7 @@ class Attempt:
         # heartbeat when the row has not been written for a while (a silent provider).
         self._last_checkpoint = self.clock()
         self._checkpointed_seq = claim.start_seq
-        self.checkpoint_in_flight: asyncio.Future[tuple[bool, bool]] | None = None
+        self._checkpoint_in_flight: asyncio.Future[tuple[bool, bool]] | None = None
         self._lost = False
         self._cancel = False
         self._cancel_checked_at = float("-inf")
@@ -323,33 +304,33 @@ class Attempt:
 
     # -- the batcher's side ----------------------------------------------------------------
 
-    def due_checkpoint(self, now: float) -> Checkpoint | None:
-        """This attempt's periodic checkpoint, if one is due at `now` and none in flight: the
-        fold has moved on and CHECKPOINT_INTERVAL_S has passed, or the row has gone
+    def checkpoint_if_due(self, now: float) -> None:
+        """Write this attempt's periodic checkpoint if one is due at `now` and none in flight:
+        the fold has moved on and CHECKPOINT_INTERVAL_S has passed, or the row has gone
         unwritten for a heartbeat interval (HEARTBEAT_TIMEOUT_S / 4), whatever the fold."""
         since_s = now - self._last_checkpoint
-        seq, output, reasoning = self._published
-        moved_on = seq != self._checkpointed_seq
+        moved_on = self._published[0] != self._checkpointed_seq
         if not (moved_on and since_s >= settings.CHECKPOINT_INTERVAL_S) and since_s < (
             settings.HEARTBEAT_TIMEOUT_S / HEARTBEATS_PER_TIMEOUT
         ):
-            return None
-        if self.checkpoint_in_flight is not None and not self.checkpoint_in_flight.done():
-            return None
-        self._last_checkpoint = now
-        return self._checkpoint(seq, output, reasoning)
+            return
+        if self._checkpoint_in_flight is None or self._checkpoint_in_flight.done():
+            self._checkpoint_in_flight = self._write_checkpoint(*self._published)
 
-    def _checkpoint(self, seq: int, output: str, reasoning: str) -> Checkpoint:
-        return Checkpoint(
-            generation_id=self.generation_id,
-            attempt=self.attempt,
-            output=output,
-            reasoning=reasoning,
-            seq=seq,
-            completion_tokens=self._tokens_paid(),
-        )
+    def _write_checkpoint(
+        self, seq: int, output: str, reasoning: str
+    ) -> asyncio.Future[tuple[bool, bool]]:
+        """The fold through `seq`, in the batcher's next statement: (still ours, cancel
+        requested)."""
+        self._last_checkpoint = self.clock()
+        written = self._batcher.checkpoints.add(self._fold(seq, output, reasoning))
+        written.add_done_callback(partial(self._checkpointed, seq=seq))
+        return written
 
-    def checkpointed(self, future: asyncio.Future[tuple[bool, bool]], seq: int) -> None:
+    def _checkpointed(self, future: asyncio.Future[tuple[bool, bool]], seq: int) -> None:
+        """A checkpoint of the fold through `seq` landed: the next is due once it moves on."""
+        if future.cancelled():
+            return
         error = future.exception()
         if error is not None:
             # A missed checkpoint costs only replay distance; the final write is retried.
@@ -358,19 +339,14 @@ class Attempt:
             )
             return
         ours, cancel = future.result()
-        self._row_written(future, seq)
+        self._checkpointed_seq = seq
         self._lost = self._lost or not ours
         self._cancel = self._cancel or cancel
-
-    def _row_written(self, future: asyncio.Future[tuple[bool, bool]], seq: int) -> None:
-        """A checkpoint of the fold through `seq` landed: the next is due once it moves on."""
-        if not future.cancelled() and future.exception() is None:
-            self._checkpointed_seq = seq
 
     # -- publishing ------------------------------------------------------------------------
 
     async def _publish(self, event: dict[str, Any]) -> None:
-        # Rides out a Redis restart or a dropped connection for REDIS_RETRY_S (jobs.runner).
+        # Rides out a Redis restart or a dropped connection for REDIS_RETRY_S.
         backoff = Backoff(first_s=0.05, max_s=1.0, give_up_after_s=REDIS_RETRY_S, clock=self.clock)
         while True:
             try:
@@ -415,16 +391,20 @@ class Attempt:
 
     async def _checkpoint_now(self) -> bool:
         """Checkpoint the fold so far at once: whether the row is still this attempt's."""
-        self._last_checkpoint = self.clock()
-        written = self._batcher.checkpoint(self._checkpoint(self.seq, self.text, self.reasoning))
-        written.add_done_callback(partial(self._row_written, seq=self.seq))
-        ours, cancel = await written
-        self._cancel = self._cancel or cancel
+        ours, _ = await self._write_checkpoint(self.seq, self.text, self.reasoning)
         return ours
 
-    def _tokens_paid(self) -> int:
-        """This generation's completion tokens so far, earlier runs' included."""
-        return self.claim.earlier_completion_tokens + self.completion_tokens
+    def _fold(self, seq: int, output: str, reasoning: str) -> Checkpoint:
+        """The fold through `seq`, with this generation's completion tokens so far (earlier
+        runs' included), as a checkpoint or a re-queue writes it."""
+        return Checkpoint(
+            generation_id=self.generation_id,
+            attempt=self.attempt,
+            output=output,
+            reasoning=reasoning,
+            seq=seq,
+            completion_tokens=self.claim.earlier_completion_tokens + self.completion_tokens,
+        )
 
     async def _flush(self) -> None:
         if not self._pending:
@@ -535,9 +515,9 @@ class Attempt:
         of it may land after that write (a hand-back keeps the attempt number, so a late
         checkpoint would match the row again)."""
         self._batcher.attempts.discard(self)
-        if self.checkpoint_in_flight is not None:
+        if self._checkpoint_in_flight is not None:
             with suppress(Exception):
-                await self.checkpoint_in_flight
+                await self._checkpoint_in_flight
 
     async def _give_back(self, **options: Any) -> bool:
         """Return the generation to the queue (writer.generation_requeue: as the next attempt,
@@ -548,23 +528,10 @@ class Attempt:
             writer.generation_requeue,
             self.generation_id,
             self.attempt,
-            output=self.text,
-            seq=self.seq,
-            reasoning=self.reasoning,
-            completion_tokens=self._tokens_paid(),
+            fold=self._fold(self.seq, self.text, self.reasoning),
             **options,
         )
         return given_back
-
-    async def _hand_back(self) -> None:
-        """The process is stopping: give the generation back to the queue, to be run again
-        from the start (a provider stream cannot be resumed) by another worker, with
-        `reset` first. A stop is not a failure: the attempt number stays."""
-        if not await self._give_back(hand_back=True):
-            raise LostOwnership(self.generation_id)
-        logger.warning(
-            "generation %s: attempt %d handed back to the queue", self.generation_id, self.attempt
-        )
 
     async def _run(self) -> None:
         if self.attempt > 1 or self.claim.start_seq > 0:
@@ -573,11 +540,9 @@ class Attempt:
             self.seq += 1
             await self._publish(events.reset(self.generation_id, self.seq, self.attempt))
             self._published = (self.seq, self.text, self.reasoning)
-            try:
+            with suppress(DatabaseError):  # logged by _checkpointed
                 if not await self._checkpoint_now():
                     raise LostOwnership(self.generation_id)
-            except DatabaseError:
-                logger.warning("generation %s: checkpoint failed", self.generation_id)
         if self.claim.max_tokens <= 0:
             # The daily quota has no room left for it: it ends as one that reached its cap
             # does, and nothing reaches the provider.
@@ -684,9 +649,20 @@ class Attempt:
             await self._finish(Status.CANCELLED, FinishReason.CANCELLED)
             return
         if self._stopping.is_set() and finish_reason is None:
-            await self._hand_back()
+            # Another worker runs it again from the start (a provider stream cannot be
+            # resumed), with `reset` first. A stop is not a failure: the attempt number stays.
+            if not await self._give_back(hand_back=True):
+                raise LostOwnership(self.generation_id)
+            logger.warning(
+                "generation %s: attempt %d handed back to the queue",
+                self.generation_id,
+                self.attempt,
+            )
             return
-        await self._finish(Status.COMPLETED, _finish_reason(finish_reason), usage)
+        # The provider's finish reason (PROTOCOL §8), else `stop`.
+        if finish_reason not in FinishReason.values:
+            finish_reason = FinishReason.STOP
+        await self._finish(Status.COMPLETED, str(finish_reason), usage)
 
     def _counted_usage(self, usage: dict[str, int] | None) -> dict[str, int]:
         """The provider's figures when it reported them, else our own count; plus the
@@ -718,7 +694,7 @@ class Attempt:
             error.kind,
             error.permanent,
             self.attempt,
-            error.provider_message[:1000],
+            str(error)[:1000],
         )
         if (
             not error.permanent

@@ -1,13 +1,8 @@
-"""The replay buffer of each generation's event log, and its cancel flag.
-
-In the distributed mode the buffer is a Redis stream per generation whose entry ids are
-``0-<seq>``, so "events after seq N" is one XRANGE, and Redis itself refuses an entry whose
-seq is not above the last one. Appends go through a Lua script that first checks the
-attempt fence: a worker whose attempt was superseded (presumed dead, then re-queued) cannot
-append to the log. In the embedded default the same structure lives in this process.
-
-The buffer is bounded (``REPLAY_MAX_EVENTS``) and expires ``REPLAY_TTL_AFTER_DONE_S`` after the
-generation ends; past that, subscribers get a snapshot from the database row instead.
+"""The replay buffer of each generation's event log, and its cancel flag: a Redis stream per
+generation with entry ids ``0-<seq>``, appended by a Lua script that checks the attempt fence
+(docs/design.md, "One generation", 3); in the embedded default the same, in this process.
+Bounded (``REPLAY_MAX_EVENTS``), it expires ``REPLAY_TTL_AFTER_DONE_S`` after the generation
+ends; past that, subscribers get a snapshot from the database row instead.
 """
 
 from __future__ import annotations
@@ -93,12 +88,12 @@ class EventLog(ABC):
         the seq is not new."""
 
     @abstractmethod
-    async def read_after(self, generation_id: str, after: int) -> tuple[list[StoredEvent], bool]:
+    def read_after_sync(self, generation_id: str, after: int) -> tuple[list[StoredEvent], bool]:
         """Events with seq > after, in order, and whether the buffer exists at all."""
 
-    @abstractmethod
-    def read_after_sync(self, generation_id: str, after: int) -> tuple[list[StoredEvent], bool]:
-        """The same, for worker threads and services."""
+    async def read_after(self, generation_id: str, after: int) -> tuple[list[StoredEvent], bool]:
+        """The same, on an event loop (the embedded log's read does no I/O)."""
+        return self.read_after_sync(generation_id, after)
 
     @abstractmethod
     def discard(self, generation_id: str) -> None:
@@ -140,26 +135,31 @@ return 1
 # live layer together, and an attempt that is fenced off publishes nothing either.
 # KEYS: the stream and fence of each event. ARGV: the streams' MAXLEN, then seven per event:
 # attempt, seq, data, kind, TTL, live channel, live payload. Answers one number per event:
-# 1 appended and published, 0 fenced off, -1 the seq is taken (by this very event, when an
-# earlier try went through and only its reply was lost: the caller tells).
+# 1 appended and published, 0 fenced off or the seq taken by other data. A seq taken by this
+# very event (an earlier try went through and only its reply was lost) counts as appended,
+# and the event is published again.
 BATCH_APPEND_SCRIPT = """
 local answers = {}
 for i = 1, #KEYS / 2 do
   local stream, fence, at = KEYS[2 * i - 1], KEYS[2 * i], 1 + (i - 1) * 7
-  if redis.call('GET', fence) ~= ARGV[at + 1] then
-    answers[i] = 0
-  else
-    local added = redis.pcall(
-      'XADD', stream, 'MAXLEN', '~', ARGV[1], '0-' .. ARGV[at + 2],
-      'k', ARGV[at + 4], 'd', ARGV[at + 3])
+  local added = false
+  if redis.call('GET', fence) == ARGV[at + 1] then
+    local id = '0-' .. ARGV[at + 2]
+    added = redis.pcall(
+      'XADD', stream, 'MAXLEN', '~', ARGV[1], id, 'k', ARGV[at + 4], 'd', ARGV[at + 3])
     if type(added) == 'table' and added.err then
-      answers[i] = -1
+      local entry = redis.call('XRANGE', stream, id, id)[1]
+      added = entry ~= nil and entry[2][4] == ARGV[at + 3]
     else
       redis.call('EXPIRE', stream, ARGV[at + 5])
       redis.call('EXPIRE', fence, ARGV[at + 5])
-      redis.call('PUBLISH', ARGV[at + 6], ARGV[at + 7])
-      answers[i] = 1
     end
+  end
+  if added then
+    redis.call('PUBLISH', ARGV[at + 6], ARGV[at + 7])
+    answers[i] = 1
+  else
+    answers[i] = 0
   end
 end
 return answers
@@ -391,9 +391,6 @@ class MemoryEventLog(EventLog):
                 del log.events[: len(log.events) - REPLAY_MAX_EVENTS]
             log.expires_at = now + replay_ttl_s(kind)
             return True
-
-    async def read_after(self, generation_id: str, after: int) -> tuple[list[StoredEvent], bool]:
-        return self.read_after_sync(generation_id, after)
 
     def read_after_sync(self, generation_id: str, after: int) -> tuple[list[StoredEvent], bool]:
         with self._lock:

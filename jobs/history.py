@@ -25,11 +25,12 @@ def context_budget_tokens(model: str) -> int:
     return budget
 
 
+def _message_tokens(text: str) -> int:
+    return count_tokens(text) + MESSAGE_OVERHEAD_TOKENS
+
+
 def _fixed_cost_tokens(system: str | None, prompt: str) -> int:
-    cost = count_tokens(prompt) + MESSAGE_OVERHEAD_TOKENS
-    if system:
-        cost += count_tokens(system) + MESSAGE_OVERHEAD_TOKENS
-    return cost
+    return _message_tokens(prompt) + (_message_tokens(system) if system else 0)
 
 
 def check_prompt_fits(*, model: str, system: str | None, prompt: str) -> None:
@@ -79,9 +80,7 @@ def history_for(generation_id: str) -> tuple[tuple[str, str], ...]:
     budget_chars = settings.MAX_HISTORY_CHARS
     kept: list[tuple[str, str]] = []
     for prompt, output in ancestors:
-        cost_tokens = count_tokens(prompt) + MESSAGE_OVERHEAD_TOKENS
-        if output:
-            cost_tokens += count_tokens(output) + MESSAGE_OVERHEAD_TOKENS
+        cost_tokens = _message_tokens(prompt) + (_message_tokens(output) if output else 0)
         cost_chars = len(prompt) + len(output)
         if cost_tokens > budget_tokens or cost_chars > budget_chars:
             # The oldest turns go first: everything from here back is left out, so the

@@ -19,8 +19,7 @@ logger = logging.getLogger(__name__)
 def reap_stale(
     *, heartbeat_timeout_s: float, max_attempts: int, now: datetime | None = None
 ) -> int:
-    """Re-queue (or fail) running generations whose worker stopped beating; re-enqueue queued
-    generations that no worker has picked up. Returns how many were touched."""
+    """One round of the reaper (see above): how many generations it touched."""
     now = now or timezone.now()
     stale_before = now - timedelta(seconds=heartbeat_timeout_s)
     touched = 0
@@ -29,7 +28,7 @@ def reap_stale(
         "id", "attempt", "seq", "output", "reasoning"
     )[:500]:
         if attempt < max_attempts:
-            if generation_requeue(generation_id, attempt, output=output, seq=seq):
+            if generation_requeue(generation_id, attempt):
                 logger.warning(
                     "generation %s: worker lost, re-queued as attempt %d",
                     generation_id,

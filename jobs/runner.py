@@ -1,6 +1,6 @@
 """A worker process's side of running generations: the Huey task's claim and hand-over to the
-event loop (jobs.engine), the coalescing policy, and housekeeping (the reaper, hand-back on
-shutdown). Heartbeats are the engine's: its checkpoints write them (jobs.engine)."""
+event loop (jobs.engine, which also writes the heartbeats, by its checkpoints), and
+housekeeping (the reaper, hand-back on shutdown)."""
 
 from __future__ import annotations
 
@@ -16,47 +16,10 @@ from jobs.eventlog import event_log
 
 logger = logging.getLogger(__name__)
 
-# Coalescing: the first text goes out at once (time to first token); after that a delta at
-# most every COALESCE_INTERVAL_S, or sooner when COALESCE_MAX_BYTES are waiting. Tokens per
-# second stay the same; messages per second drop several-fold.
-COALESCE_INTERVAL_S = 0.04
-COALESCE_MAX_BYTES = 1024
-# Under load the interval widens with the generations this process runs, from
-# COALESCE_INTERVAL_S at COALESCE_WIDEN_FROM up to COALESCE_MAX_INTERVAL_S: every delta costs
-# the same Redis round trips, channel-layer message and frame per subscriber whatever its
-# size, so fewer, larger deltas are what keeps a busy process on time. The widest interval
-# stays well inside the 150 ms latency budget.
-COALESCE_WIDEN_FROM = 10
-COALESCE_MAX_INTERVAL_S = 0.08
-
-
-def coalesce_interval_s(running: int) -> float:
-    """How long text may wait to be sent when this process runs `running` generations."""
-    if running <= COALESCE_WIDEN_FROM:
-        return COALESCE_INTERVAL_S
-    return min(COALESCE_MAX_INTERVAL_S, COALESCE_INTERVAL_S * running / COALESCE_WIDEN_FROM)
-
-
-# The final row write is retried this long through a database outage before giving up;
-# nothing is published as done until the row holds the full output.
-FINAL_WRITE_RETRY_S = 60.0
-# An event that cannot reach Redis is retried this long (the provider's text waits in the
-# attempt's queue meanwhile), so that a Redis restart or a dropped connection costs a pause,
-# not an attempt. Past it, the runner hands the generation back to the queue.
-REDIS_RETRY_S = 30.0
 # On shutdown, how long the housekeeping thread waits for runners to hand their generations
-# back themselves (each sees the request within IDLE_TICK_S) before it re-queues the rest
-# from their last checkpoint.
+# back themselves (each sees the request within jobs.engine.IDLE_TICK_S) before it re-queues
+# the rest from their last checkpoint.
 HAND_BACK_WAIT_S = 3.0
-
-
-# With nothing waiting to be sent, an attempt still wakes this often while the provider is
-# silent: to see a cancel or a stop.
-IDLE_TICK_S = 0.25
-
-
-class LostOwnership(Exception):
-    """This attempt was superseded (re-queued by the reaper, or cancelled while queued)."""
 
 
 # -- per-process housekeeping ---------------------------------------------------------------
@@ -104,12 +67,12 @@ class Housekeeping:
         with self._lock:
             return dict(self._running)
 
-    def hand_back_all(self, wait_s: float = HAND_BACK_WAIT_S) -> None:
+    def hand_back_all(self) -> None:
         """On shutdown: every runner here stops and hands its generation back to the queue
-        (as the same attempt); those that have not within `wait_s` are re-queued from their
-        last checkpoint as the next attempt, which fences off any late write of theirs."""
+        (as the same attempt); those that have not within HAND_BACK_WAIT_S are re-queued from
+        their last checkpoint as the next attempt, which fences off any late write of theirs."""
         self.stopping.set()
-        deadline = time.monotonic() + wait_s
+        deadline = time.monotonic() + HAND_BACK_WAIT_S
         while self.running() and time.monotonic() < deadline:
             time.sleep(0.05)
         for generation_id, attempt in self.running().items():
@@ -162,7 +125,7 @@ def start_worker() -> None:
     (before anything publishes, so that live sends use its loop), the cancel watcher, and
     the housekeeping thread."""
     from jobs.engine import engine
-    from jobs.providers import get_provider
+    from jobs.providers.base import get_provider
 
     # The provider's module (the openai SDK: over a second of imports) is loaded here, not
     # on the event loop at the first generation, where it held up every other one.
@@ -188,7 +151,7 @@ _claim_slots = threading.BoundedSemaphore(CONCURRENT_CLAIMS_MAX)
 
 
 def run_generation_job(generation_id: str) -> None:
-    from jobs.engine import engine  # the engine builds on this module's constants
+    from jobs.engine import engine  # which imports this module's housekeeping
 
     if housekeeping.stopping.is_set():
         from jobs.tasks import run_generation

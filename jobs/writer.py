@@ -1,16 +1,10 @@
-"""The write side of a generation, in one place: claim, fence, publish, checkpoint, finish,
-requeue, hand-back and ending a generation that no worker holds.
+"""The write side of a generation, in one place: claim, checkpoint, finish, requeue, hand-back,
+and ending a generation no worker holds (for jobs.reaper and jobs.cancel).
 
-Every write the worker makes is fenced: an UPDATE ... WHERE attempt = <its attempt> AND
-status = 'running', and every event it appends is fenced in the log by the same attempt, so
-a worker that was presumed dead and replaced changes nothing.
-
-Every event leaves the service through ``publish_event``: the replay buffer first, then the
-live group. The buffer write is synchronous and fenced by attempt, so the log is the truth;
-the live send is fire-and-forget, ordered per generation, and may be lost (a channel layer
-drops by design), which subscribers repair from the buffer.
-
-The reaper (jobs.reaper) and cancel (jobs.cancel) end generations through these functions.
+Every write is fenced by attempt, in the row (UPDATE ... WHERE attempt = <its attempt> AND
+status = 'running') and in the log, so a worker presumed dead and replaced changes nothing.
+An event goes to the log first (the truth), then live, fire-and-forget: subscribers repair
+a lost live send from the log (docs/design.md, "One generation").
 """
 
 from __future__ import annotations
@@ -109,8 +103,7 @@ class LiveSender:
         self.send_many([(group, message)])
 
     def send_many(self, messages: list[tuple[str, dict[str, Any]]]) -> None:
-        """`send` for a batch (the embedded worker's per-tick batcher, jobs.engine): one hop
-        to the sending loop for all of them."""
+        """`send` for a batch (the engine's batcher): one hop to the sending loop for all."""
         loop = self._ensure_loop()
         if loop is None or not self._queues:
             return
@@ -429,10 +422,7 @@ def generation_requeue(
     generation_id: str,
     attempt: int,
     *,
-    output: str | None = None,
-    seq: int | None = None,
-    reasoning: str | None = None,
-    completion_tokens: int | None = None,
+    fold: Checkpoint | None = None,
     delay_s: float = 0.0,
     hand_back: bool = False,
 ) -> bool:
@@ -442,22 +432,23 @@ def generation_requeue(
 
     A hand-back is only for the runner itself, after its last write: it stops at once, so no
     write of the attempt can follow, and the next claim of the same attempt number is alone.
-    Without `output` and `seq` the row keeps its last checkpoint (a re-queue on shutdown of a
-    runner that did not answer in time). `completion_tokens`: what the runs so far were paid
-    for, which the next one counts. `delay_s`: the next attempt starts no sooner (a back-off
-    after a provider failure mid-stream)."""
-    fold: dict[str, Any] = {} if output is None or seq is None else {"output": output, "seq": seq}
-    if reasoning is not None:
-        fold["reasoning"] = reasoning
-    if completion_tokens is not None:
-        fold["completion_tokens"] = completion_tokens
-    if not hand_back:
-        fold["attempt"] = F("attempt") + 1
+    `fold`: the runner's text so far and the completion tokens its runs were paid for, which
+    the next one counts; without it the row keeps its last checkpoint (the reaper, or a
+    runner that did not answer a shutdown in time). `delay_s`: the next attempt starts no
+    sooner (a back-off after a provider failure mid-stream)."""
+    changes: dict[str, Any] = {} if hand_back else {"attempt": F("attempt") + 1}
+    if fold is not None:
+        changes.update(
+            output=fold.output,
+            reasoning=fold.reasoning,
+            seq=fold.seq,
+            completion_tokens=fold.completion_tokens,
+        )
     updated = fenced(generation_id, attempt).update(
         status=Status.QUEUED,
         # For a queued row, heartbeat_at is when it was last enqueued (see reap_stale).
         heartbeat_at=timezone.now(),
-        **fold,
+        **changes,
     )
     if updated:
         transaction.on_commit(lambda: enqueue(generation_id, delay_s=delay_s))
@@ -484,15 +475,14 @@ def terminate_without_worker(
 
     Subscribers may have seen events past the row's last checkpoint (a worker died between
     two checkpoints): the final output is the row's text plus those events. If the buffer can
-    no longer supply them, the output is the row's, and a gap before `done` makes every
-    subscriber replace its text with the row's snapshot.
+    no longer supply them (trimmed, or lost), the output is the row's, and `done` skips a seq:
+    every subscriber finds a gap it cannot fill, reads the final row and takes its snapshot
+    before `done` (realtime.subscription), whatever it had seen.
 
     The log is first fenced to `log_owner`, and read only then, so that nothing is appended
     between the read and `done`, nor after it. Where a worker may still hold `attempt` (the
     reaper only presumes it dead), `log_owner` is a number no worker holds.
     """
-    # `done` goes above any seq a subscriber may hold: they find the gap unfillable, read
-    # the (then final) row, and end with its snapshot and `done`, whatever they had seen.
     last_published = _last_published_seq(
         event_log().take_fence(generation_id, log_owner), attempt=attempt, row_seq=row_seq
     )
@@ -504,10 +494,6 @@ def terminate_without_worker(
         )
         done_seq = head + 1
     else:
-        # The buffer can no longer name everything subscribers saw after the checkpoint (it
-        # was trimmed, or lost): the final output is the row's, and `done` skips a seq, so
-        # that every subscriber finds a gap it cannot fill, reads the final row and takes
-        # its snapshot before `done` (realtime.subscription), whatever it had seen.
         output, reasoning = row_output, row_reasoning
         done_seq = head + 2
     updated = rows.update(

@@ -80,7 +80,7 @@ class ProviderError(Exception):
     """Any provider failure. `permanent` ones (a deterministic answer: the same request
     would fail the same way) are never retried.
 
-    `code` is the PROTOCOL §8 error code; `provider_message` is what the provider said
+    `code` is the PROTOCOL §8 error code; the message is what the provider said
     (logged, and shown to the client only for codes about the request); `retry_after_s` is
     the provider's Retry-After when it gave one."""
 
@@ -99,15 +99,12 @@ class ProviderError(Exception):
         self.code = code
         self.retry_after_s = retry_after_s
 
-    @property
-    def provider_message(self) -> str:
-        return str(self)
-
     def client_error(self) -> dict[str, Any]:
         """The `error` object of the generation and of its `done` event (PROTOCOL §8)."""
         message = _GENERIC_MESSAGES.get(self.code, "The model provider failed.")
-        if self.code in CODES_WITH_PROVIDER_MESSAGE and self.provider_message:
-            message = f"{message} The provider said: {self.provider_message[:500]}"
+        said = str(self)
+        if self.code in CODES_WITH_PROVIDER_MESSAGE and said:
+            message = f"{message} The provider said: {said[:500]}"
         error: dict[str, Any] = {"code": self.code, "message": message}
         if self.retry_after_s is not None:
             error["retry_after"] = max(1, round(self.retry_after_s))

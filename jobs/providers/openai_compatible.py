@@ -332,6 +332,9 @@ def _body_error(data: bytes) -> ProviderError:
     )
 
 
+_SSE_LINE_END = re.compile("\r\n|\r|\n")
+
+
 class SseLineSplitter:
     """The lines of an event stream, fed as network reads arrive: split on CR, LF or CRLF
     only (the SSE format's line ends).
@@ -345,32 +348,17 @@ class SseLineSplitter:
         self._pending = ""
 
     def feed(self, part: bytes) -> list[str]:
-        pending = self._pending + self._decoder.decode(part)
-        lines: list[str] = []
-        start = 0
-        while True:
-            cr = pending.find("\r", start)
-            lf = pending.find("\n", start)
-            if cr < 0 and lf < 0:
-                break
-            if cr < 0 or (0 <= lf < cr):
-                lines.append(pending[start:lf])
-                start = lf + 1
-                continue
-            if cr == len(pending) - 1:
-                # A CR at the end of what has come: an LF may follow in the next read.
-                break
-            lines.append(pending[start:cr])
-            start = cr + 2 if pending[cr + 1] == "\n" else cr + 1
-        self._pending = pending[start:]
+        text = self._pending + self._decoder.decode(part)
+        # A CR at the end of what has come: an LF may follow in the next read.
+        held = "\r" if text.endswith("\r") else ""
+        *lines, rest = _SSE_LINE_END.split(text.removesuffix(held))
+        self._pending = rest + held
         return lines
 
     def end(self) -> list[str]:
         pending = self._pending + self._decoder.decode(b"", final=True)
         self._pending = ""
-        if pending.endswith("\r"):
-            return [pending[:-1]]
-        return [pending] if pending else []
+        return [pending.removesuffix("\r")] if pending else []
 
 
 class SseDataCollector:

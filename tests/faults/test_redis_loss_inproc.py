@@ -14,9 +14,8 @@ import pytest
 from core.models import Generation, Status
 from core.redis import sync_client
 from jobs import events, writer
-from jobs.engine import Attempt, engine
+from jobs.engine import Attempt, LostOwnership, engine
 from jobs.eventlog import RedisEventLog, event_log
-from jobs.runner import LostOwnership
 from tests.faults.conftest import distributed_only
 from tests.jobs.support import checkpoint, logged_events, new_generation, unique
 
@@ -77,7 +76,7 @@ def test_runner_superseded_while_its_fence_was_lost_stops() -> None:
     gid = runner.generation_id
     lose_the_log(gid)
     # The reaper presumed it dead meanwhile and re-queued the generation.
-    assert writer.generation_requeue(gid, runner.attempt, output="Hello", seq=1)
+    assert writer.generation_requeue(gid, runner.attempt)
     before = row(gid)
 
     with pytest.raises(LostOwnership):
@@ -97,7 +96,7 @@ def test_claim_after_the_log_was_lost_numbers_above_anything_seen() -> None:
         False,
     )
     lose_the_log(gid)
-    assert writer.generation_requeue(gid, runner.attempt, output="Hello", seq=1)
+    assert writer.generation_requeue(gid, runner.attempt)
 
     claim = writer.generation_claim(gid)
 

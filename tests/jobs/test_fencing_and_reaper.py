@@ -47,7 +47,7 @@ def test_writes_and_publishes_of_a_superseded_attempt_change_nothing() -> None:
     assert first is not None and first.attempt == 1
     stream_two_deltas_and_die(gid, 1)
     # The reaper presumed attempt 1 dead; attempt 2 takes over and starts over.
-    assert writer.generation_requeue(gid, 1, output="Hello", seq=1)
+    assert writer.generation_requeue(gid, 1)
     second = writer.generation_claim(gid)
     assert second is not None and second.attempt == 2 and second.start_seq == 2
     assert publish_event(gid, 2, events.reset(gid, 3, 2))
@@ -72,7 +72,9 @@ def test_writes_and_publishes_of_a_superseded_attempt_change_nothing() -> None:
         1,
         events.done(gid, 6, status="completed", finish_reason="stop", usage=None, error=None),
     )
-    assert not writer.generation_requeue(gid, 1, output="Hello world!", seq=5)
+    assert not writer.generation_requeue(
+        gid, 1, fold=writer.Checkpoint(gid, 1, "Hello world!", "", seq=5, completion_tokens=3)
+    )
 
     assert row(gid) == row_before
     assert logged_events(gid) == log_before
@@ -84,7 +86,7 @@ def test_superseded_runner_stops_at_its_first_write_and_the_new_attempt_complete
     gid = generation.id
     stale = writer.generation_claim(gid)
     assert stale is not None
-    assert writer.generation_requeue(gid, stale.attempt, output="", seq=0)
+    assert writer.generation_requeue(gid, stale.attempt)
     current = writer.generation_claim(gid)
     assert current is not None
     row_before, log_before = row(gid), logged_events(gid)

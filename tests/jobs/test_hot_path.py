@@ -15,12 +15,8 @@ from pytest_django.fixtures import Settings as SettingsWrapper
 
 from core.models import Generation
 from jobs import engine, runner, writer
-from jobs.runner import (
-    COALESCE_INTERVAL_S,
-    COALESCE_MAX_INTERVAL_S,
-    coalesce_interval_s,
-    run_generation_job,
-)
+from jobs.engine import COALESCE_INTERVAL_S, COALESCE_MAX_INTERVAL_S, coalesce_interval_s
+from jobs.runner import run_generation_job
 from tests.fake_openai import expected_text, token_text
 from tests.jobs.support import (
     all_statements,

@@ -17,9 +17,10 @@ from pytest_django.fixtures import Settings as SettingsWrapper
 
 from core.models import Generation
 from jobs import engine, events, writer
+from jobs.engine import COALESCE_INTERVAL_S
 from jobs.eventlog import event_log
 from jobs.events import fold
-from jobs.runner import COALESCE_INTERVAL_S, run_generation_job
+from jobs.runner import run_generation_job
 from tests.fake_openai import expected_text, token_text
 from tests.jobs.support import all_statements, logged_events, new_generation, run_attempt, unique
 
