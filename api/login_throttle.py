@@ -13,7 +13,7 @@ from collections.abc import Callable
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse
 
-from api.ratelimit import count_failure, retry_after_if_blocked
+from api.ratelimit import rate_limiter
 from core.errors import ApiError, error_response
 
 
@@ -35,9 +35,10 @@ def client_address(request: HttpRequest) -> str:
 
 def check_login_allowed(username: str, address: str) -> None:
     """Raise 429 rate_limited while the account or the address is over its failure limit."""
+    limiter = rate_limiter()
     waits = [
-        retry_after_if_blocked(_account_key(username), settings.LOGIN_FAILURES_PER_ACCOUNT),
-        retry_after_if_blocked(_address_key(address), settings.LOGIN_FAILURES_PER_ADDRESS),
+        limiter.retry_after_if_blocked(_account_key(username), settings.LOGIN_FAILURES_PER_ACCOUNT),
+        limiter.retry_after_if_blocked(_address_key(address), settings.LOGIN_FAILURES_PER_ADDRESS),
     ]
     wait_s = max((wait for wait in waits if wait is not None), default=None)
     if wait_s is not None:
@@ -49,8 +50,8 @@ def check_login_allowed(username: str, address: str) -> None:
 
 
 def record_login_failure(username: str, address: str) -> None:
-    count_failure(_account_key(username))
-    count_failure(_address_key(address))
+    rate_limiter().count_failure(_account_key(username))
+    rate_limiter().count_failure(_address_key(address))
 
 
 View = Callable[[HttpRequest], HttpResponse]
