@@ -62,7 +62,17 @@ class CappedCountPaginator(Paginator):  # type: ignore[type-arg]
         return int(rows.order_by()[:COUNT_CAP_ROWS].count())
 
 
-class StatusFilter(admin.SimpleListFilter):
+class FieldFilter(admin.SimpleListFilter):
+    """Rows whose field `parameter_name` equals the value chosen."""
+
+    parameter_name: str
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        value = self.value()
+        return queryset if value is None else queryset.filter(**{self.parameter_name: value})
+
+
+class StatusFilter(FieldFilter):
     """The statuses from the model's choices: no SELECT DISTINCT over the table."""
 
     title = "status"
@@ -71,12 +81,8 @@ class StatusFilter(admin.SimpleListFilter):
     def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
         return [(value, str(label)) for value, label in Status.choices]
 
-    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
-        value = self.value()
-        return queryset if value is None else queryset.filter(status=value)
 
-
-class ModelFilter(admin.SimpleListFilter):
+class ModelFilter(FieldFilter):
     """The configured models (ALLOWED_MODELS), not a SELECT DISTINCT over the table; a model
     since removed from the list is still reachable with ?model=<name>."""
 
@@ -89,10 +95,6 @@ class ModelFilter(admin.SimpleListFilter):
         if value and value not in names:
             names.append(value)
         return [(name, name) for name in names]
-
-    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
-        value = self.value()
-        return queryset if value is None else queryset.filter(model=value)
 
 
 class UserFilter(admin.SimpleListFilter):
@@ -454,12 +456,11 @@ class UserWithLimitsAdmin(UserAdmin):  # type: ignore[type-arg]
 
     inlines = (*UserAdmin.inlines, UserLimitsInline)
     readonly_fields = (*UserAdmin.readonly_fields, "usage")
-
-    def get_fieldsets(self, request: HttpRequest, obj: Any = None) -> Any:
-        fieldsets = super().get_fieldsets(request, obj)
-        if obj is None:
-            return fieldsets
-        return (*fieldsets, ("Usage and limits in effect", {"fields": ("usage",)}))
+    # The change page's; the add page has UserAdmin's add_fieldsets.
+    fieldsets = (
+        *UserAdmin.fieldsets,  # type: ignore[misc]
+        ("Usage and limits in effect", {"fields": ("usage",)}),
+    )
 
     @admin.display(description="usage")
     def usage(self, user: Any) -> SafeString:

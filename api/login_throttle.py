@@ -45,7 +45,7 @@ def check_login_allowed(username: str, address: str) -> None:
         raise ApiError(
             "rate_limited",
             "Too many failed sign-in attempts; try again later.",
-            retry_after_s=int(wait_s + 0.999),
+            retry_after_s=wait_s,
         )
 
 

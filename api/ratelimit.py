@@ -30,15 +30,15 @@ return used
 class RateLimiter:
     """A count per key and window; the backends differ only in where the counts live."""
 
-    def take(self, key: str, limit: int) -> float | None:
-        """Count one request; None if allowed, else the seconds until the window ends."""
+    def take(self, key: str, limit: int) -> int | None:
+        """Count one request; None if allowed, else the whole seconds until the window ends."""
         return self._wait(key, limit, count_below=limit)
 
     # `take` counts before the work is done, which suits creating generations. Password
     # sign-in counts failures only, and must refuse before it checks the password: otherwise,
     # once over the limit, a right guess (200) would still be told apart from the wrong ones.
 
-    def retry_after_if_blocked(self, key: str, limit: int) -> float | None:
+    def retry_after_if_blocked(self, key: str, limit: int) -> int | None:
         """Seconds until `key`'s window ends when it already counted `limit`, else None."""
         return self._wait(key, limit, count_below=0)
 
@@ -46,11 +46,13 @@ class RateLimiter:
         """Count one failure toward `key` (the limit is enforced by retry_after_if_blocked)."""
         self._wait(key, 2**31, count_below=2**31)
 
-    def _wait(self, key: str, limit: int, *, count_below: int) -> float | None:
+    def _wait(self, key: str, limit: int, *, count_below: int) -> int | None:
         now = time.time()
         used = self._count(key, int(now // WINDOW_S), count_below)
-        # At least a second, for Retry-After.
-        return None if used < limit else max(1.0, (int(now // WINDOW_S) + 1) * WINDOW_S - now)
+        if used < limit:
+            return None
+        # Retry-After's whole seconds, at least one.
+        return max(1, int((int(now // WINDOW_S) + 1) * WINDOW_S - now + 0.999))
 
     def _count(self, key: str, window: int, below: int) -> int:
         """`key`'s count in `window`, counting one more if that is below `below`."""

@@ -164,7 +164,7 @@ def _check_limits(user: AbstractBaseUser, *, rate_limit: bool = True) -> None:
         raise ApiError(
             "rate_limited",
             f"At most {limits.rate_limit_per_minute} generations per minute.",
-            retry_after_s=int(wait_s + 0.999),
+            retry_after_s=wait_s,
         )
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from django.conf import settings
 from django.db import connection
 from django.http import HttpRequest, HttpResponse, JsonResponse
@@ -13,29 +15,32 @@ def healthz(request: HttpRequest) -> JsonResponse:
     return JsonResponse({"status": "ok"})
 
 
-def readyz(request: HttpRequest) -> HttpResponse:
-    checks: dict[str, str] = {}
+def _probe(check: Callable[[], object]) -> str:
     try:
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT 1")
-        checks["database"] = "ok"
+        check()
     except Exception as exc:
-        checks["database"] = f"error: {type(exc).__name__}"
+        return f"error: {type(exc).__name__}"
+    return "ok"
+
+
+def _select_one() -> None:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT 1")
+
+
+def _queue_length() -> None:
+    from huey.contrib.djhuey import HUEY
+
+    HUEY.pending_count()
+
+
+def readyz(request: HttpRequest) -> HttpResponse:
+    checks = {"database": _probe(_select_one)}
     if settings.DISTRIBUTED:
         from core.redis import sync_client
 
-        try:
-            sync_client().ping()
-            checks["redis"] = "ok"
-        except Exception as exc:
-            checks["redis"] = f"error: {type(exc).__name__}"
-        try:
-            from huey.contrib.djhuey import HUEY
-
-            HUEY.pending_count()
-            checks["queue"] = "ok"
-        except Exception as exc:
-            checks["queue"] = f"error: {type(exc).__name__}"
+        checks["redis"] = _probe(lambda: sync_client().ping())
+        checks["queue"] = _probe(_queue_length)
     else:
         from jobs.embedded import embedded_worker_alive
 
