@@ -17,14 +17,14 @@ from api.ratelimit import rate_limiter
 from core.errors import ApiError, error_response
 
 
-def _account_key(username: str) -> str:
+def _counters(username: str, address: str) -> list[tuple[str, int]]:
+    """The failure counters an attempt is checked against, each key with its limit."""
     # casefold: MySQL's collation lets `ALICE` sign in as alice, so they are one account here.
     digest = hashlib.sha256(username.casefold().encode("utf-8", "replace")).hexdigest()[:32]
-    return f"login-account:{digest}"
-
-
-def _address_key(address: str) -> str:
-    return f"login-address:{address}"
+    return [
+        (f"login-account:{digest}", settings.LOGIN_FAILURES_PER_ACCOUNT),
+        (f"login-address:{address}", settings.LOGIN_FAILURES_PER_ADDRESS),
+    ]
 
 
 def client_address(request: HttpRequest) -> str:
@@ -36,10 +36,7 @@ def client_address(request: HttpRequest) -> str:
 def check_login_allowed(username: str, address: str) -> None:
     """Raise 429 rate_limited while the account or the address is over its failure limit."""
     limiter = rate_limiter()
-    waits = [
-        limiter.retry_after_if_blocked(_account_key(username), settings.LOGIN_FAILURES_PER_ACCOUNT),
-        limiter.retry_after_if_blocked(_address_key(address), settings.LOGIN_FAILURES_PER_ADDRESS),
-    ]
+    waits = [limiter.retry_after_if_blocked(*counter) for counter in _counters(username, address)]
     wait_s = max((wait for wait in waits if wait is not None), default=None)
     if wait_s is not None:
         raise ApiError(
@@ -50,8 +47,8 @@ def check_login_allowed(username: str, address: str) -> None:
 
 
 def record_login_failure(username: str, address: str) -> None:
-    rate_limiter().count_failure(_account_key(username))
-    rate_limiter().count_failure(_address_key(address))
+    for key, _limit in _counters(username, address):
+        rate_limiter().count_failure(key)
 
 
 View = Callable[[HttpRequest], HttpResponse]
