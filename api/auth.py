@@ -14,7 +14,7 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.db import IntegrityError
 
 from api.validation import encodable
-from core.errors import ApiError
+from core.errors import ApiError, not_found
 
 _TICKET_AUDIENCE = "generation-events-ticket"
 
@@ -210,5 +210,5 @@ def verify_ticket(ticket: str, *, generation_id: str) -> int:
     if claims.get("typ") != "ticket":
         raise _unauthorized("The ticket is not valid.")
     if claims["gen"] != generation_id:
-        raise ApiError("not_found", "No such generation.")
+        raise not_found()
     return int(claims["uid"])

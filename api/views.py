@@ -182,10 +182,9 @@ def generation_create(
         param.Header(alias="Idempotency-Key", description="1 to 255 printable characters."),
     ] = None,
 ) -> HttpResponse:
-    params = generation_params(body)
     generation, created = services.generation_create(
         user=identity(request).user,
-        params=params,
+        params=generation_params(body),
         idempotency_key=parse_idempotency_key(idempotency_key),
         target=conversations.parse_turn_target(
             body.model_dump(include={"conversation_id", "parent_id"}, exclude_unset=True)
