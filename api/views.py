@@ -287,7 +287,6 @@ conversation_routes = Router(tags=["conversations"])
     **documented({201: ConversationDetail}, *_BODY, headers={201: LOCATION}),
 )
 def conversation_create(request: HttpRequest, body: ConversationCreateRequest) -> HttpResponse:
-    conversations.check_system_length(body.system)
     conversation = conversations.conversation_create(
         user=identity(request).user, title=body.title, system=body.system
     )
