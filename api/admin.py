@@ -454,12 +454,11 @@ class UserWithLimitsAdmin(UserAdmin):  # type: ignore[type-arg]
 
     inlines = (*UserAdmin.inlines, UserLimitsInline)
     readonly_fields = (*UserAdmin.readonly_fields, "usage")
-
-    def get_fieldsets(self, request: HttpRequest, obj: Any = None) -> Any:
-        fieldsets = super().get_fieldsets(request, obj)
-        if obj is None:
-            return fieldsets
-        return (*fieldsets, ("Usage and limits in effect", {"fields": ("usage",)}))
+    # The change page's; the add page has UserAdmin's add_fieldsets.
+    fieldsets = (
+        *UserAdmin.fieldsets,  # type: ignore[misc]
+        ("Usage and limits in effect", {"fields": ("usage",)}),
+    )
 
     @admin.display(description="usage")
     def usage(self, user: Any) -> SafeString:

@@ -14,7 +14,7 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.db import IntegrityError
 
 from api.validation import encodable
-from core.errors import ApiError
+from core.errors import ApiError, not_found
 
 _TICKET_AUDIENCE = "generation-events-ticket"
 
@@ -112,13 +112,12 @@ def exact_user(username: str) -> AbstractBaseUser | None:
 def user_for_username(username: str) -> AbstractBaseUser:
     if username_problem(username) is not None:
         raise _unauthorized()
-    model = get_user_model()
     user = exact_user(username)
     if user is None:
         if not settings.JWT_AUTO_CREATE_USERS or len(username) > 150:
             raise _unauthorized()
         try:
-            user = model.objects.create_user(username=username)
+            user = get_user_model().objects.create_user(username=username)
         except IntegrityError:
             # Created by a concurrent first request, or another name that the database's
             # collation treats as equal exists (then this subject names no account).
@@ -191,8 +190,7 @@ def issue_ticket(*, user_id: int, generation_id: str) -> tuple[str, int]:
 def user_is_active(user_id: int) -> bool:
     """Whether the account still exists and is active: a ticket (and an open WebSocket) stops
     working as soon as its user is deactivated, not when it expires."""
-    model = get_user_model()
-    return bool(model.objects.filter(pk=user_id, is_active=True).exists())
+    return bool(get_user_model().objects.filter(pk=user_id, is_active=True).exists())
 
 
 def verify_ticket(ticket: str, *, generation_id: str) -> int:
@@ -212,5 +210,5 @@ def verify_ticket(ticket: str, *, generation_id: str) -> int:
     if claims.get("typ") != "ticket":
         raise _unauthorized("The ticket is not valid.")
     if claims["gen"] != generation_id:
-        raise ApiError("not_found", "No such generation.")
+        raise not_found()
     return int(claims["uid"])

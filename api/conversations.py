@@ -43,9 +43,6 @@ class TurnTarget:
     def given(self) -> bool:
         return self.conversation_id is not None or self.parent_given
 
-    def fingerprint_part(self) -> str:
-        return f"{self.conversation_id}|{self.parent_given}|{self.parent_id}"
-
 
 NO_TARGET = TurnTarget(conversation_id=None, parent_id=None, parent_given=False)
 
@@ -147,7 +144,7 @@ def default_title(prompt: str) -> str:
     return line[: DEFAULT_TITLE_CHARS - 1].rstrip() + "…"
 
 
-def check_system_length(system: str | None) -> None:
+def _check_system_length(system: str | None) -> None:
     """A conversation's system prompt (sanitised by the request model) within
     MAX_SYSTEM_CHARS: over it is prompt_too_long, as for a generation's."""
     if system is not None and len(system) > settings.MAX_SYSTEM_CHARS:
@@ -161,6 +158,7 @@ def check_system_length(system: str | None) -> None:
 def conversation_create(
     *, user: AbstractBaseUser, title: str = "", system: str | None = None
 ) -> Conversation:
+    _check_system_length(system)
     return Conversation.objects.create(user_id=user.pk, title=title, system=system)
 
 
@@ -323,7 +321,7 @@ def conversation_update(
     ConversationUpdateRequest that the request set, checked and sanitised."""
     with transaction.atomic():
         conversation = conversation_for_user(user=user, conversation_id=conversation_id)
-        check_system_length(changes.get("system"))
+        _check_system_length(changes.get("system"))
         if "current_turn_id" in changes:
             turn_id = changes["current_turn_id"]
             if (

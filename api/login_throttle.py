@@ -13,18 +13,18 @@ from collections.abc import Callable
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse
 
-from api.ratelimit import count_failure, retry_after_if_blocked
+from api.ratelimit import rate_limiter
 from core.errors import ApiError, error_response
 
 
-def _account_key(username: str) -> str:
+def _counters(username: str, address: str) -> list[tuple[str, int]]:
+    """The failure counters an attempt is checked against, each key with its limit."""
     # casefold: MySQL's collation lets `ALICE` sign in as alice, so they are one account here.
     digest = hashlib.sha256(username.casefold().encode("utf-8", "replace")).hexdigest()[:32]
-    return f"login-account:{digest}"
-
-
-def _address_key(address: str) -> str:
-    return f"login-address:{address}"
+    return [
+        (f"login-account:{digest}", settings.LOGIN_FAILURES_PER_ACCOUNT),
+        (f"login-address:{address}", settings.LOGIN_FAILURES_PER_ADDRESS),
+    ]
 
 
 def client_address(request: HttpRequest) -> str:
@@ -35,22 +35,20 @@ def client_address(request: HttpRequest) -> str:
 
 def check_login_allowed(username: str, address: str) -> None:
     """Raise 429 rate_limited while the account or the address is over its failure limit."""
-    waits = [
-        retry_after_if_blocked(_account_key(username), settings.LOGIN_FAILURES_PER_ACCOUNT),
-        retry_after_if_blocked(_address_key(address), settings.LOGIN_FAILURES_PER_ADDRESS),
-    ]
+    limiter = rate_limiter()
+    waits = [limiter.retry_after_if_blocked(*counter) for counter in _counters(username, address)]
     wait_s = max((wait for wait in waits if wait is not None), default=None)
     if wait_s is not None:
         raise ApiError(
             "rate_limited",
             "Too many failed sign-in attempts; try again later.",
-            retry_after_s=int(wait_s + 0.999),
+            retry_after_s=wait_s,
         )
 
 
 def record_login_failure(username: str, address: str) -> None:
-    count_failure(_account_key(username))
-    count_failure(_address_key(address))
+    for key, _limit in _counters(username, address):
+        rate_limiter().count_failure(key)
 
 
 View = Callable[[HttpRequest], HttpResponse]

@@ -41,9 +41,8 @@ def _request_fingerprint(params: GenerationParams, target: TurnTarget) -> str:
     """The request's hash; a request with no conversation fields hashes as it always did."""
     if not target.given:
         return params.fingerprint()
-    return hashlib.sha256(
-        f"{params.fingerprint()}|{target.fingerprint_part()}".encode()
-    ).hexdigest()
+    conversation_part = f"{target.conversation_id}|{target.parent_given}|{target.parent_id}"
+    return hashlib.sha256(f"{params.fingerprint()}|{conversation_part}".encode()).hexdigest()
 
 
 def _idempotent_match(
@@ -164,7 +163,7 @@ def _check_limits(user: AbstractBaseUser, *, rate_limit: bool = True) -> None:
         raise ApiError(
             "rate_limited",
             f"At most {limits.rate_limit_per_minute} generations per minute.",
-            retry_after_s=int(wait_s + 0.999),
+            retry_after_s=wait_s,
         )
 
 

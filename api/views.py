@@ -182,10 +182,9 @@ def generation_create(
         param.Header(alias="Idempotency-Key", description="1 to 255 printable characters."),
     ] = None,
 ) -> HttpResponse:
-    params = generation_params(body)
     generation, created = services.generation_create(
         user=identity(request).user,
-        params=params,
+        params=generation_params(body),
         idempotency_key=parse_idempotency_key(idempotency_key),
         target=conversations.parse_turn_target(
             body.model_dump(include={"conversation_id", "parent_id"}, exclude_unset=True)
@@ -288,7 +287,6 @@ conversation_routes = Router(tags=["conversations"])
     **documented({201: ConversationDetail}, *_BODY, headers={201: LOCATION}),
 )
 def conversation_create(request: HttpRequest, body: ConversationCreateRequest) -> HttpResponse:
-    conversations.check_system_length(body.system)
     conversation = conversations.conversation_create(
         user=identity(request).user, title=body.title, system=body.system
     )

@@ -51,9 +51,14 @@ def envbool(name: str, default: bool) -> bool:
 _Number = TypeVar("_Number", int, float)
 
 
-def _bounded(
-    convert: Callable[[str], _Number], minimum: _Number | None, maximum: _Number | None
-) -> Callable[[str], _Number]:
+def _number(
+    name: str,
+    default: _Number,
+    convert: Callable[[str], _Number],
+    kind: str,
+    minimum: _Number | None,
+    maximum: _Number | None,
+) -> _Number:
     def parse(value: str) -> _Number:
         number = convert(value)
         if number != number:  # NaN
@@ -62,23 +67,25 @@ def _bounded(
             raise ValueError(value)
         return number
 
-    return parse
+    if minimum is not None and maximum is not None:
+        kind = f"{kind} from {minimum} to {maximum}"
+    elif minimum is not None:
+        kind = f"{kind} >= {minimum}"
+    elif maximum is not None:
+        kind = f"{kind} <= {maximum}"
+    return _read(name, default, parse, kind)
 
 
 def envint(
     name: str, default: int, *, minimum: int | None = None, maximum: int | None = None
 ) -> int:
-    return _read(
-        name, default, _bounded(int, minimum, maximum), _range_text("an integer", minimum, maximum)
-    )
+    return _number(name, default, int, "an integer", minimum, maximum)
 
 
 def envfloat(
     name: str, default: float, *, minimum: float | None = None, maximum: float | None = None
 ) -> float:
-    return _read(
-        name, default, _bounded(float, minimum, maximum), _range_text("a number", minimum, maximum)
-    )
+    return _number(name, default, float, "a number", minimum, maximum)
 
 
 def envlist(name: str, default: list[str]) -> list[str]:
@@ -100,16 +107,6 @@ def envchoice(name: str, default: str, choices: tuple[str, ...]) -> str:
         return value
 
     return _read(name, default, parse, "one of " + ", ".join(choices))
-
-
-def _range_text(kind: str, minimum: float | None, maximum: float | None) -> str:
-    if minimum is not None and maximum is not None:
-        return f"{kind} from {minimum} to {maximum}"
-    if minimum is not None:
-        return f"{kind} >= {minimum}"
-    if maximum is not None:
-        return f"{kind} <= {maximum}"
-    return kind
 
 
 def envintmap(name: str, default: dict[str, int], *, minimum: int = 1) -> dict[str, int]:

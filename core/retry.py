@@ -1,13 +1,6 @@
 """One retry policy for the loops that ride out a storage outage: exponential back-off, capped,
-with an optional time after which the caller gives up. Sync and asyncio forms.
-
-    backoff = Backoff(first_s=0.05, max_s=1.0, give_up_after_s=30.0)
-    while True:
-        try:
-            return do_it()
-        except redis.RedisError:
-            if not backoff.sleep():  # past 30 s since the first failure: give up
-                raise
+with an optional time after which the caller gives up (`sleep` then returns False at once).
+Sync and asyncio forms.
 """
 
 from __future__ import annotations

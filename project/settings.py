@@ -194,6 +194,13 @@ HUEY_WORKERS = envint("HUEY_WORKERS", 64, minimum=1, maximum=1024)
 # back to the queue (jobs.tasks.hand_back_interrupted); on SIGTERM it hands back at once.
 # Huey's default is to wait forever; docker-compose's stop_grace_period must exceed this.
 WORKER_SHUTDOWN_GRACE_S = envfloat("WORKER_SHUTDOWN_GRACE_S", 60.0, minimum=0)
+_HUEY_CONSUMER = {
+    "workers": HUEY_WORKERS,
+    # Threads: a generation spends its life waiting on the provider's socket.
+    "worker_type": "thread",
+    "periodic": True,
+    "scheduler_interval": 1,
+}
 if DISTRIBUTED:
     HUEY: dict[str, Any] = {
         "huey_class": "huey.RedisHuey",
@@ -205,11 +212,7 @@ if DISTRIBUTED:
         # stop (SIGINT) within this long, inside the grace period.
         "connection": {"url": REDIS_URL, "read_timeout": 5},
         "consumer": {
-            "workers": HUEY_WORKERS,
-            # Threads: a generation spends its life waiting on the provider's socket.
-            "worker_type": "thread",
-            "periodic": True,
-            "scheduler_interval": 1,
+            **_HUEY_CONSUMER,
             "check_worker_health": True,
             "shutdown_timeout": WORKER_SHUTDOWN_GRACE_S,
         },
@@ -223,12 +226,7 @@ else:
         "immediate": False,
         # Queued generations survive a restart of the embedded process.
         "filename": envstr("HUEY_SQLITE_PATH", str(VAR_DIR / "huey.sqlite3")),
-        "consumer": {
-            "workers": HUEY_WORKERS,
-            "worker_type": "thread",
-            "periodic": True,
-            "scheduler_interval": 1,
-        },
+        "consumer": _HUEY_CONSUMER,
     }
 
 # --- Identity --------------------------------------------------------------------------------

@@ -20,8 +20,6 @@ from api.ratelimit import (
     MemoryRateLimiter,
     RateLimiter,
     RedisRateLimiter,
-    count_failure,
-    retry_after_if_blocked,
 )
 from tests.contracts.conftest import BACKENDS
 
@@ -45,17 +43,13 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
 
 
 @pytest.fixture(params=BACKENDS)
-def limiter(
-    request: pytest.FixtureRequest, clock: Clock, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[RateLimiter]:
+def limiter(request: pytest.FixtureRequest, clock: Clock) -> Iterator[RateLimiter]:
     chosen: RateLimiter
     if request.param == "redis":
         request.getfixturevalue("project_redis_at")
         chosen = RedisRateLimiter()
     else:
         chosen = MemoryRateLimiter()
-    # The failure counting helpers ask the process's limiter: make it this one.
-    monkeypatch.setattr(ratelimit, "rate_limiter", lambda: chosen)
     yield chosen
 
 
@@ -81,8 +75,8 @@ def test_wait_is_what_is_left_of_the_window(limiter: RateLimiter, clock: Clock) 
     clock.now += WINDOW_S - 10.5
 
     assert limiter.take(key, 1) == 10.0
-    count_failure(key)
-    assert retry_after_if_blocked(key, 1) == 10.0
+    limiter.count_failure(key)
+    assert limiter.retry_after_if_blocked(key, 1) == 10.0
 
 
 def test_keys_are_counted_apart(limiter: RateLimiter) -> None:
@@ -119,23 +113,23 @@ def test_next_window_starts_from_zero(limiter: RateLimiter, clock: Clock) -> Non
 def test_failures_block_only_once_they_reach_the_limit(limiter: RateLimiter) -> None:
     key = new_key()
     for _ in range(2):
-        count_failure(key)
-    assert retry_after_if_blocked(key, 3) is None
+        limiter.count_failure(key)
+    assert limiter.retry_after_if_blocked(key, 3) is None
 
-    count_failure(key)
+    limiter.count_failure(key)
 
-    wait_s = retry_after_if_blocked(key, 3)
+    wait_s = limiter.retry_after_if_blocked(key, 3)
     assert wait_s is not None
     assert 1.0 <= wait_s <= WINDOW_S
     # Asking does not count.
-    assert retry_after_if_blocked(key, 4) is None
+    assert limiter.retry_after_if_blocked(key, 4) is None
 
 
 def test_failures_of_a_past_window_block_nothing(limiter: RateLimiter, clock: Clock) -> None:
     key = new_key()
-    count_failure(key)
-    assert retry_after_if_blocked(key, 1) is not None
+    limiter.count_failure(key)
+    assert limiter.retry_after_if_blocked(key, 1) is not None
 
     clock.now += WINDOW_S
 
-    assert retry_after_if_blocked(key, 1) is None
+    assert limiter.retry_after_if_blocked(key, 1) is None
