@@ -1,16 +1,6 @@
-"""One subscriber's view of one generation: gap-free, duplicate-free, in seq order.
-
-Run by ``realtime.session.SubscriberSession`` for both transports: it joins the generation's
-live group *first*, then calls ``start``; live events that arrive meanwhile wait in the session
-and are handed to ``on_live`` afterwards. Three sources are merged by seq:
-
-- the database row: the persisted fold (``output`` through ``seq``), and ``done`` once ended;
-- the replay buffer: every event, in order, while it lasts;
-- the live group: fast, but lossy.
-
-Anything at or below the last seq sent is dropped; a live event beyond the next seq is held
-back and the gap is filled from the buffer, or, when the buffer cannot fill it (trimmed, or
-lost with a Redis restart), from a fresh snapshot of the row.
+"""One subscriber's view of one generation: gap-free, duplicate-free, in seq order, merged
+from the row, the replay buffer and the live group (docs/design.md, "Subscribing without a
+gap"). Run by ``realtime.session.SubscriberSession``, which joins the live group first.
 """
 
 from __future__ import annotations
@@ -94,8 +84,6 @@ class Subscription:
         async with self._lock:
             if self.fresh:
                 await self._from_row(row, force_snapshot=True)
-                if self.finished:
-                    self.started = True
 
     async def _start(self, row: RowState | None) -> None:
         if self.fresh:
