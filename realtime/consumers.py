@@ -52,7 +52,6 @@ from realtime.frames import (
 )
 from realtime.live import live_hub
 from realtime.session import SubscriberSession
-from realtime.subscription import GenerationNotFound
 
 logger = logging.getLogger(__name__)
 
@@ -396,12 +395,9 @@ class StreamConsumer(AsyncConsumer):  # type: ignore[misc]
 
         session = SubscriberSession(generation_id, after, emit, ended)
         self.sessions[generation_id] = session
-        try:
-            # The client was told `subscribed` (or `created`): if storage is down, it gets its
-            # events once storage is back, without having to ask again.
-            await session.open(row, retry_join=True)
-        except GenerationNotFound:
-            self._drop_subscription(generation_id)
+        # The client was told `subscribed` (or `created`): if storage is down, it gets its
+        # events once storage is back, without having to ask again.
+        await session.open(row, retry_join=True)
 
     def _drop_subscription(self, generation_id: str) -> None:
         session = self.sessions.pop(generation_id, None)

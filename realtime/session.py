@@ -57,8 +57,8 @@ class SubscriberSession:
         """`begin` with `row` if given, then join the live source and catch up to the present
         (`row` may have been read before the join: the buffer covers everything after it).
 
-        Raises GenerationNotFound, and a failed join's error unless `retry_join` (then the
-        idle timer joins once storage is back, and catches up).
+        A failed join raises unless `retry_join` (then the idle timer joins once storage is
+        back, and catches up).
         """
         if row is not None:
             await self.begin(row)
@@ -69,24 +69,12 @@ class SubscriberSession:
         except UNAVAILABLE_ERRORS as failure:
             if not retry_join:
                 raise
-            logger.warning("subscription to %s deferred: %r", self.generation_id, failure)
+            logger.warning("joining %s deferred: %r", self.generation_id, failure)
         else:
-            try:
-                await self.subscription.start(row)
-            except GenerationNotFound:
-                self.close()
-                raise
-            except UNAVAILABLE_ERRORS as failure:
-                # The subscriber gets its events once storage is back, from the idle timer,
-                # without having to ask again.
-                logger.warning("subscription to %s deferred: %r", self.generation_id, failure)
-            self._ready = True
-        if self._end_if_finished():
-            return
-        self._active_at = time.monotonic()
-        self._timer = asyncio.get_running_loop().create_task(self._run_timer())
-        if self._backlog:
-            self._feed()
+            await self.check()
+        if not self.ended:
+            self._active_at = time.monotonic()
+            self._timer = asyncio.get_running_loop().create_task(self._run_timer())
 
     def close(self) -> None:
         """Stop: nothing more is emitted, and the hub is told at once."""

@@ -69,27 +69,17 @@ class Subscription:
             and not self.finished
         )
 
-    async def start(self, row: RowState | None = None) -> None:
-        """Catch up to the present; call after joining the live group.
-
-        `row` may have been read before the join: the buffer covers everything after it.
-        """
-        async with self._lock:
-            await self._start(row)
-
     async def start_from(self, row: RowState) -> None:
         """A fresh subscriber's snapshot (and, for a finished row, `done`) from `row`, before
-        the join: it needs nothing from the live source, and the buffer read of ``start``,
+        the join: it needs nothing from the live source, and the buffer read of ``catch_up``,
         after the join, covers everything after the row's seq."""
         async with self._lock:
             if self.fresh:
                 await self._from_row(row, force_snapshot=True)
 
-    async def _start(self, row: RowState | None) -> None:
+    async def _start(self) -> None:
         if self.fresh:
-            if row is None:
-                row = await self._read_row()
-            await self._from_row(row, force_snapshot=True)
+            await self._from_row(await self._read_row(), force_snapshot=True)
         await self._catch_up()  # nothing to do once `done` is out
         self.started = True
 
@@ -104,8 +94,8 @@ class Subscription:
             await self._advance()
 
     async def catch_up(self) -> None:
-        """Repair: send whatever the buffer (or, failing that, the row) has beyond the last
-        seq that live delivery did not bring."""
+        """Start (once joined to the live group), or repair: send whatever the buffer (or,
+        failing that, the row) has beyond the last seq that live delivery did not bring."""
         async with self._lock:
             await self._advance()
 
@@ -114,7 +104,7 @@ class Subscription:
             await self._catch_up(repairing=True)
         else:
             # A start that storage interrupted: finish it (from a fresh row) first.
-            await self._start(None)
+            await self._start()
 
     async def _catch_up(self, *, repairing: bool = False) -> None:
         if self.finished:
