@@ -23,17 +23,6 @@ from realtime import schemas
 SCHEMAS_REF = "#/components/schemas/{model}"
 COMMITTED_PATH = Path(__file__).resolve().parent.parent / "docs" / "asyncapi.json"
 
-# Each client frame and the frame that answers it (PROTOCOL §5); an `error` may answer any.
-REPLIES: dict[type[schemas.Frame], type[schemas.Frame]] = {
-    schemas.AuthFrame: schemas.AuthOkFrame,
-    schemas.GenerateFrame: schemas.CreatedFrame,
-    schemas.SubscribeFrame: schemas.SubscribedFrame,
-    schemas.UnsubscribeFrame: schemas.UnsubscribedFrame,
-    schemas.CancelFrame: schemas.AckFrame,
-    schemas.PingFrame: schemas.PongFrame,
-    schemas.SubscribeConversationFrame: schemas.ConversationSubscribedFrame,
-    schemas.UnsubscribeConversationFrame: schemas.ConversationUnsubscribedFrame,
-}
 # What the server sends on its own: a subscription's events, a followed conversation's turns
 # and changes, and the error before a close it decided (token expired, account deactivated).
 PUSHED: tuple[type[schemas.Frame], ...] = (
@@ -73,13 +62,12 @@ def _summary(model: type[schemas.Frame]) -> str:
 
 
 def _message(model: type[schemas.Frame]) -> dict[str, Any]:
-    summary = _summary(model)
     message: dict[str, Any] = {
         "name": _type_name(model),
         "title": _type_name(model),
         "payload": {"$ref": SCHEMAS_REF.format(model=model.__name__)},
     }
-    if summary:
+    if summary := _summary(model):
         message["summary"] = summary
     return message
 
@@ -110,7 +98,7 @@ def document() -> dict[str, Any]:
         [(model, "validation") for model in websocket_models], ref_template=SCHEMAS_REF
     )
     operations: dict[str, Any] = {}
-    for request, reply in REPLIES.items():
+    for request, reply in schemas.REPLIES.items():
         operations[_type_name(request)] = {
             "action": "receive",
             "channel": {"$ref": "#/channels/websocket"},

@@ -1,8 +1,11 @@
-"""Open WebSocket connections per user, for MAX_CONNECTIONS_PER_USER (close code 4429).
+"""Open WebSocket connections and SSE streams per user, for MAX_CONNECTIONS_PER_USER (close
+code 4429) and MAX_SSE_STREAMS_PER_USER (PROTOCOL §8), each counted apart.
 
 Distributed: a Redis sorted set per user, scored by when each entry expires, so that the
-connections of a Daphne process that crashed (and never ran its disconnect handlers) stop
-counting after CONNECTION_TTL_S. Each live connection refreshes its entry well before that.
+entries of a Daphne process that crashed (and never ran its disconnect handlers) stop
+counting after CONNECTION_TTL_S. Each live connection or stream refreshes its entry well
+before that. `remove_now` is synchronous because a stream that never started is released
+from Django's response.close(), in a thread.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from functools import cache
 
 from django.conf import settings
 
-from core.redis import async_client
+from core.redis import async_client, sync_client
 
 CONNECTION_TTL_S = 90
 REFRESH_INTERVAL_S = 30
@@ -27,21 +30,12 @@ return 1
 """
 
 
-class ConnectionRegistry:
-    async def add(self, user_id: int, connection_id: str, limit: int) -> bool:
-        raise NotImplementedError
+class RedisConnectionRegistry:
+    def __init__(self, prefix: str = "llm:conns") -> None:
+        self._prefix = prefix
 
-    async def refresh(self, user_id: int, connection_id: str) -> None:
-        raise NotImplementedError
-
-    async def remove(self, user_id: int, connection_id: str) -> None:
-        raise NotImplementedError
-
-
-class RedisConnectionRegistry(ConnectionRegistry):
-    @staticmethod
-    def _key(user_id: int) -> str:
-        return f"llm:conns:{user_id}"
+    def _key(self, user_id: int) -> str:
+        return f"{self._prefix}:{user_id}"
 
     async def add(self, user_id: int, connection_id: str, limit: int) -> bool:
         now = time.time()
@@ -60,8 +54,11 @@ class RedisConnectionRegistry(ConnectionRegistry):
     async def remove(self, user_id: int, connection_id: str) -> None:
         await async_client().zrem(self._key(user_id), connection_id)
 
+    def remove_now(self, user_id: int, connection_id: str) -> None:
+        sync_client().zrem(self._key(user_id), connection_id)
 
-class MemoryConnectionRegistry(ConnectionRegistry):
+
+class MemoryConnectionRegistry:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._by_user: dict[int, set[str]] = {}
@@ -89,29 +86,16 @@ class MemoryConnectionRegistry(ConnectionRegistry):
                     del self._by_user[user_id]
 
 
+ConnectionRegistry = RedisConnectionRegistry | MemoryConnectionRegistry
+
+
 @cache
 def connection_registry() -> ConnectionRegistry:
     return RedisConnectionRegistry() if settings.DISTRIBUTED else MemoryConnectionRegistry()
 
 
-# --- Event streams (SSE) per user: MAX_SSE_STREAMS_PER_USER (PROTOCOL §8) --------------------
-#
-# Counted apart from the WebSocket connections, in the same way (a crashed process's entries
-# expire after CONNECTION_TTL_S; an open stream refreshes its own). `remove_now` is synchronous
-# because a stream that never started is released from Django's response.close(), in a thread.
-
-
-class RedisStreamRegistry(RedisConnectionRegistry):
-    @staticmethod
-    def _key(user_id: int) -> str:
-        return f"llm:sse-streams:{user_id}"
-
-    def remove_now(self, user_id: int, stream_id: str) -> None:
-        from core.redis import sync_client
-
-        sync_client().zrem(self._key(user_id), stream_id)
-
-
 @cache
-def stream_registry() -> RedisStreamRegistry | MemoryConnectionRegistry:
-    return RedisStreamRegistry() if settings.DISTRIBUTED else MemoryConnectionRegistry()
+def stream_registry() -> ConnectionRegistry:
+    if settings.DISTRIBUTED:
+        return RedisConnectionRegistry("llm:sse-streams")
+    return MemoryConnectionRegistry()

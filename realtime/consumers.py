@@ -12,6 +12,7 @@ import logging
 import math
 import time
 import uuid
+from collections.abc import Coroutine
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -51,7 +52,6 @@ from realtime.frames import (
 )
 from realtime.live import live_hub
 from realtime.session import SubscriberSession
-from realtime.subscription import GenerationNotFound
 
 logger = logging.getLogger(__name__)
 
@@ -158,7 +158,8 @@ class StreamConsumer(AsyncConsumer):  # type: ignore[misc]
         self.sessions: dict[str, SubscriberSession] = {}
         self.closed = False
         self.counted_open = False  # in WEBSOCKETS_OPEN, once accepted
-        self.tasks: list[asyncio.Task[None]] = []
+        # Cancelled at disconnect: timers, the conversation poller, a notice's reads.
+        self.tasks: set[asyncio.Task[None]] = set()
         self.expiry_task: asyncio.Task[None] | None = None
         self.frame_allowance = float(frame_burst())
         self.frame_allowance_at = time.monotonic()
@@ -167,14 +168,19 @@ class StreamConsumer(AsyncConsumer):  # type: ignore[misc]
         self.conversation_watches: dict[str, int] = {}
         self.conversation_lock = asyncio.Lock()
         self.conversation_poller: asyncio.Task[None] | None = None
-        self.notice_tasks: set[asyncio.Task[None]] = set()
         if not origin_allowed(self.scope):
             await self.send({"type": "websocket.close"})  # before accept: HTTP 403
             return
         await self.send({"type": "websocket.accept"})
         metrics.WEBSOCKETS_OPEN.inc()
         self.counted_open = True
-        self.tasks.append(asyncio.create_task(self._auth_deadline()))
+        self._spawn(self._auth_deadline())
+
+    def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+        return task
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -211,10 +217,8 @@ class StreamConsumer(AsyncConsumer):  # type: ignore[misc]
         self.closed = True
         if self.counted_open:
             metrics.WEBSOCKETS_OPEN.dec()
-        for task in self.tasks:
+        for task in list(self.tasks):
             task.cancel()
-        if self.expiry_task is not None:
-            self.expiry_task.cancel()
         for session in self.sessions.values():
             session.close()
         if self.identity is not None:
@@ -222,8 +226,6 @@ class StreamConsumer(AsyncConsumer):  # type: ignore[misc]
                 await connection_registry().remove(self.identity.user.pk, self.connection_id)
         for conversation_id in list(self.conversation_watches):
             self._unwatch_conversation(conversation_id)
-        for task in self.notice_tasks:
-            task.cancel()
         raise StopConsumer()
 
     # -- frames in -------------------------------------------------------------------------
@@ -331,12 +333,12 @@ class StreamConsumer(AsyncConsumer):  # type: ignore[misc]
                 metrics.REJECTIONS.labels(code="too_many_connections").inc()
                 await self._close(CLOSE_TOO_MANY_CONNECTIONS)
                 return
-            self.tasks.append(asyncio.create_task(self._refresh_registration()))
-            self.tasks.append(asyncio.create_task(self._watch_account()))
+            self._spawn(self._refresh_registration())
+            self._spawn(self._watch_account())
         self.identity = identity
         if self.expiry_task is not None:
             self.expiry_task.cancel()
-        self.expiry_task = asyncio.create_task(self._expire_at(identity.expires_at))
+        self.expiry_task = self._spawn(self._expire_at(identity.expires_at))
         await self._send_json(
             {
                 "type": "auth.ok",
@@ -393,12 +395,9 @@ class StreamConsumer(AsyncConsumer):  # type: ignore[misc]
 
         session = SubscriberSession(generation_id, after, emit, ended)
         self.sessions[generation_id] = session
-        try:
-            # The client was told `subscribed` (or `created`): if storage is down, it gets its
-            # events once storage is back, without having to ask again.
-            await session.open(row, retry_join=True)
-        except GenerationNotFound:
-            self._drop_subscription(generation_id)
+        # The client was told `subscribed` (or `created`): if storage is down, it gets its
+        # events once storage is back, without having to ask again.
+        await session.open(row, retry_join=True)
 
     def _drop_subscription(self, generation_id: str) -> None:
         session = self.sessions.pop(generation_id, None)
@@ -512,9 +511,7 @@ class StreamConsumer(AsyncConsumer):  # type: ignore[misc]
         causes run in a task of their own."""
         if message.get("type") not in ("conv.turn", "conv.changed") or self.closed:
             return
-        task = asyncio.get_running_loop().create_task(self._conversation_notice(message))
-        self.notice_tasks.add(task)
-        task.add_done_callback(self.notice_tasks.discard)
+        self._spawn(self._conversation_notice(message))
 
     async def _subscribe_conversation(self, frame: dict[str, Any], ref: Any) -> None:
         assert self.identity is not None
@@ -541,8 +538,7 @@ class StreamConsumer(AsyncConsumer):  # type: ignore[misc]
             )
             await self._send_turns_after(conversation_id)
         if self.conversation_poller is None:
-            self.conversation_poller = asyncio.create_task(self._poll_conversations())
-            self.tasks.append(self.conversation_poller)
+            self.conversation_poller = self._spawn(self._poll_conversations())
 
     async def _unsubscribe_conversation(self, frame: dict[str, Any], ref: Any) -> None:
         conversation_id = _id_field(frame, "conversation_id", "A conversation id.")

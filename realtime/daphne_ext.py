@@ -1,21 +1,18 @@
 """WebSocket behaviours that ASGI cannot express, added to Daphne's protocol class.
 
-- Slow consumers (PROTOCOL §5, close 4008): ASGI's ``send`` has no backpressure, and Daphne
-  queues every frame in the socket's user-space buffer, so a client that stops reading makes
-  the server's memory grow without bound. Before each frame we look at that buffer; past
-  ``WS_MAX_BUFFER`` bytes the connection gets close 4008 and no further data. The client
-  reconnects and resumes from its last seq, losing nothing.
-- Shutdown (close 1001): on SIGTERM/SIGINT Daphne stops the reactor and the sockets simply
-  drop (clients see 1006). A shutdown trigger sends 1001 "going away" to every open
-  WebSocket first and waits briefly for the close handshakes.
+- Slow consumers (PROTOCOL §5, close 4008): ASGI's ``send`` has no backpressure and Daphne
+  queues every frame in user space, so a client that stops reading grew the server's memory
+  without bound. Past ``WS_MAX_BUFFER`` pending bytes the connection gets close 4008 and no
+  further data; the client reconnects and resumes from its last seq, losing nothing.
+- Shutdown (close 1001): on SIGTERM/SIGINT the sockets simply dropped (clients saw 1006); a
+  shutdown trigger sends 1001 to every open WebSocket first and waits briefly for the close
+  handshakes.
 - Frames sent after the client went away are dropped quietly: the consumer learns of the
   disconnect a moment later, and a send in between is not an error.
-- Close codes 1001, 1003, 1009 and 1013: autobahn's ``sendClose`` accepts only 1000 and
-  3000-4999 and raises on the codes RFC 6455 reserves for the endpoint itself, so Daphne
-  turned the consumer's 1003 (binary frame), 1009 (frame too large) and 1013 (storage
-  unreachable while authenticating, try again later) into 1011, and the
-  shutdown hook's 1001 into a dropped socket. Those codes go out through ``sendCloseFrame``,
-  which builds the same frame without that check.
+- Close codes 1001, 1003, 1009 and 1013: autobahn's ``sendClose`` refuses the codes RFC 6455
+  reserves for the endpoint itself (Daphne turned them into 1011, and 1001 into a dropped
+  socket); they go out through ``sendCloseFrame``, which builds the same frame without that
+  check.
 
 Installed from ``project.asgi`` only when the process is Daphne (its reactor is installed).
 """

@@ -1,13 +1,6 @@
-"""The realtime path's database reads, on a few threads that keep their connections.
-
-A resume reads the row (and the token's user) before its first frame. Through
-``sync_to_async(thread_sensitive=False)`` and ``connection.close()`` after each, every such
-read opened a new database connection: 4-5 ms against MySQL on this machine, more than half
-of an SSE resume. These threads keep theirs: READ_THREADS connections per process, however
-many subscribers it holds. A read that fails closes its thread's connection; one that fails
-on a kept connection (the database restarted, or dropped it after `wait_timeout`) is tried
-once more on a new one, so a restart costs no request an error that a new connection would
-have avoided.
+"""The realtime path's database reads, on a few threads that keep their connections
+(docs/design.md, "Reads on kept connections"). A read that fails on a kept connection (the
+database restarted, or dropped it after `wait_timeout`) is tried once more on a new one.
 
 Only idempotent reads come here: a write is never run twice.
 """

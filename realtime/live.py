@@ -96,14 +96,7 @@ class _Group:
 
 class LiveHub:
     """The process's one channel on the layer, a member of each group that has a local
-    watcher, read by one task.
-
-    Each local watcher of a generation used to join its group with a channel of its own, so
-    N watchers in one process cost N deliveries through the layer (N msgpack decodes with
-    Redis, N deep copies in memory) and N consumer dispatches per event. Here the first
-    watcher of a group joins it for the process, each message is decoded once and handed to
-    every watcher in turn, and the last watcher to leave takes the process out.
-    """
+    watcher, read by one task (docs/design.md, "One group membership per process")."""
 
     def __init__(self, layer: Any) -> None:
         self.layer = layer

@@ -292,13 +292,15 @@ class UnsubscribeConversationFrame(ClientFrame):
     conversation_id: str
 
 
-CLIENT_FRAME_MODELS: tuple[type[Frame], ...] = (
-    AuthFrame,
-    GenerateFrame,
-    SubscribeFrame,
-    UnsubscribeFrame,
-    CancelFrame,
-    PingFrame,
-    SubscribeConversationFrame,
-    UnsubscribeConversationFrame,
-)
+# Each client frame and the frame that answers it (PROTOCOL §5); an `error` may answer any.
+REPLIES: dict[type[Frame], type[Frame]] = {
+    AuthFrame: AuthOkFrame,
+    GenerateFrame: CreatedFrame,
+    SubscribeFrame: SubscribedFrame,
+    UnsubscribeFrame: UnsubscribedFrame,
+    CancelFrame: AckFrame,
+    PingFrame: PongFrame,
+    SubscribeConversationFrame: ConversationSubscribedFrame,
+    UnsubscribeConversationFrame: ConversationUnsubscribedFrame,
+}
+CLIENT_FRAME_MODELS = tuple(REPLIES)

@@ -1,13 +1,9 @@
 """One subscriber's session with one generation, the same for the WebSocket and SSE: the
 transports keep only their framing (docs/design.md, "Subscribing without a gap").
 
-A session joins the live source (the process's ``LiveHub``) *before* it reads the row or the
-buffer, so whatever is published after a read reaches it live (or is lost by the layer, and
-repaired from the buffer). The hub's call sends the next seq straight away; anything else (a
-gap, an event during the first reads) waits in a backlog that a task of the session feeds to
-the merge, so that one subscriber's repair never holds up the process's others. The idle
-timer sleeps once per quiet period, not per event. A step that finds the database or Redis
-unreachable is left for the next check (a failed join too), and the session stays open.
+The hub's call sends the next seq straight away; anything else (a gap, an event during the
+first reads) waits in a backlog that a task of the session feeds to the merge, so that one
+subscriber's repair never holds up the process's others.
 """
 
 from __future__ import annotations
@@ -54,16 +50,15 @@ class SubscriberSession:
         """A fresh subscriber's snapshot from `row` at once, before the join and the buffer
         read (a resume's first frame waits for no round trip to Redis). A finished row also
         gives `done`, and the session ends here, having joined nothing."""
-        if self.subscription.fresh:
-            await self._step(self.subscription.start_from(row))
-            self._end_if_finished()
+        await self._step(self.subscription.start_from(row))
+        self._end_if_finished()
 
     async def open(self, row: RowState | None = None, *, retry_join: bool) -> None:
         """`begin` with `row` if given, then join the live source and catch up to the present
         (`row` may have been read before the join: the buffer covers everything after it).
 
-        Raises GenerationNotFound, and a failed join's error unless `retry_join` (then the
-        idle timer joins once storage is back, and catches up).
+        A failed join raises unless `retry_join` (then the idle timer joins once storage is
+        back, and catches up).
         """
         if row is not None:
             await self.begin(row)
@@ -74,24 +69,12 @@ class SubscriberSession:
         except UNAVAILABLE_ERRORS as failure:
             if not retry_join:
                 raise
-            logger.warning("subscription to %s deferred: %r", self.generation_id, failure)
+            logger.warning("joining %s deferred: %r", self.generation_id, failure)
         else:
-            try:
-                await self.subscription.start(row)
-            except GenerationNotFound:
-                self.close()
-                raise
-            except UNAVAILABLE_ERRORS as failure:
-                # The subscriber gets its events once storage is back, from the idle timer,
-                # without having to ask again.
-                logger.warning("subscription to %s deferred: %r", self.generation_id, failure)
-            self._ready = True
-        if self._end_if_finished():
-            return
-        self._active_at = time.monotonic()
-        self._timer = asyncio.get_running_loop().create_task(self._run_timer())
-        if self._backlog:
-            self._feed()
+            await self.check()
+        if not self.ended:
+            self._active_at = time.monotonic()
+            self._timer = asyncio.get_running_loop().create_task(self._run_timer())
 
     def close(self) -> None:
         """Stop: nothing more is emitted, and the hub is told at once."""

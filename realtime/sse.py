@@ -21,7 +21,6 @@ from jobs.eventlog import StoredEvent
 from realtime.connections import REFRESH_INTERVAL_S, stream_registry
 from realtime.db import read, read_row
 from realtime.session import SubscriberSession
-from realtime.subscription import GenerationNotFound
 
 logger = logging.getLogger(__name__)
 
@@ -187,8 +186,6 @@ async def _stream(
             if not out and not session.ended and time.monotonic() - last_write >= PING_INTERVAL_S:
                 yield ": ping\n\n"
                 last_write = time.monotonic()
-    except GenerationNotFound:
-        return
     except UNAVAILABLE_ERRORS as failure:
         logger.warning("event stream of %s ended: %r", generation_id, failure)
     finally:

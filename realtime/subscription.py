@@ -1,16 +1,6 @@
-"""One subscriber's view of one generation: gap-free, duplicate-free, in seq order.
-
-Run by ``realtime.session.SubscriberSession`` for both transports: it joins the generation's
-live group *first*, then calls ``start``; live events that arrive meanwhile wait in the session
-and are handed to ``on_live`` afterwards. Three sources are merged by seq:
-
-- the database row: the persisted fold (``output`` through ``seq``), and ``done`` once ended;
-- the replay buffer: every event, in order, while it lasts;
-- the live group: fast, but lossy.
-
-Anything at or below the last seq sent is dropped; a live event beyond the next seq is held
-back and the gap is filled from the buffer, or, when the buffer cannot fill it (trimmed, or
-lost with a Redis restart), from a fresh snapshot of the row.
+"""One subscriber's view of one generation: gap-free, duplicate-free, in seq order, merged
+from the row, the replay buffer and the live group (docs/design.md, "Subscribing without a
+gap"). Run by ``realtime.session.SubscriberSession``, which joins the live group first.
 """
 
 from __future__ import annotations
@@ -79,29 +69,17 @@ class Subscription:
             and not self.finished
         )
 
-    async def start(self, row: RowState | None = None) -> None:
-        """Catch up to the present; call after joining the live group.
-
-        `row` may have been read before the join: the buffer covers everything after it.
-        """
-        async with self._lock:
-            await self._start(row)
-
     async def start_from(self, row: RowState) -> None:
         """A fresh subscriber's snapshot (and, for a finished row, `done`) from `row`, before
-        the join: it needs nothing from the live source, and the buffer read of ``start``,
+        the join: it needs nothing from the live source, and the buffer read of ``catch_up``,
         after the join, covers everything after the row's seq."""
         async with self._lock:
             if self.fresh:
                 await self._from_row(row, force_snapshot=True)
-                if self.finished:
-                    self.started = True
 
-    async def _start(self, row: RowState | None) -> None:
+    async def _start(self) -> None:
         if self.fresh:
-            if row is None:
-                row = await self._read_row()
-            await self._from_row(row, force_snapshot=True)
+            await self._from_row(await self._read_row(), force_snapshot=True)
         await self._catch_up()  # nothing to do once `done` is out
         self.started = True
 
@@ -116,8 +94,8 @@ class Subscription:
             await self._advance()
 
     async def catch_up(self) -> None:
-        """Repair: send whatever the buffer (or, failing that, the row) has beyond the last
-        seq that live delivery did not bring."""
+        """Start (once joined to the live group), or repair: send whatever the buffer (or,
+        failing that, the row) has beyond the last seq that live delivery did not bring."""
         async with self._lock:
             await self._advance()
 
@@ -126,7 +104,7 @@ class Subscription:
             await self._catch_up(repairing=True)
         else:
             # A start that storage interrupted: finish it (from a fresh row) first.
-            await self._start(None)
+            await self._start()
 
     async def _catch_up(self, *, repairing: bool = False) -> None:
         if self.finished:

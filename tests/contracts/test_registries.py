@@ -10,7 +10,7 @@ registry dies with its process).
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 
@@ -18,15 +18,20 @@ from realtime.connections import (
     ConnectionRegistry,
     MemoryConnectionRegistry,
     RedisConnectionRegistry,
-    RedisStreamRegistry,
 )
 from tests.contracts.conftest import BACKENDS, close_async_redis
 
-KINDS = {
+
+def redis_streams() -> RedisConnectionRegistry:
+    # As realtime.connections.stream_registry() builds it.
+    return RedisConnectionRegistry("llm:sse-streams")
+
+
+KINDS: dict[tuple[str, str], Callable[[], ConnectionRegistry]] = {
     ("memory", "connections"): MemoryConnectionRegistry,
     ("redis", "connections"): RedisConnectionRegistry,
     ("memory", "streams"): MemoryConnectionRegistry,
-    ("redis", "streams"): RedisStreamRegistry,
+    ("redis", "streams"): redis_streams,
 }
 
 
@@ -104,17 +109,17 @@ async def test_removing_what_is_not_there_is_harmless(registry: ConnectionRegist
 @pytest.fixture(params=BACKENDS)
 async def streams(
     request: pytest.FixtureRequest,
-) -> AsyncIterator[MemoryConnectionRegistry | RedisStreamRegistry]:
+) -> AsyncIterator[ConnectionRegistry]:
     if request.param == "redis":
         request.getfixturevalue("project_redis_at")
-        yield RedisStreamRegistry()
+        yield redis_streams()
     else:
         yield MemoryConnectionRegistry()
     await close_async_redis()
 
 
 async def test_stream_released_synchronously_frees_its_slot(
-    streams: MemoryConnectionRegistry | RedisStreamRegistry,
+    streams: ConnectionRegistry,
 ) -> None:
     # A stream that never started is released from Django's response.close(), in a thread.
     user = new_user()

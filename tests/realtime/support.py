@@ -428,7 +428,11 @@ class Subscriber:
         self._waiting.extend(await sync_live(self.inbox, self.sender, self.generation_id))
 
     async def start(self, row: RowState | None = None) -> None:
-        await self.subscription.start(row)
+        """As the session does: a fresh subscriber's snapshot from a row read before the join
+        (when given), then the catch-up to the present."""
+        if row is not None:
+            await self.subscription.start_from(row)
+        await self.subscription.catch_up()
 
     async def _hand_over(self, message: dict[str, Any]) -> None:
         event = stored_event(message)
