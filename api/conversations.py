@@ -348,7 +348,7 @@ def conversation_remove(conversation: Conversation) -> None:
     """Delete a conversation, its generations and their replay buffers (a user's request, or
     an operator's in the admin): what a user asking for their data to be removed expects. A
     running turn is cancelled first, so that its worker stops reading (and paying for) the
-    provider's stream; its next write finds no row and it stops (jobs.runner: LostOwnership)."""
+    provider's stream; its next write finds no row and it stops (jobs.engine: LostOwnership)."""
     with transaction.atomic():
         ids = list(
             Generation.objects.filter(conversation_id=conversation.pk).values_list("id", "status")
