@@ -491,16 +491,6 @@ class StreamConsumer(AsyncConsumer):  # type: ignore[misc]
     # every group send) says a turn exists, and the turns after the position are then read
     # from the database, so a lost notice costs only the poll interval, never a turn.
 
-    async def _watch_conversation(self, conversation_id: str) -> None:
-        if conversation_id not in self.conversation_watches:
-            key = await live_hub().watch(
-                conversation_group(conversation_id), self._on_conversation_notice
-            )
-            if conversation_id in self.conversation_watches or self.closed:
-                live_hub().unwatch(conversation_group(conversation_id), key)
-            else:
-                self.conversation_watches[conversation_id] = key
-
     def _unwatch_conversation(self, conversation_id: str) -> None:
         key = self.conversation_watches.pop(conversation_id, None)
         if key is not None:
@@ -529,8 +519,12 @@ class StreamConsumer(AsyncConsumer):  # type: ignore[misc]
         # Not the user's: the ApiError is the reply.
         await read(conversation_for_user, user=self.identity.user, conversation_id=conversation_id)
         # Join first: a turn created between the read below and the join would be missed by
-        # the live path (the poller would still find it, seconds later).
-        await self._watch_conversation(conversation_id)
+        # the live path (the poller would still find it, seconds later). Frames are handled
+        # one at a time, the disconnect (which leaves every group joined here) included.
+        if conversation_id not in self.conversation_watches:
+            self.conversation_watches[conversation_id] = await live_hub().watch(
+                conversation_group(conversation_id), self._on_conversation_notice
+            )
         async with self.conversation_lock:
             positions[conversation_id] = after
             await self._send_json(

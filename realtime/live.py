@@ -20,8 +20,7 @@ from jobs.writer import group_name
 logger = logging.getLogger(__name__)
 # The worker's live message type (jobs/writer.py sends it to the group `gen.<id>`).
 GENERATION_EVENT = "gen.event"
-# After the layer failed a receive (Redis unreachable), wait before the next: from a tenth of
-# a second, doubling while it keeps failing, to at most a second.
+# After the layer failed a receive (Redis unreachable), wait before the next.
 READ_RETRY_FIRST_S = 0.1
 READ_RETRY_MAX_S = 1.0
 # Tasks that hold the pub/sub layer's receivers subscribed for the life of the process.
@@ -48,19 +47,27 @@ def keep_live_receivers_listening() -> list[asyncio.Task[None]]:
         name = f"{layer.prefix}keepalive.{uuid.uuid4().hex}"
         names.setdefault(shards.index(layer._get_shard(name)), name)
     loop = asyncio.get_running_loop()
-    _held.extend(loop.create_task(_hold(layer, name)) for name in names.values())
+    # Nothing is ever sent to these channels: each receive waits, subscribed, forever.
+    _held.extend(loop.create_task(_receive_forever(layer, name)) for name in names.values())
     return _held
 
 
-async def _hold(layer: Any, channel: str) -> None:
+async def _receive_forever(
+    layer: Any, channel: str, handle: Callable[[dict[str, Any]], Awaitable[None]] | None = None
+) -> None:
+    """Hand each message of `channel` to `handle`; while the layer fails (Redis unreachable),
+    retry after READ_RETRY_FIRST_S, doubling up to READ_RETRY_MAX_S."""
     backoff = Backoff(first_s=READ_RETRY_FIRST_S, max_s=READ_RETRY_MAX_S)
     while True:
         try:
-            # Nothing is ever sent to this channel: the receive waits, subscribed, forever.
-            await layer.receive(channel)
+            message = await layer.receive(channel)
         except Exception:
-            logger.warning("keeping the live receiver subscribed failed; retrying", exc_info=True)
+            logger.warning("receiving on %s failed; retrying", channel, exc_info=True)
             await backoff.asleep()
+            continue
+        backoff.reset()
+        if handle is not None:
+            await handle(message)
 
 
 def stored_event(message: dict[str, Any]) -> StoredEvent:
@@ -114,7 +121,9 @@ class LiveHub:
                 self.channel = await self.layer.new_channel()
                 # Runs for the life of the loop: the pub/sub layer unsubscribes a channel when
                 # a receive on it is cancelled.
-                self._reader = asyncio.get_running_loop().create_task(self._read())
+                self._reader = asyncio.get_running_loop().create_task(
+                    _receive_forever(self.layer, self.channel, self.dispatch)
+                )
 
     async def watch(self, group: str, watcher: Watcher) -> int:
         """Hand `watcher` every message of `group` from now on; return (its key for
@@ -164,18 +173,6 @@ class LiveHub:
         """How many local watchers `group` has (for tests and metrics)."""
         entry = self._groups.get(group)
         return len(entry.watchers) if entry is not None else 0
-
-    async def _read(self) -> None:
-        backoff = Backoff(first_s=READ_RETRY_FIRST_S, max_s=READ_RETRY_MAX_S)
-        while True:
-            try:
-                message = await self.layer.receive(self.channel)
-            except Exception:
-                logger.warning("reading the live channel failed; retrying", exc_info=True)
-                await backoff.asleep()
-                continue
-            backoff.reset()
-            await self.dispatch(message)
 
     async def dispatch(self, message: dict[str, Any]) -> None:
         group = group_of(message)
