@@ -19,13 +19,7 @@ from api.validation import GenerationParams
 from core import metrics
 from core.errors import ApiError
 from core.models import Generation, Status
-from core.selectors import (
-    active_count,
-    generation_for_user,
-    limits_for,
-    start_of_day_utc,
-    tokens_used_today,
-)
+from core.selectors import generation_for_user, start_of_day_utc, usage_now
 from jobs import cancel
 from jobs.writer import enqueue
 
@@ -139,15 +133,16 @@ def _create_turn(
 
 
 def _check_limits(user: AbstractBaseUser, *, rate_limit: bool = True) -> None:
-    limits = limits_for(user.pk)
-    if active_count(user.pk) >= limits.max_active_generations:
+    usage = usage_now(user.pk)
+    limits = usage.limits
+    if usage.active >= limits.max_active_generations:
         metrics.REJECTIONS.labels(code="too_many_active").inc()
         raise ApiError(
             "too_many_active",
             f"At most {limits.max_active_generations} generations may run at once.",
             retry_after_s=TOO_MANY_ACTIVE_RETRY_S,
         )
-    if tokens_used_today(user.pk) >= limits.tokens_per_day:
+    if usage.tokens_today >= limits.tokens_per_day:
         midnight = start_of_day_utc() + timedelta(days=1)
         metrics.REJECTIONS.labels(code="quota_exceeded").inc()
         raise ApiError(

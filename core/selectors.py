@@ -10,9 +10,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser
-from django.db.models import Case, F, Q, QuerySet, Sum, When
-from django.db.models.functions import Greatest
+from django.db.models import Case, Count, F, OuterRef, Q, QuerySet, Subquery, Sum, When
+from django.db.models.functions import Coalesce, Greatest
 
 from core.errors import ApiError, not_found
 from core.ids import looks_like_generation_id
@@ -120,19 +121,59 @@ class Limits:
     max_connections: int
 
 
-def limits_for(user_id: int) -> Limits:
-    override = UserLimits.objects.filter(user_id=user_id).first() or UserLimits()
+_LIMITS = ("rate_limit_per_minute", "tokens_per_day", "max_active_generations", "max_connections")
 
-    def pick(value: int | None, default: int) -> int:
-        return default if value is None else value
+
+def _limits(overrides: dict[str, Any]) -> Limits:
+    """The user's override of each limit, or the setting where it has none."""
+
+    def pick(field: str, default: int) -> int:
+        value = overrides.get(field)
+        return default if value is None else int(value)
 
     return Limits(
-        rate_limit_per_minute=pick(override.rate_limit_per_minute, settings.RATE_LIMIT_PER_MINUTE),
-        tokens_per_day=pick(override.tokens_per_day, settings.TOKENS_PER_DAY),
-        max_active_generations=pick(
-            override.max_active_generations, settings.MAX_ACTIVE_GENERATIONS
-        ),
-        max_connections=pick(override.max_connections, settings.MAX_CONNECTIONS_PER_USER),
+        rate_limit_per_minute=pick("rate_limit_per_minute", settings.RATE_LIMIT_PER_MINUTE),
+        tokens_per_day=pick("tokens_per_day", settings.TOKENS_PER_DAY),
+        max_active_generations=pick("max_active_generations", settings.MAX_ACTIVE_GENERATIONS),
+        max_connections=pick("max_connections", settings.MAX_CONNECTIONS_PER_USER),
+    )
+
+
+def limits_for(user_id: int) -> Limits:
+    return _limits(UserLimits.objects.filter(user_id=user_id).values(*_LIMITS).first() or {})
+
+
+@dataclass(frozen=True)
+class Usage:
+    limits: Limits
+    active: int  # generations queued or running
+    tokens_today: int  # completion tokens of the generations created since 00:00 UTC
+
+
+def usage_now(user_id: int) -> Usage:
+    """The user's limits and what counts against them, in one query (a create checks them
+    all: limits_for, active_count and tokens_used_today were a round trip each)."""
+    mine = Generation.objects.filter(user_id=OuterRef("pk")).order_by().values("user_id")
+    active = mine.filter(status__in=list(ACTIVE_STATUSES)).annotate(n=Count("pk")).values("n")
+    today = (
+        mine.filter(created_at__gte=start_of_day_utc())
+        .annotate(n=Sum("completion_tokens"))
+        .values("n")
+    )
+    row = (
+        get_user_model()
+        .objects.filter(pk=user_id)
+        .values(
+            *(f"limits__{field}" for field in _LIMITS),
+            active=Coalesce(Subquery(active), 0),
+            tokens_today=Coalesce(Subquery(today), 0),
+        )
+        .first()
+    ) or {}
+    return Usage(
+        limits=_limits({field: row.get(f"limits__{field}") for field in _LIMITS}),
+        active=int(row.get("active", 0)),
+        tokens_today=int(row.get("tokens_today", 0)),
     )
 
 
@@ -149,27 +190,39 @@ def tokens_used_today(user_id: int) -> int:
     return int(total or 0)
 
 
-def tokens_committed_today(user_id: int, *, excluding: str | None = None) -> int:
-    """What today's quota has no room for: the completion tokens of today's generations,
-    each running one counted at its cap (what it may still use) rather than at its tokens so
-    far. A generation that starts gets at most the quota less this (writer.generation_claim),
-    so concurrent generations together never pass the quota."""
-    query = Generation.objects.filter(user_id=user_id, created_at__gte=start_of_day_utc())
-    if excluding is not None:
-        query = query.exclude(pk=excluding)
-    total = query.aggregate(
-        total=Sum(
-            Case(
-                When(
-                    status=Status.RUNNING,
-                    token_cap__isnull=False,
-                    then=Greatest(F("token_cap"), F("completion_tokens")),
-                ),
-                default=F("completion_tokens"),
+def quota_left_today(user_id: int, *, excluding: str) -> int:
+    """The user's daily quota less what today's other generations hold of it: the completion
+    tokens of each, a running one counted at its cap (what it may still use) rather than at
+    its tokens so far. A generation that starts gets at most this (writer.generation_claim),
+    so concurrent generations together never pass the quota. One query: the user's limit and
+    the sum."""
+    held = (
+        Generation.objects.filter(user_id=OuterRef("pk"), created_at__gte=start_of_day_utc())
+        .exclude(pk=excluding)
+        .order_by()
+        .values("user_id")
+        .annotate(
+            n=Sum(
+                Case(
+                    When(
+                        status=Status.RUNNING,
+                        token_cap__isnull=False,
+                        then=Greatest(F("token_cap"), F("completion_tokens")),
+                    ),
+                    default=F("completion_tokens"),
+                )
             )
         )
-    )["total"]
-    return int(total or 0)
+        .values("n")
+    )
+    row = (
+        get_user_model()
+        .objects.filter(pk=user_id)
+        .values_list("limits__tokens_per_day", Coalesce(Subquery(held), 0))
+        .first()
+    )
+    override, used = row if row is not None else (None, 0)
+    return _limits({"tokens_per_day": override}).tokens_per_day - int(used)
 
 
 def active_count(user_id: int) -> int:
@@ -177,10 +230,10 @@ def active_count(user_id: int) -> int:
 
 
 def usage_for(user: AbstractBaseUser) -> dict[str, Any]:
-    limits = limits_for(user.pk)
+    usage = usage_now(user.pk)
     return {
-        "tokens_today": tokens_used_today(user.pk),
-        "tokens_per_day": limits.tokens_per_day,
-        "active": active_count(user.pk),
-        "max_active": limits.max_active_generations,
+        "tokens_today": usage.tokens_today,
+        "tokens_per_day": usage.limits.tokens_per_day,
+        "active": usage.active,
+        "max_active": usage.limits.max_active_generations,
     }

@@ -55,11 +55,12 @@ T = TypeVar("T")
 ItemT = TypeVar("ItemT")
 ResultT = TypeVar("ResultT")
 
-# Threads (each with its own database connection) for the database work of the generations
-# running in this process. Two: a checkpoint statement of every running generation and a
-# final write can go on at once, and a process never holds more connections than this
-# (plus the housekeeping thread's), where it held one per running generation.
-DATABASE_THREADS = 2
+# Threads (each with its own database connection, kept) for the database work of the
+# generations of this process: their claims, the checkpoint statement of every running one,
+# final writes. A checkpoint, a final write and two claims can go on at once, and a process
+# never holds more connections than this (plus the housekeeping thread's), where it held one
+# per running generation and a new one per claim.
+DATABASE_THREADS = 4
 # Checkpoints are written on ticks this many times per CHECKPOINT_INTERVAL_S; a generation
 # is in the tick's statement once CHECKPOINT_INTERVAL_S has passed since its last one, so
 # its checkpoints stay between one and 1.25 intervals apart, and one statement carries
@@ -550,7 +551,8 @@ class Attempt:
             return
         # A conversation's turn carries its ancestors' prompts and answers, cut to the
         # model's context budget (api.conversations); counted in the usage's prompt tokens.
-        self.history = await self._engine.database(history_for, self.generation_id)
+        if self.claim.parent_id is not None:
+            self.history = await self._engine.database(history_for, self.generation_id)
         request = ProviderRequest(
             model=self.claim.model,
             prompt=self.claim.prompt,
@@ -816,6 +818,13 @@ class Engine:
 
     async def _attempt(self, claim: Claim, stopping: threading.Event) -> None:
         await Attempt(claim, engine=self, stopping=stopping).run()
+
+    def claim(self, generation_id: str) -> writer.Claim | None:
+        """writer.generation_claim on one of the database threads, from the Huey thread: on a
+        kept connection, and at most DATABASE_THREADS at once however many tasks arrive."""
+        return self._database.submit(
+            _on_own_connection, writer.generation_claim, generation_id
+        ).result()
 
     def call(self, coroutine: Any) -> Any:
         """Run `coroutine` on the loop and wait for its result (tests, and the Huey thread)."""

@@ -142,14 +142,6 @@ def start_worker() -> None:
 STOPPING_RESCHEDULE_S = 1.0
 
 
-# Claims at once per process: a burst of new generations (each Huey thread claims its own)
-# held a connection per claim while the claims queued on the user's row lock (27 in one
-# worker at 100 streams starting within a second); past this many, a thread waits for a
-# slot holding no connection. Claims of one user are serialised by the database anyway.
-CONCURRENT_CLAIMS_MAX = 4
-_claim_slots = threading.BoundedSemaphore(CONCURRENT_CLAIMS_MAX)
-
-
 def run_generation_job(generation_id: str) -> None:
     from jobs.engine import engine  # which imports this module's housekeeping
 
@@ -159,14 +151,9 @@ def run_generation_job(generation_id: str) -> None:
         run_generation.schedule((generation_id,), delay=STOPPING_RESCHEDULE_S)
         return
     start_worker()
-    with _claim_slots:
-        try:
-            claim = writer.generation_claim(generation_id)
-        finally:
-            # The attempt's database work runs on the engine's own few connections: this
-            # thread's is closed for the whole of the wait, however many generations the
-            # process runs.
-            connection.close()
+    # On the engine's own few connections, as all of the attempt's database work: this
+    # thread holds none for the whole of the wait, however many generations the process runs.
+    claim = engine().claim(generation_id)
     if claim is None:
         logger.info(
             "generation %s: not claimed (cancelled, or taken by another worker)", generation_id

@@ -30,7 +30,7 @@ from django.utils import timezone
 from core import metrics
 from core.loops import start_loop_thread
 from core.models import TERMINAL_STATUSES, Generation, Status
-from core.selectors import limits_for, tokens_committed_today
+from core.selectors import quota_left_today
 from jobs import events
 from jobs.eventlog import SEQ_GAP_AFTER_LOST_LOG, event_log
 
@@ -192,6 +192,8 @@ class Claim:
     max_tokens: int  # the cap for this attempt: the request's, or less if the quota is short
     temperature: float | None
     created_at: datetime | None = None  # for the time to first token (core.metrics)
+    # The turn it answers in its conversation; None for a first turn, which has no history.
+    parent_id: str | None = None
     # Completion tokens that earlier runs of this generation (failed attempts, a run handed
     # back on shutdown) were paid for: they count toward the daily quota and the usage.
     earlier_completion_tokens: int = 0
@@ -252,6 +254,7 @@ def generation_claim(generation_id: str) -> Claim | None:
         max_tokens=generation.token_cap if generation.token_cap is not None else 0,
         temperature=generation.temperature,
         created_at=generation.created_at,
+        parent_id=generation.parent_id,
         earlier_completion_tokens=generation.completion_tokens,
     )
 
@@ -272,7 +275,7 @@ def _token_cap(generation: Generation) -> int:
     daily quota by writing it to the row in the claim's transaction.
 
     The cap is min(max_tokens, quota - committed), where committed counts each other running
-    generation at its own cap (selectors.tokens_committed_today): first come, first served,
+    generation at its own cap (selectors.quota_left_today): first come, first served,
     and concurrent generations never pass the quota together. Once a generation ends, only
     the tokens it used count, and the rest of its reservation is free again.
 
@@ -285,9 +288,7 @@ def _token_cap(generation: Generation) -> int:
     # The completion tokens of earlier runs of this generation (0 on its first claim) were
     # paid for, so they leave the quota less room.
     left = (
-        limits_for(generation.user_id).tokens_per_day
-        - tokens_committed_today(generation.user_id, excluding=generation.pk)
-        - generation.completion_tokens
+        quota_left_today(generation.user_id, excluding=generation.pk) - generation.completion_tokens
     )
     return max(0, min(generation.max_tokens, left))
 

@@ -148,7 +148,9 @@ elif _database["ENGINE"] == "django.db.backends.mysql":
     _database["TEST"]["COLLATION"] = "utf8mb4_unicode_ci"
 else:
     raise ConfigError(f"DATABASE_URL={DATABASE_URL!r}: only mysql:// and sqlite:// are supported")
-# Connections are opened per request or task and closed after it: the SSE view and the
+# Kept only by the few threads that do a process's database work (project.handler's request
+# threads, realtime.db's readers, a worker's engine threads: a bounded number per process);
+# any other thread's connection is closed after its request or task. The SSE view and the
 # WebSocket consumer hold none while they wait for events.
 _database["CONN_MAX_AGE"] = 0
 DATABASES = {"default": _database}

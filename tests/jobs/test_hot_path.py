@@ -5,6 +5,7 @@ the generations a process runs."""
 from __future__ import annotations
 
 import itertools
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -223,15 +224,32 @@ def test_generations_running_together_share_checkpoint_statements_and_connection
     assert 1 <= len(writers) <= engine.DATABASE_THREADS
 
 
-def test_the_huey_thread_holds_no_connection_while_its_generation_runs() -> None:
+def test_the_huey_thread_holds_no_connection_while_its_generation_runs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     if connection.vendor == "sqlite":
         pytest.skip("Django never closes the in-memory SQLite test database's connection")
     generation = new_generation(unique("[fake tokens=20]"))
-    connection.ensure_connection()
+    seen: dict[str, object] = {}
+    claim = writer.generation_claim
 
-    run_generation_job(generation.id)
+    def claim_on(generation_id: str) -> writer.Claim | None:
+        seen["claimed on"] = threading.current_thread().name.split("_")[0]
+        return claim(generation_id)
 
-    # Closed after the claim: the attempt's database work went through the engine's threads.
-    assert connection.connection is None
+    monkeypatch.setattr(writer, "generation_claim", claim_on)
+
+    def huey_thread() -> None:
+        run_generation_job(generation.id)
+        seen["connection"] = connection.connection
+        connection.close()
+
+    thread = threading.Thread(target=huey_thread)
+    thread.start()
+    thread.join(30)
+
+    # The claim and the attempt's database work went through the engine's threads: the
+    # task's thread never connected.
+    assert seen == {"claimed on": "engine-db", "connection": None}
     generation.refresh_from_db()
     assert generation.output == expected_text(20)

@@ -10,6 +10,8 @@ import httpx
 import MySQLdb
 import pytest
 
+from jobs.engine import DATABASE_THREADS
+from project.handler import REQUEST_THREADS
 from realtime.db import READ_THREADS
 from tests.conftest import create
 from tests.harness import Service, make_token, parse_sse
@@ -40,6 +42,11 @@ def test_waiting_sse_streams_hold_no_database_connection(service: Service) -> No
     token = make_token("waiter")
     with httpx.Client(base_url=service.url(), headers={"Authorization": f"Bearer {token}"}) as c:
         generation = create(c, "slow start [fake tokens=3 ttft=8000]")
+    # More streams than the connections the processes may keep (below), within the user's
+    # MAX_SSE_STREAMS_PER_USER (20).
+    streams = 20
+    kept_at_most = (REQUEST_THREADS + READ_THREADS) * len(service.ports) + DATABASE_THREADS + 1
+    assert kept_at_most < streams
 
     def follow() -> None:
         with (
@@ -53,7 +60,7 @@ def test_waiting_sse_streams_hold_no_database_connection(service: Service) -> No
             for _ in response.iter_lines():
                 pass
 
-    followers = [threading.Thread(target=follow, daemon=True) for _ in range(20)]
+    followers = [threading.Thread(target=follow, daemon=True) for _ in range(streams)]
     for thread in followers:
         thread.start()
     time.sleep(3)  # all 20 have their snapshot and wait for the first token
@@ -65,9 +72,9 @@ def test_waiting_sse_streams_hold_no_database_connection(service: Service) -> No
     )
     (open_connections,) = cursor.fetchone()
     conn.close()
-    # The worker may hold one or two (its task and the heartbeat), each web process at most
-    # its READ_THREADS kept for reads (however many streams it holds); 20 waiting streams none.
-    assert open_connections <= 4 + READ_THREADS * len(service.ports), open_connections
-    assert open_connections < 20
+    # A worker holds at most its DATABASE_THREADS and the heartbeat's, a web process its
+    # request threads' and its READ_THREADS, kept (however many streams it holds); the waiting
+    # streams none.
+    assert open_connections <= kept_at_most, open_connections
     for thread in followers:
         thread.join(30)

@@ -1,0 +1,119 @@
+"""Django's HTTP handling for Daphne: each request crosses to a thread once.
+
+Django's own ASGI handler runs each sync middleware, and then a sync view, through
+``sync_to_async``: a thread hop per step, on a new thread per request, which opens a new
+database connection. Every REST call is a sync view behind seven middleware, so that was most
+of a request's cost (docs/scaling.md, "One thread hop per request"). This handler runs the
+sync chain, middleware and view, in one call on a fixed pool of threads that keep their
+database connections between requests: pinged before a request's first statement (Django's
+health check), and replaced once KEPT_CONNECTION_S old.
+
+An async view (the SSE stream) runs on the server's event loop as Django runs it under a sync
+chain (``async_to_sync``, which, from this pool's threads, schedules it on that loop while the
+thread waits); the stream it returns is then sent from the event loop, and cancelled when the
+client disconnects, as Django's handler does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from asgiref.sync import sync_to_async
+from django.core import signals
+from django.core.exceptions import RequestAborted
+from django.core.handlers.asgi import ASGIHandler, get_script_prefix
+from django.core.handlers.base import BaseHandler
+from django.db import connections
+from django.http import FileResponse, HttpResponseBase
+from django.urls import set_script_prefix
+
+# Requests served at once per process (each holds at most one database connection).
+REQUEST_THREADS = 8
+# A kept connection is closed at the start of the first request after it is this old.
+KEPT_CONNECTION_S = 300.0
+
+_threads = ThreadPoolExecutor(REQUEST_THREADS, thread_name_prefix="http")
+
+
+def _in_thread(function: Any) -> Any:
+    return sync_to_async(function, thread_sensitive=False, executor=_threads)
+
+
+def _keep_connections() -> None:
+    """Keep this thread's connections for its next request. Django closes a connection at
+    the end of a request once it is CONN_MAX_AGE old (0: at once, as the service's other
+    threads use them) and checks it before use only with CONN_HEALTH_CHECKS; it reads both
+    when it connects, so they are set on the connection here."""
+    now = time.monotonic()
+    for connection in connections.all(initialized_only=True):
+        if connection.connection is None:
+            continue
+        connection.health_check_enabled = True  # type: ignore[attr-defined]
+        if connection.close_at is not None and connection.close_at <= now:
+            connection.close_at = now + KEPT_CONNECTION_S
+
+
+class Handler(ASGIHandler):
+    def __init__(self) -> None:
+        # Not ASGIHandler's: it would build the async chain this handler does not use.
+        BaseHandler.__init__(self)
+        self.load_middleware(is_async=False)
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            raise ValueError(f"Django serves HTTP here, not {scope['type']}.")
+        try:
+            body = await self.read_body(receive)
+        except RequestAborted:
+            return
+        try:
+            response = await _in_thread(self._respond)(scope, body)
+            if response.streaming:
+                await self._stream(response, receive, send)
+            else:
+                await self.send_response(response, send)
+        finally:
+            body.close()
+
+    def _respond(self, scope: dict[str, Any], body: Any) -> HttpResponseBase:
+        """The response, on a request thread; one that is not streamed is closed here, its
+        content already in memory."""
+        set_script_prefix(get_script_prefix(scope))
+        signals.request_started.send(sender=ASGIHandler, scope=scope)
+        request, refusal = self.create_request(scope, body)
+        if request is None:
+            assert refusal is not None  # Django answers the request it could not build
+            response: HttpResponseBase = refusal
+        else:
+            response = self.get_response(request)
+            if isinstance(response, FileResponse):
+                response.block_size = self.chunk_size
+        if not response.streaming:
+            self._close(response)
+        return response
+
+    async def _stream(self, response: HttpResponseBase, receive: Any, send: Any) -> None:
+        """Send a streamed response until it ends or the client leaves (then the stream is
+        cancelled: its `finally` releases what it holds), and close it."""
+        tasks = [
+            asyncio.create_task(self.listen_for_disconnect(receive)),
+            asyncio.create_task(self.send_response(response, send)),
+        ]
+        try:
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in tasks:
+                task.cancel()
+            outcomes = await asyncio.gather(*tasks, return_exceptions=True)
+            await _in_thread(self._close)(response)
+        for outcome in outcomes:
+            if isinstance(outcome, Exception) and not isinstance(outcome, RequestAborted):
+                raise outcome
+
+    @staticmethod
+    def _close(response: HttpResponseBase) -> None:
+        _keep_connections()
+        response.close()  # request_finished: Django's connection upkeep
