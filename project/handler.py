@@ -4,9 +4,11 @@ Django's own ASGI handler runs each sync middleware, and then a sync view, throu
 ``sync_to_async``: a thread hop per step, on a new thread per request, which opens a new
 database connection. Every REST call is a sync view behind seven middleware, so that was most
 of a request's cost (docs/scaling.md, "One thread hop per request"). This handler runs the
-sync chain, middleware and view, in one call on a fixed pool of threads that keep their
-database connections between requests: pinged before a request's first statement (Django's
-health check), and replaced once KEPT_CONNECTION_S old.
+sync chain, middleware and view, in one call on a pool of threads, the first
+KEPT_CONNECTIONS of which keep their database connections between requests: pinged before a
+request's first statement (Django's health check), and replaced once KEPT_CONNECTION_S old.
+The others, there for bursts and for views that wait (a REST cancel waits up to 2 s for the
+worker), close theirs after each request as Django does.
 
 An async view (the SSE stream) runs on the server's event loop as Django runs it under a sync
 chain (``async_to_sync``, which, from this pool's threads, schedules it on that loop while the
@@ -17,6 +19,8 @@ client disconnects, as Django's handler does.
 from __future__ import annotations
 
 import asyncio
+import itertools
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -31,11 +35,24 @@ from django.http import FileResponse, HttpResponseBase
 from django.urls import set_script_prefix
 
 # Requests served at once per process (each holds at most one database connection).
-REQUEST_THREADS = 8
+REQUEST_THREADS = 32
+# Of which the first this many keep their connections: a process holds at most this many
+# while it is idle.
+KEPT_CONNECTIONS = 8
 # A kept connection is closed at the start of the first request after it is this old.
 KEPT_CONNECTION_S = 300.0
 
-_threads = ThreadPoolExecutor(REQUEST_THREADS, thread_name_prefix="http")
+_started = itertools.count()
+_thread = threading.local()
+
+
+def _start_thread() -> None:
+    # The pool starts a thread only when none is idle, and never stops one: the threads of
+    # a process that is not in a burst are its first few, which keep their connections.
+    _thread.keeps_connections = next(_started) < KEPT_CONNECTIONS
+
+
+_threads = ThreadPoolExecutor(REQUEST_THREADS, thread_name_prefix="http", initializer=_start_thread)
 
 
 def _in_thread(function: Any) -> Any:
@@ -43,10 +60,12 @@ def _in_thread(function: Any) -> Any:
 
 
 def _keep_connections() -> None:
-    """Keep this thread's connections for its next request. Django closes a connection at
-    the end of a request once it is CONN_MAX_AGE old (0: at once, as the service's other
-    threads use them) and checks it before use only with CONN_HEALTH_CHECKS; it reads both
-    when it connects, so they are set on the connection here."""
+    """Keep this thread's connections for its next request, if it is one of the threads
+    that do. Django closes a connection at the end of a request once it is CONN_MAX_AGE old
+    (0: at once, as the service's other threads use them) and checks it before use only with
+    CONN_HEALTH_CHECKS; it reads both when it connects, so they are set on the connection."""
+    if not _thread.keeps_connections:
+        return
     now = time.monotonic()
     for connection in connections.all(initialized_only=True):
         if connection.connection is None:

@@ -11,7 +11,7 @@ import MySQLdb
 import pytest
 
 from jobs.engine import DATABASE_THREADS
-from project.handler import REQUEST_THREADS
+from project.handler import KEPT_CONNECTIONS
 from realtime.db import READ_THREADS
 from tests.conftest import create
 from tests.harness import Service, make_token, parse_sse
@@ -45,7 +45,7 @@ def test_waiting_sse_streams_hold_no_database_connection(service: Service) -> No
     # More streams than the connections the processes may keep (below), within the user's
     # MAX_SSE_STREAMS_PER_USER (20).
     streams = 20
-    kept_at_most = (REQUEST_THREADS + READ_THREADS) * len(service.ports) + DATABASE_THREADS + 1
+    kept_at_most = (KEPT_CONNECTIONS + READ_THREADS) * len(service.ports) + DATABASE_THREADS + 1
     assert kept_at_most < streams
 
     def follow() -> None:
