@@ -170,6 +170,9 @@ class Placement:
     parent_id: str | None
     turn_index: int
     system: str | None
+    # Created for this turn: nobody can follow it yet (its id is not out), so its first turn
+    # is announced to no one.
+    new_conversation: bool = False
 
 
 def place_turn(
@@ -209,7 +212,7 @@ def place_turn(
         conversation = Conversation.objects.create(
             user_id=user.pk, title=default_title(prompt), system=system, turn_count=1
         )
-        return Placement(conversation, None, 1, system)
+        return Placement(conversation, None, 1, system, new_conversation=True)
 
     if system is not None and system != conversation.system:
         raise ApiError(
@@ -265,15 +268,18 @@ def _next_turn_index(conversation: Conversation, full_message: str) -> int:
     return conversation.turn_count
 
 
-def turn_created(*, conversation_id: str, generation_id: str, turn_index: int) -> None:
+def turn_created(
+    *, conversation_id: str, generation_id: str, turn_index: int, announce: bool = True
+) -> None:
     """The new turn becomes the conversation's current one, and its WebSocket subscribers hear
-    of it once the transaction commits. Lossy like any live send: a subscriber that misses it
-    finds the turn on its next poll of the rows."""
+    of it once the transaction commits (`announce`). Lossy like any live send: a subscriber
+    that misses it finds the turn on its next poll of the rows."""
     Conversation.objects.filter(pk=conversation_id).update(
         current_turn_id=generation_id, updated_at=timezone.now()
     )
-    notice = {"type": "conv.turn", "seq": turn_index}
-    transaction.on_commit(lambda: _notify(conversation_id, notice))
+    if announce:
+        notice = {"type": "conv.turn", "seq": turn_index}
+        transaction.on_commit(lambda: _notify(conversation_id, notice))
 
 
 def conversation_group(conversation_id: str) -> str:

@@ -106,6 +106,7 @@ def generation_create(
                 conversation_id=placement.conversation.pk,
                 parent_id=placement.parent_id,
                 turn_index=placement.turn_index,
+                announce=not placement.new_conversation,
             )
     except IntegrityError:
         # A concurrent repeat won the unique (user, key) race after our first check.
@@ -117,16 +118,24 @@ def generation_create(
 
 
 def _create_turn(
-    *, conversation_id: str | None, turn_index: int | None, **fields: Any
+    *,
+    conversation_id: str | None,
+    turn_index: int | None,
+    announce: bool = True,
+    **fields: Any,
 ) -> Generation:
-    """A new queued generation: its row, its place as its conversation's current turn, and
-    its task, enqueued only once the row is visible to the worker (after the commit)."""
+    """A new queued generation: its row, its place as its conversation's current turn
+    (announced to the conversation's followers unless `announce` is False), and its task,
+    enqueued only once the row is visible to the worker (after the commit)."""
     generation = Generation.objects.create(
         conversation_id=conversation_id, turn_index=turn_index, **fields
     )
     if conversation_id is not None and turn_index is not None:
         turn_created(
-            conversation_id=conversation_id, generation_id=generation.id, turn_index=turn_index
+            conversation_id=conversation_id,
+            generation_id=generation.id,
+            turn_index=turn_index,
+            announce=announce,
         )
     transaction.on_commit(lambda: enqueue(generation.id))
     return generation

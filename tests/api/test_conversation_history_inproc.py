@@ -100,3 +100,36 @@ def test_deleting_a_conversation_removes_its_replay_buffers() -> None:
         )
     assert not Generation.objects.filter(pk__in=[first.pk, second.pk]).exists()
     assert not Conversation.objects.filter(pk=first.conversation_id).exists()
+
+
+def test_only_a_turn_of_an_existing_conversation_is_announced(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A conversation created by its first turn has no followers yet (its id is not out), so
+    that turn sends no live notice; the next turn does."""
+    from api import conversations, services
+    from api.conversations import TurnTarget
+    from api.validation import GenerationParams
+
+    announced: list[tuple[str, str]] = []
+    monkeypatch.setattr(
+        conversations,
+        "_notify",
+        lambda conversation_id, message: announced.append((conversation_id, message["type"])),
+    )
+    monkeypatch.setattr(services, "enqueue", lambda generation_id: None)
+    params = GenerationParams(
+        prompt="hello", model="gpt-4o", system=None, max_tokens=16, temperature=None
+    )
+    first, _ = services.generation_create(user=user("ines"), params=params, idempotency_key=None)
+    assert announced == []
+    Generation.objects.filter(pk=first.pk).update(status="completed")
+    services.generation_create(
+        user=user("ines"),
+        params=params,
+        idempotency_key=None,
+        target=TurnTarget(
+            conversation_id=first.conversation_id, parent_id=None, parent_given=False
+        ),
+    )
+    assert announced == [(first.conversation_id, "conv.turn")]
