@@ -40,7 +40,7 @@ from jobs.providers.base import (
     backoff_s,
     get_provider,
 )
-from jobs.runner import housekeeping
+from jobs.runner import STOPPING_RESCHEDULE_S, housekeeping
 from jobs.writer import (
     Checkpoint,
     Claim,
@@ -653,7 +653,7 @@ class Attempt:
         if self._stopping.is_set() and finish_reason is None:
             # Another worker runs it again from the start (a provider stream cannot be
             # resumed), with `reset` first. A stop is not a failure: the attempt number stays.
-            if not await self._give_back(hand_back=True):
+            if not await self._give_back(hand_back=True, delay_s=STOPPING_RESCHEDULE_S):
                 raise LostOwnership(self.generation_id)
             logger.warning(
                 "generation %s: attempt %d handed back to the queue",

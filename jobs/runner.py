@@ -77,7 +77,7 @@ class Housekeeping:
             time.sleep(0.05)
         for generation_id, attempt in self.running().items():
             try:
-                if writer.generation_requeue(generation_id, attempt):
+                if writer.generation_requeue(generation_id, attempt, delay_s=STOPPING_RESCHEDULE_S):
                     logger.warning(
                         "generation %s: attempt %d re-queued on shutdown", generation_id, attempt
                     )
@@ -135,10 +135,12 @@ def start_worker() -> None:
     housekeeping.start()
 
 
-# A task that reaches a worker thread of a process that is stopping (its idle threads are
-# still waiting on the queue for a moment) goes to the queue's schedule instead, so that
-# another worker's scheduler enqueues it this much later: claiming it here would only hand it
-# back at once (and a hand-back re-reads the provider from the start).
+# What a process that is stopping gives back goes to the queue's schedule, not the queue, so
+# that another worker's scheduler enqueues it this much later: on the queue, an idle thread of
+# the stopping process could take it and exit with it (Huey has no acknowledgement: it would
+# wait for the reaper). That holds for its own hand-backs, and for a task that reaches one of
+# its worker threads (its idle threads still wait on the queue for a moment): claiming it
+# here would only hand it back at once (and a hand-back re-reads the provider from the start).
 STOPPING_RESCHEDULE_S = 1.0
 
 

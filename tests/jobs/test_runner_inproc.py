@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import re
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -20,7 +21,7 @@ from jobs import engine, events, writer
 from jobs.engine import COALESCE_INTERVAL_S
 from jobs.eventlog import event_log
 from jobs.events import fold
-from jobs.runner import run_generation_job
+from jobs.runner import STOPPING_RESCHEDULE_S, run_generation_job
 from tests.fake_openai import expected_text, token_text
 from tests.jobs.support import all_statements, logged_events, new_generation, run_attempt, unique
 
@@ -171,3 +172,30 @@ def test_cancel_while_the_provider_fails_before_any_text_ends_cancelled() -> Non
             error=None,
         )
     ]
+
+
+def test_a_stopping_worker_hands_back_on_the_schedule_not_the_queue(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """What a stopping process gives back waits on Huey's schedule, where only a scheduler
+    moves it to the queue: on the queue, one of the stopping process's own idle threads could
+    take it and exit with it (Huey has no acknowledgement)."""
+    enqueued: list[tuple[str, float]] = []
+    monkeypatch.setattr(
+        writer,
+        "enqueue",
+        lambda generation_id, delay_s=0.0: enqueued.append((generation_id, delay_s)),
+    )
+    generation = new_generation(unique("[fake tokens=400 rate=100]"))
+    claim = writer.generation_claim(generation.id)
+    assert claim is not None
+    stopping = threading.Event()
+    threading.Timer(0.5, stopping.set).start()
+
+    engine.engine().run_attempt(claim, stopping=stopping)
+
+    generation.refresh_from_db()
+    assert generation.status == "queued"
+    assert generation.attempt == claim.attempt  # a stop is not a failure
+    assert enqueued == [(generation.id, STOPPING_RESCHEDULE_S)]
+    assert STOPPING_RESCHEDULE_S > 0
