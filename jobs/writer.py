@@ -15,7 +15,7 @@ import threading
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from functools import cache
 from typing import Any
 
@@ -199,64 +199,92 @@ class Claim:
     earlier_completion_tokens: int = 0
 
 
+# What a claim reads of the row (generation_claim).
+_CLAIM_COLUMNS = (
+    "user_id, attempt, completion_tokens, seq, max_tokens, model, prompt, system, temperature,"
+    " created_at, parent_id"
+)
+
+
 def generation_claim(generation_id: str) -> Claim | None:
     """Take a queued generation for this worker; None when cancelled or taken elsewhere.
 
     One row write: the row is read, its quota reservation computed under the user's row lock,
     and the claim (running, heartbeat, start time, cap) written by a single UPDATE, fenced by
     what was read. The user's row is locked before the generation's, as a create does: a
-    claim that locked the generation first could deadlock with a cancel of it."""
+    claim that locked the generation first could deadlock with a cancel of it.
+
+    In SQL: it is on every generation's way to its first token, and through the ORM its four
+    statements cost about twice their round trips (docs/scaling.md)."""
     now = timezone.now()
-    with transaction.atomic():
-        generation = Generation.objects.filter(pk=generation_id, status=Status.QUEUED).first()
-        if generation is None:
+    table = connection.ops.quote_name(Generation._meta.db_table)
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT {_CLAIM_COLUMNS} FROM {table} WHERE id = %s AND status = %s",
+            [generation_id, Status.QUEUED],
+        )
+        row = cursor.fetchone()
+        if row is None:
             return None
-        generation.token_cap = _token_cap(generation)
-        generation.started_at = generation.started_at or now
-        claimed = Generation.objects.filter(
-            pk=generation_id,
-            status=Status.QUEUED,
+        (user_id, attempt, used, seq, max_tokens, model, prompt, system, temperature) = row[:9]
+        created_at, parent_id = row[9:]
+        token_cap = _token_cap(
+            cursor, user_id=user_id, generation_id=generation_id, used=used, max_tokens=max_tokens
+        )
+        cursor.execute(
+            f"UPDATE {table} SET status = %s, heartbeat_at = %s,"
+            " started_at = COALESCE(started_at, %s), token_cap = %s"
             # Unchanged since the read: no other worker claimed and gave it back meanwhile
             # (a hand-back keeps the attempt, and moves the seq and the tokens used).
-            attempt=generation.attempt,
-            completion_tokens=generation.completion_tokens,
-            seq=generation.seq,
-        ).update(
-            status=Status.RUNNING,
-            heartbeat_at=now,
-            started_at=generation.started_at,
-            token_cap=generation.token_cap,
+            " WHERE id = %s AND status = %s AND attempt = %s AND completion_tokens = %s"
+            " AND seq = %s",
+            [
+                Status.RUNNING,
+                connection.ops.adapt_datetimefield_value(now),
+                connection.ops.adapt_datetimefield_value(now),
+                token_cap,
+                generation_id,
+                Status.QUEUED,
+                attempt,
+                used,
+                seq,
+            ],
         )
-        if not claimed:
+        if not cursor.rowcount:
             return None
     try:
-        last_published = event_log().take_fence(generation_id, generation.attempt)
+        last_published = event_log().take_fence(generation_id, attempt)
     except Exception:
         # Redis is unreachable: give the claim back rather than leave the row running with
         # no worker (the reaper would take HEARTBEAT_TIMEOUT_S and an attempt to notice).
         # The reaper re-enqueues it once the queue is back.
-        fenced(generation_id, generation.attempt).update(status=Status.QUEUED, heartbeat_at=now)
+        fenced(generation_id, attempt).update(status=Status.QUEUED, heartbeat_at=now)
         raise
     # This attempt continues above any seq a subscriber may hold, so that after a lost log
     # they see a gap, read the row (checkpointed right after this attempt's `reset`) and take
     # its snapshot, instead of dropping this attempt's first events as duplicates.
-    last_published = _last_published_seq(
-        last_published, attempt=generation.attempt, row_seq=generation.seq
-    )
+    last_published = _last_published_seq(last_published, attempt=attempt, row_seq=seq)
     return Claim(
         generation_id=generation_id,
-        attempt=generation.attempt,
-        start_seq=max(generation.seq, last_published),
-        model=generation.model,
-        prompt=generation.prompt,
-        system=generation.system,
+        attempt=attempt,
+        start_seq=max(seq, last_published),
+        model=model,
+        prompt=prompt,
+        system=system,
         # The cap, not the request's figure: the daily quota may leave less room.
-        max_tokens=generation.token_cap if generation.token_cap is not None else 0,
-        temperature=generation.temperature,
-        created_at=generation.created_at,
-        parent_id=generation.parent_id,
-        earlier_completion_tokens=generation.completion_tokens,
+        max_tokens=token_cap,
+        temperature=temperature,
+        created_at=_aware(created_at),
+        parent_id=parent_id,
+        earlier_completion_tokens=used,
     )
+
+
+def _aware(value: Any) -> datetime | None:
+    """A datetime column read in SQL: naive, in UTC (USE_TZ), as both backends return it."""
+    if value is None or timezone.is_aware(value):
+        return value  # type: ignore[no-any-return]
+    return timezone.make_aware(value, UTC)
 
 
 def _last_published_seq(fenced: int | None, *, attempt: int, row_seq: int) -> int:
@@ -270,7 +298,7 @@ def _last_published_seq(fenced: int | None, *, attempt: int, row_seq: int) -> in
     return fenced or 0
 
 
-def _token_cap(generation: Generation) -> int:
+def _token_cap(cursor: Any, *, user_id: int, generation_id: str, used: int, max_tokens: int) -> int:
     """The completion tokens the attempt being claimed may use, reserved against the user's
     daily quota by writing it to the row in the claim's transaction.
 
@@ -282,15 +310,13 @@ def _token_cap(generation: Generation) -> int:
     Serialised per user: on MySQL by the user's row (as creates are), so that the sum below
     sees every reservation committed before (READ COMMITTED); on SQLite by the database's
     write lock, which every transaction takes at its start (IMMEDIATE)."""
-    get_user_model().objects.select_for_update().filter(pk=generation.user_id).values_list(
-        "pk", flat=True
-    ).first()
+    user_table = connection.ops.quote_name(get_user_model()._meta.db_table)
+    lock = " FOR UPDATE" if connection.features.has_select_for_update else ""
+    cursor.execute(f"SELECT id FROM {user_table} WHERE id = %s{lock}", [user_id])
     # The completion tokens of earlier runs of this generation (0 on its first claim) were
     # paid for, so they leave the quota less room.
-    left = (
-        quota_left_today(generation.user_id, excluding=generation.pk) - generation.completion_tokens
-    )
-    return max(0, min(generation.max_tokens, left))
+    left = quota_left_today(user_id, excluding=generation_id) - used
+    return max(0, min(max_tokens, left))
 
 
 def fenced(generation_id: str, attempt: int) -> Any:
