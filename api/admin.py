@@ -31,7 +31,7 @@ from api.conversations import conversation_remove, conversation_view
 from core.errors import ApiError
 from core.ids import looks_like_conversation_id, looks_like_generation_id
 from core.models import ACTIVE_STATUSES, Conversation, Generation, Status, UserLimits
-from core.selectors import active_count, limits_for, start_of_day_utc, tokens_used_today
+from core.selectors import start_of_day_utc, usage_now
 from jobs.cancel import cancel
 from jobs.eventlog import event_log
 
@@ -425,13 +425,14 @@ class UserLimitsAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
 
 def _usage_html(user_id: int) -> SafeString:
     override = UserLimits.objects.filter(user_id=user_id).first() or UserLimits()
-    effective = limits_for(user_id)
+    usage = usage_now(user_id)
+    effective = usage.limits
     return format_html(
         "completion tokens today: {} of {}<br>active generations: {} of {}<br>"
         "generations per minute: {}<br>WebSocket connections: {}",
-        tokens_used_today(user_id),
+        usage.tokens_today,
         _effective(override.tokens_per_day, effective.tokens_per_day),
-        active_count(user_id),
+        usage.active,
         _effective(override.max_active_generations, effective.max_active_generations),
         _effective(override.rate_limit_per_minute, effective.rate_limit_per_minute),
         _effective(override.max_connections, effective.max_connections),

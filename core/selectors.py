@@ -12,7 +12,7 @@ from typing import Any
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import connection
-from django.db.models import Q, QuerySet, Sum
+from django.db.models import Q, QuerySet
 
 from core.errors import ApiError, not_found
 from core.ids import looks_like_generation_id
@@ -193,14 +193,6 @@ def start_of_day_utc() -> datetime:
     return now.replace(hour=0, minute=0, second=0, microsecond=0)
 
 
-def tokens_used_today(user_id: int) -> int:
-    """Completion tokens of the generations the user created since 00:00 UTC."""
-    total = Generation.objects.filter(
-        user_id=user_id, created_at__gte=start_of_day_utc()
-    ).aggregate(total=Sum("completion_tokens"))["total"]
-    return int(total or 0)
-
-
 def quota_left_today(user_id: int, *, excluding: str) -> int:
     """The user's daily quota less what today's other generations hold of it: the completion
     tokens of each, a running one counted at its cap (what it may still use) rather than at
@@ -224,10 +216,6 @@ def quota_left_today(user_id: int, *, excluding: str) -> int:
         ],
     )
     return _limits({"tokens_per_day": override}).tokens_per_day - int(held)
-
-
-def active_count(user_id: int) -> int:
-    return Generation.objects.filter(user_id=user_id, status__in=list(ACTIVE_STATUSES)).count()
 
 
 def usage_for(user: AbstractBaseUser) -> dict[str, Any]:
