@@ -67,6 +67,8 @@ def main() -> None:
 
     signal.signal(signal.SIGUSR1, dump_and_exit)
     threading.setprofile(_start_in_thread)
+    # The main thread too: Daphne's event loop runs there.
+    _start_in_thread(sys._getframe(), "call", None)
     sys.argv = [script, *rest]
     sys.path.insert(0, os.path.dirname(os.path.abspath(script)))
     runpy.run_path(script, run_name="__main__")

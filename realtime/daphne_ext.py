@@ -9,6 +9,11 @@
   handshakes.
 - Frames sent after the client went away are dropped quietly: the consumer learns of the
   disconnect a moment later, and a send in between is not an error.
+- Text frames written at once: a frame is built here and handed to the socket directly
+  when nothing is queued before it (docs/scaling.md, "Daphne's frames"), not through
+  autobahn's sendMessage -> sendFrame -> sendData (which formats a debug message per frame
+  whether or not anything logs it) and Twisted's write, which queues the bytes and asks the
+  event loop twice (add and remove a writer) to send them on its next turn.
 - Close codes 1001, 1003, 1009 and 1013: autobahn's ``sendClose`` refuses the codes RFC 6455
   reserves for the endpoint itself (Daphne turned them into 1011, and 1001 into a dropped
   socket); they go out through ``sendCloseFrame``, which builds the same frame without that
@@ -22,6 +27,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import struct
 import sys
 import weakref
 from typing import Any
@@ -47,6 +53,50 @@ def pending_bytes(transport: Any) -> int:
     """Bytes written to a Twisted TCP transport that the kernel has not taken yet."""
     buffered = len(getattr(transport, "dataBuffer", b"")) - int(getattr(transport, "offset", 0))
     return max(0, buffered) + int(getattr(transport, "_tempDataLen", 0))
+
+
+def frame_header(length: int) -> bytes:
+    """The header of an unmasked, unfragmented text frame of `length` payload bytes (a
+    server's frames are never masked: RFC 6455 section 5.1)."""
+    if length <= 125:
+        return bytes((0x81, length))
+    if length <= 0xFFFF:
+        return struct.pack("!BBH", 0x81, 126, length)
+    return struct.pack("!BBQ", 0x81, 127, length)
+
+
+def plain_frames(protocol: Any, length: int) -> bool:
+    """Whether a text message of `length` bytes goes out as one frame with nothing done to it:
+    no compression, fragmentation, frame log or timing, and nothing queued by autobahn."""
+    return (
+        protocol._perMessageCompress is None
+        and not protocol.trackedTimings
+        and not protocol.logFrames
+        and not protocol.logOctets
+        and not protocol.send_queue
+        and not (0 < protocol.autoFragmentSize < length)
+        and not (0 < protocol.maxMessagePayloadSize < length)
+    )
+
+
+def write_now(transport: Any, data: bytes) -> None:
+    """Write `data` to a TCP transport: straight to its socket when nothing is waiting in
+    Twisted's buffer (so the order of bytes stays the same), the rest (what the kernel did not
+    take, or everything on a TLS or an unknown transport) through Twisted's buffer."""
+    if (
+        getattr(transport, "TLS", True) is False
+        and transport.connected
+        and not transport._writeDisconnected
+        and not transport.dataBuffer
+        and not transport._tempDataBuffer
+    ):
+        sent = transport.writeSomeData(data)
+        if isinstance(sent, int):
+            if sent >= len(data):
+                return
+            data = data[sent:]
+        # An error (the connection lost): Twisted's own write meets it again and closes.
+    transport.write(data)
 
 
 def send_close(protocol: Any, code: int, reason: str | None = None) -> None:
@@ -86,6 +136,11 @@ def install() -> None:
             self.closeHandshakeTimeout = SLOW_CLOSE_HANDSHAKE_S
             self.sendClose(code=CLOSE_SLOW_CONSUMER, reason="slow consumer")
             return
+        if not binary and self.state == self.STATE_OPEN:
+            payload = content.encode("utf-8")
+            if plain_frames(self, len(payload)):
+                write_now(self.transport, frame_header(len(payload)) + payload)
+                return
         original_send(self, content, binary)
 
     def server_close(self: Any, code: int | None = None) -> None:
