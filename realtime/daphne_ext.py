@@ -13,7 +13,8 @@
   when nothing is queued before it (docs/scaling.md, "Daphne's frames"), not through
   autobahn's sendMessage -> sendFrame -> sendData (which formats a debug message per frame
   whether or not anything logs it) and Twisted's write, which queues the bytes and asks the
-  event loop twice (add and remove a writer) to send them on its next turn.
+  event loop twice (add and remove a writer) to send them on its next turn. HTTP responses
+  (SSE events) go to the socket the same way.
 - Close codes 1001, 1003, 1009 and 1013: autobahn's ``sendClose`` refuses the codes RFC 6455
   reserves for the endpoint itself (Daphne turned them into 1011, and 1001 into a dropped
   socket); they go out through ``sendCloseFrame``, which builds the same frame without that
@@ -99,6 +100,20 @@ def write_now(transport: Any, data: bytes) -> None:
     transport.write(data)
 
 
+def install_http_writes() -> None:
+    """HTTP responses (an SSE stream's events above all) written as WebSocket frames are."""
+    from twisted.web.http import HTTPChannel
+
+    def write(self: Any, data: bytes) -> None:
+        write_now(self.transport, data)
+
+    def write_sequence(self: Any, iovec: Any) -> None:
+        write_now(self.transport, b"".join(iovec))
+
+    HTTPChannel.write = write
+    HTTPChannel.writeSequence = write_sequence
+
+
 def send_close(protocol: Any, code: int, reason: str | None = None) -> None:
     """Start the close handshake with `code`, including the codes sendClose refuses."""
     if code in ENDPOINT_CLOSE_CODES:
@@ -115,6 +130,7 @@ def install() -> None:
     _installed = True
     install_body_limit()
     install_access_log()
+    install_http_writes()
     from daphne.ws_protocol import WebSocketProtocol
     from twisted.internet import defer, reactor
 
