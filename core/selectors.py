@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -49,18 +50,43 @@ def generation_for_user(*, user: AbstractBaseUser, generation_id: str) -> Genera
         raise not_found() from None
 
 
+# The row's columns a subscriber reads, in RowState's order (after its id).
+_ROW_FIELDS = ("user_id", "status", "seq", "output", "finish_reason", "usage", "error", "reasoning")
+
+
+def _json(value: Any) -> Any:
+    """A JSON column's value as the ORM gives it: decoded, or None."""
+    return None if value is None else json.loads(value)
+
+
 def row_state(generation_id: str) -> RowState | None:
-    """None for an id of the wrong shape too (it is not queried)."""
+    """None for an id of the wrong shape too (it is not queried).
+
+    In SQL: every subscribe and resume reads it, and through the ORM the statement's building
+    cost several times its round trip (docs/scaling.md, "Per-stream reads in SQL")."""
     if not looks_like_generation_id(generation_id):
         return None
-    row = (
-        Generation.objects.filter(id=generation_id)
-        .values_list(
-            "user_id", "status", "seq", "output", "finish_reason", "usage", "error", "reasoning"
-        )
-        .first()
+    quote = connection.ops.quote_name
+    column = {f.attname: f.column for f in Generation._meta.concrete_fields}
+    columns = ", ".join(quote(column[name]) for name in _ROW_FIELDS)
+    rows = _rows(
+        f"SELECT {columns} FROM {quote(Generation._meta.db_table)} WHERE id = %s",
+        [generation_id],
     )
-    return None if row is None else RowState(generation_id, *row)
+    if not rows:
+        return None
+    user_id, status, seq, output, finish_reason, usage, error, reasoning = rows[0]
+    return RowState(
+        generation_id,
+        int(user_id),
+        status,
+        int(seq),
+        output,
+        finish_reason,
+        _json(usage),
+        _json(error),
+        reasoning,
+    )
 
 
 def _encode_cursor(row: Any) -> str:
@@ -139,7 +165,10 @@ def _limits(overrides: dict[str, Any]) -> Limits:
 
 
 def limits_for(user_id: int) -> Limits:
-    return _limits(UserLimits.objects.filter(user_id=user_id).values(*_LIMITS).first() or {})
+    """In SQL, as row_state: every WebSocket connection reads it."""
+    _generations, limits = _tables()
+    rows = _rows(f"SELECT {', '.join(_LIMITS)} FROM {limits} WHERE user_id = %s", [user_id])
+    return _limits(dict(zip(_LIMITS, rows[0], strict=True)) if rows else {})
 
 
 @dataclass(frozen=True)
@@ -149,12 +178,16 @@ class Usage:
     tokens_today: int  # completion tokens of the generations created since 00:00 UTC
 
 
-def _one_row(sql: str, params: list[Any]) -> tuple[Any, ...]:
+def _rows(sql: str, params: list[Any]) -> list[tuple[Any, ...]]:
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
-        row = cursor.fetchone()
-    assert row is not None  # a SELECT of aggregates and constants has its row
-    return tuple(row)
+        return [tuple(row) for row in cursor.fetchall()]
+
+
+def _one_row(sql: str, params: list[Any]) -> tuple[Any, ...]:
+    rows = _rows(sql, params)
+    assert rows  # a SELECT of aggregates and constants has its row
+    return rows[0]
 
 
 def _tables() -> tuple[str, str]:
