@@ -110,8 +110,8 @@ def install_http_writes() -> None:
     def write_sequence(self: Any, iovec: Any) -> None:
         write_now(self.transport, b"".join(iovec))
 
-    HTTPChannel.write = write
-    HTTPChannel.writeSequence = write_sequence
+    HTTPChannel.write = write  # type: ignore[method-assign]
+    HTTPChannel.writeSequence = write_sequence  # type: ignore[method-assign]
 
 
 def send_close(protocol: Any, code: int, reason: str | None = None) -> None:
