@@ -8,7 +8,6 @@ import logging
 from datetime import timedelta
 from typing import Any
 
-from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import IntegrityError, transaction
 from django.utils import timezone
@@ -19,7 +18,7 @@ from api.validation import GenerationParams
 from core import metrics
 from core.errors import ApiError
 from core.models import Generation, Status
-from core.selectors import generation_for_user, start_of_day_utc, usage_now
+from core.selectors import generation_for_user, lock_user, start_of_day_utc, usage_now
 from jobs import cancel
 from jobs.writer import enqueue
 
@@ -78,7 +77,7 @@ def generation_create(
         with transaction.atomic():
             # Serialise this user's creates: the idempotency re-check, the rate limit and the
             # quotas below must see each other's effects, or concurrent requests race past.
-            get_user_model().objects.select_for_update().filter(pk=user.pk).first()
+            lock_user(user.pk)
             existing = _idempotent_match(user, idempotency_key, params, target)
             if existing is not None:
                 return existing, False
@@ -192,7 +191,7 @@ def generation_retry(*, generation_id: str) -> tuple[Generation, bool]:
     with transaction.atomic():
         original = Generation.objects.select_related("user").get(pk=generation_id)
         # The user's row serialises this with the user's own creates (the limits below).
-        get_user_model().objects.select_for_update().filter(pk=original.user_id).first()
+        lock_user(original.user_id)
         existing = Generation.objects.filter(retry_of_id=original.pk).order_by("created_at")
         first_retry = existing.first()
         if first_retry is not None:

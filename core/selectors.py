@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import connection
 from django.db.models import Q, QuerySet
@@ -176,6 +177,20 @@ class Usage:
     limits: Limits
     active: int  # generations queued or running
     tokens_today: int  # completion tokens of the generations created since 00:00 UTC
+
+
+def lock_user(user_id: int) -> None:
+    """Take the user's row lock until the transaction ends: it serialises the user's creates
+    and claims, whose limit and quota checks must see each other's writes. On SQLite the
+    database's write lock, which every transaction takes at its start, does that instead."""
+    if connection.features.has_select_for_update:
+        model = get_user_model()
+        quote = connection.ops.quote_name
+        _rows(
+            f"SELECT 1 FROM {quote(model._meta.db_table)}"
+            f" WHERE {quote(model._meta.pk.column)} = %s FOR UPDATE",
+            [user_id],
+        )
 
 
 def _rows(sql: str, params: list[Any]) -> list[tuple[Any, ...]]:

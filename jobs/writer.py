@@ -22,7 +22,6 @@ from typing import Any
 from channels.layers import get_channel_layer
 from channels_redis.pubsub import RedisPubSubChannelLayer
 from django.conf import settings
-from django.contrib.auth import get_user_model
 from django.db import connection, transaction
 from django.db.models import F
 from django.utils import timezone
@@ -30,7 +29,7 @@ from django.utils import timezone
 from core import metrics
 from core.loops import start_loop_thread
 from core.models import TERMINAL_STATUSES, Generation, Status
-from core.selectors import quota_left_today
+from core.selectors import lock_user, quota_left_today
 from jobs import events
 from jobs.eventlog import SEQ_GAP_AFTER_LOST_LOG, event_log
 
@@ -229,7 +228,7 @@ def generation_claim(generation_id: str) -> Claim | None:
         (user_id, attempt, used, seq, max_tokens, model, prompt, system, temperature) = row[:9]
         created_at, parent_id = row[9:]
         token_cap = _token_cap(
-            cursor, user_id=user_id, generation_id=generation_id, used=used, max_tokens=max_tokens
+            user_id=user_id, generation_id=generation_id, used=used, max_tokens=max_tokens
         )
         cursor.execute(
             f"UPDATE {table} SET status = %s, heartbeat_at = %s,"
@@ -298,7 +297,7 @@ def _last_published_seq(fenced: int | None, *, attempt: int, row_seq: int) -> in
     return fenced or 0
 
 
-def _token_cap(cursor: Any, *, user_id: int, generation_id: str, used: int, max_tokens: int) -> int:
+def _token_cap(*, user_id: int, generation_id: str, used: int, max_tokens: int) -> int:
     """The completion tokens the attempt being claimed may use, reserved against the user's
     daily quota by writing it to the row in the claim's transaction.
 
@@ -310,9 +309,7 @@ def _token_cap(cursor: Any, *, user_id: int, generation_id: str, used: int, max_
     Serialised per user: on MySQL by the user's row (as creates are), so that the sum below
     sees every reservation committed before (READ COMMITTED); on SQLite by the database's
     write lock, which every transaction takes at its start (IMMEDIATE)."""
-    user_table = connection.ops.quote_name(get_user_model()._meta.db_table)
-    lock = " FOR UPDATE" if connection.features.has_select_for_update else ""
-    cursor.execute(f"SELECT id FROM {user_table} WHERE id = %s{lock}", [user_id])
+    lock_user(user_id)
     # The completion tokens of earlier runs of this generation (0 on its first claim) were
     # paid for, so they leave the quota less room.
     left = quota_left_today(user_id, excluding=generation_id) - used
