@@ -49,7 +49,10 @@ def capacity_markdown(result: dict[str, Any]) -> str:
         f"each), MySQL + Redis, {int(100 * (1 - config['sse_share_ours']))}% WebSocket / "
         f"{int(100 * config['sse_share_ours'])}% SSE clients. Embedded: the embedded default (one "
         "Daphne that runs its generations itself, SQLite, in-memory log and layer; no Redis or "
-        "MariaDB), the same clients, stepped up to 100 streams. Baselines: SSE clients only.",
+        "MariaDB), the same clients, stepped up to 100 streams. Baselines: SSE clients only. "
+        f"Each system first serves {config.get('warm_up_streams', 0)} streams of "
+        f"{config.get('warm_up_tokens', 0)} tokens, unmeasured (what its processes load on "
+        "first use is not a cost per token).",
         "",
         "Latency is client receipt minus the provider's send time of a token (written into "
         "the token by the fake provider, `stamp=1`; the minimal streams server's producer "
