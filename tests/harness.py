@@ -48,10 +48,20 @@ _REDIS_DBS = [15, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1]
 OWNER_ENV = "LLM_TEST_OWNER_PID"
 
 
+def _default_sigint() -> None:
+    # A run started in the background by a shell without job control (`./dev test &` in a
+    # script) has SIGINT ignored, and its children inherit that: Daphne (Twisted) then keeps
+    # ignoring the SIGINT a shutdown test sends it. The child gets the default back.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def spawn(
     args: list[str], *, env: dict[str, str] | None = None, **kwargs: Any
 ) -> subprocess.Popen[bytes]:
-    """`subprocess.Popen`, marked as this run's child (see OWNER_ENV)."""
+    """`subprocess.Popen`, marked as this run's child (see OWNER_ENV), with SIGINT's default
+    action whatever this process does with it."""
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        kwargs.setdefault("preexec_fn", _default_sigint)
     child_env = dict(os.environ if env is None else env)
     child_env[OWNER_ENV] = str(os.getpid())
     return subprocess.Popen(args, env=child_env, **kwargs)
