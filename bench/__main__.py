@@ -34,6 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 MODULES = [
     "capacity",
     "profile_worker",
+    "profile_daphne",
     "provider_read",
     "ttft_overhead",
     "resume",

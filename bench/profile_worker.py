@@ -74,35 +74,45 @@ def run(results_dir: Path, quick: bool = False, argv: list[str] | None = None) -
             profiled.send_signal(signal.SIGUSR1)
             profiled.wait(60)
             wait_until(out.exists, timeout_s=10)
-            text = markdown(out, streams, tokens, outcomes)
+            delivered = sum(o["tokens"] for o in outcomes)
+            text = markdown(
+                out,
+                STAGES,
+                title="Worker CPU profile",
+                what=(
+                    "One of two `run_huey` processes under bench/threadprof.py (cProfile in "
+                    "every thread, timed by `time.thread_time`), while "
+                    f"{streams} streams of {tokens} tokens at 50 tokens/s ran through the "
+                    f"service ({delivered} tokens delivered in all)"
+                ),
+            )
         finally:
             service.stop_process(profiled)
     (results_dir / f"{NAME}.md").write_text(text)
 
 
-def markdown(path: Path, streams: int, tokens: int, outcomes: list[dict[str, Any]]) -> str:
+def markdown(path: Path, stages: list[tuple[str, str, str]], *, title: str, what: str) -> str:
+    """The profile at `path`: the cumulative CPU of each of `stages` (title, the end of its
+    function's file name, the function), and the functions with the most own CPU."""
     stats = pstats.Stats(str(path))
     raw: dict[Any, Any] = stats.stats  # type: ignore[attr-defined]
     total = sum(entry[2] for entry in raw.values())
     lines = [
-        "# Worker CPU profile",
+        f"# {title}",
         "",
-        f"One of two `run_huey` processes under bench/threadprof.py (cProfile in every "
-        f"thread, timed by `time.thread_time`), while {streams} streams of {tokens} tokens at "
-        f"50 tokens/s ran through the service ({sum(o['tokens'] for o in outcomes)} tokens "
-        f"delivered in all). Profiled CPU in this process: {total:.1f} s (profiling itself "
-        "inflates every call; read the shares).",
+        f"{what}. Profiled CPU in this process: {total:.1f} s (profiling itself inflates "
+        "every call, the more so the more calls: read the shares).",
         "",
         "| stage | cumulative CPU-s | share |",
         "|---|---|---|",
     ]
-    for title, filename, function in STAGES:
+    for stage, filename, function in stages:
         cumulative = sum(
             entry[3]
             for (file, _line, name), entry in raw.items()
             if file.endswith(filename) and name == function
         )
-        lines.append(f"| {title} | {cumulative:.1f} | {cumulative / max(total, 1e-9):.0%} |")
+        lines.append(f"| {stage} | {cumulative:.1f} | {cumulative / max(total, 1e-9):.0%} |")
     buffer = io.StringIO()
     stats.stream = buffer  # type: ignore[attr-defined]
     stats.sort_stats("tottime").print_stats(25)
