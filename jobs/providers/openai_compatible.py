@@ -19,6 +19,7 @@ import re
 import time
 import weakref
 from collections.abc import AsyncGenerator, AsyncIterator
+from dataclasses import replace
 from typing import Any
 
 import httpx2
@@ -273,17 +274,55 @@ class OpenAIProvider:
             await context.__aexit__(None, None, None)
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_HIGH_SURROGATE = re.compile("[\ud800-\udbff]\\Z")
+
+
+class SurrogateJoiner:
+    """Text as Unicode characters, where a server sends UTF-16 surrogates.
+
+    JSON escapes a character outside the Basic Multilingual Plane (an emoji) as a pair of
+    surrogates, and a server that streams byte-level tokens may put the two halves in two
+    chunks (`"\\ud83d"`, then `"\\ude00"`): `json.loads` gives each half as a lone surrogate,
+    which no UTF-8 event or column can hold. The first half waits for the second here, a pair
+    becomes its character, and a half that has no partner becomes U+FFFD."""
+
+    def __init__(self) -> None:
+        self._held = ""
+
+    def feed(self, text: str, *, last: bool = False) -> str:
+        text = self._held + text
+        self._held = ""
+        if not last and _HIGH_SURROGATE.search(text):
+            text, self._held = text[:-1], text[-1]
+        if _SURROGATE.search(text):
+            text = text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+        return text
+
+
 async def aread_events(events: AsyncIterator[str], wants_usage: bool) -> AsyncIterator[Chunk]:
     """The chunks of a chat completions stream, from the `data` of its events."""
     finished = False
+    text = SurrogateJoiner()
+    reasoning = SurrogateJoiner()
     async for data in events:
         if data.strip() == "[DONE]":
             # The end of the stream, said plainly; some servers never send a reason.
             if not finished:
-                yield Chunk(finish_reason="stop")
+                yield Chunk(
+                    text=text.feed("", last=True),
+                    reasoning=reasoning.feed("", last=True),
+                    finish_reason="stop",
+                )
             return
         chunk = chunk_from(data)
-        finished = finished or chunk.finish_reason is not None
+        last = chunk.finish_reason is not None
+        if chunk.text or chunk.reasoning or last:
+            joined = text.feed(chunk.text, last=last)
+            joined_reasoning = reasoning.feed(chunk.reasoning, last=last)
+            if joined != chunk.text or joined_reasoning != chunk.reasoning:
+                chunk = replace(chunk, text=joined, reasoning=joined_reasoning)
+        finished = finished or last
         if chunk.text or chunk.reasoning or chunk.finish_reason or chunk.usage:
             yield chunk
         if finished and (chunk.usage is not None or not wants_usage):

@@ -109,3 +109,32 @@ def test_unreadable_shapes_are_permanent_protocol_errors() -> None:
             chunk_from(data)
         assert raised.value.code == "provider_protocol"
         assert raised.value.permanent is True
+
+
+def _delta(content: str, field: str = "content", finish: str | None = None) -> str:
+    """A chunk whose `field` is `content` as a server escapes it: "\\ud83d" stays six
+    characters of JSON, as a server that streams byte-level tokens sends half an emoji."""
+    reason = f', "finish_reason": "{finish}"' if finish else ""
+    return f'{{"choices": [{{"index": 0, "delta": {{"{field}": "{content}"}}{reason}}}]}}'
+
+
+def test_an_emoji_split_across_two_chunks_arrives_whole() -> None:
+    # U+1F600 is the pair D83D DE00; JSON can only escape it as the two halves.
+    events = [_delta("hi \\ud83d"), _delta("\\ude00 there"), "[DONE]"]
+    chunks = read_events(events, wants_usage=False)
+    assert "".join(c.text for c in chunks) == "hi \U0001f600 there"
+    for chunk in chunks:
+        chunk.text.encode("utf-8")  # every piece is sendable as it comes
+    reasoning = [_delta("\\ud83d", "reasoning_content"), _delta("\\ude00", "reasoning_content")]
+    chunks = read_events([*reasoning, "[DONE]"], wants_usage=False)
+    assert "".join(c.reasoning for c in chunks) == "\U0001f600"
+
+
+def test_a_surrogate_without_its_partner_becomes_the_replacement_character() -> None:
+    events = [_delta("a\\ude00b"), _delta("c\\ud83d"), _delta("d"), _delta("\\ud83d"), "[DONE]"]
+    chunks = read_events(events, wants_usage=False)
+    assert "".join(c.text for c in chunks) == "a\ufffdbc\ufffdd\ufffd"
+    # A half held back when the answer ends with a finish reason goes out with it.
+    events = [_delta("e\\ud83d"), _delta("", finish="stop")]
+    chunks = read_events(events, wants_usage=False)
+    assert [(c.text, c.finish_reason) for c in chunks] == [("e", None), ("\ufffd", "stop")]
