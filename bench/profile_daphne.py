@@ -11,9 +11,7 @@ event passes through and of the per-stream work, and the functions with the most
 
 from __future__ import annotations
 
-import argparse
 import os
-import signal
 import sys
 import time
 from pathlib import Path
@@ -21,7 +19,7 @@ from pathlib import Path
 os.environ.setdefault("TEST_TIER", "distributed")
 
 from bench import capacity, loadgen
-from bench.profile_worker import markdown
+from bench.profile_worker import SERVICE_ENV, markdown, step_options, write_stats
 from tests.harness import DAPHNE, PYTHON, ROOT, Service, wait_until
 from tests.tier_env import RUN_DIR
 
@@ -63,25 +61,16 @@ class _ProfiledService(Service):
 
 
 def run(results_dir: Path, quick: bool = False, argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--streams", type=int, default=50)
-    parser.add_argument("--tokens", type=int, default=750)
-    parser.add_argument("--quick", action="store_true")
-    args = parser.parse_args(argv or [])
-    quick = quick or args.quick
-    streams, tokens = (5, 100) if quick else (args.streams, args.tokens)
+    streams, tokens, quick = step_options(__doc__, argv, quick, streams=50, tokens=750)
     results_dir.mkdir(parents=True, exist_ok=True)
-    env = {"HUEY_WORKERS": str(capacity.HUEY_WORKERS), "REDIS_MAX_CONNECTIONS": "1000"}
     out = Path(RUN_DIR) / f"daphne-profile-{os.getpid()}.pstats"
-    with _ProfiledService(out, webs=1, workers=2, tier="distributed", env=env) as service:
+    with _ProfiledService(out, webs=1, workers=2, tier="distributed", env=SERVICE_ENV) as service:
         time.sleep(2)
         plan = capacity.make_plan("ours", service.ports, streams, tokens, 3.0, seed=5)
         outcomes = loadgen.run(plan, 1 if quick else 2)
         web = service.webs[0]
         assert web is not None
-        web.send_signal(signal.SIGUSR1)
-        web.wait(60)
-        wait_until(out.exists, timeout_s=10)
+        write_stats(web, out)
     delivered = sum(o["tokens"] for o in outcomes)
     text = markdown(
         out,

@@ -47,17 +47,35 @@ STAGES = [
 ]
 
 
-def run(results_dir: Path, quick: bool = False, argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--streams", type=int, default=100)
-    parser.add_argument("--tokens", type=int, default=300)
+# The service's settings, as bench/capacity.py runs it.
+SERVICE_ENV = {"HUEY_WORKERS": str(capacity.HUEY_WORKERS), "REDIS_MAX_CONNECTIONS": "1000"}
+
+
+def step_options(
+    doc: str, argv: list[str] | None, quick: bool, *, streams: int, tokens: int
+) -> tuple[int, int, bool]:
+    """(streams, tokens, quick) of the step to profile: the command line's, else the defaults
+    given; a quick run's are 5 streams of 100 tokens."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser.add_argument("--streams", type=int, default=streams)
+    parser.add_argument("--tokens", type=int, default=tokens)
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args(argv or [])
     quick = quick or args.quick
-    streams, tokens = (5, 100) if quick else (args.streams, args.tokens)
+    return (5, 100, True) if quick else (args.streams, args.tokens, False)
+
+
+def write_stats(profiled: subprocess.Popen[bytes], out: Path) -> None:
+    """Have a process run under bench/threadprof.py write its stats to `out` (it exits)."""
+    profiled.send_signal(signal.SIGUSR1)
+    profiled.wait(60)
+    wait_until(out.exists, timeout_s=10)
+
+
+def run(results_dir: Path, quick: bool = False, argv: list[str] | None = None) -> None:
+    streams, tokens, quick = step_options(__doc__, argv, quick, streams=100, tokens=300)
     results_dir.mkdir(parents=True, exist_ok=True)
-    env = {"HUEY_WORKERS": str(capacity.HUEY_WORKERS), "REDIS_MAX_CONNECTIONS": "1000"}
-    with Service(webs=2, workers=1, tier="distributed", env=env) as service:
+    with Service(webs=2, workers=1, tier="distributed", env=SERVICE_ENV) as service:
         out = service.dir / "worker-profile.pstats"
         log = open(service.dir / "profiled-worker.log", "ab")  # noqa: SIM115
         profiled = spawn(
@@ -71,9 +89,7 @@ def run(results_dir: Path, quick: bool = False, argv: list[str] | None = None) -
             time.sleep(3)
             plan = capacity.make_plan("ours", service.ports, streams, tokens, 2.0, seed=5)
             outcomes = loadgen.run(plan, 1 if quick else 2)
-            profiled.send_signal(signal.SIGUSR1)
-            profiled.wait(60)
-            wait_until(out.exists, timeout_s=10)
+            write_stats(profiled, out)
             delivered = sum(o["tokens"] for o in outcomes)
             text = markdown(
                 out,
