@@ -15,6 +15,7 @@ from django.db import IntegrityError, connection
 
 from api.validation import encodable
 from core.errors import ApiError, not_found
+from core.selectors import sql_names
 
 _TICKET_AUDIENCE = "generation-events-ticket"
 
@@ -109,12 +110,11 @@ def exact_user(username: str) -> AbstractBaseUser | None:
     model = get_user_model()
     wanted = {model._meta.pk.attname, model.USERNAME_FIELD, "is_active"}
     fields = [f for f in model._meta.concrete_fields if f.attname in wanted]
-    quote = connection.ops.quote_name
-    name_column = quote(next(f.column for f in fields if f.attname == model.USERNAME_FIELD))
+    users = sql_names(model)
     with connection.cursor() as cursor:
         cursor.execute(
-            f"SELECT {', '.join(quote(f.column) for f in fields)}"
-            f" FROM {quote(model._meta.db_table)} WHERE {name_column} = %s",
+            f"SELECT {', '.join(users.column[f.attname] for f in fields)} FROM {users.table}"
+            f" WHERE {users.column[model.USERNAME_FIELD]} = %s",
             [username],
         )
         candidates = cursor.fetchall()
@@ -208,11 +208,12 @@ def user_is_active(user_id: int) -> bool:
     """Whether the account still exists and is active: a ticket (and an open WebSocket) stops
     working as soon as its user is deactivated, not when it expires."""
     model = get_user_model()
-    quote = connection.ops.quote_name
+    users = sql_names(model)
     with connection.cursor() as cursor:
         cursor.execute(
-            f"SELECT 1 FROM {quote(model._meta.db_table)}"
-            f" WHERE {quote(model._meta.pk.column)} = %s AND {quote('is_active')} = %s",
+            f"SELECT 1 FROM {users.table}"
+            f" WHERE {users.column[model._meta.pk.attname]} = %s"
+            f" AND {users.column['is_active']} = %s",
             [user_id, True],
         )
         return cursor.fetchone() is not None

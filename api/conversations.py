@@ -19,7 +19,7 @@ from django.utils import timezone
 from core.errors import ApiError, not_found
 from core.ids import looks_like_conversation_id, looks_like_generation_id
 from core.models import ACTIVE_STATUSES, Conversation, Generation, Status
-from core.selectors import keyset_page
+from core.selectors import keyset_page, sql_names
 from jobs.eventlog import event_log, generation_now
 from jobs.history import check_prompt_fits
 from jobs.writer import live_sender
@@ -276,11 +276,11 @@ def turn_created(
     that misses it finds the turn on its next poll of the rows."""
     # In SQL: it is on every create's way to its 202 (docs/scaling.md, "Per-stream reads in
     # SQL"), and the ORM's building of an UPDATE cost several times its round trip.
-    quote = connection.ops.quote_name
-    column = {f.attname: quote(f.column) for f in Conversation._meta.concrete_fields}
+    conversations = sql_names(Conversation)
+    column = conversations.column
     with connection.cursor() as cursor:
         cursor.execute(
-            f"UPDATE {quote(Conversation._meta.db_table)}"
+            f"UPDATE {conversations.table}"
             f" SET {column['current_turn_id']} = %s, {column['updated_at']} = %s"
             f" WHERE {column['id']} = %s",
             [

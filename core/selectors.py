@@ -8,13 +8,14 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import cache
 from typing import Any
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import connection
-from django.db.models import Q, QuerySet
+from django.db.models import Model, Q, QuerySet
 
 from core.errors import ApiError, not_found
 from core.ids import looks_like_generation_id
@@ -51,6 +52,28 @@ def generation_for_user(*, user: AbstractBaseUser, generation_id: str) -> Genera
         raise not_found() from None
 
 
+@dataclass(frozen=True)
+class SqlNames:
+    """A model's table and columns, quoted for the connection, for the statements written in
+    SQL rather than through the ORM (docs/scaling.md, "Per-stream reads in SQL")."""
+
+    table: str
+    column: dict[str, str]  # by the field's attname: `user_id`, not `user`
+
+
+def sql_names(model: type[Model]) -> SqlNames:
+    return _sql_names(model, connection.vendor)
+
+
+@cache  # built once per model: these statements are on every stream's way
+def _sql_names(model: type[Model], vendor: str) -> SqlNames:
+    quote = connection.ops.quote_name
+    return SqlNames(
+        quote(model._meta.db_table),
+        {f.attname: quote(f.column) for f in model._meta.concrete_fields},
+    )
+
+
 # The row's columns a subscriber reads, in RowState's order (after its id).
 _ROW_FIELDS = ("user_id", "status", "seq", "output", "finish_reason", "usage", "error", "reasoning")
 
@@ -67,13 +90,9 @@ def row_state(generation_id: str) -> RowState | None:
     cost several times its round trip (docs/scaling.md, "Per-stream reads in SQL")."""
     if not looks_like_generation_id(generation_id):
         return None
-    quote = connection.ops.quote_name
-    column = {f.attname: f.column for f in Generation._meta.concrete_fields}
-    columns = ", ".join(quote(column[name]) for name in _ROW_FIELDS)
-    rows = _rows(
-        f"SELECT {columns} FROM {quote(Generation._meta.db_table)} WHERE id = %s",
-        [generation_id],
-    )
+    generations = sql_names(Generation)
+    columns = ", ".join(generations.column[name] for name in _ROW_FIELDS)
+    rows = _rows(f"SELECT {columns} FROM {generations.table} WHERE id = %s", [generation_id])
     if not rows:
         return None
     user_id, status, seq, output, finish_reason, usage, error, reasoning = rows[0]
@@ -185,12 +204,9 @@ def lock_user(user_id: int) -> None:
     database's write lock, which every transaction takes at its start, does that instead."""
     if connection.features.has_select_for_update:
         model = get_user_model()
-        quote = connection.ops.quote_name
-        _rows(
-            f"SELECT 1 FROM {quote(model._meta.db_table)}"
-            f" WHERE {quote(model._meta.pk.column)} = %s FOR UPDATE",
-            [user_id],
-        )
+        users = sql_names(model)
+        pk = users.column[model._meta.pk.attname]
+        _rows(f"SELECT 1 FROM {users.table} WHERE {pk} = %s FOR UPDATE", [user_id])
 
 
 def _rows(sql: str, params: list[Any]) -> list[tuple[Any, ...]]:
@@ -206,8 +222,7 @@ def _one_row(sql: str, params: list[Any]) -> tuple[Any, ...]:
 
 
 def _tables() -> tuple[str, str]:
-    quote = connection.ops.quote_name
-    return quote(Generation._meta.db_table), quote(UserLimits._meta.db_table)
+    return sql_names(Generation).table, sql_names(UserLimits).table
 
 
 def usage_now(user_id: int) -> Usage:

@@ -29,7 +29,7 @@ from django.utils import timezone
 from core import metrics
 from core.loops import start_loop_thread
 from core.models import TERMINAL_STATUSES, Generation, Status
-from core.selectors import lock_user, quota_left_today
+from core.selectors import lock_user, quota_left_today, sql_names
 from jobs import events
 from jobs.eventlog import SEQ_GAP_AFTER_LOST_LOG, event_log
 
@@ -216,7 +216,7 @@ def generation_claim(generation_id: str) -> Claim | None:
     In SQL: it is on every generation's way to its first token, and through the ORM its four
     statements cost about twice their round trips (docs/scaling.md)."""
     now = timezone.now()
-    table = connection.ops.quote_name(Generation._meta.db_table)
+    table = sql_names(Generation).table
     with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute(
             f"SELECT {_CLAIM_COLUMNS} FROM {table} WHERE id = %s AND status = %s",
@@ -340,7 +340,7 @@ CHECKPOINT_ROWS_PER_STATEMENT_MAX = 500
 def _checkpoint_many_sql(checkpoints: list[Checkpoint], now: datetime, *, uncancelled: bool) -> int:
     """One UPDATE for every row of `checkpoints`, each fenced by its own attempt; how many rows
     it matched (MySQL is connected with FOUND_ROWS, SQLite counts matches)."""
-    table = connection.ops.quote_name(Generation._meta.db_table)
+    table = sql_names(Generation).table
     params: list[Any] = []
     assignments = []
     columns: dict[str, list[Any]] = {
