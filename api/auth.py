@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 import unicodedata
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -217,6 +218,24 @@ def user_is_active(user_id: int) -> bool:
             [user_id, True],
         )
         return cursor.fetchone() is not None
+
+
+def active_user_ids(user_ids: Sequence[int]) -> set[int]:
+    """Which of `user_ids` name accounts that still exist and are active, in one statement
+    (realtime.upkeep checks every open WebSocket connection's user this way)."""
+    if not user_ids:
+        return set()
+    model = get_user_model()
+    users = sql_names(model)
+    pk = users.column[model._meta.pk.attname]
+    placeholders = ", ".join(["%s"] * len(user_ids))
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT {pk} FROM {users.table}"
+            f" WHERE {pk} IN ({placeholders}) AND {users.column['is_active']} = %s",
+            [*user_ids, True],
+        )
+        return {int(row[0]) for row in cursor.fetchall()}
 
 
 def verify_ticket(ticket: str, *, generation_id: str) -> int:

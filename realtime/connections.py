@@ -3,15 +3,17 @@ code 4429) and MAX_SSE_STREAMS_PER_USER (PROTOCOL §8), each counted apart.
 
 Distributed: a Redis sorted set per user, scored by when each entry expires, so that the
 entries of a Daphne process that crashed (and never ran its disconnect handlers) stop
-counting after CONNECTION_TTL_S. Each live connection or stream refreshes its entry well
-before that. `remove_now` is synchronous because a stream that never started is released
-from Django's response.close(), in a thread.
+counting after CONNECTION_TTL_S. Each live stream refreshes its entry well before that, and
+a process's WebSocket connections have theirs refreshed together (realtime.upkeep).
+`remove_now` is synchronous because a stream that never started is released from Django's
+response.close(), in a thread.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Sequence
 from functools import cache
 
 from django.conf import settings
@@ -20,6 +22,8 @@ from core.redis import async_client, sync_client
 
 CONNECTION_TTL_S = 90
 REFRESH_INTERVAL_S = 30
+# Entries refreshed per pipelined round trip (refresh_many).
+REFRESH_PIPELINE_MAX = 1000
 
 _ADD_SCRIPT = """
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
@@ -51,6 +55,15 @@ class RedisConnectionRegistry:
             self._key(user_id), {connection_id: time.time() + CONNECTION_TTL_S}, xx=True
         )
 
+    async def refresh_many(self, entries: Sequence[tuple[int, str]]) -> None:
+        """`refresh` for each (user id, connection id), in pipelined round trips."""
+        expires = time.time() + CONNECTION_TTL_S
+        for start in range(0, len(entries), REFRESH_PIPELINE_MAX):
+            async with async_client().pipeline(transaction=False) as pipe:
+                for user_id, connection_id in entries[start : start + REFRESH_PIPELINE_MAX]:
+                    pipe.zadd(self._key(user_id), {connection_id: expires}, xx=True)
+                await pipe.execute()
+
     async def remove(self, user_id: int, connection_id: str) -> None:
         await async_client().zrem(self._key(user_id), connection_id)
 
@@ -72,6 +85,9 @@ class MemoryConnectionRegistry:
             return True
 
     async def refresh(self, user_id: int, connection_id: str) -> None:
+        return None
+
+    async def refresh_many(self, entries: Sequence[tuple[int, str]]) -> None:
         return None
 
     async def remove(self, user_id: int, connection_id: str) -> None:

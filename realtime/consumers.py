@@ -23,7 +23,7 @@ from django.conf import settings
 from django.db import connection
 
 from api import services
-from api.auth import Identity, authenticate_token, user_is_active
+from api.auth import Identity, authenticate_token
 from api.conversations import (
     conversation_for_user,
     conversation_group,
@@ -37,7 +37,7 @@ from core.errors import UNAVAILABLE_ERRORS, ApiError, not_found, parse_json, una
 from core.selectors import RowState, limits_for
 from jobs.eventlog import StoredEvent
 from jobs.events import dumps
-from realtime.connections import REFRESH_INTERVAL_S, connection_registry
+from realtime.connections import connection_registry
 from realtime.db import read, read_row
 from realtime.frames import (
     CLOSE_AUTH_TIMEOUT,
@@ -52,6 +52,7 @@ from realtime.frames import (
 )
 from realtime.live import live_hub
 from realtime.session import SubscriberSession
+from realtime.upkeep import connection_upkeep
 
 logger = logging.getLogger(__name__)
 
@@ -161,6 +162,7 @@ class StreamConsumer(AsyncConsumer):  # type: ignore[misc]
         # Cancelled at disconnect: timers, the conversation poller, a notice's reads.
         self.tasks: set[asyncio.Task[None]] = set()
         self.expiry_task: asyncio.Task[None] | None = None
+        self.upkeep_key: int | None = None  # in the process's connection upkeep
         self.frame_allowance = float(frame_burst())
         self.frame_allowance_at = time.monotonic()
         # Followed conversations: each one's position, and its key in the process's live hub.
@@ -197,16 +199,6 @@ class StreamConsumer(AsyncConsumer):  # type: ignore[misc]
             )
             await self._close(CLOSE_UNAUTHORIZED)
 
-    async def _refresh_registration(self) -> None:
-        """Keep this connection's entry in the per-user registry from expiring (a crashed
-        process's entries do expire). Subscriptions have timers of their own (their
-        sessions'), so an idle connection (a process holds thousands) sleeps in between."""
-        while not self.closed:
-            await asyncio.sleep(REFRESH_INTERVAL_S)
-            if self.identity is not None and not self.closed:
-                with contextlib.suppress(Exception):
-                    await connection_registry().refresh(self.identity.user.pk, self.connection_id)
-
     async def _close(self, code: int) -> None:
         if self.closed:
             return
@@ -219,6 +211,9 @@ class StreamConsumer(AsyncConsumer):  # type: ignore[misc]
             metrics.WEBSOCKETS_OPEN.dec()
         for task in list(self.tasks):
             task.cancel()
+        if self.upkeep_key is not None:
+            connection_upkeep().discard(self.upkeep_key)
+            self.upkeep_key = None
         for session in self.sessions.values():
             session.close()
         if self.identity is not None:
@@ -333,8 +328,11 @@ class StreamConsumer(AsyncConsumer):  # type: ignore[misc]
                 metrics.REJECTIONS.labels(code="too_many_connections").inc()
                 await self._close(CLOSE_TOO_MANY_CONNECTIONS)
                 return
-            self._spawn(self._refresh_registration())
-            self._spawn(self._watch_account())
+            # Its registry entry refreshed and its account re-checked with the process's
+            # other connections, until it closes.
+            self.upkeep_key = connection_upkeep().add(
+                identity.user.pk, self.connection_id, self._account_gone
+            )
         self.identity = identity
         if self.expiry_task is not None:
             self.expiry_task.cancel()
@@ -461,24 +459,15 @@ class StreamConsumer(AsyncConsumer):  # type: ignore[misc]
             generation_id,
         )
 
-    async def _watch_account(self) -> None:
-        """Close the connection (4401) within ACCOUNT_RECHECK_INTERVAL_S of the user being
-        deactivated or deleted: the token alone would keep it working until it expires."""
-        while not self.closed:
-            await asyncio.sleep(settings.ACCOUNT_RECHECK_INTERVAL_S)
-            if self.identity is None or self.closed:
-                continue
-            try:
-                active = await read(user_is_active, self.identity.user.pk)
-            except UNAVAILABLE_ERRORS as failure:
-                logger.warning("account check deferred: %r", failure)
-                continue
-            if not active:
-                await self._send_json(
-                    closing_error(ApiError("unauthorized", "The account is deactivated."))
-                )
-                await self._close(CLOSE_UNAUTHORIZED)
-                return
+    async def _account_gone(self) -> None:
+        """From the process's upkeep (realtime.upkeep), within ACCOUNT_RECHECK_INTERVAL_S of the
+        user being deactivated or deleted: the token alone would keep the connection working
+        until it expires."""
+        self.upkeep_key = None
+        await self._send_json(
+            closing_error(ApiError("unauthorized", "The account is deactivated."))
+        )
+        await self._close(CLOSE_UNAUTHORIZED)
 
     async def _send_json(self, payload: dict[str, Any]) -> None:
         if not self.closed:

@@ -9,11 +9,14 @@ registry dies with its process).
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator, Callable
 
 import pytest
 
+from core.redis import async_client
+from realtime import connections
 from realtime.connections import (
     ConnectionRegistry,
     MemoryConnectionRegistry,
@@ -99,6 +102,23 @@ async def test_refresh_keeps_an_entry_and_never_brings_back_a_removed_one(
     assert await registry.add(user, third, 2)
 
 
+async def test_refreshing_many_keeps_their_entries_and_never_brings_back_a_removed_one(
+    registry: ConnectionRegistry,
+) -> None:
+    alice, bob = new_user(), new_user()
+    first, second, third, fourth = ids(4)
+    assert await registry.add(alice, first, 2)
+    assert await registry.add(alice, second, 2)
+    assert await registry.add(bob, third, 1)
+    await registry.remove(alice, second)
+
+    await registry.refresh_many([(alice, first), (alice, second), (bob, third)])
+
+    assert await registry.add(alice, fourth, 2)
+    assert not await registry.add(alice, ids(1)[0], 2)
+    assert not await registry.add(bob, ids(1)[0], 1)
+
+
 async def test_removing_what_is_not_there_is_harmless(registry: ConnectionRegistry) -> None:
     user = new_user()
     await registry.remove(user, ids(1)[0])
@@ -129,3 +149,27 @@ async def test_stream_released_synchronously_frees_its_slot(
     streams.remove_now(user, first)
 
     assert await streams.add(user, second, 1)
+
+
+@pytest.mark.skipif("redis" not in BACKENDS, reason="only Redis entries expire")
+async def test_refreshing_many_moves_each_redis_entrys_expiry_forward(
+    project_redis_at: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    registry = RedisConnectionRegistry()
+    users = [new_user() for _ in range(3)]
+    entries = [(user, ids(1)[0]) for user in users]
+    for user, connection_id in entries:
+        assert await registry.add(user, connection_id, 1)
+    client = async_client()
+    before = [await client.zscore(registry._key(u), c) for u, c in entries]
+    # Three entries in two pipelines.
+    monkeypatch.setattr(connections, "REFRESH_PIPELINE_MAX", 2)
+    await asyncio.sleep(0.05)
+
+    await registry.refresh_many(entries)
+
+    after = [await client.zscore(registry._key(u), c) for u, c in entries]
+    assert all(
+        b is not None and a is not None and a > b for a, b in zip(after, before, strict=True)
+    )
+    await close_async_redis()
