@@ -168,7 +168,8 @@ if DISTRIBUTED:
         "default": {
             # The pub/sub layer: one PUBLISH per group_send and no per-channel capacity to
             # overflow; "The channel layer" in docs/design.md has the measurement behind it.
-            "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
+            # channels_redis's, reading its socket without a timer per message.
+            "BACKEND": "realtime.layer.PubSubChannelLayer",
             "CONFIG": {
                 "hosts": [
                     {

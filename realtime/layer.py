@@ -1,0 +1,72 @@
+"""The distributed tier's channel layer: channels_redis's Redis pub/sub layer (pinned, 4.3.0),
+whose shard connections read the pub/sub socket without a timer per message.
+
+channels_redis reads each message with ``get_message(timeout=0.1)``, and redis-py arms an
+``asyncio.timeout`` for every such read: a timer pushed onto the event loop's heap and
+cancelled again for every live event a web process receives, a twelfth of a Daphne process's
+profile under 50 streams (docs/design.md, "The channel layer"). Here a subscribed connection
+waits for its next message with no timeout; everything else (subscribing, reconnecting and
+re-subscribing after Redis dropped the connection, the retry after an error) is
+channels_redis's and redis-py's own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from channels_redis.pubsub import (
+    RedisPubSubChannelLayer,
+    RedisPubSubLoopLayer,
+    RedisSingleShardConnection,
+)
+from channels_redis.utils import _wrap_close
+
+logger = logging.getLogger(__name__)
+
+# While the connection is subscribed to nothing, look again this often (channels_redis's own).
+UNSUBSCRIBED_POLL_S = 0.1
+# After an unexpected error in the read loop, wait this long before reading again.
+ERROR_PAUSE_S = 1.0
+
+
+class _ShardConnection(RedisSingleShardConnection):  # type: ignore[misc]
+    async def _do_receiving(self) -> None:
+        while True:
+            try:
+                if self._pubsub and self._pubsub.subscribed:
+                    # No timeout: the read waits for the next message (or the connection's
+                    # end, which redis-py's retry turns into a reconnect and re-subscribe).
+                    message = await self._pubsub.get_message(
+                        ignore_subscribe_messages=True, timeout=None
+                    )
+                    self._receive_message(message)
+                else:
+                    await asyncio.sleep(UNSUBSCRIBED_POLL_S)
+            except (asyncio.CancelledError, GeneratorExit):
+                raise
+            except Exception:
+                logger.exception("the channel layer's receiver failed; reading again shortly")
+                await asyncio.sleep(ERROR_PAUSE_S)
+
+
+class _LoopLayer(RedisPubSubLoopLayer):  # type: ignore[misc]
+    _shards: list[RedisSingleShardConnection]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._shards = [_ShardConnection(shard.host, self) for shard in self._shards]
+
+
+class PubSubChannelLayer(RedisPubSubChannelLayer):  # type: ignore[misc]
+    """``channels_redis.pubsub.RedisPubSubChannelLayer`` with the read loop above."""
+
+    def _get_layer(self) -> _LoopLayer:
+        loop = asyncio.get_running_loop()
+        layer: _LoopLayer | None = self._layers.get(loop)
+        if layer is None:
+            layer = _LoopLayer(*self._args, **self._kwargs, channel_layer=self)
+            self._layers[loop] = layer
+            _wrap_close(self, loop)
+        return layer
