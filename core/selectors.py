@@ -43,13 +43,29 @@ class RowState:
 
 
 def generation_for_user(*, user: AbstractBaseUser, generation_id: str) -> Generation:
-    """The user's generation; another user's is 'not found', so ids cannot be probed."""
+    """The user's generation; another user's is 'not found', so ids cannot be probed.
+
+    Our own statement, through `raw`, which loads the model as the ORM does (every field,
+    through the database's converters): a REST read of a generation is on every stream's way,
+    and the ORM's building of the query cost as much as the rest of the read (0.41 against
+    0.20 ms of CPU per read on MariaDB, docs/scaling.md)."""
     if not looks_like_generation_id(generation_id):
         raise not_found()
-    try:
-        return Generation.objects.get(id=generation_id, user_id=user.pk)
-    except Generation.DoesNotExist:
-        raise not_found() from None
+    for generation in Generation.objects.raw(
+        _generation_for_user_sql(connection.vendor), [generation_id, user.pk]
+    ):
+        return generation
+    raise not_found()
+
+
+@cache
+def _generation_for_user_sql(vendor: str) -> str:
+    names = sql_names(Generation)
+    columns = ", ".join(names.column[field.attname] for field in Generation._meta.concrete_fields)
+    return (
+        f"SELECT {columns} FROM {names.table}"
+        f" WHERE {names.column['id']} = %s AND {names.column['user_id']} = %s"
+    )
 
 
 @dataclass(frozen=True)
