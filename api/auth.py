@@ -206,18 +206,9 @@ def issue_ticket(*, user_id: int, generation_id: str) -> tuple[str, int]:
 
 
 def user_is_active(user_id: int) -> bool:
-    """Whether the account still exists and is active: a ticket (and an open WebSocket) stops
-    working as soon as its user is deactivated, not when it expires."""
-    model = get_user_model()
-    users = sql_names(model)
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"SELECT 1 FROM {users.table}"
-            f" WHERE {users.column[model._meta.pk.attname]} = %s"
-            f" AND {users.column['is_active']} = %s",
-            [user_id, True],
-        )
-        return cursor.fetchone() is not None
+    """Whether the account still exists and is active: a ticket stops working as soon as its
+    user is deactivated, not when it expires (open WebSockets: realtime.upkeep)."""
+    return user_id in active_user_ids([user_id])
 
 
 def active_user_ids(user_ids: Sequence[int]) -> set[int]:
