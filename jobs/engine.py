@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import threading
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -23,6 +22,7 @@ from core.models import FinishReason, Status
 from core.redis import async_client
 from core.retry import Backoff
 from jobs import events, writer
+from jobs.coalescing import Coalescer, coalesce_interval_s
 from jobs.eventlog import (
     BATCH_APPEND_SCRIPT,
     REPLAY_MAX_EVENTS,
@@ -69,31 +69,6 @@ CHECKPOINT_TICKS_PER_INTERVAL = 4
 # The row of a running attempt is its heartbeat (jobs.reaper): it is written at least this many
 # times per HEARTBEAT_TIMEOUT_S, by a checkpoint when text flows, else by one for that alone.
 HEARTBEATS_PER_TIMEOUT = 4
-
-# A timer of the event loop may fire a little before its time (its clock and the selector's
-# timeout are rounded); a flush that early is on time.
-TIMER_SLACK_S = 0.002
-
-# Coalescing: the first text goes out at once (time to first token); after that a delta at
-# most every COALESCE_INTERVAL_S, or sooner when COALESCE_MAX_BYTES are waiting. Tokens per
-# second stay the same; messages per second drop several-fold.
-COALESCE_INTERVAL_S = 0.04
-COALESCE_MAX_BYTES = 1024
-# Under load the interval widens with the generations this process runs, from
-# COALESCE_INTERVAL_S at COALESCE_WIDEN_FROM up to COALESCE_MAX_INTERVAL_S: every delta costs
-# the same Redis round trips, channel-layer message and frame per subscriber whatever its
-# size, so fewer, larger deltas are what keeps a busy process on time. The widest interval
-# stays well inside the 150 ms latency budget.
-COALESCE_WIDEN_FROM = 10
-COALESCE_MAX_INTERVAL_S = 0.08
-
-
-def coalesce_interval_s(running: int) -> float:
-    """How long text may wait to be sent when this process runs `running` generations."""
-    if running <= COALESCE_WIDEN_FROM:
-        return COALESCE_INTERVAL_S
-    return min(COALESCE_MAX_INTERVAL_S, COALESCE_INTERVAL_S * running / COALESCE_WIDEN_FROM)
-
 
 # The final row write is retried this long through a database outage before giving up;
 # nothing is published as done until the row holds the full output.
@@ -280,9 +255,7 @@ class Attempt:
         # The pending text's event type: `delta`, or `reasoning` (PROTOCOL §8). Both share
         # the seq space, so a change of type flushes what waits first.
         self._pending_kind = "delta"
-        self._pending: list[str] = []
-        self._pending_bytes = 0
-        self._last_flush = float("-inf")
+        self._pending = Coalescer()
         # The fold that the log holds for certain (its last append answered): what a
         # periodic checkpoint writes, never text whose append is still in flight.
         self._published = (claim.start_seq, "", "")
@@ -410,12 +383,7 @@ class Attempt:
     async def _flush(self) -> None:
         if not self._pending:
             return
-        # The flush counts as made at the boundary it was due on, even when the loop's timer
-        # woke this a little early: the next one is then due on the next boundary, not at once.
-        self._last_flush = self.clock() + TIMER_SLACK_S
-        text = "".join(self._pending)
-        self._pending.clear()
-        self._pending_bytes = 0
+        text = self._pending.take()
         self.seq += 1
         if self._pending_kind == "reasoning":
             self.reasoning += text
@@ -426,25 +394,12 @@ class Attempt:
         self._published = (self.seq, self.text, self.reasoning)
         self.timer.delta_published()
 
-    def _flush_due_at(self) -> float:
-        """When the pending text is to be sent: the first boundary of the coalescing interval
-        after the last flush. Boundaries are shared by every attempt of the process, so the
-        attempts with text waiting flush together, in one round trip to Redis."""
-        if self._last_flush == float("-inf"):
-            return self._last_flush
-        interval_s = coalesce_interval_s(housekeeping.running_count())
-        return (math.floor(self._last_flush / interval_s) + 1) * interval_s
-
     async def _add_text(self, text: str, kind: str = "delta") -> None:
         if kind != self._pending_kind:
             await self._flush()
             self._pending_kind = kind
-        self._pending.append(text)
-        self._pending_bytes += len(text)
-        if (
-            self.clock() + TIMER_SLACK_S >= self._flush_due_at()
-            or self._pending_bytes >= COALESCE_MAX_BYTES
-        ):
+        interval_s = coalesce_interval_s(housekeeping.running_count())
+        if self._pending.add(text, self.clock(), interval_s):
             await self._flush()
 
     def _cancel_requested(self) -> bool:
@@ -476,7 +431,10 @@ class Attempt:
         """The provider's next item, or _TICK when the wait is over first."""
         if not queue.empty():
             return queue.get_nowait()
-        deadline = self._flush_due_at() if self._pending else self.clock() + IDLE_TICK_S
+        if self._pending:
+            deadline = self._pending.due_at(coalesce_interval_s(housekeeping.running_count()))
+        else:
+            deadline = self.clock() + IDLE_TICK_S
         try:
             async with asyncio.timeout_at(deadline):
                 return await queue.get()
@@ -583,7 +541,8 @@ class Attempt:
                 if item is _TICK:
                     # Nothing from the provider for a while: send what waits, notice a
                     # cancel or a stop.
-                    if self._pending and self.clock() + TIMER_SLACK_S >= self._flush_due_at():
+                    interval_s = coalesce_interval_s(housekeeping.running_count())
+                    if self._pending.is_due(self.clock(), interval_s):
                         await self._flush()
                     if self._cancel_requested() or self._stopping.is_set():
                         break

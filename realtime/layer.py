@@ -8,12 +8,20 @@ profile under 50 streams (docs/design.md, "The channel layer"). Here a subscribe
 waits for its next message with no timeout; everything else (subscribing, reconnecting and
 re-subscribing after Redis dropped the connection, the retry after an error) is
 channels_redis's and redis-py's own.
+
+A channel may also be given a handler (``PubSubChannelLayer.deliver_to``): its messages are
+then handed to it by the read loop itself, as they are read, instead of through the channel's
+queue to a task waiting in ``receive``: one wake-up of the event loop less per live message,
+which a web process pays for every event of every generation it follows (the process's live
+hub, realtime/live.py, is that channel). The handler must not wait on anything slow: the
+connection is not read while it runs.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from channels_redis.pubsub import (
@@ -41,7 +49,8 @@ class _ShardConnection(RedisSingleShardConnection):  # type: ignore[misc]
                     message = await self._pubsub.get_message(
                         ignore_subscribe_messages=True, timeout=None
                     )
-                    self._receive_message(message)
+                    if message is not None:
+                        await self._deliver(message)
                 else:
                     await asyncio.sleep(UNSUBSCRIBED_POLL_S)
             except (asyncio.CancelledError, GeneratorExit):
@@ -50,6 +59,30 @@ class _ShardConnection(RedisSingleShardConnection):  # type: ignore[misc]
                 logger.exception("the channel layer's receiver failed; reading again shortly")
                 await asyncio.sleep(ERROR_PAUSE_S)
 
+    async def _deliver(self, message: dict[str, Any]) -> None:
+        """channels_redis's ``_receive_message``, with the channels that have a handler
+        served by it here."""
+        layer: _LoopLayer = self.channel_layer
+        name = message["channel"]
+        if isinstance(name, bytes):
+            name = name.decode()
+        members = layer.groups.get(name, ()) if name not in layer.channels else (name,)
+        for channel in members:
+            queue = layer.channels.get(channel)
+            if queue is None:
+                continue
+            handler = layer.handlers.get(channel)
+            if handler is None:
+                queue.put_nowait(message["data"])
+                continue
+            try:
+                await handler(layer.channel_layer.deserialize(message["data"]))
+            except Exception:
+                logger.exception("the handler of %s failed", channel)
+
+
+Handler = Callable[[dict[str, Any]], Awaitable[None]]
+
 
 class _LoopLayer(RedisPubSubLoopLayer):  # type: ignore[misc]
     _shards: list[RedisSingleShardConnection]
@@ -57,10 +90,17 @@ class _LoopLayer(RedisPubSubLoopLayer):  # type: ignore[misc]
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._shards = [_ShardConnection(shard.host, self) for shard in self._shards]
+        self.handlers: dict[str, Handler] = {}
 
 
 class PubSubChannelLayer(RedisPubSubChannelLayer):  # type: ignore[misc]
     """``channels_redis.pubsub.RedisPubSubChannelLayer`` with the read loop above."""
+
+    def deliver_to(self, channel: str, handler: Handler) -> None:
+        """Hand `channel`'s messages to `handler` from the read loop, on the running loop,
+        while the channel is subscribed (a ``receive`` on it is waiting: it then gets
+        nothing)."""
+        self._get_layer().handlers[channel] = handler
 
     def _get_layer(self) -> _LoopLayer:
         loop = asyncio.get_running_loop()

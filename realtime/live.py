@@ -119,6 +119,12 @@ class LiveHub:
         async with self._opening:
             if self._reader is None:
                 self.channel = await self.layer.new_channel()
+                # The distributed tier's layer hands the channel's messages to dispatch as it
+                # reads them (realtime/layer.py); the receive below then only holds the
+                # subscription.
+                deliver_to = getattr(self.layer, "deliver_to", None)
+                if deliver_to is not None:
+                    deliver_to(self.channel, self.dispatch)
                 # Runs for the life of the loop: the pub/sub layer unsubscribes a channel when
                 # a receive on it is cancelled.
                 self._reader = asyncio.get_running_loop().create_task(

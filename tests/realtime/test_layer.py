@@ -8,6 +8,7 @@ and nothing of this to test.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -92,3 +93,62 @@ async def test_after_redis_drops_the_connection_it_resubscribes_and_delivers(
             await asyncio.wait({receiving}, timeout=0.2)
 
     assert 1 <= receiving.result()["n"] <= sent
+
+
+async def test_a_channel_with_a_handler_gets_its_messages_from_the_read_loop_in_order(
+    layer: Any,
+) -> None:
+    group, channel = await joined_channel(layer)
+    handled: list[int] = []
+    tasks: set[asyncio.Task[Any] | None] = set()
+    all_in = asyncio.Event()
+    count = 200
+
+    async def handler(message: dict[str, Any]) -> None:
+        handled.append(message["n"])
+        tasks.add(asyncio.current_task())
+        if len(handled) == count:
+            all_in.set()
+
+    layer.deliver_to(channel, handler)
+    # The receive holds the subscription; with a handler it is handed nothing.
+    holding = asyncio.ensure_future(layer.receive(channel))
+    try:
+        for n in range(count):
+            await layer.group_send(group, {"type": "gen.event", "n": n})
+        await asyncio.wait_for(all_in.wait(), 10)
+        assert handled == list(range(count))
+        assert not holding.done()
+        # Every message was handled by the shard's read loop itself, not by a task of ours.
+        assert len(tasks) == 1 and holding not in tasks
+        (reader,) = tasks
+        assert reader is not None and "_do_receiving" in repr(reader.get_coro())
+    finally:
+        holding.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await holding
+
+
+async def test_a_failing_handler_does_not_stop_the_read_loop(layer: Any) -> None:
+    group, channel = await joined_channel(layer)
+    handled: list[int] = []
+    both = asyncio.Event()
+
+    async def handler(message: dict[str, Any]) -> None:
+        handled.append(message["n"])
+        if len(handled) == 2:
+            both.set()
+        if message["n"] == 0:
+            raise RuntimeError("this one fails")
+
+    layer.deliver_to(channel, handler)
+    holding = asyncio.ensure_future(layer.receive(channel))
+    try:
+        await layer.group_send(group, {"type": "gen.event", "n": 0})
+        await layer.group_send(group, {"type": "gen.event", "n": 1})
+        await asyncio.wait_for(both.wait(), 10)
+        assert handled == [0, 1]
+    finally:
+        holding.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await holding
