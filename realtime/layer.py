@@ -66,7 +66,8 @@ class _ShardConnection(RedisSingleShardConnection):  # type: ignore[misc]
         name = message["channel"]
         if isinstance(name, bytes):
             name = name.decode()
-        members = layer.groups.get(name, ()) if name not in layer.channels else (name,)
+        # A copy: a handler may wait, and a join or leave meanwhile changes the group's set.
+        members = tuple(layer.groups.get(name, ())) if name not in layer.channels else (name,)
         for channel in members:
             queue = layer.channels.get(channel)
             if queue is None:
