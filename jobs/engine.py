@@ -398,9 +398,12 @@ class Attempt:
         if kind != self._pending_kind:
             await self._flush()
             self._pending_kind = kind
-        interval_s = coalesce_interval_s(housekeeping.running_count())
-        if self._pending.add(text, self.clock(), interval_s):
+        if self._pending.add(text, self.clock(), self._coalesce_interval_s()):
             await self._flush()
+
+    def _coalesce_interval_s(self) -> float:
+        """How long text may wait now: it widens with the generations this process runs."""
+        return coalesce_interval_s(housekeeping.running_count())
 
     def _cancel_requested(self) -> bool:
         if self._cancel:
@@ -432,7 +435,7 @@ class Attempt:
         if not queue.empty():
             return queue.get_nowait()
         if self._pending:
-            deadline = self._pending.due_at(coalesce_interval_s(housekeeping.running_count()))
+            deadline = self._pending.due_at(self._coalesce_interval_s())
         else:
             deadline = self.clock() + IDLE_TICK_S
         try:
@@ -541,8 +544,7 @@ class Attempt:
                 if item is _TICK:
                     # Nothing from the provider for a while: send what waits, notice a
                     # cancel or a stop.
-                    interval_s = coalesce_interval_s(housekeeping.running_count())
-                    if self._pending.is_due(self.clock(), interval_s):
+                    if self._pending.is_due(self.clock(), self._coalesce_interval_s()):
                         await self._flush()
                     if self._cancel_requested() or self._stopping.is_set():
                         break
