@@ -8,6 +8,7 @@ from huey.contrib.djhuey import db_task, on_startup, signal
 from huey.signals import SIGNAL_INTERRUPTED
 
 from core import metrics
+from core.heap import freeze_startup_heap
 from jobs.embedded import embedded_worker_alive
 from jobs.runner import housekeeping, run_generation_job, start_worker
 
@@ -26,6 +27,9 @@ def start_housekeeping() -> None:
     # already in its web process's /metrics.
     if not embedded_worker_alive():
         metrics.serve_worker_metrics()
+    # The worker machinery and the provider's SDK are loaded: what start-up left stays for the
+    # life of the process, out of the collector's way (core.heap). Once, by the first thread.
+    freeze_startup_heap("worker")
 
 
 @signal(SIGNAL_INTERRUPTED)  # type: ignore[untyped-decorator]

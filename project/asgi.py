@@ -19,6 +19,7 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from django.conf import settings  # noqa: E402
 from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
 
+from core.heap import freeze_startup_heap  # noqa: E402
 from realtime import daphne_ext  # noqa: E402
 from realtime.routing import websocket_urlpatterns  # noqa: E402
 
@@ -64,3 +65,6 @@ class Service:
 
 
 application = Service()
+
+# What start-up loaded stays for the life of the process: out of the collector's way (core.heap).
+freeze_startup_heap("web")
