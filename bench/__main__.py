@@ -157,7 +157,11 @@ def main(argv: list[str] | None = None) -> int:
         except Exception:
             failed = True
             traceback.print_exc()
-            outcomes[name] = "FAILED: " + traceback.format_exc().strip().splitlines()[-1]
+            outcomes[name] = (
+                "FAILED: "
+                + traceback.format_exc().strip().splitlines()[-1]
+                + " (its section below, if any, is from an earlier run)"
+            )
         print(f"== bench.{name}: {outcomes[name]}", flush=True)
     command = " ".join([".venv/bin/python -m bench", *argv])
     assemble(args.results, outcomes, command, started, load_before, uptime_before)

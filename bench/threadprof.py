@@ -53,6 +53,10 @@ def _dump(out: str) -> None:
     stats: pstats.Stats | None = None
     for profile in profiles:
         snapshot = _Snapshot(profile)
+        if not snapshot.stats:
+            # A thread with no call finished yet (one blocked since its first): pstats
+            # refuses an empty profile.
+            continue
         stats = pstats.Stats(snapshot) if stats is None else stats.add(snapshot)  # type: ignore[arg-type]
     if stats is not None:
         stats.dump_stats(out)
