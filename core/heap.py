@@ -2,11 +2,11 @@
 
 A process's modules, Django's setup and the SDKs' classes are hundreds of thousands of
 objects that live as long as the process. CPython's oldest-generation collection walks all of
-them: in a worker under 200 streams one took 160 ms, and every delivery of that process
+them: in a worker under 200 streams one took 163 ms, and every delivery of that process
 waited for it (the event p99 of the whole step was that pause). `gc.freeze()` moves what is
 alive once start-up is over to a permanent generation that no collection walks; what the
 process allocates afterwards is collected as before, and memory freed by reference counting
-is freed as before (docs/scaling.md, "Garbage collection pauses").
+is freed as before (docs/design.md; docs/scaling.md, "Garbage-collection pauses").
 """
 
 from __future__ import annotations
