@@ -206,13 +206,15 @@ _HUEY_CONSUMER = {
 }
 if DISTRIBUTED:
     HUEY: dict[str, Any] = {
-        "huey_class": "huey.RedisHuey",
+        # Huey's Redis queue; of a worker's idle threads only a few wait in Redis at a time.
+        "huey_class": "jobs.redis_queue.GatedRedisHuey",
         "name": "llm-generations",
         "immediate": False,  # djhuey would run tasks inline when DEBUG is on
-        # An idle worker thread waits for a task in a BRPOP of this many seconds. Huey's 1 s
-        # cost a worker with 260 threads 17% of its CPU (bench/results/profile_worker.md); an
-        # enqueue wakes a waiting thread at once either way, and an idle one sees a graceful
-        # stop (SIGINT) within this long, inside the grace period.
+        # An idle worker thread waits for a task (in a BRPOP, or for its turn to make one) this
+        # many seconds. Huey's 1 s cost a worker with 260 threads 17% of its CPU
+        # (bench/results/profile_worker.md); an enqueue wakes a waiting BRPOP at once either
+        # way, and an idle thread sees a graceful stop (SIGINT) within this long, inside the
+        # grace period.
         "connection": {"url": REDIS_URL, "read_timeout": 5},
         "consumer": {
             **_HUEY_CONSUMER,

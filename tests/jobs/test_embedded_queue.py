@@ -50,7 +50,7 @@ def test_the_embedded_default_uses_the_waking_queue() -> None:
     from django.conf import settings
 
     if settings.DISTRIBUTED:
-        assert settings.HUEY["huey_class"] == "huey.RedisHuey"
+        assert settings.HUEY["huey_class"] == "jobs.redis_queue.GatedRedisHuey"
     else:
         assert settings.HUEY["huey_class"] == "jobs.embedded.WakingSqliteHuey"
 
