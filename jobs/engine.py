@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from collections import deque
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
@@ -74,7 +75,7 @@ HEARTBEATS_PER_TIMEOUT = 4
 # nothing is published as done until the row holds the full output.
 FINAL_WRITE_RETRY_S = 60.0
 # An event that cannot reach Redis is retried this long (the provider's text waits in the
-# attempt's queue meanwhile), so that a Redis restart or a dropped connection costs a pause,
+# attempt meanwhile), so that a Redis restart or a dropped connection costs a pause,
 # not an attempt. Past it, the runner hands the generation back to the queue.
 REDIS_RETRY_S = 30.0
 # With nothing waiting to be sent, an attempt still wakes this often while the provider is
@@ -84,10 +85,6 @@ IDLE_TICK_S = 0.25
 
 class LostOwnership(Exception):
     """This attempt was superseded (re-queued by the reaper, or cancelled while queued)."""
-
-
-_TICK = object()  # the provider said nothing within the wait
-_END = object()  # the provider's stream ended
 
 
 def _on_own_connection(function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -253,9 +250,25 @@ class Attempt:
         self._loop = asyncio.get_running_loop()
         self.clock = self._loop.time
         # The pending text's event type: `delta`, or `reasoning` (PROTOCOL §8). Both share
-        # the seq space, so a change of type flushes what waits first.
+        # the seq space, so at a change of type what waits is set aside, to be sent first.
         self._pending_kind = "delta"
         self._pending = Coalescer()
+        self._set_aside: deque[tuple[str, str]] = deque()
+        self._send_now = False  # the coalescer asked for the pending text to go at once
+        # What the provider's reader has seen (it runs as a task of its own, _read).
+        # The stream ended, or the reader stopped at a cancel, a stop or the cap.
+        self._read_over = False
+        self._read_error: Exception | None = None
+        self.finish_reason: str | None = None
+        self.usage: dict[str, int] | None = None
+        # When the finish reason came (the grace for the usage chunk runs from it), and when
+        # the last chunk came once text had (the between-chunk timeout runs from it).
+        self._finished_at: float | None = None
+        self._last_chunk_at: float | None = None
+        # The attempt's task waits on `_waiter` until the reader wakes it, or until its timer.
+        self._waiter: asyncio.Future[None] | None = None
+        self._wait_timer: asyncio.TimerHandle | None = None
+        self._woken = False
         # The fold that the log holds for certain (its last append answered): what a
         # periodic checkpoint writes, never text whose append is still in flight.
         self._published = (claim.start_seq, "", "")
@@ -381,11 +394,17 @@ class Attempt:
         )
 
     async def _flush(self) -> None:
-        if not self._pending:
-            return
-        text = self._pending.take()
+        """Send what waits, in the order it came: the texts set aside at a change of type,
+        then the pending text."""
+        self._send_now = False
+        while self._set_aside:
+            await self._send(*self._set_aside.popleft())
+        if self._pending:
+            await self._send(self._pending_kind, self._pending.take())
+
+    async def _send(self, kind: str, text: str) -> None:
         self.seq += 1
-        if self._pending_kind == "reasoning":
+        if kind == "reasoning":
             self.reasoning += text
             await self._publish(events.reasoning(self.generation_id, self.seq, text))
         else:
@@ -394,12 +413,21 @@ class Attempt:
         self._published = (self.seq, self.text, self.reasoning)
         self.timer.delta_published()
 
-    async def _add_text(self, text: str, kind: str = "delta") -> None:
+    def _add_text(self, text: str, kind: str) -> None:
+        """Queue the provider's `text` (in the reader's task); the attempt's task sends it
+        when the coalescer says, woken for it."""
         if kind != self._pending_kind:
-            await self._flush()
+            if self._pending:
+                self._set_aside.append((self._pending_kind, self._pending.take()))
+                self._wake()
             self._pending_kind = kind
-        if self._pending.add(text, self.clock(), self._coalesce_interval_s()):
-            await self._flush()
+        was_empty = not self._pending
+        interval_s = self._coalesce_interval_s()
+        if self._pending.add(text, self.clock(), interval_s):
+            self._send_now = True
+            self._wake()
+        elif was_empty:
+            self._wake_by(self._pending.due_at(interval_s))
 
     def _coalesce_interval_s(self) -> float:
         """How long text may wait now: it widens with the generations this process runs."""
@@ -430,19 +458,93 @@ class Attempt:
             if await asyncio.to_thread(event_log().cancel_requested, self.generation_id):
                 self._cancel = True
 
-    async def _next(self, queue: asyncio.Queue[object]) -> object:
-        """The provider's next item, or _TICK when the wait is over first."""
-        if not queue.empty():
-            return queue.get_nowait()
+    # -- the provider's reader and the attempt's task ---------------------------------------
+    #
+    # The reader (a task of its own, so that the attempt's waits never cancel a read) takes
+    # each chunk as it comes, in _take: the counts, the cap, the finish reason, and the text
+    # into the coalescer. It wakes the attempt's task only when there is something to do:
+    # text to send now, the end of the stream, an error. In a steady stream that is once per
+    # delta, not once per chunk.
+
+    async def _read(self, stream: AsyncGenerator[Chunk, None]) -> None:
+        try:
+            async for chunk in stream:
+                if not self._take(chunk):
+                    break
+        except Exception as exc:
+            self._read_error = exc
+        finally:
+            try:
+                # Closes the provider's response (and its connection) before the attempt's
+                # task goes on, which would cancel a close still under way.
+                await stream.aclose()
+            finally:
+                self._read_over = True
+                self._wake()
+
+    def _take(self, chunk: Chunk) -> bool:
+        """One chunk of the provider's stream; whether to read on."""
+        if self._cancel_requested() or self._stopping.is_set():
+            return False
+        if chunk.text or chunk.reasoning:
+            if self.completion_tokens >= self.claim.max_tokens:
+                # Past the cap (max_tokens, or the daily quota's room): a provider that does
+                # not honour max_tokens is cut here, its extra text unused.
+                self.finish_reason = "length"
+                return False
+            # Reasoning tokens are completion tokens too: providers bill them so.
+            self.completion_tokens += 1
+            self.timer.text()
+            self._last_chunk_at = self.clock()
+            if chunk.reasoning:
+                self._add_text(chunk.reasoning, "reasoning")
+            if chunk.text:
+                self._add_text(chunk.text, "delta")
+        if chunk.finish_reason and self.finish_reason is None:
+            self.finish_reason = chunk.finish_reason
+            self._finished_at = self.clock()
+        if chunk.usage:
+            self.usage = chunk.usage
+        return True
+
+    def _wake(self) -> None:
+        """Have the attempt's task look at once at what the reader left."""
+        self._woken = True
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _wake_by(self, deadline: float) -> None:
+        """Have the attempt's task look by `deadline` (text waits that must go by then)."""
+        if self._waiter is None or self._waiter.done():
+            return  # it is not waiting: it takes the pending text's deadline when it does
+        timer = self._wait_timer
+        if timer is not None and timer.when() <= deadline:
+            return
+        if timer is not None:
+            timer.cancel()
+        self._wait_timer = self._loop.call_at(deadline, self._wake)
+
+    async def _wait(self) -> None:
+        """Until the reader wakes this task, or until the pending text is due (IDLE_TICK_S
+        when none waits: a silent provider, a cancel, a stop)."""
+        if self._woken:
+            self._woken = False
+            return
         if self._pending:
             deadline = self._pending.due_at(self._coalesce_interval_s())
         else:
             deadline = self.clock() + IDLE_TICK_S
+        waiter = self._waiter = self._loop.create_future()
+        self._wait_timer = self._loop.call_at(deadline, self._wake)
         try:
-            async with asyncio.timeout_at(deadline):
-                return await queue.get()
-        except TimeoutError:
-            return _TICK
+            await waiter
+        finally:
+            self._waiter = None
+            if self._wait_timer is not None:
+                self._wait_timer.cancel()
+                self._wait_timer = None
+            self._woken = False
 
     # -- the attempt -----------------------------------------------------------------------
 
@@ -522,74 +624,42 @@ class Attempt:
             temperature=self.claim.temperature,
             history=self.history,
         )
-        finish_reason: str | None = None
-        usage: dict[str, int] | None = None
-        # When the finish reason came (the grace for the usage chunk runs from it), and when
-        # the last chunk came once text had (the between-chunk timeout runs from it).
-        finished_at: float | None = None
-        last_chunk_at: float | None = None
         self.timer.provider_started()
-        queue: asyncio.Queue[object] = asyncio.Queue()
         reader = self._loop.create_task(
-            _read(
-                astream_with_retry(get_provider(), request, stop_requested=self._cancel_requested),
-                queue,
+            self._read(
+                astream_with_retry(get_provider(), request, stop_requested=self._cancel_requested)
             )
         )
         try:
             while True:
                 if self._lost:
                     raise LostOwnership(self.generation_id)
-                item = await self._next(queue)
-                if item is _TICK:
-                    # Nothing from the provider for a while: send what waits, notice a
-                    # cancel or a stop.
-                    if self._pending.is_due(self.clock(), self._coalesce_interval_s()):
-                        await self._flush()
-                    if self._cancel_requested() or self._stopping.is_set():
-                        break
-                    now = self.clock()
-                    if finished_at is not None:
-                        if now - finished_at >= settings.PROVIDER_FINISH_GRACE_S:
-                            # The answer is complete; a server that holds the connection
-                            # open after it must not turn it into a timeout.
-                            break
-                    elif (
-                        last_chunk_at is not None
-                        and now - last_chunk_at > settings.PROVIDER_READ_TIMEOUT_S
-                    ):
-                        raise ProviderError(
-                            f"no chunk for {settings.PROVIDER_READ_TIMEOUT_S:g} s mid-stream",
-                            permanent=False,
-                            kind="timeout",
-                        )
-                    continue
-                if item is _END:
+                await self._wait()
+                if (
+                    self._send_now
+                    or self._set_aside
+                    or self._pending.is_due(self.clock(), self._coalesce_interval_s())
+                ):
+                    await self._flush()
+                if self._read_error is not None:
+                    raise self._read_error
+                if self._read_over or self._cancel_requested() or self._stopping.is_set():
                     break
-                if isinstance(item, BaseException):
-                    raise item
-                assert isinstance(item, Chunk)
-                if self._cancel_requested() or self._stopping.is_set():
-                    break
-                if item.text or item.reasoning:
-                    if self.completion_tokens >= self.claim.max_tokens:
-                        # Past the cap (max_tokens, or the daily quota's room): a provider
-                        # that does not honour max_tokens is cut here, its extra text unused.
-                        finish_reason = "length"
+                now = self.clock()
+                if self._finished_at is not None:
+                    if now - self._finished_at >= settings.PROVIDER_FINISH_GRACE_S:
+                        # The answer is complete; a server that holds the connection open
+                        # after it must not turn it into a timeout.
                         break
-                    # Reasoning tokens are completion tokens too: providers bill them so.
-                    self.completion_tokens += 1
-                    self.timer.text()
-                    last_chunk_at = self.clock()
-                    if item.reasoning:
-                        await self._add_text(item.reasoning, "reasoning")
-                    if item.text:
-                        await self._add_text(item.text)
-                if item.finish_reason and finish_reason is None:
-                    finish_reason = item.finish_reason
-                    finished_at = self.clock()
-                if item.usage:
-                    usage = item.usage
+                elif (
+                    self._last_chunk_at is not None
+                    and now - self._last_chunk_at > settings.PROVIDER_READ_TIMEOUT_S
+                ):
+                    raise ProviderError(
+                        f"no chunk for {settings.PROVIDER_READ_TIMEOUT_S:g} s mid-stream",
+                        permanent=False,
+                        kind="timeout",
+                    )
         except ProviderError as error:
             await self._flush()
             if self._cancel_requested():
@@ -611,6 +681,7 @@ class Attempt:
         if self._cancel:
             await self._finish(Status.CANCELLED, FinishReason.CANCELLED)
             return
+        finish_reason = self.finish_reason
         if self._stopping.is_set() and finish_reason is None:
             # Another worker runs it again from the start (a provider stream cannot be
             # resumed), with `reset` first. A stop is not a failure: the attempt number stays.
@@ -625,7 +696,7 @@ class Attempt:
         # The provider's finish reason (PROTOCOL §8), else `stop`.
         if finish_reason not in FinishReason.values:
             finish_reason = FinishReason.STOP
-        await self._finish(Status.COMPLETED, str(finish_reason), usage)
+        await self._finish(Status.COMPLETED, str(finish_reason), self.usage)
 
     def _counted_usage(self, usage: dict[str, int] | None) -> dict[str, int]:
         """The provider's figures when it reported them, else our own count; plus the
@@ -727,19 +798,6 @@ class Attempt:
                 error=error,
             )
         )
-
-
-async def _read(stream: AsyncGenerator[Chunk, None], queue: asyncio.Queue[object]) -> None:
-    """Move the provider's chunks to `queue` (then _END, or the error that ended it), so that
-    the attempt waits for them with a timeout without cancelling the read itself."""
-    try:
-        async for chunk in stream:
-            queue.put_nowait(chunk)
-        queue.put_nowait(_END)
-    except Exception as exc:
-        queue.put_nowait(exc)
-    finally:
-        await stream.aclose()
 
 
 class Engine:

@@ -4,10 +4,12 @@ the generations a process runs."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import pytest
 from django.db import connection
@@ -259,3 +261,83 @@ def test_the_huey_thread_holds_no_connection_while_its_generation_runs(
     assert seen == {"claimed on": "engine-db", "connection": None}
     generation.refresh_from_db()
     assert generation.output == expected_text(20)
+
+
+def test_the_attempts_task_wakes_about_once_per_delta_not_once_per_chunk(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The provider's reader takes each chunk itself (counts, cap, coalescer) and wakes the
+    attempt's task only when there is text to send or the stream is over."""
+    wakes = 0
+    wait = engine.Attempt._wait
+
+    async def counted(self: engine.Attempt) -> None:
+        nonlocal wakes
+        wakes += 1
+        await wait(self)
+
+    monkeypatch.setattr(engine.Attempt, "_wait", counted)
+    generation = new_generation(unique("[fake tokens=500 rate=250]"))
+    run_generation_job(generation.id)
+
+    generation.refresh_from_db()
+    deltas = [event for event in logged_events(generation.id) if event["type"] == "delta"]
+    print(f"\n{wakes} wakes of the attempt's task for 500 chunks, {len(deltas)} deltas")
+    assert "".join(event["text"] for event in deltas) == generation.output == expected_text(500)
+    # One wake to send each delta, one when the stream ends; a timer's wake now and then
+    # for a delta whose next token came late. Never one per chunk.
+    assert wakes <= 2 * len(deltas) + 2
+    assert wakes * 4 < 500
+
+
+def test_reasoning_and_text_that_alternate_chunk_by_chunk_keep_their_order(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """At a change of type the waiting text is set aside and sent first: the events, in seq
+    order, are the chunks' texts in the order they came, each run of one type together."""
+    from jobs.providers.base import Chunk
+
+    # Runs of one type, of 1-4 chunks; one chunk carries both (reasoning first).
+    plan: list[Chunk] = []
+    for index in range(120):
+        if (index // (1 + index % 4)) % 2:
+            plan.append(Chunk(reasoning=f"r{index} "))
+        else:
+            plan.append(Chunk(text=f"t{index} "))
+    plan.append(Chunk(reasoning="both-r ", text="both-t "))
+    plan.append(Chunk(finish_reason="stop"))
+
+    async def stream(*args: object, **kwargs: object) -> Any:
+        for index, chunk in enumerate(plan):
+            if index % 7 == 0:
+                await asyncio.sleep(0.003)  # some chunks come alone, some in a burst
+            yield chunk
+
+    monkeypatch.setattr(engine, "astream_with_retry", stream)
+    generation = new_generation(unique("alternating"))
+    run_generation_job(generation.id)
+
+    expected: list[tuple[str, str]] = []
+    for chunk in plan:
+        for kind, text in (("reasoning", chunk.reasoning), ("delta", chunk.text)):
+            if not text:
+                continue
+            if expected and expected[-1][0] == kind:
+                expected[-1] = (kind, expected[-1][1] + text)
+            else:
+                expected.append((kind, text))
+    logged = logged_events(generation.id)
+    assert [event["seq"] for event in logged] == list(range(1, len(logged) + 1))
+    sent = [(event["type"], event["text"]) for event in logged if event["type"] != "done"]
+    # Merge the coalescer's several events of one run, to compare runs with runs.
+    runs: list[tuple[str, str]] = []
+    for kind, text in sent:
+        if runs and runs[-1][0] == kind:
+            runs[-1] = (kind, runs[-1][1] + text)
+        else:
+            runs.append((kind, text))
+    assert runs == expected
+    generation.refresh_from_db()
+    assert generation.output == "".join(text for kind, text in expected if kind == "delta")
+    assert generation.reasoning == "".join(t for kind, t in expected if kind == "reasoning")
+    assert generation.completion_tokens == len(plan) - 1 and generation.status == "completed"
