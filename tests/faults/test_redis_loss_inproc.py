@@ -51,7 +51,7 @@ def send(runner: Attempt, text: str) -> None:
     """`text` as the attempt's next delta, sent at once."""
 
     async def go() -> None:
-        await runner._add_text(text)
+        runner._add_text(text, "delta")
         await runner._flush()
 
     engine().call(go())
