@@ -255,9 +255,9 @@ class Attempt:
         self._pending = Coalescer()
         self._set_aside: deque[tuple[str, str]] = deque()
         self._send_now = False  # the coalescer asked for the pending text to go at once
-        # What the provider's reader has seen (it runs as a task of its own, _read).
-        # The stream ended, or the reader stopped at a cancel, a stop or the cap.
-        self._read_over = False
+        # What the provider's reader has seen (it runs as a task of its own, _read, and
+        # wakes this one when it ends: the stream ended, or it stopped at a cancel, a stop
+        # or the cap).
         self._read_error: Exception | None = None
         self.finish_reason: str | None = None
         self.usage: dict[str, int] | None = None
@@ -474,13 +474,9 @@ class Attempt:
         except Exception as exc:
             self._read_error = exc
         finally:
-            try:
-                # Closes the provider's response (and its connection) before the attempt's
-                # task goes on, which would cancel a close still under way.
-                await stream.aclose()
-            finally:
-                self._read_over = True
-                self._wake()
+            # Closes the provider's response (and its connection) before the task ends and
+            # the attempt's goes on, which would cancel a close still under way.
+            await stream.aclose()
 
     def _take(self, chunk: Chunk) -> bool:
         """One chunk of the provider's stream; whether to read on."""
@@ -630,6 +626,7 @@ class Attempt:
                 astream_with_retry(get_provider(), request, stop_requested=self._cancel_requested)
             )
         )
+        reader.add_done_callback(lambda _: self._wake())
         try:
             while True:
                 if self._lost:
@@ -643,7 +640,7 @@ class Attempt:
                     await self._flush()
                 if self._read_error is not None:
                     raise self._read_error
-                if self._read_over or self._cancel_requested() or self._stopping.is_set():
+                if reader.done() or self._cancel_requested() or self._stopping.is_set():
                     break
                 now = self.clock()
                 if self._finished_at is not None:

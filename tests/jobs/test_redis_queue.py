@@ -9,7 +9,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
-from contextlib import suppress
+from contextlib import contextmanager, suppress
 
 import pytest
 import redis
@@ -32,18 +32,23 @@ THREADS = 20
 
 @pytest.fixture
 def storage() -> Iterator[GatedRedisStorage]:
-    yield from _storage(settings.REDIS_URL)
+    with queue_on(settings.REDIS_URL) as queue:
+        yield queue
 
 
-def _storage(url: str) -> Iterator[GatedRedisStorage]:
+@contextmanager
+def queue_on(url: str) -> Iterator[GatedRedisStorage]:
+    """A queue of its own name on the Redis at `url`, emptied and disconnected after."""
     name = f"test{uuid.uuid4().hex[:12]}"
     # Each of the pool's connections carries the name, so that Redis lists this queue's own.
     pool = redis.ConnectionPool.from_url(url, client_name=name)
     queue = GatedRedisStorage(name, connection_pool=pool, read_timeout=1)
-    yield queue
-    with suppress(redis.RedisError):
-        queue.flush_all()
-    pool.disconnect()
+    try:
+        yield queue
+    finally:
+        with suppress(redis.RedisError):
+            queue.flush_all()
+        pool.disconnect()
 
 
 class IdleThreads:
@@ -160,11 +165,9 @@ def test_after_redis_comes_back_a_task_is_taken_at_once_however_long_it_was_gone
     from tests.faults.infra import RedisServer
 
     server = RedisServer().start()
-    queues = _storage(server.url)
-    storage = next(queues)
     try:
         # Each loop's back-off as earlier outages left it: 10 s.
-        with IdleThreads(storage, delay_s=10.0) as idle:
+        with queue_on(server.url) as storage, IdleThreads(storage, delay_s=10.0) as idle:
             time.sleep(0.3)
             server.stop()
             time.sleep(2)
@@ -180,6 +183,4 @@ def test_after_redis_comes_back_a_task_is_taken_at_once_however_long_it_was_gone
         assert sorted(idle.received) == [f"after-{n}" for n in range(3)]
         assert elapsed_s < 2 * UNREACHABLE_RETRY_S + 1
     finally:
-        with suppress(StopIteration):
-            next(queues)
         server.close()
