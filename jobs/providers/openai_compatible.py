@@ -108,6 +108,20 @@ def request_parameters(request: ProviderRequest) -> dict[str, Any]:
     return parameters
 
 
+def sdk_arguments(parameters: dict[str, Any]) -> dict[str, Any]:
+    """The arguments of the SDK's `create` that send `parameters` as the request's body.
+
+    The messages go as `extra_body`, which the SDK sends as given, in the body's `messages`
+    field (an empty list holds its place, first in the body's order as the SDK writes it).
+    Given as `messages`, the SDK would first walk every message against the types of all the
+    content parts chat completions accept, which changes nothing in messages of a role and a
+    text (chat_messages builds no other kind) and costs about as much CPU as the rest of the
+    request, and many times more with a conversation's history: 6.7 ms for 20 messages
+    where the rest takes 0.13 ms (docs/scaling.md, "The request's messages"). The body is
+    the one the SDK would send (tests/jobs/test_provider_request_body.py)."""
+    return {**parameters, "messages": [], "extra_body": {"messages": parameters["messages"]}}
+
+
 # -- errors -------------------------------------------------------------------------------
 
 
@@ -255,7 +269,7 @@ class OpenAIProvider:
         wants_usage = "stream_options" in parameters
         try:
             context = self._async_client().chat.completions.with_streaming_response.create(  # type: ignore[call-overload]
-                **parameters
+                **sdk_arguments(parameters)
             )
             response = await context.__aenter__()
         except Exception as exc:
