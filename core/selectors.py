@@ -125,6 +125,18 @@ def row_state(generation_id: str) -> RowState | None:
     )
 
 
+def generation_status(generation_id: str) -> str | None:
+    """The generation's status alone, in SQL: what a cancel reads while it waits for the
+    worker to stop (None if the row is gone)."""
+    generations = sql_names(Generation)
+    rows = _rows(
+        f"SELECT {generations.column['status']} FROM {generations.table}"
+        f" WHERE {generations.column['id']} = %s",
+        [generation_id],
+    )
+    return str(rows[0][0]) if rows else None
+
+
 def _encode_cursor(row: Any) -> str:
     raw = f"{row.created_at.isoformat()}|{row.id}"
     return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
