@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 import redis
+from django.conf import settings
 from django.db import InterfaceError, OperationalError
 from django.http import HttpResponse
 
@@ -104,7 +105,9 @@ def not_found(what: str = "generation") -> ApiError:
 
 
 def payload_too_large() -> ApiError:
-    return ApiError("payload_too_large", "The request body is larger than 64 KiB.")
+    limit = settings.MAX_REQUEST_BYTES
+    size = f"{limit // 1024} KiB" if limit % 1024 == 0 else f"{limit} bytes"
+    return ApiError("payload_too_large", f"The request body is larger than {size}.")
 
 
 def _reject_constant(value: str) -> Any:

@@ -9,7 +9,9 @@ from typing import Any
 
 import httpx
 import pytest
+from pytest_django.fixtures import Settings
 
+from core.errors import payload_too_large
 from tests.api.support import UNKNOWN_GENERATION_ID, assert_error
 from tests.conftest import create
 from tests.harness import Service, make_token
@@ -130,6 +132,15 @@ def test_chunked_body_over_64_kib_without_content_length_is_413(alice: httpx.Cli
     response = alice.post(GENERATIONS, content=chunks(), headers=JSON)
 
     assert_error(response, 413, "payload_too_large")
+
+
+@pytest.mark.parametrize(("limit", "said"), [(64 * 1024, "64 KiB"), (1000, "1000 bytes")])
+def test_the_413_message_names_the_limit_in_force(
+    settings: Settings, limit: int, said: str
+) -> None:
+    settings.MAX_REQUEST_BYTES = limit
+
+    assert payload_too_large().message == f"The request body is larger than {said}."
 
 
 # --- 400 invalid_json ------------------------------------------------------------------------
