@@ -4,11 +4,14 @@ Django's own ASGI handler runs each sync middleware, and then a sync view, throu
 ``sync_to_async``: a thread hop per step, on a new thread per request, which opens a new
 database connection. Every REST call is a sync view behind seven middleware, so that was most
 of a request's cost (docs/scaling.md, "One thread hop per request"). This handler runs the
-sync chain, middleware and view, in one call on a pool of threads, the first
-KEPT_CONNECTIONS of which keep their database connections between requests: pinged before a
-request's first statement (Django's health check), and replaced once KEPT_CONNECTION_S old.
-The others, there for bursts and for views that wait (a REST cancel waits up to 2 s for the
-worker), close theirs after each request as Django does.
+sync chain, middleware and view, in one call on a thread of one of two pools. The
+KEPT_CONNECTIONS threads of the first keep their database connections between requests:
+pinged before a request's first statement (Django's health check), and replaced once
+KEPT_CONNECTION_S old. A request goes to them whenever one is free; only while all are busy
+(a burst, views that wait: a REST cancel waits up to 2 s for the worker) does it go to the
+second pool, whose threads close their connections after each request as Django does. One
+pool whose first threads kept their connections served requests on any of its threads once
+a burst had started them all: after one, more than half of all requests opened a connection.
 
 An async view (the SSE stream) runs on the server's event loop as Django runs it under a sync
 chain (``async_to_sync``, which, from this pool's threads, schedules it on that loop while the
@@ -19,7 +22,6 @@ client disconnects, as Django's handler does.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -36,27 +38,78 @@ from django.urls import set_script_prefix
 
 # Requests served at once per process (each holds at most one database connection).
 REQUEST_THREADS = 32
-# Of which the first this many keep their connections: a process holds at most this many
-# while it is idle.
+# Of which this many keep their connections: a process holds at most this many while it is
+# idle.
 KEPT_CONNECTIONS = 8
 # A kept connection is closed at the start of the first request after it is this old.
 KEPT_CONNECTION_S = 300.0
 
-_started = itertools.count()
 _thread = threading.local()
 
 
-def _start_thread() -> None:
-    # The pool starts a thread only when none is idle, and never stops one: the threads of
-    # a process that is not in a burst are its first few, which keep their connections.
-    _thread.keeps_connections = next(_started) < KEPT_CONNECTIONS
+def _pool_initializer(keeps_connections: bool) -> Any:
+    def initialize() -> None:
+        _thread.keeps_connections = keeps_connections
+
+    return initialize
 
 
-_threads = ThreadPoolExecutor(REQUEST_THREADS, thread_name_prefix="http", initializer=_start_thread)
+_keeping = ThreadPoolExecutor(
+    KEPT_CONNECTIONS, thread_name_prefix="http", initializer=_pool_initializer(True)
+)
+_overflow = ThreadPoolExecutor(
+    REQUEST_THREADS - KEPT_CONNECTIONS,
+    thread_name_prefix="http-more",
+    initializer=_pool_initializer(False),
+)
+# A free thread of `_keeping`: taken by a request that goes there, given back when its call
+# has run, or when it was cancelled before it ran.
+_keeping_free = threading.BoundedSemaphore(KEPT_CONNECTIONS)
 
 
-def _in_thread(function: Any) -> Any:
-    return sync_to_async(function, thread_sensitive=False, executor=_threads)
+class _KeepingSlot:
+    """One request's hold on a thread of `_keeping`, given back exactly once: by the thread
+    when the call has run, or by the event loop when the call was cancelled before a thread
+    took it (the pool then drops it unrun)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._state = "waiting"  # -> "running" (a thread took it) or "dropped"
+
+    def start(self) -> bool:
+        with self._lock:
+            if self._state == "dropped":
+                return False
+            self._state = "running"
+            return True
+
+    def drop(self) -> None:
+        with self._lock:
+            if self._state != "waiting":
+                return
+            self._state = "dropped"
+        _keeping_free.release()
+
+
+async def _in_thread(function: Any, *args: Any) -> Any:
+    """`function(*args)` on a request thread: one that keeps its connections if one is free."""
+    if not _keeping_free.acquire(blocking=False):
+        return await sync_to_async(function, thread_sensitive=False, executor=_overflow)(*args)
+    slot = _KeepingSlot()
+
+    def run() -> Any:
+        if not slot.start():
+            return None
+        try:
+            return function(*args)
+        finally:
+            _keeping_free.release()
+
+    try:
+        return await sync_to_async(run, thread_sensitive=False, executor=_keeping)()
+    except asyncio.CancelledError:
+        slot.drop()
+        raise
 
 
 def _keep_connections() -> None:
@@ -89,7 +142,7 @@ class Handler(ASGIHandler):
         except RequestAborted:
             return
         try:
-            response = await _in_thread(self._respond)(scope, body)
+            response = await _in_thread(self._respond, scope, body)
             if response.streaming:
                 await self._stream(response, receive, send)
             else:
@@ -127,7 +180,7 @@ class Handler(ASGIHandler):
             for task in tasks:
                 task.cancel()
             outcomes = await asyncio.gather(*tasks, return_exceptions=True)
-            await _in_thread(self._close)(response)
+            await _in_thread(self._close, response)
         for outcome in outcomes:
             if isinstance(outcome, Exception) and not isinstance(outcome, RequestAborted):
                 raise outcome

@@ -11,8 +11,9 @@ from concurrent.futures import ThreadPoolExecutor
 import MySQLdb
 import pytest
 
-from project.handler import KEPT_CONNECTIONS
+from project.handler import KEPT_CONNECTIONS, REQUEST_THREADS
 from tests.conftest import create
+from tests.faults.infra import DatabaseProxy
 from tests.harness import Service, wait_until
 from tests.tier_env import TIER
 
@@ -62,6 +63,41 @@ def test_requests_reuse_kept_connections_and_survive_their_loss() -> None:
             response = client.get("/api/v1/me")
             assert response.status_code == 200, response.text
         assert not connection_ids(service) & now
+
+
+def test_after_a_burst_one_request_at_a_time_reuses_the_kept_connections() -> None:
+    """A burst puts requests on the threads that do not keep their connections; once it is
+    over, requests one at a time go to the threads that do, instead of opening a connection
+    each on whichever thread of the burst is free."""
+    database = DatabaseProxy()
+    try:
+        with (
+            Service(workers=0, database_address=database.address) as service,
+            service.client("keeper") as client,
+        ):
+            burst = [service.client("keeper") for _ in range(REQUEST_THREADS)]
+            try:
+                at_start = database.accepted()
+                with ThreadPoolExecutor(len(burst)) as pool:
+                    replies = pool.map(
+                        lambda each: [each.get("/api/v1/me").status_code for _ in range(5)],
+                        burst,
+                    )
+                    assert all(status == 200 for statuses in replies for status in statuses)
+                # The burst went past the threads that keep their connections.
+                assert database.accepted() - at_start > KEPT_CONNECTIONS
+            finally:
+                for each in burst:
+                    each.close()
+            for _ in range(2 * KEPT_CONNECTIONS):
+                assert client.get("/api/v1/me").status_code == 200
+            before = database.accepted()
+            for _ in range(40):
+                assert client.get("/api/v1/me").status_code == 200
+            # At most one new connection per keeping thread that had none yet.
+            assert database.accepted() - before <= KEPT_CONNECTIONS
+    finally:
+        database.close()
 
 
 def test_requests_that_wait_do_not_hold_up_the_others() -> None:

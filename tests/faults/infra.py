@@ -155,6 +155,10 @@ class DatabaseProxy:
     def restore(self) -> None:
         self.control.command("restore")
 
+    def accepted(self) -> int:
+        """How many connections the proxy has accepted so far."""
+        return int(self.control.command("accepted"))
+
     def close(self) -> None:
         self.process.kill()
         self.process.wait()

@@ -9,7 +9,8 @@ service's traffic). The control port takes one command per line and answers ``ok
 - ``hang``: every open connection is reset, and new ones are accepted and then left silent
   (what a client sees when packets to the server are dropped: nothing, until a timeout);
 - ``restore``: connections are forwarded again (silent ones are closed);
-- ``ping``: answers ``ok`` (the proxy is up).
+- ``ping``: answers ``ok`` (the proxy is up);
+- ``accepted``: answers ``ok N``, the number of connections it has accepted so far.
 """
 
 from __future__ import annotations
@@ -28,8 +29,10 @@ class Proxy:
         self.hang = False
         self._writers: set[asyncio.StreamWriter] = set()
         self._silent: set[asyncio.StreamWriter] = set()
+        self.accepted = 0
 
     async def client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.accepted += 1
         if self.hang:
             self._silent.add(writer)
             return
@@ -69,6 +72,10 @@ class Proxy:
     async def control(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         while line := await reader.readline():
             command = line.decode().strip()
+            if command == "accepted":
+                writer.write(f"ok {self.accepted}\n".encode())
+                await writer.drain()
+                continue
             if command == "cut":
                 self.cut_all()
             elif command == "hang":
@@ -99,10 +106,13 @@ class ProxyControl:
     def __init__(self, control_port: int) -> None:
         self.control_port = control_port
 
-    def command(self, command: str) -> None:
+    def command(self, command: str) -> str:
+        """What the proxy answered after its ``ok`` (empty for most commands)."""
         with socket.create_connection(("127.0.0.1", self.control_port), timeout=5) as sock:
             sock.sendall(command.encode() + b"\n")
-            assert sock.makefile().readline().strip() == "ok"
+            answer = sock.makefile().readline().strip()
+        assert answer == "ok" or answer.startswith("ok "), answer
+        return answer[3:]
 
 
 def main() -> None:
