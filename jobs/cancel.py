@@ -43,11 +43,10 @@ def cancel(generation: Generation, *, wait_s: float = CANCEL_WAIT_S) -> Generati
     if wait_s <= 0:
         return generation
     deadline = time.monotonic() + wait_s
+    if flagged:
+        # The worker reads the flag between chunks: it has not stopped already.
+        time.sleep(CANCEL_POLL_S)
     while True:
-        if flagged:
-            # The worker reads the flag between chunks: it has not stopped already.
-            time.sleep(CANCEL_POLL_S)
-        flagged = True
         status = generation_status(generation.pk)
         if status is None:  # deleted meanwhile (an operator): nothing more to read
             return generation
@@ -60,6 +59,7 @@ def cancel(generation: Generation, *, wait_s: float = CANCEL_WAIT_S) -> Generati
                 break
         if time.monotonic() >= deadline:
             break
+        time.sleep(CANCEL_POLL_S)
     generation.refresh_from_db()
     return generation
 

@@ -47,20 +47,18 @@ KEPT_CONNECTION_S = 300.0
 _thread = threading.local()
 
 
-def _pool_initializer(keeps_connections: bool) -> Any:
-    def initialize() -> None:
-        _thread.keeps_connections = keeps_connections
-
-    return initialize
+def _start_thread(keeps_connections: bool) -> None:
+    _thread.keeps_connections = keeps_connections
 
 
 _keeping = ThreadPoolExecutor(
-    KEPT_CONNECTIONS, thread_name_prefix="http", initializer=_pool_initializer(True)
+    KEPT_CONNECTIONS, thread_name_prefix="http", initializer=_start_thread, initargs=(True,)
 )
 _overflow = ThreadPoolExecutor(
     REQUEST_THREADS - KEPT_CONNECTIONS,
     thread_name_prefix="http-more",
-    initializer=_pool_initializer(False),
+    initializer=_start_thread,
+    initargs=(False,),
 )
 # A free thread of `_keeping`: taken by a request that goes there, given back when its call
 # has run, or when it was cancelled before it ran.

@@ -19,15 +19,10 @@ import time
 sys.path.insert(0, os.getcwd())
 os.environ.setdefault("TEST_TIER", "distributed")
 
+from bench.procstat import cpu_meter
 from tests.harness import Service
 
 CANCELS = 40
-
-
-def cpu_s(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as stat:
-        fields = stat.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def main() -> None:
@@ -41,19 +36,17 @@ def main() -> None:
                 prompt = f"q {round_} {index} [fake tokens=3000 rate=50 ttft=0]"
                 ids.append(client.post("/api/v1/generations", json={"prompt": prompt}).json()["id"])
             time.sleep(1.5)
-            web_cpu, worker_cpu, started = cpu_s(web.pid), cpu_s(worker.pid), time.perf_counter()
+            used = cpu_meter({"web": [web.pid], "worker": [worker.pid]})
+            started = time.perf_counter()
             for generation_id in ids:
                 reply = client.post(f"/api/v1/generations/{generation_id}/cancel").json()
                 assert reply["status"] == "cancelled", reply["status"]
+            cpu = used()
             print(
                 json.dumps(
                     {
-                        "web_cpu_ms_per_cancel": round(
-                            (cpu_s(web.pid) - web_cpu) * 1000 / CANCELS, 2
-                        ),
-                        "worker_cpu_ms": round(
-                            (cpu_s(worker.pid) - worker_cpu) * 1000 / CANCELS, 2
-                        ),
+                        "web_cpu_ms_per_cancel": round(cpu["web"] * 1000 / CANCELS, 2),
+                        "worker_cpu_ms": round(cpu["worker"] * 1000 / CANCELS, 2),
                         "wall_ms": round((time.perf_counter() - started) * 1000 / CANCELS, 1),
                     }
                 ),

@@ -12,17 +12,12 @@ import sys
 import time
 
 
-def cpu_s(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as stat:
-        fields = stat.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def main(root: str) -> None:
     sys.path.insert(0, root)
     os.chdir(root)
     os.environ.setdefault("TEST_TIER", "distributed")
     from bench import capacity
+    from bench.procstat import cpu_meter
     from tests.harness import FakeLLM
 
     capacity.HUEY_WORKERS = int(os.environ.get("HW", "260"))
@@ -31,11 +26,9 @@ def main(root: str) -> None:
         system = capacity.start_system("ours", fake)
         try:
             time.sleep(5)
-            groups = system.cpu_groups
-            before = {g: sum(cpu_s(p) for p in pids) for g, pids in groups.items()}
+            meter = cpu_meter(system.cpu_groups)
             time.sleep(30)
-            after = {g: sum(cpu_s(p) for p in pids) for g, pids in groups.items()}
-            used = {g: round((after[g] - before[g]) / 30 * 1000, 1) for g in groups}
+            used = {g: round(cpu_s / 30 * 1000, 1) for g, cpu_s in meter().items()}
             print(used, "CPU-ms per s idle", flush=True)
         finally:
             system.stop()

@@ -19,18 +19,15 @@ sys.path.insert(0, os.getcwd())
 
 import MySQLdb
 
+from bench.procstat import cpu_meter, mysql_pids
 from tests.harness import Service
 
 REQUESTS = 200
 
 
-def cpu_s(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as stat:
-        fields = stat.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def main() -> None:
+    # One connection kept for the counter (bench.procstat.mysql would connect per read and
+    # count itself).
     server = MySQLdb.connect(host="127.0.0.1", user="root", passwd="", port=3306)
 
     def connections() -> int:
@@ -38,7 +35,6 @@ def main() -> None:
         cursor.execute("SHOW GLOBAL STATUS LIKE 'Connections'")
         return int(cursor.fetchone()[1])
 
-    mariadb = int(os.popen("pidof mariadbd").read().split()[0])
     with Service(tier="distributed") as service:
         web = service.webs[0]
         assert web is not None
@@ -50,15 +46,17 @@ def main() -> None:
         time.sleep(1)
 
         def one_at_a_time(label: str) -> None:
-            opened, web_cpu, db_cpu = connections(), cpu_s(web.pid), cpu_s(mariadb)
+            opened = connections()
+            used = cpu_meter({"web": [web.pid], "mariadb": mysql_pids()})
             started = time.perf_counter()
             for _ in range(REQUESTS):
                 client.get(path)
+            cpu = used()
             print(
                 f"{label}: new MySQL connections {connections() - opened} of {REQUESTS}"
                 f" requests; per request Daphne CPU "
-                f"{(cpu_s(web.pid) - web_cpu) * 1000 / REQUESTS:.2f} ms, MariaDB "
-                f"{(cpu_s(mariadb) - db_cpu) * 1000 / REQUESTS:.2f} ms, wall "
+                f"{cpu['web'] * 1000 / REQUESTS:.2f} ms, MariaDB "
+                f"{cpu['mariadb'] * 1000 / REQUESTS:.2f} ms, wall "
                 f"{(time.perf_counter() - started) * 1000 / REQUESTS:.2f} ms",
                 flush=True,
             )
