@@ -18,7 +18,9 @@ import importlib
 import io
 import os
 import signal
+import subprocess
 import sys
+import tempfile
 import time
 import traceback
 from pathlib import Path
@@ -42,8 +44,34 @@ MODULES = [
 ]
 
 
-def run_module(name: str, results_dir: Path, quick: bool) -> str:
-    """Runs one benchmark; returns how it went, for the report."""
+def run_module(name: str, results_dir: Path, quick: bool) -> tuple[str, bool]:
+    """Runs one benchmark in a process of its own: (how it went, for the report; whether it
+    ran to its end).
+
+    A process of its own: the TTFT burst's 50 clients and the resume runs measure from
+    threads of the benchmark's process, and what the benchmarks before them had left in one
+    shared process (Django, the SDKs, the capacity run's results) made its garbage
+    collections long enough to show in their figures: the distributed burst's p50 was 174 ms
+    after bench.provider_read in the same process, 12.7 ms alone (docs/scaling.md, "The
+    benchmarks' own processes")."""
+    with tempfile.TemporaryDirectory() as scratch:
+        outcome = Path(scratch) / "outcome"
+        command = [sys.executable, "-m", "bench", "--one", name, "--outcome", str(outcome)]
+        command += ["--results", str(results_dir), *(["--quick"] if quick else [])]
+        child = subprocess.Popen(command, cwd=ROOT)
+        try:
+            code = child.wait()
+        except BaseException:
+            # Stopped from outside: the benchmark's own `finally` blocks stop what it started.
+            child.terminate()
+            child.wait()
+            raise
+        said = outcome.read_text().strip() if outcome.exists() else ""
+    return said or f"FAILED: exited with status {code}", code == 0 and bool(said)
+
+
+def _run_here(name: str, results_dir: Path, quick: bool) -> str:
+    """Runs one benchmark in this process; returns how it went, for the report."""
     try:
         module: Any = importlib.import_module(f"bench.{name}")
     except ModuleNotFoundError as error:
@@ -134,7 +162,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="seconds long: the smoke run")
     parser.add_argument("--only", help="comma-separated module names")
     parser.add_argument("--results", type=Path, default=ROOT / "bench" / "results")
+    # One benchmark in this process, how it went written to --outcome (run_module's child).
+    parser.add_argument("--one", help=argparse.SUPPRESS)
+    parser.add_argument("--outcome", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.one:
+        return _run_one(args.one, args.results, args.quick, args.outcome)
     names = args.only.split(",") if args.only else MODULES
     args.results.mkdir(parents=True, exist_ok=True)
     started = datetime.datetime.now(datetime.UTC)
@@ -145,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"== bench.{name}", flush=True)
         module_started = time.monotonic()
         try:
-            outcomes[name] = run_module(name, args.results, args.quick)
+            outcomes[name], ran = run_module(name, args.results, args.quick)
         except SystemExit as stop:
             # Stopped from outside: what ran so far still makes a report.
             failed = True
@@ -154,19 +187,29 @@ def main(argv: list[str] | None = None) -> int:
                 " (its section below, if any, is from an earlier run)"
             )
             break
-        except Exception:
+        if not ran:
             failed = True
-            traceback.print_exc()
-            outcomes[name] = (
-                "FAILED: "
-                + traceback.format_exc().strip().splitlines()[-1]
-                + " (its section below, if any, is from an earlier run)"
-            )
+            outcomes[name] += " (its section below, if any, is from an earlier run)"
         print(f"== bench.{name}: {outcomes[name]}", flush=True)
     command = " ".join([".venv/bin/python -m bench", *argv])
     assemble(args.results, outcomes, command, started, load_before, uptime_before)
     print(f"report: {args.results / 'REPORT.md'}")
     return 1 if failed else 0
+
+
+def _run_one(name: str, results_dir: Path, quick: bool, outcome: Path | None) -> int:
+    """run_module's child: one benchmark, how it went written to `outcome`."""
+    code = 0
+    try:
+        said = _run_here(name, results_dir, quick)
+    except SystemExit as stop:
+        code, said = 1, f"stopped by signal {stop.code}"
+    except Exception:
+        traceback.print_exc()
+        code, said = 1, "FAILED: " + traceback.format_exc().strip().splitlines()[-1]
+    if outcome is not None:
+        outcome.write_text(said)
+    return code
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ receives it (the worker's read, coalescing, publish and the live delivery).
 
 from __future__ import annotations
 
+import gc
 import pathlib
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -148,6 +149,12 @@ def burst(service: Service, users: int) -> list[dict[str, float]]:
 
 def measure(tier: str, runs: int, burst_users: int = BURST_USERS) -> dict[str, Any]:
     with Service(tier=tier) as service:
+        # This process is the clients: what it has loaded so far (the SDK, Django, the
+        # harness) stays out of its garbage collector's full collections, which otherwise
+        # paused every client thread at once, a burst's 50 included (docs/scaling.md, "The
+        # benchmarks' own processes").
+        gc.collect()
+        gc.freeze()
         provider = openai.OpenAI(base_url=service.fake.url + "/v1", api_key="bench", max_retries=0)
         series: dict[str, list[float]] = {
             key: [] for key in ("post", "first", "provider_sent", "delivery", "direct")
