@@ -125,6 +125,21 @@ def row_state(generation_id: str) -> RowState | None:
     )
 
 
+def row_state_of(generation: Generation) -> RowState:
+    """What a subscriber needs of a row the caller has just read or written."""
+    return RowState(
+        generation.id,
+        int(generation.user_id),
+        generation.status,
+        generation.seq,
+        generation.output,
+        generation.finish_reason,
+        generation.usage,
+        generation.error,
+        generation.reasoning,
+    )
+
+
 def generation_status(generation_id: str) -> str | None:
     """The generation's status alone, in SQL: what a cancel reads while it waits for the
     worker to stop (None if the row is gone)."""

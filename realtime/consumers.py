@@ -16,11 +16,9 @@ from collections.abc import Coroutine
 from typing import Any
 from urllib.parse import urlsplit
 
-from asgiref.sync import sync_to_async
-from channels.consumer import AsyncConsumer
+from channels.consumer import AsyncConsumer, get_handler_name
 from channels.exceptions import StopConsumer
 from django.conf import settings
-from django.db import connection
 
 from api import services
 from api.auth import Identity, authenticate_token
@@ -34,11 +32,11 @@ from api.conversations import (
 from api.validation import encodable, parse_generation_params, parse_idempotency_key
 from core import metrics
 from core.errors import UNAVAILABLE_ERRORS, ApiError, not_found, parse_json, unavailable
-from core.selectors import RowState, limits_for
+from core.selectors import Limits, RowState, limits_for, row_state_of
 from jobs.eventlog import StoredEvent
 from jobs.events import dumps
 from realtime.connections import connection_registry
-from realtime.db import read, read_row
+from realtime.db import read, read_row, write
 from realtime.frames import (
     CLOSE_AUTH_TIMEOUT,
     CLOSE_TOO_BIG,
@@ -76,16 +74,11 @@ MAX_CONVERSATION_SUBSCRIPTIONS = 50
 CONVERSATION_POLL_S = 5.0
 
 
-def _closing(fn: Any) -> Any:
-    """Run a write off the event loop, its connection given back at once (`read` may retry)."""
-
-    def call(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            connection.close()
-
-    return sync_to_async(call, thread_sensitive=False)
+def _identity_and_limits(token: str, *, first: bool) -> tuple[Identity, Limits | None]:
+    """The token's identity and, for a connection's first `auth`, its user's limits: one
+    database session."""
+    identity = authenticate_token(token)
+    return identity, limits_for(identity.user.pk) if first else None
 
 
 class FrameError(Exception):
@@ -139,18 +132,27 @@ class StreamConsumer(AsyncConsumer):  # type: ignore[misc]
     """Handles one WebSocket connection."""
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        """channels' consumer loop, without a channel of its own on the channel layer: it
+        would cost a subscribe and an unsubscribe on Redis per connection, and a task per
+        message waiting on it, and nothing is ever sent to it (live events and conversation
+        notices come through the process's live hub, realtime/live.py)."""
+        self.scope = scope
+        self.base_send = send
         try:
-            await super().__call__(scope, receive, send)
-        except UNAVAILABLE_ERRORS as failure:
-            if hasattr(self, "channel_name"):
-                raise
-            # channels subscribes the connection's own channel on the layer before any
-            # handler runs; with Redis unreachable that fails, and Daphne would answer 1011.
-            # Say "try again later" instead: the client reconnects with backoff.
-            logger.warning("no channel for a new WebSocket: %r", failure)
-            if (await receive())["type"] == "websocket.connect":
-                await send({"type": "websocket.accept"})
-                await send({"type": "websocket.close", "code": CLOSE_TRY_AGAIN_LATER})
+            while True:
+                await self.dispatch(await receive())
+        except StopConsumer:
+            pass
+
+    async def dispatch(self, message: dict[str, Any]) -> None:
+        """Channels' dispatch, without the `close_old_connections` it runs on a thread before
+        every message: this consumer's database work runs on realtime.db's threads, which
+        look after their own connections, so that thread hop (on one thread shared by every
+        connection of the process) did nothing but cost."""
+        handler = getattr(self, get_handler_name(message), None)
+        if handler is None:
+            raise ValueError(f"No handler for message type {message['type']}")
+        await handler(message)
 
     async def websocket_connect(self, message: dict[str, Any]) -> None:
         # Set by the first `auth` once the connection is in the per-user registry.
@@ -309,15 +311,15 @@ class StreamConsumer(AsyncConsumer):  # type: ignore[misc]
         try:
             if not isinstance(token, str) or not token:
                 raise ApiError("unauthorized", "A token is required.")
-            identity: Identity = await read(authenticate_token, token)
+            first = self.identity is None
+            identity, limits = await read(_identity_and_limits, token, first=first)
             if self.identity is not None and identity.user.pk != self.identity.user.pk:
                 raise ApiError("unauthorized", "The token is for another user.")
         except ApiError as error:
             await self._send_json(error_reply(ApiError("unauthorized", error.message), ref))
             await self._close(CLOSE_UNAUTHORIZED)
             return
-        if self.identity is None:
-            limits = await read(limits_for, identity.user.pk)
+        if limits is not None:
             if not await connection_registry().add(
                 identity.user.pk, self.connection_id, limits.max_connections
             ):
@@ -351,14 +353,16 @@ class StreamConsumer(AsyncConsumer):  # type: ignore[misc]
         self._ensure_subscription_room(None)
         params = parse_generation_params(frame, extra_fields=_GENERATE_FIELDS)
         key = parse_idempotency_key(frame.get("idempotency_key"))
-        generation, _ = await _closing(services.generation_create)(
+        generation, _ = await write(
+            services.generation_create,
             user=self.identity.user,
             params=params,
             idempotency_key=key,
             target=parse_turn_target(frame),
         )
         await self._send_json({"type": "created", "ref": ref, "generation": generation.to_dict()})
-        await self._start_subscription(generation.id, 0)
+        # The row as the create wrote (or, for a repeat, read) it is the snapshot's: no read.
+        await self._start_subscription(generation.id, 0, row_state_of(generation))
 
     async def _subscribe(self, frame: dict[str, Any], ref: Any) -> None:
         assert self.identity is not None
@@ -411,8 +415,11 @@ class StreamConsumer(AsyncConsumer):  # type: ignore[misc]
         assert self.identity is not None
         generation_id = _id_field(frame, "id", "A generation id.")
         try:
-            await _closing(services.generation_cancel)(
-                user=self.identity.user, generation_id=generation_id, wait_s=0
+            await write(
+                services.generation_cancel,
+                user=self.identity.user,
+                generation_id=generation_id,
+                wait_s=0,
             )
         except ApiError as error:
             raise FrameError(error, generation_id) from None

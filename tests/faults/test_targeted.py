@@ -644,7 +644,8 @@ def test_websocket_subscription_made_while_redis_is_down_delivers_once_it_is_bac
 ) -> None:
     """`subscribed` is the promise: a subscription whose live group or buffer cannot be
     reached yet is set up by the server once Redis is back, with no new request. A new
-    connection meanwhile is closed 1013 (try again later)."""
+    connection meanwhile is told `unavailable` at its `auth` (the user's connections are
+    counted in Redis) and closed 1013 (try again later)."""
     username = "ws-redis-outage"
     url = cluster.url("/ws/v1").replace("http://", "ws://")
     with cluster.client(username) as client:
@@ -653,7 +654,7 @@ def test_websocket_subscription_made_while_redis_is_down_delivers_once_it_is_bac
         ).json()
         final = wait_terminal(client, generation["id"])
 
-    async def scenario() -> tuple[list[dict[str, Any]], dict[str, Any], int]:
+    async def scenario() -> tuple[list[dict[str, Any]], dict[str, Any], dict[str, Any], int]:
         received: list[dict[str, Any]] = []
         async with connect(url, open_timeout=5) as ws:
             await ws.send(json.dumps({"type": "auth", "token": make_token(username)}))
@@ -662,8 +663,12 @@ def test_websocket_subscription_made_while_redis_is_down_delivers_once_it_is_bac
             try:
                 await ws.send(json.dumps({"type": "subscribe", "id": generation["id"], "ref": 1}))
                 reply = await _frame(ws)
-                # A new connection gets no channel on the layer: try again later, not 1011.
+                # A new connection cannot be counted: try again later, not 1011.
                 async with connect(url, open_timeout=5) as fresh:
+                    await fresh.send(
+                        json.dumps({"type": "auth", "token": make_token(username), "ref": 2})
+                    )
+                    fresh_reply = await _frame(fresh)
                     with pytest.raises(ConnectionClosed) as closed:
                         await _frame(fresh)
                     assert closed.value.rcvd is not None
@@ -671,9 +676,11 @@ def test_websocket_subscription_made_while_redis_is_down_delivers_once_it_is_bac
             finally:
                 redis_server.start()
             await _until_done(ws, generation["id"], received)
-        return received, reply, fresh_close
+        return received, reply, fresh_reply, fresh_close
 
-    received, reply, fresh_close = asyncio.run(scenario())
+    received, reply, fresh_reply, fresh_close = asyncio.run(scenario())
+    assert fresh_reply["type"] == "error" and fresh_reply["code"] == "unavailable", fresh_reply
+    assert fresh_reply["ref"] == 2
     assert fresh_close == 1013
     assert reply == {"type": "subscribed", "ref": 1, "id": generation["id"]}
     assert [frame["type"] for frame in received] == ["snapshot", "done"]

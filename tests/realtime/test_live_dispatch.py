@@ -1,8 +1,8 @@
-"""Live events reach a WebSocket subscriber without a database thread hop per message.
+"""A WebSocket connection's messages reach their handlers without a database thread hop each.
 
-channels runs ``close_old_connections`` in a worker thread before every handler; the
-consumer skips it for live events (their handler reads the database only through
-``realtime.db.read_row``, on threads that keep their own connections). In process, on this
+channels runs ``close_old_connections`` on a thread before every handler; the consumer skips
+it for every message, the client's frames and live events alike (its database work runs on
+``realtime.db``'s threads, which keep and check their own connections). In process, on this
 run's tier: the real database, buffer and channel layer; the hop is counted by wrapping the
 real function.
 """
@@ -24,7 +24,7 @@ from tests.wire import decoded_frame
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-async def test_live_events_reach_the_client_without_a_database_hop_each(
+async def test_frames_and_live_events_reach_their_handlers_without_a_database_hop_each(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     await tier_sender(monkeypatch)
@@ -61,8 +61,8 @@ async def test_live_events_reach_the_client_without_a_database_hop_each(
                 text += frame["text"]
 
         assert text == "".join(f"t{index} " for index in range(20))
-        # Client frames (auth, subscribe) still get channels' clean-up; live events do not.
-        assert hops_before_live >= 2
-        assert len(hops) == hops_before_live
+        # Neither the client's frames (connect, auth, subscribe) nor live events.
+        assert hops_before_live == 0
+        assert hops == []
     finally:
         await communicator.disconnect()
