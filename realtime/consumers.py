@@ -36,6 +36,7 @@ from core.selectors import Limits, RowState, limits_for, row_state_of
 from jobs.eventlog import StoredEvent
 from jobs.events import dumps
 from realtime.connections import connection_registry
+from realtime.daphne_ext import text_sender
 from realtime.db import read, read_row, write
 from realtime.frames import (
     CLOSE_AUTH_TIMEOUT,
@@ -138,6 +139,8 @@ class StreamConsumer(AsyncConsumer):  # type: ignore[misc]
         notices come through the process's live hub, realtime/live.py)."""
         self.scope = scope
         self.base_send = send
+        # Under Daphne, live events' frames go to the socket without ASGI's layers.
+        self.send_text = text_sender(send)
         try:
             while True:
                 await self.dispatch(await receive())
@@ -389,7 +392,10 @@ class StreamConsumer(AsyncConsumer):  # type: ignore[misc]
             # A session's timer may be inside its catch-up while `unsubscribe` (or a new
             # `subscribe` to the same id) replaces it: nothing of it may follow the reply.
             if self.sessions.get(generation_id) is session and not self.closed:
-                await self.send({"type": "websocket.send", "text": event.data})
+                if self.send_text is not None:
+                    self.send_text(event.data)
+                else:
+                    await self.send({"type": "websocket.send", "text": event.data})
 
         def ended() -> None:
             if self.sessions.get(generation_id) is session:
