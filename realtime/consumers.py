@@ -364,7 +364,8 @@ class StreamConsumer(AsyncConsumer):  # type: ignore[misc]
             target=parse_turn_target(frame),
         )
         await self._send_json({"type": "created", "ref": ref, "generation": generation.to_dict()})
-        # The row as the create wrote (or, for a repeat, read) it is the snapshot's: no read.
+        # The row as the create wrote (or, for a repeat, read) it is the snapshot's: no read
+        # for it.
         await self._start_subscription(generation.id, 0, row_state_of(generation))
 
     async def _subscribe(self, frame: dict[str, Any], ref: Any) -> None:

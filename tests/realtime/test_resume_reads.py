@@ -89,6 +89,51 @@ async def test_websocket_subscribe_reads_the_row_once_for_the_owner_check_and_sn
     assert len(row_reads) == 1
 
 
+async def test_websocket_auth_and_generate_spend_one_session_and_no_row_read(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A first `auth` reads the user and the user's limits in one database session; a
+    `generate` takes its snapshot from the row it created, on a write thread whose connection
+    the next `generate` finds open. (It read the row twice before: once for the snapshot and
+    once in the catch-up, which looks at the row while the new generation has no buffer yet;
+    the catch-up's read remains.)"""
+    from django.db import connection
+
+    from api import services
+
+    sessions = _counting(monkeypatch, consumers, "read")
+    row_reads = _counting(monkeypatch, selectors, "row_state")
+    reused: list[bool] = []
+    create = services.generation_create
+
+    def creating(**kwargs: Any) -> Any:
+        reused.append(connection.connection is not None)
+        return create(**kwargs)
+
+    monkeypatch.setattr(services, "generation_create", creating)
+    communicator = WebsocketCommunicator(StreamConsumer.as_asgi(), "/ws/v1")
+    connected, _ = await communicator.connect()
+    assert connected
+    try:
+        await communicator.send_to(
+            text_data=json.dumps({"type": "auth", "token": make_token("generate-reads")})
+        )
+        assert decoded_frame(await communicator.receive_from(timeout=30))["type"] == "auth.ok"
+        assert len(sessions) == 1
+        for ref in (1, 2):
+            frame = {"type": "generate", "ref": ref, "prompt": "no reads [fake tokens=1]"}
+            await communicator.send_to(text_data=json.dumps(frame))
+            created = decoded_frame(await communicator.receive_from(timeout=30))
+            assert created["type"] == "created", created
+            snapshot = decoded_frame(await communicator.receive_from(timeout=30))
+            assert snapshot["type"] == "snapshot" and snapshot["seq"] == 0, snapshot
+    finally:
+        await communicator.disconnect()
+
+    assert len(row_reads) == 2  # the catch-ups' only
+    assert reused == [reused[0], True]
+
+
 async def test_sse_request_reads_the_user_and_the_row_in_one_database_session(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
