@@ -576,11 +576,8 @@ def test_websocket_answers_unavailable_while_mysql_is_cut_and_streams_go_on(
     closed 1013 (try again later); the stream already subscribed goes on to `done`."""
     username = "ws-db-outage"
     url = cluster.url("/ws/v1").replace("http://", "ws://")
+    streaming: dict[str, str] = {}
     with cluster.client(username) as client:
-        # Long enough to outlast the cut; the worker retries its checkpoints meanwhile.
-        streaming = client.post(
-            "/api/v1/generations", json={"prompt": unique("outage [fake tokens=90 rate=20]")}
-        ).json()
         other = client.post(
             "/api/v1/generations", json={"prompt": unique("other [fake tokens=3]")}
         ).json()
@@ -592,8 +589,26 @@ def test_websocket_answers_unavailable_while_mysql_is_cut_and_streams_go_on(
         async with connect(url, open_timeout=5) as ws:
             await ws.send(json.dumps({"type": "auth", "token": make_token(username)}))
             assert (await _frame(ws))["type"] == "auth.ok"
-            await ws.send(json.dumps({"type": "subscribe", "id": streaming["id"], "ref": "s"}))
-            assert (await _frame(ws))["type"] == "subscribed"
+            # Created just before the cut and long enough to outlast it (the worker retries its
+            # checkpoints meanwhile): a stream that ended before the cut, or that had not
+            # started, would prove nothing.
+            await ws.send(
+                json.dumps(
+                    {
+                        "type": "generate",
+                        "prompt": unique("outage [fake tokens=120 rate=20]"),
+                        "ref": "s",
+                    }
+                )
+            )
+            created = await _frame(ws)
+            assert created["type"] == "created", created
+            streaming["id"] = created["generation"]["id"]
+            received.append(await _frame(ws))
+            assert received[0]["type"] == "snapshot", received
+            # The worker has claimed it and streams when the cut comes.
+            received.append(await _frame(ws))
+            assert received[1]["type"] == "delta", received
             database_proxy.cut()
             try:
                 for ref, frame in {
@@ -618,6 +633,8 @@ def test_websocket_answers_unavailable_while_mysql_is_cut_and_streams_go_on(
                     fresh_close = closed.value.rcvd.code
             finally:
                 database_proxy.restore()
+            # Nothing is `done` before the row holds the output, so not while the cut lasts.
+            assert not [f for f in received if f["type"] == "done"], received
             await _until_done(ws, streaming["id"], received)
         return received, replies, fresh_close
 
