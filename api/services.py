@@ -18,7 +18,13 @@ from api.validation import GenerationParams
 from core import metrics
 from core.errors import ApiError
 from core.models import Generation, Status
-from core.selectors import generation_for_user, lock_user, start_of_day_utc, usage_now
+from core.selectors import (
+    Usage,
+    generation_for_user,
+    lock_user,
+    start_of_day_utc,
+    usage_now,
+)
 from jobs import cancel
 from jobs.writer import enqueue
 
@@ -77,7 +83,9 @@ def generation_create(
         with transaction.atomic():
             # Serialise this user's creates: the idempotency re-check, the rate limit and the
             # quotas below must see each other's effects, or concurrent requests race past.
-            lock_user(user.pk)
+            # The user's row lock and the usage the limits are checked against, in one
+            # statement (the usage is read once the lock is granted).
+            usage = usage_now(user.pk, lock=True)
             existing = _idempotent_match(user, idempotency_key, params, target)
             if existing is not None:
                 return existing, False
@@ -91,7 +99,7 @@ def generation_create(
                 prompt=params.prompt,
                 system=params.system,
             )
-            _check_limits(user)
+            _check_limits(user, usage)
             generation = _create_turn(
                 user_id=user.pk,
                 model=params.model,
@@ -140,8 +148,12 @@ def _create_turn(
     return generation
 
 
-def _check_limits(user: AbstractBaseUser, *, rate_limit: bool = True) -> None:
-    usage = usage_now(user.pk)
+def _check_limits(
+    user: AbstractBaseUser, usage: Usage | None = None, *, rate_limit: bool = True
+) -> None:
+    """Refuse the create if a limit says so; `usage` is read here unless given (read under
+    the user's row lock, which the caller holds)."""
+    usage = usage or usage_now(user.pk)
     limits = usage.limits
     if usage.active >= limits.max_active_generations:
         metrics.REJECTIONS.labels(code="too_many_active").inc()

@@ -268,24 +268,60 @@ def _tables() -> tuple[str, str]:
     return sql_names(Generation).table, sql_names(UserLimits).table
 
 
-def usage_now(user_id: int) -> Usage:
+# Stands for the user's id among a `_read_for` statement's parameters.
+_USER = object()
+
+
+def _read_for(user_id: int, columns: str, params: list[Any], *, lock: bool) -> tuple[Any, ...]:
+    """One row of `columns`, scalar subqueries that name the user as `{user}` (whose
+    parameter is `_USER` in `params`), in one round trip. With `lock`, the same statement
+    takes the user's row lock first (lock_user) where the database has row locks: the
+    subqueries then refer to the locked row, so they run once the lock is granted and, under
+    READ COMMITTED, see every transaction committed before (tests/api/test_usage_lock.py).
+    Given the user's id as a parameter instead, MariaDB read them before the lock was
+    granted, and missed what the transaction it waited for had committed."""
+    if lock and connection.features.has_select_for_update:
+        model = get_user_model()
+        users = sql_names(model)
+        pk = users.column[model._meta.pk.attname]
+        rows = _rows(
+            f"SELECT {columns.format(user=f'{users.table}.{pk}')}"
+            f" FROM {users.table} WHERE {pk} = %s FOR UPDATE",
+            [*(p for p in params if p is not _USER), user_id],
+        )
+        if rows:
+            return rows[0]
+        # No such user: nothing to lock, as lock_user.
+    return _one_row(
+        f"SELECT {columns.format(user='%s')}",
+        [user_id if p is _USER else p for p in params],
+    )
+
+
+def usage_now(user_id: int, *, lock: bool = False) -> Usage:
     """The user's limits and what counts against them, in one round trip: a create checks
     them all (docs/scaling.md: through the ORM, these were three statements and about 3 ms
-    of this machine's CPU; the SQL is written here so that it costs one)."""
+    of this machine's CPU; the SQL is written here so that it costs one). With `lock`, the
+    same statement takes the user's row lock (lock_user), as a create does before it checks
+    them."""
     generations, limits = _tables()
-    columns = ", ".join(f"(SELECT {field} FROM {limits} WHERE user_id = %s)" for field in _LIMITS)
-    *overrides, active, tokens_today = _one_row(
-        f"SELECT {columns},"
-        f" (SELECT COUNT(*) FROM {generations} WHERE user_id = %s AND status IN (%s, %s)),"
+    columns = ", ".join(
+        f"(SELECT {field} FROM {limits} WHERE user_id = {{user}})" for field in _LIMITS
+    )
+    *overrides, active, tokens_today = _read_for(
+        user_id,
+        f"{columns},"
+        f" (SELECT COUNT(*) FROM {generations} WHERE user_id = {{user}} AND status IN (%s, %s)),"
         f" (SELECT COALESCE(SUM(completion_tokens), 0) FROM {generations}"
-        f"  WHERE user_id = %s AND created_at >= %s)",
+        f"  WHERE user_id = {{user}} AND created_at >= %s)",
         [
-            *(user_id for _ in _LIMITS),
-            user_id,
+            *(_USER for _ in _LIMITS),
+            _USER,
             *sorted(ACTIVE_STATUSES),
-            user_id,
+            _USER,
             connection.ops.adapt_datetimefield_value(start_of_day_utc()),
         ],
+        lock=lock,
     )
     return Usage(
         limits=_limits(dict(zip(_LIMITS, overrides, strict=True))),
@@ -299,27 +335,30 @@ def start_of_day_utc() -> datetime:
     return now.replace(hour=0, minute=0, second=0, microsecond=0)
 
 
-def quota_left_today(user_id: int, *, excluding: str) -> int:
+def quota_left_today(user_id: int, *, excluding: str, lock: bool = False) -> int:
     """The user's daily quota less what today's other generations hold of it: the completion
     tokens of each, a running one counted at its cap (what it may still use) rather than at
     its tokens so far. A generation that starts gets at most this (writer.generation_claim),
-    so concurrent generations together never pass the quota. One round trip, as usage_now."""
+    so concurrent generations together never pass the quota. One round trip, as usage_now,
+    and with `lock` the same statement takes the user's row lock, as a claim does."""
     generations, limits = _tables()
-    override, held = _one_row(
-        f"SELECT (SELECT tokens_per_day FROM {limits} WHERE user_id = %s),"
+    override, held = _read_for(
+        user_id,
+        f"(SELECT tokens_per_day FROM {limits} WHERE user_id = {{user}}),"
         " (SELECT COALESCE(SUM(CASE"
         "   WHEN status = %s AND token_cap IS NOT NULL"
         "   THEN (CASE WHEN token_cap > completion_tokens THEN token_cap"
         "         ELSE completion_tokens END)"
         "   ELSE completion_tokens END), 0)"
-        f"  FROM {generations} WHERE user_id = %s AND created_at >= %s AND id <> %s)",
+        f"  FROM {generations} WHERE user_id = {{user}} AND created_at >= %s AND id <> %s)",
         [
-            user_id,
+            _USER,
             Status.RUNNING,
-            user_id,
+            _USER,
             connection.ops.adapt_datetimefield_value(start_of_day_utc()),
             excluding,
         ],
+        lock=lock,
     )
     return _limits({"tokens_per_day": override}).tokens_per_day - int(held)
 

@@ -29,7 +29,7 @@ from django.utils import timezone
 from core import metrics
 from core.loops import start_loop_thread
 from core.models import TERMINAL_STATUSES, Generation, Status
-from core.selectors import lock_user, quota_left_today, sql_names
+from core.selectors import quota_left_today, sql_names
 from jobs import events
 from jobs.eventlog import SEQ_GAP_AFTER_LOST_LOG, event_log
 
@@ -309,10 +309,10 @@ def _token_cap(*, user_id: int, generation_id: str, used: int, max_tokens: int) 
     Serialised per user: on MySQL by the user's row (as creates are), so that the sum below
     sees every reservation committed before (READ COMMITTED); on SQLite by the database's
     write lock, which every transaction takes at its start (IMMEDIATE)."""
-    lock_user(user_id)
     # The completion tokens of earlier runs of this generation (0 on its first claim) were
-    # paid for, so they leave the quota less room.
-    left = quota_left_today(user_id, excluding=generation_id) - used
+    # paid for, so they leave the quota less room. The user's row lock and the quota's
+    # reading are one statement (the reading comes once the lock is granted).
+    left = quota_left_today(user_id, excluding=generation_id, lock=True) - used
     return max(0, min(max_tokens, left))
 
 
