@@ -246,10 +246,14 @@ def lock_user(user_id: int) -> None:
     and claims, whose limit and quota checks must see each other's writes. On SQLite the
     database's write lock, which every transaction takes at its start, does that instead."""
     if connection.features.has_select_for_update:
-        model = get_user_model()
-        users = sql_names(model)
-        pk = users.column[model._meta.pk.attname]
-        _rows(f"SELECT 1 FROM {users.table} WHERE {pk} = %s FOR UPDATE", [user_id])
+        users, pk = _user_table_and_pk()
+        _rows(f"SELECT 1 FROM {users} WHERE {pk} = %s FOR UPDATE", [user_id])
+
+
+def _user_table_and_pk() -> tuple[str, str]:
+    model = get_user_model()
+    users = sql_names(model)
+    return users.table, users.column[model._meta.pk.attname]
 
 
 def _rows(sql: str, params: list[Any]) -> list[tuple[Any, ...]]:
@@ -281,12 +285,10 @@ def _read_for(user_id: int, columns: str, params: list[Any], *, lock: bool) -> t
     Given the user's id as a parameter instead, MariaDB read them before the lock was
     granted, and missed what the transaction it waited for had committed."""
     if lock and connection.features.has_select_for_update:
-        model = get_user_model()
-        users = sql_names(model)
-        pk = users.column[model._meta.pk.attname]
+        users, pk = _user_table_and_pk()
         rows = _rows(
-            f"SELECT {columns.format(user=f'{users.table}.{pk}')}"
-            f" FROM {users.table} WHERE {pk} = %s FOR UPDATE",
+            f"SELECT {columns.format(user=f'{users}.{pk}')}"
+            f" FROM {users} WHERE {pk} = %s FOR UPDATE",
             [*(p for p in params if p is not _USER), user_id],
         )
         if rows:

@@ -23,6 +23,7 @@ from django.db import (
 )
 
 from core.models import Generation, Status
+from tests.api.test_request_threads import kill
 from tests.tier_env import TIER
 
 pytestmark = [
@@ -42,14 +43,6 @@ def _session_id() -> int:
     with connection.cursor() as cursor:
         cursor.execute("SELECT CONNECTION_ID()")
         return int(cursor.fetchone()[0])
-
-
-def _kill(session_id: int) -> None:
-    server = _server()
-    try:
-        server.cursor().execute(f"KILL {session_id}")
-    finally:
-        server.close()
 
 
 def _counter(name: str) -> int:
@@ -144,7 +137,7 @@ def test_a_first_select_on_a_dropped_connection_is_sent_again_on_a_new_one(
     pings: list[int],
 ) -> None:
     dropped = _session_id()
-    _kill(dropped)
+    kill({dropped})
     _next_request()
     assert _session_id() != dropped
     assert pings == []
@@ -155,7 +148,7 @@ def test_a_first_transaction_on_a_dropped_connection_begins_on_a_new_one(
 ) -> None:
     generation = _generation()
     dropped = _session_id()
-    _kill(dropped)
+    kill({dropped})
     _next_request()
     with transaction.atomic():
         Generation.objects.filter(pk=generation.pk).update(seq=5)
@@ -170,7 +163,7 @@ def test_a_first_write_outside_a_transaction_is_pinged_first(pings: list[int]) -
     connection is checked before it, as Django does."""
     generation = _generation()
     dropped = _session_id()
-    _kill(dropped)
+    kill({dropped})
     _next_request()
     assert Generation.objects.filter(pk=generation.pk).update(seq=4) == 1
     assert pings == [1]
@@ -185,7 +178,7 @@ def test_a_statement_inside_a_transaction_is_never_sent_again(pings: list[int]) 
     _next_request()
     with pytest.raises(OperationalError), transaction.atomic():
         session = _session_id()  # the first statement: the transaction has begun
-        _kill(session)
+        kill({session})
         Generation.objects.filter(pk=generation.pk).update(seq=9)
     generation.refresh_from_db()
     assert generation.seq == 0

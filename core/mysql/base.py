@@ -1,10 +1,12 @@
 """Django's MySQL backend with fewer round trips per request (docs/scaling.md, "Round trips
-per create"). Both changes keep what Django guarantees; they only send less.
+per create and claim"). Both changes keep what Django guarantees; they only send less.
 
 - A transaction begins with one ``START TRANSACTION``, and the session stays in autocommit
   mode, where Django's backend sends ``SET autocommit=0`` to begin and ``SET autocommit=1``
-  after the commit or rollback: two round trips where one does. ``SET autocommit`` is sent
-  only when the session's mode, which the server reports with every reply, differs.
+  after the commit or rollback: two round trips where one does. (The client library sends
+  ``SET autocommit`` only when the session's mode, which the server reports with every
+  reply, differs; so with the mode never turned off, Django's ``SET autocommit=1`` after a
+  commit is not sent.)
 - A kept connection's health check (CONN_HEALTH_CHECKS, on for the request threads that keep
   their connections, project.handler) is the request's first statement itself where that
   statement may be sent twice: a ``START TRANSACTION``, or a ``SELECT`` outside a
@@ -15,7 +17,8 @@ per create"). Both changes keep what Django guarantees; they only send less.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import MySQLdb
 from django.db.backends.mysql import base
@@ -24,6 +27,8 @@ from django.db.backends.mysql import base
 # connection" (during a query, or at a system call), and a server's "disconnected for
 # inactivity".
 _LOST = frozenset({2006, 2013, 2055, 4031})
+
+T = TypeVar("T")
 
 
 def _lost(error: Exception) -> bool:
@@ -47,35 +52,27 @@ class CursorWrapper(base.CursorWrapper):
 
     def execute(self, query: str, args: Any = None) -> Any:
         db = self.db
-        if not db.unverified:
+        if not db.unverified:  # every statement but a request's first
             return super().execute(query, args)
-        db.unverified = False
         if not (_reads(query) and not db.in_atomic_block and db.connection.get_autocommit()):
             self._check(db)
-            return super().execute(query, args)
-        try:
-            return super().execute(query, args)
-        except (MySQLdb.OperationalError, MySQLdb.InterfaceError) as error:
-            if not _lost(error):
-                raise
-        self._renew(db)
-        return super().execute(query, args)
+        # `self.cursor` is read at each call: a new connection's cursor after a renewal.
+        return db.first(lambda: base.CursorWrapper.execute(self, query, args), self._renewed)
 
     def executemany(self, query: str, args: Any) -> Any:
-        db = self.db
-        if db.unverified:
-            db.unverified = False
-            self._check(db)
+        if self.db.unverified:
+            self._check(self.db)
         return super().executemany(query, args)
 
     def _check(self, db: DatabaseWrapper) -> None:
         """Django's health check, for a first statement that must not be sent twice."""
+        db.unverified = False
         if not db.is_usable():
-            self._renew(db)
+            db.reconnect()
+            self._renewed()
 
-    def _renew(self, db: DatabaseWrapper) -> None:
-        db.reconnect()
-        self.cursor = db.connection.cursor()
+    def _renewed(self) -> None:
+        self.cursor = self.db.connection.cursor()
 
 
 class DatabaseWrapper(base.DatabaseWrapper):
@@ -106,26 +103,29 @@ class DatabaseWrapper(base.DatabaseWrapper):
 
     def _set_autocommit(self, autocommit: bool) -> None:
         with self.wrap_database_errors:
+            # Only a command actually sent checks the connection.
             if self.connection.get_autocommit() != autocommit:
-                self._first(lambda: self.connection.autocommit(autocommit))
+                self.first(lambda: self.connection.autocommit(autocommit))
 
     def _start_transaction_under_autocommit(self) -> None:
         with self.wrap_database_errors:
             if self.connection.get_autocommit():
-                self._first(lambda: self.connection.query("START TRANSACTION"))
+                self.first(lambda: self.connection.query("START TRANSACTION"))
             # else: with autocommit off, the session is in a transaction already.
 
-    def _first(self, send: Any) -> None:
-        """`send()`, a command that may be sent twice; again on a new connection if this is
-        the connection's first since its request began and it was found lost."""
+    def first(self, send: Callable[[], T], renewed: Callable[[], None] | None = None) -> T:
+        """`send()`, a command that may be sent twice: again on a new connection (after
+        `renewed()`) if it is the connection's first since its request began and finds the
+        connection lost."""
         if not self.unverified:
-            send()
-            return
+            return send()
         self.unverified = False
         try:
-            send()
+            return send()
         except (MySQLdb.OperationalError, MySQLdb.InterfaceError) as error:
             if not _lost(error):
                 raise
-            self.reconnect()
-            send()
+        self.reconnect()
+        if renewed is not None:
+            renewed()
+        return send()
