@@ -36,6 +36,8 @@ from django.db import connections
 from django.http import FileResponse, HttpResponseBase
 from django.urls import set_script_prefix
 
+from realtime.daphne_ext import body_sender
+
 # Requests served at once per process (each holds at most one database connection).
 REQUEST_THREADS = 32
 # Of which this many keep their connections: a process holds at most this many while it is
@@ -167,7 +169,12 @@ class Handler(ASGIHandler):
 
     async def _stream(self, response: HttpResponseBase, receive: Any, send: Any) -> None:
         """Send a streamed response until it ends or the client leaves (then the stream is
-        cancelled: its `finally` releases what it holds), and close it."""
+        cancelled: its `finally` releases what it holds), and close it. A response with an
+        `outlet` (an SSE stream) gets a writer that sends parts of its body at once, past its
+        iterator (realtime.daphne_ext.body_sender; None under other servers)."""
+        outlet = getattr(response, "outlet", None)
+        if outlet is not None:
+            outlet.write = body_sender(send)
         tasks = [
             asyncio.create_task(self.listen_for_disconnect(receive)),
             asyncio.create_task(self.send_response(response, send)),

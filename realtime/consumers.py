@@ -389,20 +389,29 @@ class StreamConsumer(AsyncConsumer):  # type: ignore[misc]
         """`row` may have been read before the join: the buffer covers everything after it."""
         self._drop_subscription(generation_id)
 
+        send_text = self.send_text
+
         async def emit(event: StoredEvent) -> None:
             # A session's timer may be inside its catch-up while `unsubscribe` (or a new
             # `subscribe` to the same id) replaces it: nothing of it may follow the reply.
             if self.sessions.get(generation_id) is session and not self.closed:
-                if self.send_text is not None:
-                    self.send_text(event.data)
+                if send_text is not None:
+                    send_text(event.data)
                 else:
                     await self.send({"type": "websocket.send", "text": event.data})
+
+        def emit_now(event: StoredEvent) -> None:
+            assert send_text is not None
+            if self.sessions.get(generation_id) is session and not self.closed:
+                send_text(event.data)
 
         def ended() -> None:
             if self.sessions.get(generation_id) is session:
                 del self.sessions[generation_id]
 
-        session = SubscriberSession(generation_id, after, emit, ended)
+        session = SubscriberSession(
+            generation_id, after, emit, ended, emit_now if send_text is not None else None
+        )
         self.sessions[generation_id] = session
         # The client was told `subscribed` (or `created`): if storage is down, it gets its
         # events once storage is back, without having to ask again.

@@ -33,6 +33,7 @@ import sys
 import weakref
 from collections.abc import Callable
 from functools import partial
+from pprint import pformat
 from typing import Any
 from urllib.parse import unquote_plus
 
@@ -136,6 +137,74 @@ def text_sender(send: Any) -> Callable[[str], None] | None:
     return send_text
 
 
+def body_sender(send: Any) -> Callable[[bytes], None] | None:
+    """For an HTTP response's ASGI `send` under Daphne, once the response has started: a
+    function that writes a part of its body at once, as ``await send({"type":
+    "http.response.body", "body": data, "more_body": True})`` does, with the same checks on the
+    way, but without the message and the coroutines in between (an SSE stream's live events
+    paid for them on every event). None for any other `send`."""
+    if "daphne.server" not in sys.modules:
+        return None
+    if not isinstance(send, partial) or len(send.args) != 1 or send.keywords:
+        return None
+    from daphne.http_protocol import WebRequest
+    from daphne.server import Server
+    from twisted.web import http
+
+    server = getattr(send.func, "__self__", None)
+    request = send.args[0]
+    if (
+        not isinstance(server, Server)
+        or getattr(send.func, "__func__", None) is not Server.handle_reply
+        or not isinstance(request, WebRequest)
+    ):
+        return None
+    connections = server.connections
+    write: Callable[[Any, bytes], None] = http.Request.write
+
+    def send_body(data: bytes) -> None:
+        connection = connections.get(request)
+        if connection is None or connection.get("disconnected", None):
+            return
+        if request.finished or request.channel is None:
+            return
+        if not request._response_started:
+            raise ValueError("HTTP response has not yet been started")
+        write(request, data)
+
+    return send_body
+
+
+class _LazyFormat:
+    """`pformat(value)`, made only if something formats it (a log record that is emitted)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def __str__(self) -> str:
+        return pformat(self.value)
+
+    def __format__(self, spec: str) -> str:
+        return format(str(self), spec)
+
+
+def install_lazy_connection_log() -> None:
+    """autobahn pretty-prints every new WebSocket's settings for a debug message
+    (``_connectionMade``), whether or not debug messages are logged: a millisecond of a
+    reconnect's time. The text is now made only when the message is."""
+    import autobahn.websocket.protocol as autobahn_protocol
+
+    autobahn_protocol.pformat = _LazyFormat  # type: ignore[assignment,attr-defined]
+    # The module's one other use must give a string (Timings.__str__).
+    setattr(autobahn_protocol.Timings, "__str__", _timings_text)  # noqa: B010
+
+
+def _timings_text(timings: Any) -> str:
+    return pformat(timings._timings)
+
+
 def install_http_writes() -> None:
     """HTTP responses (an SSE stream's events above all) written as WebSocket frames are."""
     from twisted.web.http import HTTPChannel
@@ -167,12 +236,15 @@ def install() -> None:
     install_body_limit()
     install_access_log()
     install_http_writes()
+    install_lazy_connection_log()
     from daphne.ws_protocol import WebSocketProtocol
     from twisted.internet import defer, reactor
 
     original_open = WebSocketProtocol.onOpen
     original_send = WebSocketProtocol.serverSend
     original_close = WebSocketProtocol.serverClose
+    # Read once: a setting of the process, looked up for every frame otherwise.
+    max_buffer = settings.WS_MAX_BUFFER
 
     def on_open(self: Any) -> None:
         _open.add(self)
@@ -183,7 +255,7 @@ def install() -> None:
             # Gone or closing (a slow consumer's close included): autobahn would raise
             # "Attempt to send on a closed protocol" and Daphne log it as an error.
             return
-        if pending_bytes(self.transport) > settings.WS_MAX_BUFFER:
+        if pending_bytes(self.transport) > max_buffer:
             logger.warning("closing slow WebSocket consumer %s", self.client_addr)
             self.closeHandshakeTimeout = SLOW_CLOSE_HANDSHAKE_S
             self.sendClose(code=CLOSE_SLOW_CONSUMER, reason="slow consumer")

@@ -15,6 +15,15 @@ queue to a task waiting in ``receive``: one wake-up of the event loop less per l
 which a web process pays for every event of every generation it follows (the process's live
 hub, realtime/live.py, is that channel). The handler must not wait on anything slow: the
 connection is not read while it runs.
+
+One socket read often brings many messages (a worker publishes each tick's events in one
+round trip). redis-py parses the first and leaves the rest in its hiredis reader; each
+``get_message`` then went through the client's read machinery again (the connection checks,
+the retry wrapper, the parser's read) for a reply already parsed. The replies that are
+already complete in the reader are taken from it here at once, and each goes through
+redis-py's own ``handle_message`` as ``get_message`` would hand it on; a read from the
+socket, and whatever it meets (a dropped connection: the reconnect and re-subscribe), stays
+redis-py's.
 """
 
 from __future__ import annotations
@@ -30,6 +39,8 @@ from channels_redis.pubsub import (
     RedisSingleShardConnection,
 )
 from channels_redis.utils import _wrap_close
+from redis._parsers.hiredis import NOT_ENOUGH_DATA, _AsyncHiredisParser
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +62,7 @@ class _ShardConnection(RedisSingleShardConnection):  # type: ignore[misc]
                     )
                     if message is not None:
                         await self._deliver(message)
+                    await self._deliver_parsed()
                 else:
                     await asyncio.sleep(UNSUBSCRIBED_POLL_S)
             except (asyncio.CancelledError, GeneratorExit):
@@ -58,6 +70,36 @@ class _ShardConnection(RedisSingleShardConnection):  # type: ignore[misc]
             except Exception:
                 logger.exception("the channel layer's receiver failed; reading again shortly")
                 await asyncio.sleep(ERROR_PAUSE_S)
+
+    async def _deliver_parsed(self) -> None:
+        """Deliver the replies that the last socket read left complete in the parser, as
+        ``get_message(ignore_subscribe_messages=True)`` would return them, without reading
+        the socket."""
+        pubsub = self._pubsub
+        connection = pubsub.connection if pubsub is not None else None
+        parser = getattr(connection, "_parser", None)
+        if (
+            connection is None
+            or not isinstance(parser, _AsyncHiredisParser)
+            # Health-check replies are for get_message to filter out.
+            or connection.health_check_interval
+        ):
+            return
+        reader = parser._reader
+        while reader is not None and self._pubsub is pubsub and parser._connected:
+            reply = reader.gets()
+            if reply is NOT_ENOUGH_DATA:
+                return
+            if isinstance(reply, RedisConnectionError):
+                # What redis-py's read does with it: drop the connection; the next
+                # get_message connects again and re-subscribes.
+                await connection.disconnect()
+                return
+            if isinstance(reply, Exception):
+                raise reply  # get_message fails on it too (the loop logs it and reads again)
+            message = await pubsub.handle_message(reply, ignore_subscribe_messages=True)
+            if message is not None:
+                await self._deliver(message)
 
     async def _deliver(self, message: dict[str, Any]) -> None:
         """channels_redis's ``_receive_message``, with the channels that have a handler
@@ -77,12 +119,15 @@ class _ShardConnection(RedisSingleShardConnection):  # type: ignore[misc]
                 queue.put_nowait(message["data"])
                 continue
             try:
-                await handler(layer.channel_layer.deserialize(message["data"]))
+                pending = handler(layer.channel_layer.deserialize(message["data"]))
+                if pending is not None:
+                    await pending
             except Exception:
                 logger.exception("the handler of %s failed", channel)
 
 
-Handler = Callable[[dict[str, Any]], Awaitable[None]]
+# Returns None when it has dealt with the message at once, or what remains to be awaited.
+Handler = Callable[[dict[str, Any]], Awaitable[None] | None]
 
 
 class _LoopLayer(RedisPubSubLoopLayer):  # type: ignore[misc]

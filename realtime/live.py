@@ -53,7 +53,9 @@ def keep_live_receivers_listening() -> list[asyncio.Task[None]]:
 
 
 async def _receive_forever(
-    layer: Any, channel: str, handle: Callable[[dict[str, Any]], Awaitable[None]] | None = None
+    layer: Any,
+    channel: str,
+    handle: Callable[[dict[str, Any]], Awaitable[None] | None] | None = None,
 ) -> None:
     """Hand each message of `channel` to `handle`; while the layer fails (Redis unreachable),
     retry after READ_RETRY_FIRST_S, doubling up to READ_RETRY_MAX_S."""
@@ -67,7 +69,9 @@ async def _receive_forever(
             continue
         backoff.reset()
         if handle is not None:
-            await handle(message)
+            pending = handle(message)
+            if pending is not None:
+                await pending
 
 
 def stored_event(message: dict[str, Any]) -> StoredEvent:
@@ -87,7 +91,9 @@ def group_of(message: dict[str, Any]) -> str | None:
 
 # A watcher of a group: called, in arrival order, with each message sent to it; for a
 # generation's group with the message already decoded (a StoredEvent), once for all watchers.
-Watcher = Callable[[Any], Awaitable[None]]
+# It returns None when it has dealt with the message then and there (a live event sent on
+# at once), or what remains to be awaited (the next message waits for it).
+Watcher = Callable[[Any], Awaitable[None] | None]
 
 
 class _Group:
@@ -180,17 +186,41 @@ class LiveHub:
         entry = self._groups.get(group)
         return len(entry.watchers) if entry is not None else 0
 
-    async def dispatch(self, message: dict[str, Any]) -> None:
+    def dispatch(self, message: dict[str, Any]) -> Awaitable[None] | None:
+        """Hand `message` to its group's watchers, in the order they came; None when each
+        has dealt with it at once (no coroutine per watcher on the hot path), otherwise what
+        remains to be awaited before the next message."""
         group = group_of(message)
         entry = self._groups.get(group) if group is not None else None
         if entry is None or not entry.watchers:
-            return
+            return None
         payload: Any = stored_event(message) if message.get("type") == GENERATION_EVENT else message
-        for watcher in list(entry.watchers.values()):
+        watchers = list(entry.watchers.values())
+        for index, watcher in enumerate(watchers):
             try:
-                await watcher(payload)
+                pending = watcher(payload)
             except Exception:
                 # One watcher's failure is its own: the others still get the message.
+                logger.exception("a live watcher of %s failed", group)
+                continue
+            if pending is not None:
+                return self._dispatch_rest(group, payload, pending, watchers[index + 1 :])
+        return None
+
+    @staticmethod
+    async def _dispatch_rest(
+        group: str | None, payload: Any, pending: Awaitable[None], watchers: list[Watcher]
+    ) -> None:
+        try:
+            await pending
+        except Exception:
+            logger.exception("a live watcher of %s failed", group)
+        for watcher in watchers:
+            try:
+                result = watcher(payload)
+                if result is not None:
+                    await result
+            except Exception:
                 logger.exception("a live watcher of %s failed", group)
 
 

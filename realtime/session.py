@@ -19,7 +19,7 @@ from core.selectors import RowState
 from jobs.eventlog import StoredEvent
 from jobs.writer import group_name
 from realtime.live import LiveHub, live_hub
-from realtime.subscription import Emit, GenerationNotFound, Subscription
+from realtime.subscription import Emit, EmitNow, GenerationNotFound, Subscription
 
 logger = logging.getLogger(__name__)
 
@@ -29,10 +29,17 @@ class SubscriberSession:
     tells it the session is over (the generation finished, or no longer exists)."""
 
     def __init__(
-        self, generation_id: str, after: int, emit: Emit, on_end: Callable[[], None]
+        self,
+        generation_id: str,
+        after: int,
+        emit: Emit,
+        on_end: Callable[[], None],
+        emit_now: EmitNow | None = None,
     ) -> None:
+        """`emit_now`, when the transport has one, sends an event without waiting: a live
+        event then goes from the hub to the socket in one call."""
         self.generation_id = generation_id
-        self.subscription = Subscription(generation_id, after, emit)
+        self.subscription = Subscription(generation_id, after, emit, emit_now)
         self._on_end = on_end
         self._group = group_name(generation_id)
         self._hub: LiveHub | None = None
@@ -95,21 +102,28 @@ class SubscriberSession:
 
     # -- live events ------------------------------------------------------------------------
 
-    async def _on_live(self, event: StoredEvent) -> None:
-        """From the hub, in arrival order; must not wait on storage."""
+    def _on_live(self, event: StoredEvent) -> Awaitable[None] | None:
+        """From the hub, in arrival order; must not wait on storage. None when the event was
+        dealt with in this call (sent, queued or dropped), else the send to await."""
         if self.ended:
-            return
+            return None
         self._active_at = time.monotonic()
         subscription = self.subscription
         if self._ready and not self._backlog and subscription.takes_now(event):
-            await subscription.on_live(event)
-            self._end_if_finished()
-            return
+            if subscription.send_now(event):
+                self._end_if_finished()
+                return None
+            return self._send_live(event)
         if event.seq <= subscription.last_seq:
-            return
+            return None
         self._backlog.append(event)
         if self._ready:
             self._feed()
+        return None
+
+    async def _send_live(self, event: StoredEvent) -> None:
+        await self.subscription.on_live(event)
+        self._end_if_finished()
 
     def _feed(self) -> None:
         if self._feeder is None and not self.ended:

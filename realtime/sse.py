@@ -6,7 +6,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
@@ -90,14 +90,28 @@ async def generation_events(
     except UNAVAILABLE_ERRORS as failure:
         logger.warning("a dependency is unreachable in %s: %r", request.path, failure)
         return error_response(unavailable())
+    outlet = Outlet()
     response = StreamingHttpResponse(
-        _stream(generation_id, after, row, slot), content_type="text/event-stream"
+        _stream(generation_id, after, row, slot, outlet), content_type="text/event-stream"
     )
+    # The server gives the outlet its writer once it sends the response (project.handler).
+    response.outlet = outlet  # type: ignore[attr-defined]
     # A stream that never starts (the client left during the headers) is released here.
     response._resource_closers.append(slot.release)  # type: ignore[attr-defined]
     response["Cache-Control"] = "no-cache"
     response["X-Accel-Buffering"] = "no"
     return response
+
+
+class Outlet:
+    """Where a stream's events can be written at once, past the response's iterator:
+    `write` is set by the server (project.handler, under Daphne) as it starts the response,
+    and stays None under any other server."""
+
+    __slots__ = ("write",)
+
+    def __init__(self) -> None:
+        self.write: Callable[[bytes], None] | None = None
 
 
 class StreamSlot:
@@ -134,17 +148,30 @@ class StreamSlot:
 
 
 async def _stream(
-    generation_id: str, after: int, row: RowState, slot: StreamSlot
+    generation_id: str, after: int, row: RowState, slot: StreamSlot, outlet: Outlet
 ) -> AsyncIterator[str]:
     out: list[str] = [f"retry: {RETRY_MS}\n\n"]
     # Set when there is something to write, or the session has ended.
     wake = asyncio.Event()
+    # Whether an event may go straight to `outlet.write`: once the first chunk has been sent,
+    # while nothing waits in `out` and no chunk is on its way (events keep their order).
+    direct = False
+    last_write = time.monotonic()
 
-    async def emit(event: StoredEvent) -> None:
+    def emit_now(event: StoredEvent) -> None:
+        nonlocal last_write
+        if direct and not out and outlet.write is not None:
+            # A live event, written at once: the stream's loop is not woken for it.
+            outlet.write(format_event(event).encode())
+            last_write = time.monotonic()
+            return
         out.append(format_event(event))
         wake.set()
 
-    session = SubscriberSession(generation_id, after, emit, wake.set)
+    async def emit(event: StoredEvent) -> None:
+        emit_now(event)
+
+    session = SubscriberSession(generation_id, after, emit, wake.set, emit_now)
     loop = asyncio.get_running_loop()
     # Wakes a stream that has written nothing for PING_INTERVAL_S: one timer per quiet
     # period, re-armed once it has fired, rather than a timeout per wait (per event).
@@ -154,8 +181,9 @@ async def _stream(
         # The snapshot goes out before the join (it needs nothing from the live source).
         await session.begin(row)
         if not session.ended:
-            yield "".join(out)
+            chunk = "".join(out)
             out.clear()
+            yield chunk
             # An outage while joining ends the response; the client reconnects after `retry`
             # with Last-Event-ID and loses nothing.
             await session.open(retry_join=False)
@@ -164,8 +192,10 @@ async def _stream(
             if out:
                 chunk = "".join(out)
                 out.clear()
+                direct = False
                 yield chunk
                 last_write = time.monotonic()
+            direct = True
             if session.ended:
                 return
             if last_write - last_refresh > REFRESH_INTERVAL_S:
@@ -184,8 +214,10 @@ async def _stream(
                 ping = loop.call_later(delay_s, wake.set)
             await wake.wait()
             if not out and not session.ended and time.monotonic() - last_write >= PING_INTERVAL_S:
+                direct = False
                 yield ": ping\n\n"
                 last_write = time.monotonic()
+                direct = True
     except UNAVAILABLE_ERRORS as failure:
         logger.warning("event stream of %s ended: %r", generation_id, failure)
     finally:

@@ -30,6 +30,9 @@ ROW_CHECK_S = 2.0
 QUIET_ROW_CHECK_S = 10.0
 
 Emit = Callable[[StoredEvent], Awaitable[None]]
+# A transport's way to send an event then and there, without waiting (a frame or an SSE event
+# handed to the socket): what lets a live event go from the hub to the socket in one call.
+EmitNow = Callable[[StoredEvent], None]
 
 
 class GenerationNotFound(Exception):
@@ -37,12 +40,15 @@ class GenerationNotFound(Exception):
 
 
 class Subscription:
-    def __init__(self, generation_id: str, after: int, emit: Emit) -> None:
+    def __init__(
+        self, generation_id: str, after: int, emit: Emit, emit_now: EmitNow | None = None
+    ) -> None:
         self.generation_id = generation_id
         self.last_seq = max(0, after)
         # Nothing sent yet and no position given: the first thing out is a snapshot.
         self.fresh = after <= 0
         self._emit = emit
+        self._emit_now = emit_now
         self._pending: dict[int, StoredEvent] = {}
         self._last_row_check = 0.0
         self.finished = False
@@ -68,6 +74,16 @@ class Subscription:
             and event.seq == self.last_seq + 1
             and not self.finished
         )
+
+    def send_now(self, event: StoredEvent) -> bool:
+        """`on_live` for an event that `takes_now`, sent in this call when the transport can
+        send without waiting; False (nothing done) when it cannot. Nothing can interleave with
+        a call that does not wait, so the lock is not needed."""
+        if self._emit_now is None:
+            return False
+        self._mark_sent(event)
+        self._emit_now(event)
+        return True
 
     async def start_from(self, row: RowState) -> None:
         """A fresh subscriber's snapshot (and, for a finished row, `done`) from `row`, before
@@ -175,12 +191,15 @@ class Subscription:
         await self._emit(StoredEvent(seq, "snapshot", events.dumps(snap)))
 
     async def _send(self, event: StoredEvent) -> None:
+        self._mark_sent(event)
+        await self._emit(event)
+
+    def _mark_sent(self, event: StoredEvent) -> None:
         self.last_seq = event.seq
         self._pending.pop(event.seq, None)
         if event.kind == "done":
             self.finished = True
             self._pending.clear()
-        await self._emit(event)
 
     async def _drain_pending(self) -> None:
         for stale in [s for s in self._pending if s <= self.last_seq]:

@@ -152,3 +152,60 @@ async def test_a_failing_handler_does_not_stop_the_read_loop(layer: Any) -> None
         holding.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await holding
+
+
+async def test_messages_that_arrive_in_one_read_are_handed_on_without_a_read_each(
+    layer: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker publishes a tick's events in one round trip: they reach the web process in
+    one socket read, and the read loop hands each on from the parser at once rather than
+    entering redis-py's read (get_message) once per message."""
+    group, channel = await joined_channel(layer)
+    handled: list[int] = []
+    subscribed = asyncio.Event()
+    all_in = asyncio.Event()
+    count = 200
+
+    def handler(message: dict[str, Any]) -> None:  # dealt with at once: returns None
+        if message["n"] < 0:
+            subscribed.set()
+            return
+        handled.append(message["n"])
+        if len(handled) == count:
+            all_in.set()
+
+    layer.deliver_to(channel, handler)
+    holding = asyncio.ensure_future(layer.receive(channel))
+    try:
+        await layer.group_send(group, {"type": "gen.event", "n": -1})
+        await asyncio.wait_for(subscribed.wait(), 10)
+        loop_layer = layer._get_layer()
+        pubsub = loop_layer._get_shard(channel)._pubsub
+        reads = 0
+        get_message = pubsub.get_message
+
+        async def counting_get_message(*args: Any, **kwargs: Any) -> Any:
+            nonlocal reads
+            reads += 1
+            return await get_message(*args, **kwargs)
+
+        monkeypatch.setattr(pubsub, "get_message", counting_get_message)
+        # From another connection, in one round trip, as a worker's tick publishes.
+        publisher = redis.Redis.from_url(settings.REDIS_URL)
+        try:
+            pipe = publisher.pipeline(transaction=False)
+            name = loop_layer._get_group_channel_name(group)
+            for n in range(count):
+                pipe.publish(name, layer.serialize({"type": "gen.event", "n": n}))
+            pipe.execute()
+        finally:
+            publisher.close()
+        await asyncio.wait_for(all_in.wait(), 10)
+        assert handled == list(range(count))
+        # The read already waiting when they were sent, plus one per socket read after it
+        # (about 64 KiB each); without taking parsed replies at once, one per message.
+        assert reads < count // 4
+    finally:
+        holding.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await holding
