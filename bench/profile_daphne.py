@@ -27,13 +27,19 @@ NAME = "profile_daphne"
 # The stages of the live path and the per-stream work, by the function that enters each.
 STAGES = [
     (
-        "channel layer: the live messages' Redis replies read and parsed",
-        "redis/asyncio/connection.py",
-        "read_response",
+        "channel layer's read loop, all of it (the live messages' Redis replies read and "
+        "parsed, and what the hub does with them)",
+        "realtime/layer.py",
+        "_do_receiving",
     ),
-    ("hub -> subscriber sessions (realtime/live.py, all of it)", "live.py", "dispatch"),
-    ("of which: WebSocket frames out (consumer -> socket)", "consumers.py", "emit"),
-    ("SSE events out (the streamed response)", "handlers/asgi.py", "send_response"),
+    ("of which: hub -> subscriber sessions (realtime/live.py)", "live.py", "dispatch"),
+    ("of which: WebSocket frames out (consumer -> socket)", "consumers.py", "emit|emit_now"),
+    (
+        "SSE events out (realtime/sse.py: to the response's writer, or queued for its stream)",
+        "realtime/sse.py",
+        "emit_now",
+    ),
+    ("SSE chunks through Django's streamed response", "handlers/asgi.py", "send_response"),
     (
         "request and database threads (HTTP requests, auth, creates, row reads)",
         "concurrent/futures/thread.py",

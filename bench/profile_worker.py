@@ -109,7 +109,8 @@ def run(results_dir: Path, quick: bool = False, argv: list[str] | None = None) -
 
 def markdown(path: Path, stages: list[tuple[str, str, str]], *, title: str, what: str) -> str:
     """The profile at `path`: the cumulative CPU of each of `stages` (title, the end of its
-    function's file name, the function), and the functions with the most own CPU."""
+    function's file name, the function or functions of that file, `|` between them), and the
+    functions with the most own CPU."""
     stats = pstats.Stats(str(path))
     raw: dict[Any, Any] = stats.stats  # type: ignore[attr-defined]
     total = sum(entry[2] for entry in raw.values())
@@ -122,11 +123,12 @@ def markdown(path: Path, stages: list[tuple[str, str, str]], *, title: str, what
         "| stage | cumulative CPU-s | share |",
         "|---|---|---|",
     ]
-    for stage, filename, function in stages:
+    for stage, filename, functions in stages:
+        names = functions.split("|")
         cumulative = sum(
             entry[3]
             for (file, _line, name), entry in raw.items()
-            if file.endswith(filename) and name == function
+            if file.endswith(filename) and name in names
         )
         lines.append(f"| {stage} | {cumulative:.1f} | {cumulative / max(total, 1e-9):.0%} |")
     buffer = io.StringIO()
