@@ -103,26 +103,38 @@ def write_now(transport: Any, data: bytes) -> None:
     transport.write(data)
 
 
+def _reply_target(send: Any) -> tuple[Any, Any] | None:
+    """(Daphne's server, the connection's protocol) when `send` is the ASGI `send` Daphne
+    gives an application, ``partial(server.handle_reply, protocol)``; None for any other (a
+    test's communicator, another server)."""
+    if "daphne.server" not in sys.modules:
+        return None  # not Daphne (importing it would install Twisted's reactor)
+    if not isinstance(send, partial) or len(send.args) != 1 or send.keywords:
+        return None
+    from daphne.server import Server
+
+    server = getattr(send.func, "__self__", None)
+    if (
+        not isinstance(server, Server)
+        or getattr(send.func, "__func__", None) is not Server.handle_reply
+    ):
+        return None
+    return server, send.args[0]
+
+
 def text_sender(send: Any) -> Callable[[str], None] | None:
     """For a WebSocket's ASGI `send` under Daphne: a function that sends a text message at
     once, as ``await send({"type": "websocket.send", "text": text})`` does, with the same
     checks on the way (Daphne's Server.handle_reply and WebSocketProtocol.handle_reply), but
     without the two coroutines and the message dict in between, which a live event paid for
     on every frame. None for any other `send` (a test's communicator, another server)."""
-    if "daphne.server" not in sys.modules:
-        return None  # not Daphne (importing it would install Twisted's reactor)
-    if not isinstance(send, partial) or len(send.args) != 1 or send.keywords:
+    target = _reply_target(send)
+    if target is None:
         return None
-    from daphne.server import Server
     from daphne.ws_protocol import WebSocketProtocol
 
-    server = getattr(send.func, "__self__", None)
-    protocol = send.args[0]
-    if (
-        not isinstance(server, Server)
-        or getattr(send.func, "__func__", None) is not Server.handle_reply
-        or not isinstance(protocol, WebSocketProtocol)
-    ):
+    server, protocol = target
+    if not isinstance(protocol, WebSocketProtocol):
         return None
     connections = server.connections
 
@@ -143,21 +155,14 @@ def body_sender(send: Any) -> Callable[[bytes], None] | None:
     "http.response.body", "body": data, "more_body": True})`` does, with the same checks on the
     way, but without the message and the coroutines in between (an SSE stream's live events
     paid for them on every event). None for any other `send`."""
-    if "daphne.server" not in sys.modules:
-        return None
-    if not isinstance(send, partial) or len(send.args) != 1 or send.keywords:
+    target = _reply_target(send)
+    if target is None:
         return None
     from daphne.http_protocol import WebRequest
-    from daphne.server import Server
     from twisted.web import http
 
-    server = getattr(send.func, "__self__", None)
-    request = send.args[0]
-    if (
-        not isinstance(server, Server)
-        or getattr(send.func, "__func__", None) is not Server.handle_reply
-        or not isinstance(request, WebRequest)
-    ):
+    server, request = target
+    if not isinstance(request, WebRequest):
         return None
     connections = server.connections
     write: Callable[[Any, bytes], None] = http.Request.write
