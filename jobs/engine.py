@@ -13,6 +13,7 @@ from contextlib import suppress
 from functools import cache, partial
 from typing import Any, Generic, NamedTuple, TypeVar
 
+import msgpack  # type: ignore[import-untyped]
 import redis
 from django.conf import settings
 from django.db import DatabaseError, connection
@@ -205,7 +206,7 @@ class Batcher:
 
     async def _call_script(self, batch: list[_Append]) -> list[int]:
         keys: list[str] = []
-        arguments: list[Any] = [REPLAY_MAX_EVENTS]
+        appends: list[tuple[Any, ...]] = []
         encode = pubsub_encoder()
         for a in batch:
             keys += (
@@ -213,9 +214,13 @@ class Batcher:
                 RedisEventLog._fence_key(a.generation_id),
             )
             channel, payload = encode(*live_message(a.generation_id, a.seq, a.kind, a.data))
-            arguments += (a.attempt, a.seq, a.data, a.kind, replay_ttl_s(a.kind), channel, payload)
+            appends.append(
+                (str(a.attempt), a.seq, a.data, a.kind, replay_ttl_s(a.kind), channel, payload)
+            )
         assert self._append_script is not None
-        answers: list[int] = await self._append_script(keys, arguments)
+        # MessagePack's older format, without a binary type: Redis's Lua reads only that.
+        packed = msgpack.packb(appends, use_bin_type=False)
+        answers: list[int] = await self._append_script(keys, [REPLAY_MAX_EVENTS, packed])
         return answers
 
     # -- checkpoints -----------------------------------------------------------------------

@@ -133,30 +133,32 @@ return 1
 # generation, in ONE call. Each is fenced and appended as by _APPEND_SCRIPT and, once in the
 # log, published to its live channel in the same call: one round trip for the log and the
 # live layer together, and an attempt that is fenced off publishes nothing either.
-# KEYS: the stream and fence of each event. ARGV: the streams' MAXLEN, then seven per event:
-# attempt, seq, data, kind, TTL, live channel, live payload. Answers one number per event:
+# KEYS: the stream and fence of each event. ARGV: the streams' MAXLEN, then the events as
+# one MessagePack array (one argument, where seven per event cost the client more to encode
+# than the rest of the call), each [attempt, seq, data, kind, TTL, live channel, live
+# payload], the attempt as the fence holds it (a string). Answers one number per event:
 # 1 appended and published, 0 fenced off or the seq taken by other data. A seq taken by this
 # very event (an earlier try went through and only its reply was lost) counts as appended,
 # and the event is published again.
 BATCH_APPEND_SCRIPT = """
 local answers = {}
-for i = 1, #KEYS / 2 do
-  local stream, fence, at = KEYS[2 * i - 1], KEYS[2 * i], 1 + (i - 1) * 7
+local appends = cmsgpack.unpack(ARGV[2])
+for i, a in ipairs(appends) do
+  local stream, fence = KEYS[2 * i - 1], KEYS[2 * i]
   local added = false
-  if redis.call('GET', fence) == ARGV[at + 1] then
-    local id = '0-' .. ARGV[at + 2]
-    added = redis.pcall(
-      'XADD', stream, 'MAXLEN', '~', ARGV[1], id, 'k', ARGV[at + 4], 'd', ARGV[at + 3])
+  if redis.call('GET', fence) == a[1] then
+    local id = '0-' .. a[2]
+    added = redis.pcall('XADD', stream, 'MAXLEN', '~', ARGV[1], id, 'k', a[4], 'd', a[3])
     if type(added) == 'table' and added.err then
       local entry = redis.call('XRANGE', stream, id, id)[1]
-      added = entry ~= nil and entry[2][4] == ARGV[at + 3]
+      added = entry ~= nil and entry[2][4] == a[3]
     else
-      redis.call('EXPIRE', stream, ARGV[at + 5])
-      redis.call('EXPIRE', fence, ARGV[at + 5])
+      redis.call('EXPIRE', stream, a[5])
+      redis.call('EXPIRE', fence, a[5])
     end
   end
   if added then
-    redis.call('PUBLISH', ARGV[at + 6], ARGV[at + 7])
+    redis.call('PUBLISH', a[6], a[7])
     answers[i] = 1
   else
     answers[i] = 0

@@ -55,7 +55,8 @@ through the real SDK (README "Providers" says what each real server sends):
   gateway that ignored it); ``error200=1``: a JSON ``error`` body with status 200;
 - ``odd=1``: the text carries U+2028, U+2029 and U+0085 (``odd_text`` predicts it), sent raw;
 - ``eol=crlf|cr``: the stream's line ends; ``split=1``: every event sent in two network writes
-  cut inside a multi-byte character;
+  cut inside a multi-byte character; ``gzip=1``: the stream gzip-compressed
+  (``Content-Encoding: gzip``, flushed at every event), as a compressing proxy sends it;
 - ``usage=none``: never a usage figure, even when asked for;
 - ``shape=null_choice``: a ``choices: [null]`` chunk after the first token;
   ``shape=empty_choices``: a ``choices: []`` chunk (no usage) between every two tokens.
@@ -71,6 +72,7 @@ import asyncio
 import json
 import re
 import time
+import zlib
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
@@ -160,6 +162,7 @@ class Behaviour:
     odd: bool = False
     eol: str = "lf"
     split: bool = False
+    gzip: bool = False
     shape: str = ""
     no_usage: bool = False
 
@@ -211,7 +214,7 @@ def parse_directive(text: str, base: Behaviour) -> Behaviour:
             values["reasoning"] = int(value)
         elif key == "content":
             values["content_list"] = value == "list"
-        elif key in ("refusal", "nonstream", "error200", "odd", "split"):
+        elif key in ("refusal", "nonstream", "error200", "odd", "split", "gzip"):
             values[key] = value not in ("", "0")
         elif key == "error_at":
             after, _, count = value.partition("x")
@@ -449,13 +452,23 @@ class FakeOpenAI:
     ) -> bool:
         writer.write(
             b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
-            b"Transfer-Encoding: chunked\r\nCache-Control: no-cache\r\n\r\n"
+            + (b"Content-Encoding: gzip\r\n" if behaviour.gzip else b"")
+            + b"Transfer-Encoding: chunked\r\nCache-Control: no-cache\r\n\r\n"
         )
         eol = {"crlf": "\r\n", "cr": "\r"}.get(behaviour.eol, "\n")
         server = behaviour.server
+        compressor = zlib.compressobj(wbits=31) if behaviour.gzip else None
 
         def write_chunk(data: bytes) -> None:
+            if compressor is not None:
+                data = compressor.compress(data) + compressor.flush(zlib.Z_SYNC_FLUSH)
             writer.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+
+        def end_body() -> None:
+            if compressor is not None:
+                trailer = compressor.flush()
+                writer.write(f"{len(trailer):x}\r\n".encode() + trailer + b"\r\n")
+            writer.write(b"0\r\n\r\n")
 
         async def send_raw(text: str) -> None:
             data = text.encode()
@@ -539,7 +552,7 @@ class FakeOpenAI:
                 await send(
                     {"error": {"message": "The server is overloaded", "type": "server_error"}}
                 )
-                writer.write(b"0\r\n\r\n")
+                end_body()
                 await writer.drain()
                 return True
             if behaviour.rate:
@@ -597,7 +610,7 @@ class FakeOpenAI:
             await reader.read()
             return False
         await send("[DONE]")
-        writer.write(b"0\r\n\r\n")
+        end_body()
         await writer.drain()
         return True
 

@@ -18,7 +18,7 @@ import logging
 import re
 import time
 import weakref
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 from typing import Any
 
@@ -40,6 +40,15 @@ from jobs.providers.base import (
     ProviderRequest,
     chat_messages,
 )
+
+try:
+    from openai._vendor.httpx_aiohttp.transport import (
+        AiohttpResponseStream as _AiohttpResponseStream,
+    )
+    from openai._vendor.httpx_aiohttp.transport import map_aiohttp_exceptions
+except ImportError:  # pragma: no cover - an SDK without its aiohttp transport
+    _AiohttpResponseStream = None  # type: ignore[assignment,misc]
+    map_aiohttp_exceptions = None  # type: ignore[assignment]
 
 logger = logging.getLogger(__name__)
 
@@ -209,6 +218,14 @@ def _protocol_error(message: str) -> ProviderError:
 
 
 def _error_from(exc: Exception) -> ProviderError:
+    if map_aiohttp_exceptions is not None:
+        # An aiohttp error from a body read directly (_aiohttp_content): named as the SDK's
+        # transport names it when it reads.
+        try:
+            with map_aiohttp_exceptions():
+                raise exc
+        except Exception as mapped:
+            exc = mapped
     if isinstance(exc, openai.APITimeoutError | httpx2.TimeoutException):
         return ProviderError(str(exc), permanent=False, kind="timeout")
     if isinstance(exc, openai.APIConnectionError):
@@ -274,18 +291,71 @@ class OpenAIProvider:
             response = await context.__aenter__()
         except Exception as exc:
             raise _error_from(exc) from exc
+        reader = ChunkReader(wants_usage)
         try:
-            body = response.iter_bytes()
-            if "text/event-stream" not in response.headers.get("content-type", ""):
-                body = _aevent_stream_or_raise(body)
-            async for chunk in aread_events(_asse_data(body), wants_usage):
-                yield chunk
+            read = _body_reader(response)
+            # One loop from the network read to the chunk: no generator per layer of the
+            # format (bytes, lines, events, chunks), each of which cost a resumption per token.
+            while not reader.done:
+                part = await read()
+                for chunk in reader.feed(part):
+                    yield chunk
+                if not part:
+                    break
+            if reader.error is not None:
+                raise reader.error
+            if not reader.finished:
+                # The body ended without a finish reason: the server or a proxy cut it short.
+                raise ProviderError(
+                    "the stream ended without a finish reason", permanent=False, kind="dropped"
+                )
         except ProviderError:
             raise
         except Exception as exc:
             raise _error_from(exc) from exc
         finally:
             await context.__aexit__(None, None, None)
+
+
+def _aiohttp_content(response: Any) -> Any | None:
+    """The aiohttp body under the SDK's response when the SDK streams through aiohttp and the
+    body is the event stream as sent (no content-coding), else None.
+
+    Read from there, a network read is one await, where through the SDK's `iter_bytes` it
+    passed five async iterators (the SDK's, httpx's two, the transport's, aiohttp's) on its
+    way. Anything else (httpx, a compressed body, another SDK version's classes) is read
+    through `iter_bytes`."""
+    if _AiohttpResponseStream is None:
+        return None
+    http_response = response.http_response
+    if http_response.headers.get("content-encoding", "identity").lower() != "identity":
+        return None
+    stream = getattr(http_response.stream, "_stream", None)
+    aiohttp_response = getattr(stream, "_aiohttp_response", None)
+    if not isinstance(stream, _AiohttpResponseStream) or aiohttp_response is None:
+        return None
+    return aiohttp_response.content
+
+
+def _body_reader(response: Any) -> Callable[[], Awaitable[bytes]]:
+    """A function reading the body's next part: what one network read brought, b"" at the end."""
+    if "text/event-stream" in response.headers.get("content-type", ""):
+        content = _aiohttp_content(response)
+        if content is not None:
+            read: Callable[[], Awaitable[bytes]] = content.readany
+            return read
+        parts: AsyncIterator[bytes] = response.iter_bytes()
+    else:
+        parts = _aevent_stream_or_raise(response.iter_bytes())
+    iterator = aiter(parts)
+
+    async def next_part() -> bytes:
+        async for part in iterator:
+            if part:
+                return part
+        return b""
+
+    return next_part
 
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
@@ -314,40 +384,74 @@ class SurrogateJoiner:
         return text
 
 
-async def aread_events(events: AsyncIterator[str], wants_usage: bool) -> AsyncIterator[Chunk]:
-    """The chunks of a chat completions stream, from the `data` of its events."""
-    finished = False
-    text = SurrogateJoiner()
-    reasoning = SurrogateJoiner()
-    async for data in events:
+class ChunkReader:
+    """The chunks of a chat completions stream, from its bytes as network reads bring them: the
+    SSE lines, the events' data and the chunk objects in one pass.
+
+    `done` once there is nothing more to read: `[DONE]`, or the finish reason (and the usage,
+    when it was asked for) has come (a server may hold the connection open after its answer),
+    or an event the stream cannot go on from. `finished` once the answer had its end (a finish
+    reason, or `[DONE]`): a body that ends before it was cut short. `error`: that event's
+    failure, raised by the reader once the chunks before it in the same read are taken."""
+
+    def __init__(self, wants_usage: bool) -> None:
+        self._wants_usage = wants_usage
+        self._splitter = SseLineSplitter()
+        self._collector = SseDataCollector()
+        self._text = SurrogateJoiner()
+        self._reasoning = SurrogateJoiner()
+        self.finished = False
+        self.done = False
+        self.error: ProviderError | None = None
+
+    def feed(self, part: bytes) -> list[Chunk]:
+        """The chunks that `part` completes; b"" is the body's end."""
+        lines = self._splitter.feed(part) if part else self._splitter.end()
+        chunks: list[Chunk] = []
+        for line in lines:
+            data = self._collector.line(line)
+            if data is None:
+                continue
+            try:
+                chunk = self.data(data)
+            except ProviderError as error:
+                self.error = error
+                self.done = True
+                break
+            if chunk is not None:
+                chunks.append(chunk)
+            if self.done:
+                break
+        return chunks
+
+    def data(self, data: str) -> Chunk | None:
+        """The chunk of one event's `data`, if it carries anything."""
         if data.strip() == "[DONE]":
             # The end of the stream, said plainly; some servers never send a reason.
-            if not finished:
-                yield Chunk(
-                    text=text.feed("", last=True),
-                    reasoning=reasoning.feed("", last=True),
-                    finish_reason="stop",
-                )
-            return
+            self.done = True
+            if self.finished:
+                return None
+            self.finished = True
+            return Chunk(
+                text=self._text.feed("", last=True),
+                reasoning=self._reasoning.feed("", last=True),
+                finish_reason="stop",
+            )
         chunk = chunk_from(data)
         last = chunk.finish_reason is not None
         if chunk.text or chunk.reasoning or last:
-            joined = text.feed(chunk.text, last=last)
-            joined_reasoning = reasoning.feed(chunk.reasoning, last=last)
+            joined = self._text.feed(chunk.text, last=last)
+            joined_reasoning = self._reasoning.feed(chunk.reasoning, last=last)
             if joined != chunk.text or joined_reasoning != chunk.reasoning:
                 chunk = replace(chunk, text=joined, reasoning=joined_reasoning)
-        finished = finished or last
-        if chunk.text or chunk.reasoning or chunk.finish_reason or chunk.usage:
-            yield chunk
-        if finished and (chunk.usage is not None or not wants_usage):
+        self.finished = self.finished or last
+        if self.finished and (chunk.usage is not None or not self._wants_usage):
             # Nothing more to read: stop now rather than wait for a server that holds the
             # connection open after its answer.
-            return
-    if not finished:
-        # The body ended without a finish reason: the server or a proxy cut it short.
-        raise ProviderError(
-            "the stream ended without a finish reason", permanent=False, kind="dropped"
-        )
+            self.done = True
+        if chunk.text or chunk.reasoning or chunk.finish_reason or chunk.usage:
+            return chunk
+        return None
 
 
 async def _aevent_stream_or_raise(body: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
@@ -435,21 +539,6 @@ class SseDataCollector:
         # `event:`, `id:`, `retry:` and `:` comments (OpenRouter's keep-alives) carry nothing
         # a chat completion uses.
         return None
-
-
-async def _asse_data(parts: AsyncIterator[bytes]) -> AsyncIterator[str]:
-    """The `data` of each complete server-sent event of an asyncio body."""
-    splitter = SseLineSplitter()
-    collector = SseDataCollector()
-    async for part in parts:
-        for line in splitter.feed(part):
-            data = collector.line(line)
-            if data is not None:
-                yield data
-    for line in splitter.end():
-        data = collector.line(line)
-        if data is not None:
-            yield data
 
 
 def _text_of(content: Any) -> str:

@@ -3,38 +3,31 @@ the parts of the SSE format and of the chunk objects it relies on."""
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator, Iterable
-from typing import TypeVar
+from collections.abc import Iterable
 
 import pytest
 
 from jobs.providers.base import Chunk, ProviderError
 from jobs.providers.openai_compatible import (
+    ChunkReader,
     SseDataCollector,
     SseLineSplitter,
-    _asse_data,
-    aread_events,
     chunk_from,
 )
 
-T = TypeVar("T")
-
-
-async def _aiter(items: Iterable[T]) -> AsyncIterator[T]:
-    for item in items:
-        yield item
-
-
-def collected(items: AsyncIterator[T]) -> list[T]:
-    async def collect() -> list[T]:
-        return [item async for item in items]
-
-    return asyncio.run(collect())
-
 
 def read_events(events: Iterable[str], wants_usage: bool) -> list[Chunk]:
-    return collected(aread_events(_aiter(events), wants_usage))
+    """The chunks a ChunkReader makes of these events' data, each event in a read of its own,
+    up to where it says the read is done."""
+    reader = ChunkReader(wants_usage)
+    chunks: list[Chunk] = []
+    for data in events:
+        chunks += reader.feed(f"data: {data}\n\n".encode())
+        if reader.done:
+            break
+    if reader.error is not None:
+        raise reader.error
+    return chunks
 
 
 def sse_lines(parts: Iterable[bytes]) -> list[str]:
@@ -58,8 +51,12 @@ def test_sse_data_joins_data_lines_and_skips_comments_and_other_fields() -> None
     collector = SseDataCollector()
     data = [collector.line(line) for line in lines]
     assert [d for d in data if d is not None] == ['{"a":\n1}', "[DONE]"]
+    # The same, from the body's bytes however the reads cut them.
     body = "\n".join([*lines, ""]).encode()
-    assert collected(_asse_data(_aiter([body]))) == ['{"a":\n1}', "[DONE]"]
+    for cut in range(len(body)):
+        collector = SseDataCollector()
+        data = [collector.line(line) for line in sse_lines([body[:cut], body[cut:]])]
+        assert [d for d in data if d is not None] == ['{"a":\n1}', "[DONE]"]
 
 
 def testchunk_from_reads_text_finish_reason_and_usage() -> None:
@@ -138,3 +135,39 @@ def test_a_surrogate_without_its_partner_becomes_the_replacement_character() -> 
     events = [_delta("e\\ud83d"), _delta("", finish="stop")]
     chunks = read_events(events, wants_usage=False)
     assert [(c.text, c.finish_reason) for c in chunks] == [("e", None), ("\ufffd", "stop")]
+
+
+def test_the_chunks_are_the_same_however_the_network_reads_cut_the_body() -> None:
+    events = [_delta("hé"), _delta("\\ud83d"), _delta("\\ude00 x"), _delta("", finish="length")]
+    body = "".join(f"data: {data}\r\n\r\n" for data in [*events, "[DONE]"]).encode()
+    whole = ChunkReader(wants_usage=False).feed(body)
+    assert [(c.text, c.finish_reason) for c in whole] == [
+        ("hé", None),
+        ("\U0001f600 x", None),
+        ("", "length"),
+    ]
+    for cut in range(1, len(body)):
+        reader = ChunkReader(wants_usage=False)
+        chunks = reader.feed(body[:cut]) + reader.feed(body[cut:])
+        assert chunks == whole, cut
+        assert reader.done and reader.finished
+
+
+def test_a_body_that_ends_before_the_answer_did_is_not_finished() -> None:
+    reader = ChunkReader(wants_usage=False)
+    assert reader.feed(f"data: {_delta('hi')}\n\ndata: {_delta('unended')}".encode()) == [
+        Chunk(text="hi")
+    ]
+    assert reader.feed(b"") == []  # the body's end: the unended event is dropped
+    assert not reader.finished and not reader.done
+
+
+def test_the_text_before_an_error_in_the_same_read_is_kept() -> None:
+    error = '{"error": {"message": "overloaded", "type": "server_error"}}'
+    reader = ChunkReader(wants_usage=False)
+    chunks = reader.feed(
+        f"data: {_delta('a')}\n\ndata: {error}\n\ndata: {_delta('b')}\n\n".encode()
+    )
+    assert chunks == [Chunk(text="a")]
+    assert reader.done and not reader.finished
+    assert reader.error is not None and str(reader.error) == "overloaded"
