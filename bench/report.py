@@ -52,7 +52,10 @@ def capacity_markdown(result: dict[str, Any]) -> str:
         "MariaDB), the same clients, stepped up to 100 streams. Baselines: SSE clients only. "
         f"Each system first serves {config.get('warm_up_streams', 0)} streams of "
         f"{config.get('warm_up_tokens', 0)} tokens, unmeasured (what its processes load on "
-        "first use is not a cost per token).",
+        "first use is not a cost per token). Ours and the minimal streams server are up "
+        "together and take their steps in turn, ours first at each stream count, so that a "
+        "change in the machine's speed between minutes falls on both alike; the embedded "
+        "default and the naive design run after them.",
         "",
         "Latency is client receipt minus the provider's send time of a token (written into "
         "the token by the fake provider, `stamp=1`; the minimal streams server's producer "
@@ -77,7 +80,9 @@ def capacity_markdown(result: dict[str, Any]) -> str:
         "| load gen CPU-s (per wall s) | lost / dup chars | failed | lagged |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for row in steps:
+    # By system (in the order they first ran), then stream count.
+    first = {row["system"]: index for index, row in reversed(list(enumerate(steps)))}
+    for row in sorted(steps, key=lambda row: (first[row["system"]], row["streams"])):
         per_wall = row["loadgen_cpu_s"] / max(row["wall_s"], 1e-9)
         lines.append(
             f"| {row['system']} | {row['streams']} | {row['offered_tok_s']:.0f} "

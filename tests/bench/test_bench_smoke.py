@@ -45,6 +45,8 @@ def test_quick_capacity_run_loses_nothing_and_writes_its_report(tmp_path: Path) 
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
     data = json.loads((tmp_path / "capacity.json").read_text())
+    # The minimal server's step right after ours at the same count, the others after them.
+    assert [row["system"] for row in data["steps"]] == ["ours", "streams", "embedded", "naive"]
     steps = {row["system"]: row for row in data["steps"]}
     assert set(steps) == {"ours", "embedded", "streams", "naive"}
     for system in ("ours", "embedded", "streams", "naive"):
