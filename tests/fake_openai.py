@@ -459,15 +459,18 @@ class FakeOpenAI:
         server = behaviour.server
         compressor = zlib.compressobj(wbits=31) if behaviour.gzip else None
 
+        def write_frame(data: bytes) -> None:
+            """One HTTP chunk of the body, as it goes on the wire."""
+            writer.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+
         def write_chunk(data: bytes) -> None:
             if compressor is not None:
                 data = compressor.compress(data) + compressor.flush(zlib.Z_SYNC_FLUSH)
-            writer.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+            write_frame(data)
 
         def end_body() -> None:
             if compressor is not None:
-                trailer = compressor.flush()
-                writer.write(f"{len(trailer):x}\r\n".encode() + trailer + b"\r\n")
+                write_frame(compressor.flush())  # the gzip trailer
             writer.write(b"0\r\n\r\n")
 
         async def send_raw(text: str) -> None:

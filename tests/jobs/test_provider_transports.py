@@ -27,6 +27,12 @@ pytestmark = [
 CLIENT_CLASS = {"aiohttp": "_InstalledAioHttpClient", "httpx": "AsyncHttpxClientWrapper"}
 
 
+def _close_clients() -> None:
+    """The worker's clients live as long as its process; a test's provider's go with the test."""
+    for client in base.get_provider("openai")._async_clients.values():  # type: ignore[attr-defined]
+        engine().call(client.close())
+
+
 @pytest.mark.parametrize("transport", ["aiohttp", "httpx"])
 def test_each_transport_reads_the_whole_answer_and_retries_a_cut_connection(
     transport: str,
@@ -46,9 +52,7 @@ def test_each_transport_reads_the_whole_answer_and_retries_a_cut_connection(
         run_generation_job(cut.id)  # the next attempt, as the next worker to take it
         clients = list(base.get_provider("openai")._async_clients.values())  # type: ignore[attr-defined]
     finally:
-        # The worker's clients live as long as its process; this one goes with the test.
-        for client in base.get_provider("openai")._async_clients.values():  # type: ignore[attr-defined]
-            engine().call(client.close())
+        _close_clients()
 
     whole.refresh_from_db()
     assert (whole.status, whole.output, whole.attempt) == ("completed", expected_text(40), 1)
@@ -67,8 +71,7 @@ def test_a_compressed_stream_is_read_whole_on_either_transport(
     try:
         run_generation_job(generation.id)
     finally:
-        for client in base.get_provider("openai")._async_clients.values():  # type: ignore[attr-defined]
-            engine().call(client.close())
+        _close_clients()
     generation.refresh_from_db()
     assert (generation.status, generation.output) == ("completed", expected_text(40))
 
