@@ -30,7 +30,14 @@ from api.auth import exact_user
 from api.conversations import conversation_remove, conversation_view
 from core.errors import ApiError
 from core.ids import looks_like_conversation_id, looks_like_generation_id
-from core.models import ACTIVE_STATUSES, Conversation, Generation, Status, UserLimits
+from core.models import (
+    ACTIVE_STATUSES,
+    Conversation,
+    Generation,
+    SettledUsage,
+    Status,
+    UserLimits,
+)
 from core.selectors import start_of_day_utc, usage_now
 from jobs.cancel import cancel
 from jobs.eventlog import event_log
@@ -369,12 +376,17 @@ def _usage_annotations() -> dict[str, Any]:
     """Today's completion tokens and the active count of each row's user, as subqueries of the
     list's one query (no query per row)."""
     mine = Generation.objects.filter(user_id=OuterRef("user_id")).order_by().values("user_id")
-    tokens = mine.filter(created_at__gte=start_of_day_utc()).annotate(
-        total=Sum("completion_tokens")
-    )
-    active = mine.filter(status__in=list(ACTIVE_STATUSES)).annotate(total=Count("pk"))
+    running = mine.filter(status__in=list(ACTIVE_STATUSES))
+    start = start_of_day_utc()
+    # As core.selectors.usage_now: the day's settled usage and its active generations' tokens.
+    tokens = running.filter(created_at__gte=start).annotate(total=Sum("completion_tokens"))
+    settled = SettledUsage.objects.filter(user_id=OuterRef("user_id"), day=start.date())
+    active = running.annotate(total=Count("pk"))
     return {
-        "tokens_today": Coalesce(Subquery(tokens.values("total"), output_field=IntegerField()), 0),
+        "tokens_today": Coalesce(Subquery(tokens.values("total"), output_field=IntegerField()), 0)
+        + Coalesce(
+            Subquery(settled.values("completion_tokens")[:1], output_field=IntegerField()), 0
+        ),
         "active_now": Coalesce(Subquery(active.values("total"), output_field=IntegerField()), 0),
     }
 

@@ -223,6 +223,32 @@ class UserLimits(models.Model):
         return f"limits for {self.user}"
 
 
+class SettledUsage(models.Model):
+    """The completion tokens of a user's finished generations, by the UTC day each was created
+    on: what the daily quota counts of them (PROTOCOL §6), kept as one figure per user and day.
+
+    A generation's tokens are added in the transaction that writes its final row
+    (jobs.writer), and never change after; the quota's reads (core.selectors) add those of
+    the user's generations still queued or running, which a user has at most
+    MAX_ACTIVE_GENERATIONS of. Summing every generation of the day instead cost each create
+    and each claim a read of all of them, under the user's row lock (docs/scaling.md, "The
+    daily quota's read"). Deleting a finished generation does not give its tokens back."""
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="settled_usage"
+    )
+    day = models.DateField()
+    completion_tokens = models.PositiveBigIntegerField(default=0)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["user", "day"], name="settled_usage_user_day"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.user} on {self.day}: {self.completion_tokens}"
+
+
 def _iso(value: Any) -> str | None:
     if value is None:
         return None

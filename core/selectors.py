@@ -19,7 +19,14 @@ from django.db.models import Model, Q, QuerySet
 
 from core.errors import ApiError, not_found
 from core.ids import looks_like_generation_id
-from core.models import ACTIVE_STATUSES, TERMINAL_STATUSES, Generation, Status, UserLimits
+from core.models import (
+    ACTIVE_STATUSES,
+    TERMINAL_STATUSES,
+    Generation,
+    SettledUsage,
+    Status,
+    UserLimits,
+)
 
 
 @dataclass(frozen=True)
@@ -310,25 +317,43 @@ def usage_now(user_id: int, *, lock: bool = False) -> Usage:
     columns = ", ".join(
         f"(SELECT {field} FROM {limits} WHERE user_id = {{user}})" for field in _LIMITS
     )
-    *overrides, active, tokens_today = _read_for(
+    start = start_of_day_utc()
+    *overrides, active, active_tokens, settled = _read_for(
         user_id,
         f"{columns},"
         f" (SELECT COUNT(*) FROM {generations} WHERE user_id = {{user}} AND status IN (%s, %s)),"
         f" (SELECT COALESCE(SUM(completion_tokens), 0) FROM {generations}"
-        f"  WHERE user_id = {{user}} AND created_at >= %s)",
+        f"  WHERE user_id = {{user}} AND status IN (%s, %s) AND created_at >= %s),"
+        f" {_settled_on_day()}",
         [
             *(_USER for _ in _LIMITS),
             _USER,
             *sorted(ACTIVE_STATUSES),
             _USER,
-            connection.ops.adapt_datetimefield_value(start_of_day_utc()),
+            *sorted(ACTIVE_STATUSES),
+            connection.ops.adapt_datetimefield_value(start),
+            _USER,
+            connection.ops.adapt_datefield_value(start.date()),
         ],
         lock=lock,
     )
     return Usage(
         limits=_limits(dict(zip(_LIMITS, overrides, strict=True))),
         active=int(active),
-        tokens_today=int(tokens_today),
+        tokens_today=int(active_tokens) + int(settled),
+    )
+
+
+def _settled_on_day() -> str:
+    """A subquery of the quota's reads: the user's settled usage of a day (its parameter), the
+    tokens of that day's finished generations (core.models.SettledUsage). The reads add those
+    of the user's active generations (queued or running), at most MAX_ACTIVE_GENERATIONS
+    rows found by the (user, status) index: a read costs the same however many generations
+    the user's day held (docs/scaling.md, "The daily quota's read")."""
+    settled = sql_names(SettledUsage)
+    return (
+        f"(SELECT COALESCE(SUM({settled.column['completion_tokens']}), 0) FROM {settled.table}"
+        f" WHERE {settled.column['user_id']} = {{user}} AND {settled.column['day']} = %s)"
     )
 
 
@@ -344,7 +369,8 @@ def quota_left_today(user_id: int, *, excluding: str, lock: bool = False) -> int
     so concurrent generations together never pass the quota. One round trip, as usage_now,
     and with `lock` the same statement takes the user's row lock, as a claim does."""
     generations, limits = _tables()
-    override, held = _read_for(
+    start = start_of_day_utc()
+    override, active, settled = _read_for(
         user_id,
         f"(SELECT tokens_per_day FROM {limits} WHERE user_id = {{user}}),"
         " (SELECT COALESCE(SUM(CASE"
@@ -352,17 +378,23 @@ def quota_left_today(user_id: int, *, excluding: str, lock: bool = False) -> int
         "   THEN (CASE WHEN token_cap > completion_tokens THEN token_cap"
         "         ELSE completion_tokens END)"
         "   ELSE completion_tokens END), 0)"
-        f"  FROM {generations} WHERE user_id = {{user}} AND created_at >= %s AND id <> %s)",
+        f"  FROM {generations} WHERE user_id = {{user}} AND status IN (%s, %s)"
+        "   AND created_at >= %s AND id <> %s),"
+        f" {_settled_on_day()}",
         [
             _USER,
             Status.RUNNING,
             _USER,
-            connection.ops.adapt_datetimefield_value(start_of_day_utc()),
+            *sorted(ACTIVE_STATUSES),
+            connection.ops.adapt_datetimefield_value(start),
             excluding,
+            _USER,
+            connection.ops.adapt_datefield_value(start.date()),
         ],
         lock=lock,
     )
-    return _limits({"tokens_per_day": override}).tokens_per_day - int(held)
+    held = int(active) + int(settled)
+    return _limits({"tokens_per_day": override}).tokens_per_day - held
 
 
 def usage_for(user: AbstractBaseUser) -> dict[str, Any]:

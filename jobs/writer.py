@@ -28,7 +28,7 @@ from django.utils import timezone
 
 from core import metrics
 from core.loops import start_loop_thread
-from core.models import TERMINAL_STATUSES, Generation, Status
+from core.models import TERMINAL_STATUSES, Generation, SettledUsage, Status
 from core.selectors import quota_left_today, sql_names
 from jobs import events
 from jobs.eventlog import SEQ_GAP_AFTER_LOST_LOG, event_log
@@ -425,21 +425,58 @@ def generation_finish(
     error: dict[str, Any] | None,
     reasoning: str = "",
 ) -> bool:
-    """Write the final row; `seq` is that of the `done` event published after it."""
+    """Write the final row, and its tokens into its user's settled usage with it; `seq` is
+    that of the `done` event published after it."""
     completion_tokens = usage["completion_tokens"] if usage else 0
-    updated = fenced(generation_id, attempt).update(
-        status=status,
-        output=output,
-        reasoning=reasoning,
-        seq=seq,
-        finish_reason=finish_reason,
-        usage=usage,
-        error=error,
-        completion_tokens=completion_tokens,
-        finished_at=timezone.now(),
-        heartbeat_at=timezone.now(),
-    )
+    with transaction.atomic():
+        updated = fenced(generation_id, attempt).update(
+            status=status,
+            output=output,
+            reasoning=reasoning,
+            seq=seq,
+            finish_reason=finish_reason,
+            usage=usage,
+            error=error,
+            completion_tokens=completion_tokens,
+            finished_at=timezone.now(),
+            heartbeat_at=timezone.now(),
+        )
+        if updated:
+            settle_usage(generation_id)
     return bool(updated)
+
+
+def settle_usage(generation_id: str) -> None:
+    """Add the completion tokens of a generation that has just finished to its user's settled
+    usage of the day it was created on (core.models.SettledUsage), in the transaction that
+    wrote its final row: a quota read sees it either still active or settled, never both
+    or neither. One statement, whatever the user's day held."""
+    with connection.cursor() as cursor:
+        cursor.execute(_settle_sql(connection.vendor), [generation_id])
+
+
+@cache
+def _settle_sql(vendor: str) -> str:
+    settled, generations = sql_names(SettledUsage), sql_names(Generation)
+    tokens = settled.column["completion_tokens"]
+    column = generations.column
+    select = (
+        f"INSERT INTO {settled.table}"
+        f" ({settled.column['user_id']}, {settled.column['day']}, {tokens})"
+        f" SELECT {column['user_id']}, DATE({column['created_at']}), {column['completion_tokens']}"
+        f" FROM {generations.table}"
+        f" WHERE {column['id']} = %s AND {column['completion_tokens']} > 0"
+    )
+    if vendor == "mysql":
+        return (
+            f"{select} ON DUPLICATE KEY UPDATE"
+            f" {settled.table}.{tokens} = {settled.table}.{tokens} + VALUES({tokens})"
+        )
+    # SQLite's upsert (the SELECT's WHERE keeps its ON from reading as a join's).
+    return (
+        f"{select} ON CONFLICT ({settled.column['user_id']}, {settled.column['day']})"
+        f" DO UPDATE SET {tokens} = {tokens} + excluded.{tokens}"
+    )
 
 
 def generation_requeue(
@@ -520,16 +557,19 @@ def terminate_without_worker(
     else:
         output, reasoning = row_output, row_reasoning
         done_seq = head + 2
-    updated = rows.update(
-        status=status,
-        finish_reason=finish_reason,
-        error=error,
-        seq=done_seq,
-        output=output,
-        reasoning=reasoning,
-        finished_at=timezone.now(),
-        cancel_requested=status == Status.CANCELLED,
-    )
+    with transaction.atomic():
+        updated = rows.update(
+            status=status,
+            finish_reason=finish_reason,
+            error=error,
+            seq=done_seq,
+            output=output,
+            reasoning=reasoning,
+            finished_at=timezone.now(),
+            cancel_requested=status == Status.CANCELLED,
+        )
+        if updated:
+            settle_usage(generation_id)
     if not updated:
         if log_owner != attempt:
             _publish_done_of_finished_row(generation_id, log_owner)

@@ -8,7 +8,8 @@ from typing import Any
 from django.contrib.auth import get_user_model
 from django.test import Client
 
-from core.models import Generation
+from core.models import TERMINAL_STATUSES, Generation
+from jobs.writer import settle_usage
 
 CHANGELIST = "/admin/api/generation/"
 
@@ -18,13 +19,22 @@ def user(username: str) -> Any:
 
 
 def row(username: str = "alice", prompt: str = "hello", **fields: Any) -> Generation:
-    return Generation.objects.create(
+    """A generation's row as the service leaves it; a finished one's tokens are settled into
+    its user's usage of its creation day, as the final write does (jobs.writer)."""
+    created_at = fields.pop("created_at", None)
+    generation = Generation.objects.create(
         user=user(username),
         model=fields.pop("model", "gpt-4o-mini"),
         prompt=prompt,
         max_tokens=fields.pop("max_tokens", 64),
         **fields,
     )
+    if created_at is not None:  # auto_now_add: set after the insert
+        Generation.objects.filter(pk=generation.pk).update(created_at=created_at)
+        generation.created_at = created_at
+    if generation.status in TERMINAL_STATUSES:
+        settle_usage(generation.pk)
+    return generation
 
 
 def ids_on_page(html: str) -> set[str]:

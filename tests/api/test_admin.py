@@ -208,9 +208,11 @@ def test_user_limits_list_shows_todays_tokens_and_active_count_in_one_query(
         row(name, status="completed", completion_tokens=tokens)
         row(name, status="completed", completion_tokens=tokens)
         row(name)  # active
-        yesterday = row(name, status="completed", completion_tokens=5000)
-        Generation.objects.filter(pk=yesterday.pk).update(
-            created_at=timezone.now() - timedelta(days=2)
+        row(
+            name,
+            status="completed",
+            completion_tokens=5000,
+            created_at=timezone.now() - timedelta(days=2),
         )
 
     with CaptureQueriesContext(connection) as queries:

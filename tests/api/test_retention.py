@@ -3,6 +3,8 @@ finished generations older than N days with their replay buffers, and nothing el
 
 from __future__ import annotations
 
+import re
+
 import httpx
 import pytest
 
@@ -67,3 +69,32 @@ def test_purge_refuses_to_delete_todays_generations(service: Service) -> None:
     with pytest.raises(RuntimeError, match="at least 1"):
         service.manage("purge_generations", "--older-than-days", "0")
     assert httpx.get(service.url("/healthz"), timeout=10).status_code == 200
+
+
+def test_purge_deletes_the_settled_usage_of_days_before_the_cutoff_only(service: Service) -> None:
+    with service.client("sam") as sam:
+        done = create(sam, "counted [fake tokens=4]")["id"]
+        wait_terminal(sam, done)
+        assert sam.get("/api/v1/me").json()["usage"]["tokens_today"] == 4
+        service.django(
+            "from datetime import timedelta\n"
+            "from django.contrib.auth import get_user_model\n"
+            "from django.utils import timezone\n"
+            "from core.models import SettledUsage\n"
+            "sam = get_user_model().objects.get(username='sam')\n"
+            "for days in (40, 29):\n"
+            "    day = (timezone.now() - timedelta(days=days)).date()\n"
+            "    SettledUsage.objects.create(user=sam, day=day, completion_tokens=days)\n"
+        )
+
+        output = service.manage("purge_generations", "--older-than-days", "30")
+
+        assert re.search(r"and [1-9]\d* days of users' settled usage", output), output
+        kept = service.django(
+            "from core.models import SettledUsage\n"
+            "print(sorted(SettledUsage.objects.filter(user__username='sam')"
+            ".values_list('completion_tokens', flat=True)))"
+        )
+        # The day 40 days back went; the day 29 days back and today's (4 tokens) stay.
+        assert kept.strip().splitlines()[-1] == "[4, 29]"
+        assert sam.get("/api/v1/me").json()["usage"]["tokens_today"] == 4

@@ -4,7 +4,9 @@
 
 Only finished generations (completed, failed, cancelled) are deleted: a queued or running one
 is still someone's work, whatever its age. Rows go in batches, so the table is never locked
-for long; run it daily from cron or a Kubernetes CronJob (docs/deployment.md).
+for long; run it daily from cron or a Kubernetes CronJob (docs/deployment.md). The settled
+usage of the days before the cutoff's goes too (core.models.SettledUsage: the daily quota
+reads only today's).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandParser
 from django.utils import timezone
 
-from core.models import TERMINAL_STATUSES, Generation
+from core.models import TERMINAL_STATUSES, Generation, SettledUsage
 
 # Rows per DELETE: small enough that one statement holds its locks for milliseconds.
 BATCH_ROWS = 500
@@ -56,8 +58,12 @@ class Command(BaseCommand):
             raise SystemExit(2)
         cutoff = timezone.now() - timedelta(days=days)
         old = Generation.objects.filter(created_at__lt=cutoff, status__in=TERMINAL_STATUSES)
+        old_usage = SettledUsage.objects.filter(day__lt=cutoff.date())
         if options["dry_run"]:
-            self.stdout.write(f"would delete {old.count()} generations created before {cutoff}")
+            self.stdout.write(
+                f"would delete {old.count()} generations created before {cutoff},"
+                f" and {old_usage.count()} days of users' settled usage"
+            )
             return
         deleted = 0
         while True:
@@ -67,4 +73,8 @@ class Command(BaseCommand):
             Generation.objects.filter(id__in=batch).delete()
             discard_replay_buffers(batch)
             deleted += len(batch)
-        self.stdout.write(f"deleted {deleted} generations created before {cutoff}")
+        days_deleted, _ = old_usage.delete()
+        self.stdout.write(
+            f"deleted {deleted} generations created before {cutoff},"
+            f" and {days_deleted} days of users' settled usage"
+        )
