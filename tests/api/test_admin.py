@@ -12,6 +12,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 import pytest
+from django.contrib.admin.utils import quote
 from django.db import connection
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
@@ -120,7 +121,7 @@ def test_the_count_stops_at_the_cap(admin_client: Client, monkeypatch: Any) -> N
 def test_change_view_of_a_generation_with_no_buffered_log_says_so(admin_client: Client) -> None:
     generation = row("alice", status="completed", output="old text", seq=12)
 
-    response = admin_client.get(reverse("admin:api_generation_change", args=[generation.pk]))
+    response = admin_client.get(reverse("admin:api_generation_change", args=[quote(generation.pk)]))
 
     assert response.status_code == 200
     assert "no longer buffered" in response.content.decode()
@@ -306,3 +307,20 @@ def test_user_links_url_encode_the_username(admin_client: Client) -> None:
 
     assert "?user=tom%2Bjerry" in html
     assert ids_on_page(filtered.content.decode()) == {plus.pk}
+
+
+def test_a_link_to_a_generation_whose_id_holds_an_admin_escape_opens_it(
+    admin_client: Client,
+) -> None:
+    # The admin reads "_2F" in a URL's object id as "/": an id that starts "gen_2F" (one random
+    # id in about 200 starts with such a pair) must be quoted in every link to it.
+    failed = row("alice", status="failed", finish_reason="error")
+    retry = row("alice", id="gen_2F" + "a" * 20, retry_of=failed)
+
+    page = admin_client.get(reverse("admin:api_generation_change", args=[quote(failed.pk)]))
+
+    links = re.findall(r'<a href="([^"]+)">' + retry.pk + "</a>", page.content.decode())
+    assert len(links) == 1, page.content.decode()[:2000]
+    opened = admin_client.get(links[0])
+    assert opened.status_code == 200
+    assert retry.pk in opened.content.decode()

@@ -8,6 +8,7 @@ import threading
 import time
 
 import pytest
+from django.contrib.admin.utils import quote
 from django.db import connection
 from django.test import Client
 from django.urls import reverse
@@ -45,7 +46,7 @@ def test_change_view_shows_the_output_and_the_event_log_read_only(admin_client: 
     generation.refresh_from_db()
     logged = logged_events(generation.pk)
 
-    response = admin_client.get(reverse("admin:api_generation_change", args=[generation.pk]))
+    response = admin_client.get(reverse("admin:api_generation_change", args=[quote(generation.pk)]))
 
     assert response.status_code == 200
     html = response.content.decode()
