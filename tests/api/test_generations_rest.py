@@ -395,6 +395,18 @@ def test_me_tokens_today_grows_by_the_completion_tokens_of_a_generation(
     assert carol.get("/api/v1/me").json()["usage"]["tokens_today"] == 12
 
 
+def test_me_tokens_today_counts_every_one_of_generations_ending_together(
+    carol: httpx.Client,
+) -> None:
+    # Their final writes meet: the first inserts the day's settled usage, the others add to
+    # it (jobs.writer.settle_usage), on the service's own database of either tier.
+    generations = [create(carol, f"together {index} [fake tokens=6]") for index in range(8)]
+    for generation in generations:
+        assert wait_terminal(carol, generation["id"])["status"] == "completed"
+
+    assert carol.get("/api/v1/me").json()["usage"]["tokens_today"] == 6 * len(generations)
+
+
 def test_me_active_counts_generations_until_they_end(carol: httpx.Client) -> None:
     generation = create(carol, "active [fake tokens=1 ttft=1500]")
 

@@ -9,6 +9,7 @@ worker and the API call them, with the real database and buffer.
 from __future__ import annotations
 
 import importlib
+import threading
 from datetime import timedelta
 from types import SimpleNamespace
 
@@ -101,6 +102,46 @@ def test_active_tokens_count_until_the_final_write_moves_them_to_the_settled_usa
     # A write of an attempt that no longer holds it adds nothing.
     assert not finish(generation.id, claim.attempt + 1, 7)
     assert settled_today(user) == base + 5
+
+
+@pytest.mark.skipif(
+    connection.vendor != "mysql",
+    reason="the in-process SQLite test database is shared-cache memory, whose table locks do "
+    "not wait; the service's own file database queues writers (WAL, BEGIN IMMEDIATE, a 30 s "
+    "timeout): tests/api/test_generations_rest.py ends generations together on both tiers",
+)
+def test_final_writes_of_one_users_generations_at_the_same_moment_settle_them_all() -> None:
+    # The first of them inserts the day's row, the others add to it: none may be lost, and
+    # none may fail (two inserts of one new key wait for each other, they do not deadlock).
+    user = alice_id()
+    claims = []
+    for index in range(8):
+        generation = new_generation(unique(f"together {index}"))
+        claim = writer.generation_claim(generation.id)
+        assert claim is not None
+        claims.append(claim)
+    before = settled_today(user)
+    start = threading.Barrier(len(claims))
+    outcomes: list[object] = []
+
+    def finish_now(claim: writer.Claim) -> None:
+        try:
+            start.wait()
+            outcomes.append(finish(claim.generation_id, claim.attempt, 3))
+        except Exception as error:  # reported by the assertion below
+            outcomes.append(error)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=finish_now, args=(claim,)) for claim in claims]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert outcomes == [True] * len(claims)
+    assert settled_today(user) == before + 3 * len(claims)
+    assert usage_now(user).tokens_today == summed_today(user)
 
 
 def test_a_cancel_before_any_claim_settles_the_tokens_of_earlier_attempts() -> None:
