@@ -29,10 +29,15 @@ def _row(steps: list[dict[str, Any]], system: str, streams: int) -> dict[str, An
     return next((r for r in steps if r["system"] == system and r["streams"] == streams), None)
 
 
+def _generations(row: dict[str, Any]) -> int:
+    """The generations a step's rows changed are divided by: those checked, else started."""
+    checked: int = row["streams_checked"] or row["streams"]
+    return checked
+
+
 def _writes_per_generation(row: dict[str, Any], table: str) -> float | None:
     changed = row["db"].get(f"rows_changed.{table}")
-    checked = row["streams_checked"] or row["streams"]
-    return None if changed is None else changed / checked
+    return None if changed is None else changed / _generations(row)
 
 
 def _all_writes_per_generation(row: dict[str, Any]) -> float:
@@ -44,8 +49,7 @@ def _all_writes_per_generation(row: dict[str, Any]) -> float:
         for name, value in row["db"].items()
         if name.startswith("rows_changed.") and not name.startswith(skipped)
     )
-    checked: int = row["streams_checked"] or row["streams"]
-    return changed / checked
+    return changed / _generations(row)
 
 
 def capacity_markdown(result: dict[str, Any]) -> str:

@@ -428,19 +428,26 @@ def generation_finish(
     """Write the final row, and its tokens into its user's settled usage with it; `seq` is
     that of the `done` event published after it."""
     completion_tokens = usage["completion_tokens"] if usage else 0
+    return _write_final_row(
+        fenced(generation_id, attempt),
+        generation_id,
+        status=status,
+        output=output,
+        reasoning=reasoning,
+        seq=seq,
+        finish_reason=finish_reason,
+        usage=usage,
+        error=error,
+        completion_tokens=completion_tokens,
+        heartbeat_at=timezone.now(),
+    )
+
+
+def _write_final_row(rows: Any, generation_id: str, **changes: Any) -> bool:
+    """End the generation `rows` selects (still as it was read: fenced), with `changes`, and
+    settle its tokens in the same transaction; whether it was ended here."""
     with transaction.atomic():
-        updated = fenced(generation_id, attempt).update(
-            status=status,
-            output=output,
-            reasoning=reasoning,
-            seq=seq,
-            finish_reason=finish_reason,
-            usage=usage,
-            error=error,
-            completion_tokens=completion_tokens,
-            finished_at=timezone.now(),
-            heartbeat_at=timezone.now(),
-        )
+        updated = rows.update(finished_at=timezone.now(), **changes)
         if updated:
             settle_usage(generation_id)
     return bool(updated)
@@ -557,19 +564,17 @@ def terminate_without_worker(
     else:
         output, reasoning = row_output, row_reasoning
         done_seq = head + 2
-    with transaction.atomic():
-        updated = rows.update(
-            status=status,
-            finish_reason=finish_reason,
-            error=error,
-            seq=done_seq,
-            output=output,
-            reasoning=reasoning,
-            finished_at=timezone.now(),
-            cancel_requested=status == Status.CANCELLED,
-        )
-        if updated:
-            settle_usage(generation_id)
+    updated = _write_final_row(
+        rows,
+        generation_id,
+        status=status,
+        finish_reason=finish_reason,
+        error=error,
+        seq=done_seq,
+        output=output,
+        reasoning=reasoning,
+        cancel_requested=status == Status.CANCELLED,
+    )
     if not updated:
         if log_owner != attempt:
             _publish_done_of_finished_row(generation_id, log_owner)

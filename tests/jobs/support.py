@@ -73,6 +73,14 @@ def new_generation(prompt: str, **fields: Any) -> Generation:
     )
 
 
+def claimed(prompt: str, **fields: Any) -> writer.Claim:
+    """A new queued row (`prompt` made unique), claimed as a worker's claim takes it."""
+    generation = new_generation(unique(prompt), **fields)
+    claim = writer.generation_claim(generation.id)
+    assert claim is not None
+    return claim
+
+
 def logged_events(generation_id: str) -> list[dict[str, Any]]:
     """The generation's replay buffer, decoded (in-process tests); each event checked against
     its model (tests/wire.py)."""

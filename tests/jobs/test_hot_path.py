@@ -29,6 +29,7 @@ from tests.fake_openai import expected_text, token_text
 from tests.jobs.support import (
     all_statements,
     checkpoint,
+    claimed,
     logged_events,
     new_generation,
     run_attempt,
@@ -42,10 +43,8 @@ pytestmark = [
 
 
 def _claimed(prompt: str) -> tuple[str, int]:
-    generation = new_generation(unique(prompt))
-    claim = writer.generation_claim(generation.id)
-    assert claim is not None
-    return generation.id, claim.attempt
+    claim = claimed(prompt)
+    return claim.generation_id, claim.attempt
 
 
 def test_a_checkpoint_of_an_uncancelled_generation_is_one_statement() -> None:

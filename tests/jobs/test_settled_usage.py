@@ -24,7 +24,7 @@ from core.models import FinishReason, Generation, SettledUsage, Status
 from core.selectors import quota_left_today, start_of_day_utc, usage_now
 from jobs import cancel, reaper, writer
 from tests.fake_openai import expected_text
-from tests.jobs.support import checkpoint, new_generation, run_attempt, unique
+from tests.jobs.support import checkpoint, claimed, new_generation, run_attempt, unique
 
 pytestmark = [
     pytest.mark.django_db(transaction=True),
@@ -66,41 +66,36 @@ def finish(generation_id: str, attempt: int, tokens: int) -> bool:
 def test_a_worker_finished_generation_is_settled_once_and_the_total_stays_the_sum() -> None:
     user = alice_id()
     before = usage_now(user).tokens_today
-    generation = new_generation(unique("settle me [fake tokens=9]"))
-    claim = writer.generation_claim(generation.id)
-    assert claim is not None
+    claim = claimed("settle me [fake tokens=9]")
 
     run_attempt(claim)
 
-    row = Generation.objects.get(pk=generation.id)
+    row = Generation.objects.get(pk=claim.generation_id)
     assert row.status == Status.COMPLETED and row.output == expected_text(9)
     assert row.completion_tokens == 9
     assert usage_now(user).tokens_today == before + 9 == summed_today(user)
     assert settled_today(user) == summed_today(user)
     # The attempt's finish again, fenced out by its own final row: nothing added twice.
-    assert not finish(generation.id, claim.attempt, 9)
+    assert not finish(claim.generation_id, claim.attempt, 9)
     assert settled_today(user) == summed_today(user)
 
 
 def test_active_tokens_count_until_the_final_write_moves_them_to_the_settled_usage() -> None:
     user = alice_id()
-    generation = new_generation(unique("running"))
-    claim = writer.generation_claim(generation.id)
-    assert claim is not None
+    claim = claimed("running")
     base = settled_today(user)
-    assert checkpoint(generation.id, claim.attempt, output="abc", seq=3, completion_tokens=3) == (
-        True,
-        False,
-    )
+    assert checkpoint(
+        claim.generation_id, claim.attempt, output="abc", seq=3, completion_tokens=3
+    ) == (True, False)
     assert usage_now(user).tokens_today == summed_today(user)
     assert settled_today(user) == base  # still running: counted from its row
 
-    assert finish(generation.id, claim.attempt, 5)
+    assert finish(claim.generation_id, claim.attempt, 5)
 
     assert settled_today(user) == base + 5
     assert usage_now(user).tokens_today == summed_today(user)
     # A write of an attempt that no longer holds it adds nothing.
-    assert not finish(generation.id, claim.attempt + 1, 7)
+    assert not finish(claim.generation_id, claim.attempt + 1, 7)
     assert settled_today(user) == base + 5
 
 
@@ -114,12 +109,7 @@ def test_final_writes_of_one_users_generations_at_the_same_moment_settle_them_al
     # The first of them inserts the day's row, the others add to it: none may be lost, and
     # none may fail (two inserts of one new key wait for each other, they do not deadlock).
     user = alice_id()
-    claims = []
-    for index in range(8):
-        generation = new_generation(unique(f"together {index}"))
-        claim = writer.generation_claim(generation.id)
-        assert claim is not None
-        claims.append(claim)
+    claims = [claimed(f"together {index}") for index in range(8)]
     before = settled_today(user)
     start = threading.Barrier(len(claims))
     outcomes: list[object] = []
@@ -146,18 +136,17 @@ def test_final_writes_of_one_users_generations_at_the_same_moment_settle_them_al
 
 def test_a_cancel_before_any_claim_settles_the_tokens_of_earlier_attempts() -> None:
     user = alice_id()
-    generation = new_generation(unique("handed back, then cancelled"))
-    claim = writer.generation_claim(generation.id)
-    assert claim is not None
+    claim = claimed("handed back, then cancelled")
+    gid = claim.generation_id
     base = settled_today(user)
     # Its worker handed it back with 4 tokens paid for; no worker has it when it is cancelled.
-    fold = writer.Checkpoint(generation.id, claim.attempt, "abcd", "", seq=4, completion_tokens=4)
-    assert writer.generation_requeue(generation.id, claim.attempt, fold=fold, hand_back=True)
-    queued = Generation.objects.get(pk=generation.id)
+    fold = writer.Checkpoint(gid, claim.attempt, "abcd", "", seq=4, completion_tokens=4)
+    assert writer.generation_requeue(gid, claim.attempt, fold=fold, hand_back=True)
+    queued = Generation.objects.get(pk=gid)
 
     assert cancel.cancel_queued(queued)
 
-    assert Generation.objects.get(pk=generation.id).status == Status.CANCELLED
+    assert Generation.objects.get(pk=gid).status == Status.CANCELLED
     assert settled_today(user) == base + 4
     assert usage_now(user).tokens_today == summed_today(user)
     # A second cancel finds nothing queued and adds nothing.
@@ -167,71 +156,59 @@ def test_a_cancel_before_any_claim_settles_the_tokens_of_earlier_attempts() -> N
 
 def test_the_reaper_failing_a_lost_generation_settles_what_it_had_used() -> None:
     user = alice_id()
-    generation = new_generation(unique("lost"))
-    claim = writer.generation_claim(generation.id)
-    assert claim is not None
-    assert checkpoint(generation.id, claim.attempt, output="ab", seq=2, completion_tokens=2) == (
-        True,
-        False,
-    )
-    Generation.objects.filter(pk=generation.id).update(
-        heartbeat_at=timezone.now() - timedelta(hours=1)
-    )
+    claim = claimed("lost")
+    gid = claim.generation_id
+    assert checkpoint(gid, claim.attempt, output="ab", seq=2, completion_tokens=2) == (True, False)
+    Generation.objects.filter(pk=gid).update(heartbeat_at=timezone.now() - timedelta(hours=1))
     base = settled_today(user)
 
     # Its attempt was the last one allowed: the reaper fails it instead of queueing it again.
     reaper.reap_stale(heartbeat_timeout_s=60, max_attempts=claim.attempt)
 
-    assert Generation.objects.get(pk=generation.id).status == Status.FAILED
+    assert Generation.objects.get(pk=gid).status == Status.FAILED
     assert settled_today(user) == base + 2
     assert usage_now(user).tokens_today == summed_today(user)
 
 
 def test_the_quota_left_counts_settled_tokens_and_running_ones_at_their_cap() -> None:
     user = alice_id()
-    finished = new_generation(unique("finished"))
-    finished_claim = writer.generation_claim(finished.id)
-    assert finished_claim is not None
-    assert finish(finished.id, finished_claim.attempt, 6)
-    running = new_generation(unique("running at its cap"))
-    running_claim = writer.generation_claim(running.id)
-    assert running_claim is not None
-    assert checkpoint(running.id, running_claim.attempt, output="a", seq=1, completion_tokens=1)
+    finished = claimed("finished")
+    assert finish(finished.generation_id, finished.attempt, 6)
+    running = claimed("running at its cap")
+    assert checkpoint(
+        running.generation_id, running.attempt, output="a", seq=1, completion_tokens=1
+    )
     waiting = new_generation(unique("waiting"))
 
     with transaction.atomic():
         left = quota_left_today(user, excluding=waiting.id, lock=True)
 
     others = Generation.objects.filter(user_id=user, created_at__gte=start_of_day_utc()).exclude(
-        pk__in=[waiting.id, running.id]
+        pk__in=[waiting.id, running.generation_id]
     )
-    held = sum(others.values_list("completion_tokens", flat=True)) + running_claim.max_tokens
+    held = sum(others.values_list("completion_tokens", flat=True)) + running.max_tokens
     assert left == usage_now(user).limits.tokens_per_day - held
 
 
 def test_deleting_a_finished_generation_does_not_give_its_tokens_back() -> None:
     user = alice_id()
-    generation = new_generation(unique("deleted after use"))
-    claim = writer.generation_claim(generation.id)
-    assert claim is not None
-    assert finish(generation.id, claim.attempt, 11)
+    claim = claimed("deleted after use")
+    assert finish(claim.generation_id, claim.attempt, 11)
     used = usage_now(user).tokens_today
 
-    Generation.objects.filter(pk=generation.id).delete()
+    Generation.objects.filter(pk=claim.generation_id).delete()
 
     assert usage_now(user).tokens_today == used
 
 
 def test_a_generation_created_yesterday_is_settled_on_yesterday() -> None:
     user = alice_id()
-    generation = new_generation(unique("across midnight"))
+    claim = claimed("across midnight")
     yesterday = timezone.now() - timedelta(days=1)
-    Generation.objects.filter(pk=generation.id).update(created_at=yesterday)
-    claim = writer.generation_claim(generation.id)
-    assert claim is not None
+    Generation.objects.filter(pk=claim.generation_id).update(created_at=yesterday)
     today = usage_now(user).tokens_today
 
-    assert finish(generation.id, claim.attempt, 13)
+    assert finish(claim.generation_id, claim.attempt, 13)
 
     assert usage_now(user).tokens_today == today
     settled = SettledUsage.objects.get(user_id=user, day=yesterday.date())
@@ -277,7 +254,6 @@ def test_a_quota_read_reads_the_same_rows_however_many_generations_the_day_held(
 
     assert usage_now(user).tokens_today == summed_today(user)
     # Summing the day's generations read each of the 400 in both reads.
-    print("ROWS", few, many)
     assert many <= few + 4, (few, many)
 
 
