@@ -50,7 +50,9 @@ class Subscription:
         self._emit = emit
         self._emit_now = emit_now
         self._pending: dict[int, StoredEvent] = {}
-        self._last_row_check = 0.0
+        # Never: the first check is due at once (the monotonic clock starts near 0 at boot,
+        # so 0.0 would hold a fresh machine's first checks back by up to QUIET_ROW_CHECK_S).
+        self._last_row_check = float("-inf")
         self.finished = False
         # False until `start` has run to the end. When storage interrupted it, the next
         # `on_live` or `catch_up` finishes it first (a fresh subscriber's snapshot must come

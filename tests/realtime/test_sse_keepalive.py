@@ -12,7 +12,7 @@ import pytest
 
 from jobs.engine import DATABASE_THREADS
 from project.handler import KEPT_CONNECTIONS
-from realtime.db import READ_THREADS
+from realtime.db import READ_THREADS, WRITE_THREADS
 from tests.conftest import create
 from tests.harness import Service, make_token, parse_sse
 from tests.tier_env import TIER
@@ -43,9 +43,13 @@ def test_waiting_sse_streams_hold_no_database_connection(service: Service) -> No
     with httpx.Client(base_url=service.url(), headers={"Authorization": f"Bearer {token}"}) as c:
         generation = create(c, "slow start [fake tokens=3 ttft=8000]")
     # More streams than the connections the processes may keep (below), within the user's
-    # MAX_SSE_STREAMS_PER_USER (20).
-    streams = 20
-    kept_at_most = (KEPT_CONNECTIONS + READ_THREADS) * len(service.ports) + DATABASE_THREADS + 1
+    # MAX_SSE_STREAMS_PER_USER (1000 in the suite's environment, tests.tier_env).
+    streams = 40
+    kept_at_most = (
+        (KEPT_CONNECTIONS + READ_THREADS + WRITE_THREADS) * len(service.ports)
+        + DATABASE_THREADS
+        + 1
+    )
     assert kept_at_most < streams
 
     def follow() -> None:
@@ -63,7 +67,7 @@ def test_waiting_sse_streams_hold_no_database_connection(service: Service) -> No
     followers = [threading.Thread(target=follow, daemon=True) for _ in range(streams)]
     for thread in followers:
         thread.start()
-    time.sleep(3)  # all 20 have their snapshot and wait for the first token
+    time.sleep(3)  # all 40 have their snapshot and wait for the first token
 
     conn = MySQLdb.connect(host="127.0.0.1", user="root", passwd="", port=3306)
     cursor = conn.cursor()
@@ -72,9 +76,10 @@ def test_waiting_sse_streams_hold_no_database_connection(service: Service) -> No
     )
     (open_connections,) = cursor.fetchone()
     conn.close()
-    # A worker holds at most its DATABASE_THREADS and the heartbeat's, a web process its
-    # request threads' and its READ_THREADS, kept (however many streams it holds); the waiting
-    # streams none.
+    # A worker holds at most its DATABASE_THREADS and the housekeeping thread's, a web process
+    # its kept request threads', its READ_THREADS' and the WRITE_THREADS' of WebSocket
+    # generates and cancels (earlier tests on this service may have used them all), however
+    # many streams it holds; the waiting streams none.
     assert open_connections <= kept_at_most, open_connections
     for thread in followers:
         thread.join(30)
