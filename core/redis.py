@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import types
 import weakref
+from contextlib import suppress
 from typing import Any
 
 import redis
@@ -75,4 +77,25 @@ def async_client() -> aioredis.Redis:
         )
         client = aioredis.Redis(connection_pool=pool)
         _async_clients[loop] = client
+        _close_with(loop, client)
     return client
+
+
+def _close_with(loop: asyncio.AbstractEventLoop, client: aioredis.Redis) -> None:
+    """Close `client`'s connections when `loop` closes, while their transports can still be
+    closed on it (as channels_redis does for its layer's): a loop that ends before the process
+    (asyncio.run, async_to_sync, a test's) otherwise leaves them to the garbage collector,
+    which can only warn that they were not closed. The service's own loops last as long as
+    their processes."""
+    original = loop.close
+
+    def close(self: asyncio.AbstractEventLoop) -> None:
+        self.close = original  # type: ignore[method-assign]
+        if _async_clients.get(self) is client:
+            del _async_clients[self]
+            with suppress(Exception):
+                self.run_until_complete(client.aclose(close_connection_pool=True))
+        original()
+
+    with suppress(AttributeError):
+        loop.close = types.MethodType(close, loop)  # type: ignore[method-assign]
