@@ -46,6 +46,11 @@ class Proxy:
         except OSError:
             writer.transport.abort()
             return
+        if self.cut or self.hang:
+            # Cut while it connected upstream: it was open then, so it is reset as those were.
+            writer.transport.abort()
+            upstream_writer.transport.abort()
+            return
         self._writers.update((writer, upstream_writer))
         try:
             await asyncio.gather(
