@@ -74,6 +74,19 @@ class Proxy:
             writer.transport.abort()
         self._writers.clear()
 
+    def apply(self, command: str) -> None:
+        """`cut`, `hang` or `restore` (anything else is a no-op, as `ping` is)."""
+        if command == "cut":
+            self.cut_all()
+        elif command == "hang":
+            self.cut_all()
+            self.hang = True
+        elif command == "restore":
+            self.cut = self.hang = False
+            for silent in self._silent:
+                silent.transport.abort()
+            self._silent.clear()
+
     async def control(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         while line := await reader.readline():
             command = line.decode().strip()
@@ -81,16 +94,7 @@ class Proxy:
                 writer.write(f"ok {self.accepted}\n".encode())
                 await writer.drain()
                 continue
-            if command == "cut":
-                self.cut_all()
-            elif command == "hang":
-                self.cut_all()
-                self.hang = True
-            elif command == "restore":
-                self.cut = self.hang = False
-                for silent in self._silent:
-                    silent.transport.abort()
-                self._silent.clear()
+            self.apply(command)
             writer.write(b"ok\n")
             await writer.drain()
         writer.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -29,10 +30,13 @@ async def _answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) ->
     return b""
 
 
-async def _proxied(proxy: Proxy) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, Any]:
+async def _proxied(
+    proxy: Proxy, connect: Callable[..., Any] = asyncio.open_connection
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, Any]:
+    """The proxy served, and a connection to it (by asyncio's own `open_connection`, also
+    while a test holds the proxy's in its upstream connect)."""
     server = await asyncio.start_server(proxy.client, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    reader, writer = await connect(*server.sockets[0].getsockname()[:2])
     return reader, writer, server
 
 
@@ -52,9 +56,9 @@ async def test_a_cut_resets_open_connections_and_restore_forwards_again() -> Non
     reader, writer, server = await _proxied(proxy)
     try:
         assert await _answer(reader, writer) == b"ping"
-        proxy.cut_all()
+        proxy.apply("cut")
         assert await _answer(reader, writer) == b""
-        proxy.cut = False  # what `restore` does
+        proxy.apply("restore")
         reader, writer = await asyncio.open_connection(*server.sockets[0].getsockname()[:2])
         assert await _answer(reader, writer) == b"ping"
     finally:
@@ -76,13 +80,11 @@ async def test_a_connection_still_connecting_upstream_at_a_cut_is_reset(
         await go_on.wait()
         return await connect(*args, **kwargs)
 
-    server = await asyncio.start_server(proxy.client, "127.0.0.1", 0)
     monkeypatch.setattr(asyncio, "open_connection", held_connect)
-    reader, writer = await connect(*server.sockets[0].getsockname()[:2])
+    reader, writer, server = await _proxied(proxy)
     try:
         await asyncio.wait_for(connecting.wait(), 5)  # the proxy connects upstream now
-        proxy.cut_all()
-        proxy.hang = command == "hang"
+        proxy.apply(command)
         go_on.set()
         assert await _answer(reader, writer) == b""
     finally:
